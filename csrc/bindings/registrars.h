@@ -1,0 +1,10 @@
+// One registrar per component; module.cc only calls them.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace mtrl {
+
+void RegisterBuildInfo(pybind11::module_& m);
+
+}  // namespace mtrl
