@@ -7,7 +7,35 @@ from __future__ import annotations
 # in the build tree, so importing mujoco first loads the library into the process.
 import mujoco as _mujoco  # noqa: F401
 
-from mtrl import _core
+
+def _find_core():
+    """Import the compiled core, also when a source checkout shadows the installed package.
+
+    Running ``python -m mtrl.train`` or the tests from the repository root puts the source
+    ``mtrl/`` first on ``sys.path``; it has no compiled ``_core`` after a regular
+    ``pip install .``. The installed package directory further down ``sys.path`` has it, so
+    that directory is added to this package's search path.
+    """
+    import glob
+    import importlib
+    import os
+    import sys
+
+    try:
+        return importlib.import_module("mtrl._core")
+    except ImportError as err:
+        here = os.path.realpath(os.path.dirname(__file__))
+        for entry in sys.path:
+            candidate = os.path.realpath(os.path.join(entry or os.getcwd(), "mtrl"))
+            if candidate != here and glob.glob(os.path.join(candidate, "_core.*")):
+                __path__.append(candidate)
+                return importlib.import_module("mtrl._core")
+        raise ImportError(
+            "mtrl._core (the compiled core) was not found: install mtrl with `pip install .`"
+        ) from err
+
+
+_core = _find_core()
 
 __version__ = "0.1.0"
 
