@@ -1,0 +1,61 @@
+"""mtrl.envs: one batched pool over a heterogeneous set of tasks (DMC, MetaWorld v3).
+
+The contract is /work/notes/ENVS_API.md: ``make(tasks)`` returns a pool whose ``step`` takes
+(N, action_dim) float32 actions and returns padded (N, obs_dim) float32 observations plus
+replay-friendly episode ends (``final_obs`` vs ``obs``).
+"""
+
+from __future__ import annotations
+
+from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.registry import TaskSpec, available_tasks, resolve
+
+BACKENDS = ("auto", "envpool")
+
+
+def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
+         num_threads: int | None = None, backend: str = "auto",
+         max_episode_steps: int | None = None) -> TaskPool:
+    """Build a pool with ``envs_per_task`` envs of each task.
+
+    Args:
+      tasks: task names (see `available_tasks`); bare "cheetah-run" means "dmc:cheetah-run".
+        Distinct tasks only, in the order given; env k runs task ``k // envs_per_task``.
+      envs_per_task: instances of each task.
+      seed: env k is seeded with ``seed + k``.
+      num_threads: worker threads (None: all cores).
+      backend: "auto" or "envpool".
+      max_episode_steps: override every task's time limit (None: the suite's, 1000 for DMC,
+        500 for MetaWorld).
+
+    Returns:
+      A `TaskPool`; call ``reset()`` before ``step()``; close it (or use ``with``).
+
+    Raises:
+      ValueError: unknown or repeated task, bad sizes, unknown backend.
+    """
+    if isinstance(tasks, str):
+        raise ValueError("tasks must be a list of task names, got a single str")
+    specs = [resolve(t) for t in tasks]
+    if not specs:
+        raise ValueError("tasks must name at least one task")
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"tasks must be distinct (use envs_per_task for copies), repeated: {dup}")
+    if int(envs_per_task) != envs_per_task or envs_per_task < 1:
+        raise ValueError(f"envs_per_task must be an int >= 1, got {envs_per_task!r}")
+    if num_threads is not None and (int(num_threads) != num_threads or num_threads < 1):
+        raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
+    if max_episode_steps is not None and (
+            int(max_episode_steps) != max_episode_steps or max_episode_steps < 1):
+        raise ValueError(f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    from mtrl.envs.envpool_backend import EnvpoolTaskPool
+
+    return EnvpoolTaskPool(specs, envs_per_task=int(envs_per_task), seed=int(seed),
+                           num_threads=num_threads, max_episode_steps=max_episode_steps)
+
+
+__all__ = ["StepOutput", "TaskPool", "TaskSpec", "available_tasks", "make", "resolve"]

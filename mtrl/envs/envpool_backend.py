@@ -1,0 +1,140 @@
+"""envpool backend: one envpool per task behind the `TaskPool` face, with envpool's
+next-step auto-reset hidden (an ended env is reset explicitly within the same `step`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.registry import TaskSpec
+
+
+def _obs_size(space: Any, keys: tuple[str, ...]) -> int:
+    if keys:
+        return int(sum(np.prod(space[k].shape, dtype=np.int64) for k in keys))
+    return int(np.prod(space.shape, dtype=np.int64))
+
+
+class EnvpoolTaskPool(TaskPool):
+    """``envs_per_task`` envs of each task, one synchronous envpool per task.
+
+    Env k is seeded with ``seed + k`` (envpool's per-env seed). Actions in [-1, 1] are mapped
+    affinely onto the task's action bounds when those are not [-1, 1]. ``get_state`` /
+    ``set_state`` are not available: envpool does not expose its physics or RNG state.
+    """
+
+    def __init__(self, specs: list[TaskSpec], *, envs_per_task: int = 1, seed: int = 0,
+                 num_threads: int | None = None, max_episode_steps: int | None = None) -> None:
+        import envpool  # imported here: importing envpool is slow and only this backend needs it
+
+        self._envpool = envpool
+        self._threads = max(1, min(envs_per_task, num_threads or os.cpu_count() or 1))
+        self._max_steps_override = max_episode_steps
+        self._pool_specs = list(specs)
+        self._epts = envs_per_task
+        self._pools = self._make_pools(seed)
+        obs_dims, act_dims, max_steps = [], [], []
+        self._act_low, self._act_scale = [], []
+        for spec, p in zip(specs, self._pools, strict=True):
+            obs_dims.append(_obs_size(p.observation_space, spec.obs_keys))
+            space = p.action_space
+            act_dims.append(int(np.prod(space.shape)))
+            low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+            unit = np.all(low == -1.0) and np.all(high == 1.0)
+            self._act_low.append(None if unit else low)
+            self._act_scale.append(None if unit else (high - low) / 2.0)
+            max_steps.append(int(p.config["max_episode_steps"]))
+        super().__init__(specs, envs_per_task, obs_dims, act_dims, max_steps)
+
+    def _make_pools(self, seed: int) -> list[Any]:
+        kw = {} if self._max_steps_override is None else {
+            "max_episode_steps": int(self._max_steps_override)}
+        pools = []
+        for t, spec in enumerate(self._pool_specs):
+            first = seed + t * self._epts
+            pools.append(self._envpool.make_gymnasium(
+                spec.envpool_id, num_envs=self._epts, batch_size=self._epts,
+                num_threads=self._threads, env_seed=[first + i for i in range(self._epts)], **kw))
+        return pools
+
+    def _flat(self, t: int, obs: Any, out: np.ndarray, rows: np.ndarray) -> None:
+        """Write task t's observations (envpool batch) flattened into out[rows, :obs_dim_t]."""
+        keys = self._specs[t].obs_keys
+        n = len(rows)
+        if keys:
+            parts = [np.asarray(obs[k]).reshape(n, -1) for k in keys]
+            flat = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        else:
+            flat = np.asarray(obs).reshape(n, -1)
+        out[rows, : flat.shape[1]] = flat
+
+    def reset(self) -> np.ndarray:
+        """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""
+        if self._closed:
+            raise RuntimeError("the env pool is closed")
+        obs = np.zeros((self.num_envs, self.obs_dim), np.float32)
+        for t, p in enumerate(self._pools):
+            o, info = p.reset()
+            self._flat(t, o, obs, self._task_rows(t).start + np.asarray(info["env_id"]))
+        self._has_reset = True
+        return obs
+
+    def _step(self, actions: np.ndarray) -> StepOutput:
+        n = self.num_envs
+        final = np.zeros((n, self.obs_dim), np.float32)
+        reward = np.zeros(n, np.float32)
+        term = np.zeros(n, bool)
+        trunc = np.zeros(n, bool)
+        success = np.zeros(n, bool)
+        # Send to every task's pool first so the pools step concurrently, then collect.
+        for t, p in enumerate(self._pools):
+            a = actions[self._task_rows(t), : self.action_dims[t]].astype(np.float64)
+            if self._act_low[t] is not None:
+                a = self._act_low[t] + (a + 1.0) * self._act_scale[t]
+            p.send(a)
+        for t, p in enumerate(self._pools):
+            o, r, te, tr, info = p.recv()
+            rows = self._task_rows(t).start + np.asarray(info["env_id"])
+            self._flat(t, o, final, rows)
+            reward[rows], term[rows], trunc[rows] = r, te, tr
+            if "success" in info:
+                success[rows] = np.asarray(info["success"]) > 0
+        obs = final.copy()
+        ended = term | trunc
+        if ended.any():
+            for t, p in enumerate(self._pools):
+                local = np.flatnonzero(ended[self._task_rows(t)])
+                if local.size:
+                    # Explicit reset now: envpool would otherwise ignore the next action.
+                    o, info = p.reset(local.astype(np.int32))
+                    self._flat(t, o, obs, self._task_rows(t).start + np.asarray(info["env_id"]))
+        return StepOutput(obs, final, reward, term, trunc, success, np.zeros(n, bool))
+
+    def seed(self, seed: int) -> None:
+        """Re-create the pools with env k seeded ``seed + k``; call `reset` afterwards."""
+        for p in self._pools:
+            p.close()
+        self._pools = self._make_pools(int(seed))
+        self._has_reset = False
+
+    def get_state(self) -> Any:
+        """Not available for envpool (it exposes no physics/RNG state)."""
+        raise NotImplementedError(
+            "get_state is not supported by the envpool backend: envpool exposes neither its "
+            "physics state nor its RNG state; use backend='engine' (DMC tasks) for exact resume")
+
+    def set_state(self, state: Any) -> None:
+        """Not available for envpool (see `get_state`)."""
+        raise NotImplementedError(
+            "set_state is not supported by the envpool backend: envpool exposes neither its "
+            "physics state nor its RNG state; use backend='engine' (DMC tasks) for exact resume")
+
+    def close(self) -> None:
+        """Close every envpool (idempotent)."""
+        if not self._closed:
+            for p in self._pools:
+                p.close()
+        super().close()

@@ -1,0 +1,136 @@
+"""The backend-independent face of a multi-task env pool: step outputs, sizes, action checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mtrl.envs.registry import TaskSpec
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One batched step. All arrays are new (owned by the caller) and have N = num_envs rows.
+
+    Attributes:
+      obs: (N, obs_dim) float32, observation to act on next; the first observation of the new
+        episode where an episode ended (zero-padded past the task's obs size).
+      final_obs: (N, obs_dim) float32, observation that followed the action (the replay
+        ``next_obs``); equals ``obs`` where no episode ended.
+      reward: (N,) float32.
+      terminated: (N,) bool, the episode ended in a terminal state (bootstrap with 0).
+      truncated: (N,) bool, the episode hit its time limit (or diverged) and was cut.
+      success: (N,) bool, the task reports success (False for tasks without that notion).
+      diverged: (N,) bool, the physics diverged (NaN/warning) and the env was reset; such a
+        step is also reported as truncated. Always False for the envpool backend.
+    """
+
+    obs: np.ndarray
+    final_obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    success: np.ndarray
+    diverged: np.ndarray
+
+
+class TaskPool:
+    """Shared layout and checks of a pool of ``envs_per_task`` envs for each of T tasks.
+
+    Env k runs task ``task_ids[k]``; envs are grouped by task in the order the tasks were given.
+    Subclasses implement ``reset``, ``_step``, ``seed``, ``get_state``, ``set_state``, ``close``.
+    """
+
+    def __init__(self, specs: list[TaskSpec], envs_per_task: int, obs_dims: list[int],
+                 action_dims: list[int], max_episode_steps: list[int]) -> None:
+        self._specs = list(specs)
+        self._envs_per_task = envs_per_task
+        self.obs_dims = np.asarray(obs_dims, dtype=np.int64)
+        self.action_dims = np.asarray(action_dims, dtype=np.int64)
+        self.max_episode_steps = np.asarray(max_episode_steps, dtype=np.int64)
+        self.task_ids = np.repeat(np.arange(len(specs), dtype=np.int64), envs_per_task)
+        self.obs_dim = int(self.obs_dims.max())
+        self.action_dim = int(self.action_dims.max())
+        # (N, action_dim) mask of the action entries each env actually uses.
+        self._act_mask = np.arange(self.action_dim)[None, :] < self.action_dims[self.task_ids, None]
+        self._closed = False
+        self._has_reset = False
+
+    @property
+    def num_envs(self) -> int:
+        """N, the number of environment instances."""
+        return int(self.task_ids.shape[0])
+
+    @property
+    def num_tasks(self) -> int:
+        """T, the number of distinct tasks (in the order given to `make`)."""
+        return len(self._specs)
+
+    @property
+    def task_names(self) -> list[str]:
+        """(T,) canonical task names."""
+        return [s.name for s in self._specs]
+
+    @property
+    def envs_per_task(self) -> int:
+        """Instances per task."""
+        return self._envs_per_task
+
+    def _task_rows(self, t: int) -> slice:
+        return slice(t * self._envs_per_task, (t + 1) * self._envs_per_task)
+
+    def check_actions(self, actions: Any) -> np.ndarray:
+        """Validate actions and return a clipped float32 copy.
+
+        Rule: entries must be finite; values outside [-1, 1] are clipped to [-1, 1]; padded
+        entries past a task's action size are ignored.
+
+        Raises:
+          ValueError: wrong shape or dtype, or NaN/inf in an entry the env uses.
+          RuntimeError: the pool is closed or was never reset.
+        """
+        if self._closed:
+            raise RuntimeError("the env pool is closed")
+        if not self._has_reset:
+            raise RuntimeError("call reset() before the first step()")
+        a = np.asarray(actions)
+        if a.dtype != np.float32:
+            raise ValueError(f"actions must be float32, got {a.dtype}")
+        if a.shape != (self.num_envs, self.action_dim):
+            raise ValueError(
+                f"actions must have shape (num_envs, action_dim) = "
+                f"({self.num_envs}, {self.action_dim}), got {a.shape}")
+        bad = ~np.isfinite(a) & self._act_mask
+        if bad.any():
+            envs = np.flatnonzero(bad.any(axis=1))
+            raise ValueError(f"actions contain NaN or inf for envs {envs[:10].tolist()}"
+                             f"{' ...' if envs.size > 10 else ''}")
+        return np.clip(np.where(self._act_mask, a, 0.0), -1.0, 1.0).astype(np.float32)
+
+    def step(self, actions: Any) -> StepOutput:
+        """Step every env once with its row of ``actions`` ((N, action_dim) float32 in [-1, 1]).
+
+        Where an episode ends, ``final_obs`` holds the observation that ended it and ``obs``
+        the first observation of the next episode, so no transition crosses a reset and no
+        action is ignored.
+        """
+        return self._step(self.check_actions(actions))
+
+    def _step(self, actions: np.ndarray) -> StepOutput:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backend's resources (idempotent)."""
+        self._closed = True
+
+    def __enter__(self) -> TaskPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_envs={self.num_envs}, tasks={self.task_names}, "
+                f"obs_dim={self.obs_dim}, action_dim={self.action_dim})")

@@ -1,0 +1,159 @@
+"""Tests of mtrl.envs (the front and its envpool backend): layout, episode ends, seeding, errors."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # dm_control must not try to open a GLFW window
+
+import numpy as np
+import pytest
+
+import mtrl.envs as envs
+
+
+def _rand(pool, rng):
+    return rng.uniform(-1, 1, (pool.num_envs, pool.action_dim)).astype(np.float32)
+
+
+def test_available_tasks_and_names():
+    tasks = envs.available_tasks()
+    assert "dmc:cheetah-run" in tasks and "metaworld:reach" in tasks
+    assert "dmc:dog-run" in tasks and "dmc:humanoid-run" in tasks
+    assert envs.resolve("cheetah-run") == envs.resolve("dmc:cheetah-run")
+    assert envs.resolve("metaworld:reach-v3").name == "metaworld:reach"
+    assert envs.resolve("dmc:ball_in_cup-catch").envpool_id == "BallInCupCatch-v1"
+    assert envs.resolve("metaworld:button-press-topdown").envpool_id == (
+        "MetaWorld/ButtonPressTopdown-v3")
+
+
+def test_unknown_task_lists_close_names():
+    with pytest.raises(ValueError, match="unknown task 'dmc:cheetah-rn'.*dmc:cheetah-run"):
+        envs.make(["dmc:cheetah-rn"])
+    with pytest.raises(ValueError, match="metaworld:reach"):
+        envs.resolve("metaworld:reech")
+    with pytest.raises(ValueError, match="distinct"):
+        envs.make(["cheetah-run", "dmc:cheetah-run"])
+    with pytest.raises(ValueError, match="envs_per_task"):
+        envs.make(["cheetah-run"], envs_per_task=0)
+    with pytest.raises(ValueError, match="backend"):
+        envs.make(["cheetah-run"], backend="gpu")
+
+
+@pytest.mark.parametrize("name", ["dmc:fish-swim", "dmc:quadruped-fetch", "dmc:humanoid-run",
+                                  "dmc:finger-spin", "dmc:walker-walk"])
+def test_obs_key_table_matches_dm_control(name):
+    from dm_control import suite
+
+    domain, task = envs.resolve(name).short.split("-", 1)
+    spec = suite.load(domain, task).observation_spec()
+    assert envs.resolve(name).obs_keys == tuple(spec.keys())
+
+
+def test_shapes_padding_and_task_ids():
+    with envs.make(["cheetah-run", "pendulum-swingup", "metaworld:reach"], envs_per_task=2) as p:
+        assert p.num_envs == 6 and p.num_tasks == 3
+        assert p.task_names == ["dmc:cheetah-run", "dmc:pendulum-swingup", "metaworld:reach"]
+        assert p.task_ids.dtype == np.int64 and p.task_ids.tolist() == [0, 0, 1, 1, 2, 2]
+        assert p.obs_dims.tolist() == [17, 3, 39] and p.obs_dim == 39
+        assert p.action_dims.tolist() == [6, 1, 4] and p.action_dim == 6
+        assert p.max_episode_steps.tolist() == [1000, 1000, 500]
+        obs = p.reset()
+        assert obs.shape == (6, 39) and obs.dtype == np.float32
+        assert np.all(obs[0:2, 17:] == 0) and np.all(obs[2:4, 3:] == 0)
+        assert np.all(np.abs(obs[2:4, :2]) > 0)  # pendulum: cos, sin (velocity starts at 0)
+        out = p.step(_rand(p, np.random.default_rng(0)))
+        for a in (out.obs, out.final_obs):
+            assert a.shape == (6, 39) and a.dtype == np.float32
+            assert np.all(a[0:2, 17:] == 0) and np.all(a[2:4, 3:] == 0)
+        for a in (out.terminated, out.truncated, out.success, out.diverged):
+            assert a.shape == (6,) and a.dtype == np.bool_
+        assert out.reward.shape == (6,) and out.reward.dtype == np.float32
+        assert np.all(np.isfinite(out.reward))
+
+
+def _episode_end_run(last_action: float) -> tuple[np.ndarray, envs.StepOutput, envs.StepOutput]:
+    with envs.make(["cheetah-run"], envs_per_task=2, seed=3, max_episode_steps=3) as p:
+        p.reset()
+        a = np.full((2, 6), 0.3, np.float32)
+        outs = [p.step(a) for _ in range(3)]
+        after = p.step(np.full((2, 6), last_action, np.float32))
+        return outs[1].obs, outs[2], after
+
+
+def test_episode_end_returns_final_and_reset_obs_and_ignores_no_action():
+    prev, end, after = _episode_end_run(0.0)
+    assert end.truncated.all() and not end.terminated.any()
+    # The final observation continues the episode; the acting observation is a fresh reset.
+    assert not np.allclose(end.final_obs, end.obs)
+    assert np.abs(end.final_obs - prev).max() < np.abs(end.obs - prev).max()
+    assert not after.truncated.any() and np.array_equal(after.obs, after.final_obs)
+    # The first action of the new episode acts (envpool alone would ignore it).
+    _, end2, after2 = _episode_end_run(1.0)
+    assert np.array_equal(end.obs, end2.obs)
+    assert not np.allclose(after.obs, after2.obs)
+
+
+def test_same_seed_same_trajectory_new_seed_differs():
+    def run(seed):
+        with envs.make(["cheetah-run", "metaworld:reach"], envs_per_task=2, seed=seed) as p:
+            rng = np.random.default_rng(0)
+            obs = [p.reset()]
+            obs += [p.step(_rand(p, rng)).obs for _ in range(5)]
+            return np.stack(obs)
+
+    a, b, c = run(7), run(7), run(8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a[:, :2], c[:, :2])
+
+
+def test_reseed_restarts_sequences():
+    with envs.make(["cheetah-run"], seed=1) as p:
+        first = p.reset()
+        p.seed(1)
+        np.testing.assert_array_equal(p.reset(), first)
+
+
+def test_bad_actions_raise_and_out_of_range_clips():
+    with envs.make(["cheetah-run", "pendulum-swingup"], seed=0) as p:
+        with pytest.raises(RuntimeError, match="reset"):
+            p.step(np.zeros((2, 6), np.float32))
+        p.reset()
+        with pytest.raises(ValueError, match="float32"):
+            p.step(np.zeros((2, 6), np.float64))
+        with pytest.raises(ValueError, match=r"\(2, 6\), got \(2, 5\)"):
+            p.step(np.zeros((2, 5), np.float32))
+        a = np.zeros((2, 6), np.float32)
+        a[1, 0] = np.nan
+        with pytest.raises(ValueError, match=r"NaN or inf for envs \[1\]"):
+            p.step(a)
+        a[1, 0], a[1, 3] = 0.0, np.nan  # NaN in padding that pendulum does not use: fine
+        p.step(a)
+        with pytest.raises(NotImplementedError, match="envpool"):
+            p.get_state()
+
+    def after(v):
+        with envs.make(["pendulum-swingup"], seed=0) as p:
+            p.reset()
+            return p.step(np.full((1, 1), v, np.float32)).obs
+
+    np.testing.assert_array_equal(after(5.0), after(1.0))
+    assert not np.array_equal(after(0.5), after(1.0))
+
+
+def test_closed_pool_rejects_use():
+    p = envs.make(["pendulum-swingup"])
+    p.reset()
+    p.close()
+    p.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        p.step(np.zeros((1, 1), np.float32))
+
+
+def test_metaworld_success_flag_is_reported():
+    with envs.make(["metaworld:reach"], envs_per_task=2, seed=0, max_episode_steps=5) as p:
+        p.reset()
+        for _ in range(5):
+            out = p.step(np.zeros((2, 4), np.float32))
+        assert out.truncated.all() and out.success.dtype == np.bool_
+        assert p.max_episode_steps.tolist() == [5]
