@@ -1,0 +1,203 @@
+"""The BRC agent: critic/target/actor/temperature and the §2.2 update."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mtrl import math as brc_math
+from mtrl.config import AgentConfig
+from mtrl.networks import Actor, Critic
+from mtrl.normalizer import reward_denominator
+
+try:  # fused kernels of the kernel component (issue 3); mtrl.math is the reference path
+    from mtrl import ops as _ops
+except ImportError:  # pragma: no cover - depends on which components are built
+    _ops = None
+
+METRIC_NAMES = (
+    "critic_loss", "actor_loss", "temperature_loss", "alpha", "entropy", "q_target_mean",
+    "q_mean", "reward_mean",
+)
+
+
+@dataclass
+class Batch:
+    """One minibatch on the agent's device. Shapes: obs/next_obs (B, O), action (B, A), reward
+    (raw, §5.3) / mask / discount (B,) float32, task_id (B,) int64."""
+
+    obs: Tensor
+    action: Tensor
+    reward: Tensor
+    next_obs: Tensor
+    mask: Tensor
+    discount: Tensor
+    task_id: Tensor
+
+
+def fused_ops_available() -> bool:
+    """Whether mtrl.ops provides the fused categorical TD target and cross-entropy."""
+    return _ops is not None and hasattr(_ops, "categorical_td_target") and hasattr(
+        _ops, "categorical_cross_entropy")
+
+
+class BRCAgent(nn.Module):
+    """Critic ensemble (with task embeddings), Polyak target, tanh-Gaussian actor and one shared
+    temperature, trained per brc-spec §2.2.
+
+    Args:
+        config: AgentConfig.
+        obs_dim, action_dim: padded sizes (§5.2). num_tasks: 1 means single-task (no embedding).
+    """
+
+    def __init__(self, config: AgentConfig, obs_dim: int, action_dim: int, num_tasks: int):
+        super().__init__()
+        self.config = config
+        self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
+        self.critic = Critic(
+            obs_dim, action_dim, num_tasks, width=config.critic_width, depth=config.critic_depth,
+            num_atoms=config.num_atoms, ensemble_size=config.ensemble_size,
+            embedding_dim=config.embedding_dim)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)  # §11.4
+        self.actor = Actor(obs_dim, action_dim, self.critic.embedding_dim,
+                           width=config.actor_width, depth=config.actor_depth)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(config.init_temperature)))
+        self.register_buffer("atoms", brc_math.atoms_support(config.v_min, config.v_max, config.num_atoms))
+        self.target_entropy = -action_dim / 2.0  # padded |A| (§2.4, §5.2)
+        self.use_fused = bool(config.fused_ops and fused_ops_available())
+        self._build_optimizers()
+        # Plain attributes (not submodules) so state_dict keys stay the same with compile on.
+        object.__setattr__(self, "_critic_fwd", self.critic)
+        object.__setattr__(self, "_target_fwd", self.target_critic)
+        if config.compile:  # the critic is where the FLOPs are (§11.13)
+            object.__setattr__(self, "_critic_fwd", torch.compile(self.critic))
+            object.__setattr__(self, "_target_fwd", torch.compile(self.target_critic))
+
+    def _build_optimizers(self) -> None:
+        cfg = self.config
+        # §11.1: AdamW weight decay 1e-4 on every parameter (biases, LayerNorm, embedding too).
+        self.critic_optimizer = torch.optim.AdamW(
+            self.critic.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.actor_optimizer = torch.optim.AdamW(
+            self.actor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.temperature_optimizer = torch.optim.Adam(
+            [self.log_alpha], lr=cfg.temperature_lr, betas=(cfg.temperature_beta1, 0.999))
+
+    # ---------------------------------------------------------------- acting
+    @property
+    def alpha(self) -> Tensor:
+        """Current temperature alpha = exp(log alpha), detached 0-d tensor."""
+        return self.log_alpha.detach().exp()
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, task_id: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions (B, A) in [-1, 1] for padded obs (B, O) of tasks task_id (B,) (§2.3)."""
+        return self.actor.act(obs, self.critic.embed(task_id), deterministic)
+
+    def reward_denominator(self, return_scale: Tensor) -> Tensor:
+        """Per-task divisors D (T,) from G_bar (T,) with the current alpha (§4.2)."""
+        return reward_denominator(return_scale, self.alpha, self.action_dim, self.config.gamma,
+                                  self.config.v_max)
+
+    # ---------------------------------------------------------------- update
+    def _autocast(self):
+        on_cuda = self.atoms.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and on_cuda)
+
+    def _td_target(self, target_logits, reward, mask, discount, entropy):
+        cfg = self.config
+        fn = _ops.categorical_td_target if self.use_fused else brc_math.categorical_td_target
+        return fn(target_logits, reward, mask, discount, entropy, cfg.v_min, cfg.v_max)
+
+    def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.use_fused:
+            return _ops.categorical_cross_entropy(logits, target, None)
+        return brc_math.categorical_cross_entropy(logits, target)
+
+    def critic_step(self, batch: Batch, reward: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One AdamW step on the critic CE loss against the projected soft target (§2.2.1, §3.2).
+
+        Returns (loss, expected target value (B,), per-sample finiteness (B,) bool)."""
+        with torch.no_grad():
+            next_embedding = self.critic.embed(batch.task_id)
+            next_action, next_log_prob = self.actor.sample(batch.next_obs, next_embedding)
+            with self._autocast():
+                target_logits = self._target_fwd(batch.next_obs, next_action, batch.task_id)
+            target, q_target = self._td_target(
+                target_logits.float(), reward, batch.mask, batch.discount, alpha * next_log_prob)
+        with self._autocast():
+            logits = self._critic_fwd(batch.obs, batch.action, batch.task_id)
+        loss = self._cross_entropy(logits.float(), target)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+        finite = torch.isfinite(q_target) & torch.isfinite(logits.detach()).all(-1).all(0)
+        return loss.detach(), q_target, finite
+
+    def actor_step(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One AdamW step on mean(alpha log pi - Q) with the updated critic (§2.2.3).
+
+        The task embedding enters detached (§5.1); critic parameters receive no gradient.
+        Returns (loss, entropy estimate -mean log pi (detached), Q mean)."""
+        embedding = self.critic.embed(batch.task_id)
+        embedding = None if embedding is None else embedding.detach()
+        action, log_prob = self.actor.sample(batch.obs, embedding)
+        with self._autocast():
+            logits = self._critic_fwd(batch.obs, action, batch.task_id)
+        q = brc_math.expected_q(logits, self.atoms)
+        loss = (alpha * log_prob - q).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_optimizer.step()
+        return loss.detach(), -log_prob.detach().mean(), q.detach().mean()
+
+    def temperature_step(self, entropy: Tensor) -> Tensor:
+        """One Adam step on alpha * (H - H_target) w.r.t. log alpha (§2.4)."""
+        loss = self.log_alpha.exp() * (entropy - self.target_entropy)
+        self.temperature_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.temperature_optimizer.step()
+        return loss.detach()
+
+    def update(self, batch: Batch, denominator: Tensor) -> dict[str, Tensor]:
+        """One BRC gradient step (§2.2) on ``batch``; rewards are divided by ``denominator`` (T,)
+        of their task (§4.2). Returns detached 0-d metrics plus ``nonfinite_per_task`` (T,)."""
+        alpha = self.alpha
+        # 1. Critic: categorical soft target (§3.2) and cross-entropy, one AdamW step.
+        reward = batch.reward / denominator[batch.task_id]
+        critic_loss, q_target, finite = self.critic_step(batch, reward, alpha)
+        # 2. Target: Polyak tau = 0.005 on every critic parameter incl. embedding and LayerNorm.
+        brc_math.polyak_update(list(self.target_critic.parameters()),
+                               list(self.critic.parameters()), self.config.tau)
+        # 3. Actor on the just-updated critic, embedding detached, alpha constant.
+        actor_loss, entropy, q_mean = self.actor_step(batch, alpha)
+        # 4. Temperature from the same actor forward's entropy.
+        temperature_loss = self.temperature_step(entropy)
+        nonfinite = torch.zeros(self.num_tasks, device=reward.device).index_add_(
+            0, batch.task_id, (~finite).float())
+        return {
+            "critic_loss": critic_loss, "actor_loss": actor_loss,
+            "temperature_loss": temperature_loss, "alpha": alpha, "entropy": entropy,
+            "q_target_mean": q_target.mean(), "q_mean": q_mean, "reward_mean": reward.mean(),
+            "nonfinite_per_task": nonfinite,
+        }
+
+    # ---------------------------------------------------------------- state
+    def full_state_dict(self) -> dict:
+        """Networks, target, temperature and all optimizer states (for checkpoints)."""
+        return {
+            "modules": self.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "temperature_optimizer": self.temperature_optimizer.state_dict(),
+        }
+
+    def load_full_state_dict(self, state: dict) -> None:
+        self.load_state_dict(state["modules"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])

@@ -1,0 +1,257 @@
+"""Frozen, validated configuration dataclasses for ``python -m mtrl.train`` (brc-spec §2.1, §6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Literal
+
+# §9.1 DMC hard.
+DMC_HARD = (
+    "dmc:dog-stand", "dmc:dog-walk", "dmc:dog-trot", "dmc:dog-run",
+    "dmc:humanoid-stand", "dmc:humanoid-walk", "dmc:humanoid-run",
+)
+# Domains whose standard tasks form dmc-mt30 (resolved against what mtrl.envs offers).
+DMC_MT30_DOMAINS = (
+    "cartpole", "pendulum", "acrobot", "reacher", "point_mass", "ball_in_cup", "finger", "cheetah",
+    "walker", "hopper", "humanoid", "dog", "quadruped", "fish", "swimmer",
+)
+# Standard MetaWorld MT10 (Yu et al. 2019).
+METAWORLD_MT10 = (
+    "reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close",
+    "button-press-topdown", "peg-insert-side", "window-open", "window-close",
+)
+# The laptop default (README "Quick start"): cheap DMC tasks that SAC-style agents learn within a
+# few tens of thousands of steps.
+LAPTOP_TASKS = ("dmc:cartpole-balance", "dmc:cartpole-swingup", "dmc:finger-spin", "dmc:walker-stand")
+TASK_SETS = ("dmc-hard", "dmc-mt30", "metaworld-mt10", "metaworld-mt50", "laptop")
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which tasks to train on and how to build their environments."""
+
+    tasks: tuple[str, ...] = DMC_HARD
+    """Task names (e.g. dmc:cheetah-run or cheetah-run) and/or task sets: dmc-hard, dmc-mt30, metaworld-mt10, metaworld-mt50, laptop."""
+    backend: str = "auto"
+    """Environment backend passed to mtrl.envs.make (auto picks the best available)."""
+    num_threads: int | None = None
+    """Env worker threads (None: the backend's default)."""
+
+    def __post_init__(self):
+        if len(self.tasks) == 0:
+            raise ValueError("EnvConfig.tasks must name at least one task or task set")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """BRC networks and optimisation (defaults: the released configuration, spec §2.1)."""
+
+    critic_width: int = 4096
+    """Critic BroNet width W (§3.1)."""
+    critic_depth: int = 2
+    """Number of critic residual blocks (§3.1)."""
+    ensemble_size: int = 2
+    """Critic ensemble members, computed as batched weights (§3.1)."""
+    num_atoms: int = 101
+    """Categorical support size (§3.2)."""
+    v_min: float = -10.0
+    """Lowest support atom (§3.2)."""
+    v_max: float = 10.0
+    """Highest support atom; also the reward-normalisation V_max (§4.2)."""
+    embedding_dim: int = 32
+    """Task-embedding size in multi-task mode (§5.1)."""
+    actor_width: int = 256
+    """Actor BroNet width (§2.3)."""
+    actor_depth: int = 1
+    """Actor residual blocks (§2.3)."""
+    gamma: float = 0.99
+    """Discount factor (§2.1)."""
+    tau: float = 0.005
+    """Polyak coefficient of the target critic (§2.2)."""
+    lr: float = 3e-4
+    """AdamW learning rate of actor and critic (§2.1)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay on all actor/critic parameters (§11.1)."""
+    temperature_lr: float = 3e-4
+    """Adam learning rate of log alpha (§2.1)."""
+    temperature_beta1: float = 0.5
+    """Adam beta1 of log alpha (§2.1)."""
+    init_temperature: float = 0.1
+    """Initial alpha (§2.4)."""
+    fused_ops: bool = True
+    """Use mtrl.ops fused TD target / cross-entropy when available (else mtrl.math, same result)."""
+    bf16: bool = False
+    """bf16 autocast for the critic on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """torch.compile the actor and critic forwards."""
+
+    def __post_init__(self):
+        _positive(self, "critic_width", "critic_depth", "ensemble_size", "embedding_dim",
+                  "actor_width", "actor_depth", "lr", "temperature_lr", "init_temperature")
+        if self.num_atoms < 2:
+            raise ValueError(f"AgentConfig.num_atoms must be >= 2, got {self.num_atoms}")
+        if not self.v_min < self.v_max:
+            raise ValueError(f"AgentConfig.v_min ({self.v_min}) must be < v_max ({self.v_max})")
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"AgentConfig.gamma must be in [0, 1), got {self.gamma}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"AgentConfig.tau must be in (0, 1], got {self.tau}")
+        if self.weight_decay < 0:
+            raise ValueError(f"AgentConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.temperature_beta1 < 1.0:
+            raise ValueError(f"AgentConfig.temperature_beta1 must be in [0, 1), got {self.temperature_beta1}")
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """Replay storage and sampling (§5.3)."""
+
+    capacity_per_task: int = 1_000_000
+    """Transitions kept per task (FIFO)."""
+    batch_size: int | None = None
+    """Transitions per gradient step; None: 1024 multi-task, 256 single-task (§2.1)."""
+
+    def __post_init__(self):
+        _positive(self, "capacity_per_task")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ValueError(f"BufferConfig.batch_size must be > 0, got {self.batch_size}")
+
+    def resolved_batch_size(self, num_tasks: int) -> int:
+        """The batch size actually used for ``num_tasks`` tasks."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 1024 if num_tasks > 1 else 256
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A full training run: ``python -m mtrl.train``."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    seed: int = 0
+    """Seed of python, numpy, torch and the environments (eval envs use seed + 42, §6.1)."""
+    iterations: int = 1_000_000
+    """Env iterations (one step of every task each) (§2.1)."""
+    random_iterations: int = 5_000
+    """Uniform-random warm-up iterations; updates start after them (§2.1)."""
+    updates_per_iteration: int = 2
+    """Gradient steps per iteration, each on its own batch (§2.1)."""
+    eval_interval: int = 50_000
+    """Evaluate every this many iterations (and at the end) (§6.1)."""
+    eval_episodes: int = 10
+    """Deterministic eval episodes per task, on separate env instances (§6.2)."""
+    log_interval: int = 1_000
+    """Write training metrics every this many iterations."""
+    checkpoint_interval: int = 50_000
+    """Write a checkpoint every this many iterations (and at the end); 0 disables periodic ones."""
+    keep_checkpoints: int = 2
+    """How many most recent checkpoints to keep."""
+    run_dir: str = "runs/default"
+    """Run directory (config, metrics, TensorBoard, plots, checkpoints)."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in run_dir."""
+    device: str = "auto"
+    """torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    wandb: bool = False
+    """Log to Weights & Biases (imported only when set)."""
+    wandb_project: str = "mtrl"
+    """W&B project name."""
+    progress: Literal["auto", "bar", "lines"] = "auto"
+    """Progress display: tqdm bar on a TTY (auto), always bar, or plain periodic lines."""
+
+    def __post_init__(self):
+        _positive(self, "iterations", "updates_per_iteration", "eval_interval", "eval_episodes",
+                  "log_interval", "keep_checkpoints")
+        if self.random_iterations < 0:
+            raise ValueError(f"TrainConfig.random_iterations must be >= 0, got {self.random_iterations}")
+        if self.checkpoint_interval < 0:
+            raise ValueError(f"TrainConfig.checkpoint_interval must be >= 0, got {self.checkpoint_interval}")
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with ``changes`` (configs are never mutated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def paper_preset() -> TrainConfig:
+    """The released configuration (§2.1): width 4096, batch 1024 MT / 256 ST, 2 updates/iteration,
+    5,000 random iterations, 1M replay per task, eval every 50k with 10 episodes per task."""
+    return TrainConfig()
+
+
+def laptop_preset() -> TrainConfig:
+    """Default with no arguments: 4 cheap DMC tasks, a 256-wide critic, ~30 minutes on 2 CPU cores."""
+    return TrainConfig(
+        env=EnvConfig(tasks=("laptop",)),
+        agent=AgentConfig(critic_width=256),
+        buffer=BufferConfig(capacity_per_task=100_000, batch_size=256),
+        iterations=20_000,
+        random_iterations=2_000,
+        eval_interval=2_500,
+        eval_episodes=5,
+        log_interval=500,
+        checkpoint_interval=5_000,
+        run_dir="runs/laptop",
+    )
+
+
+PRESETS = {"laptop": laptop_preset, "paper": paper_preset}
+
+
+def resolve_tasks(names: tuple[str, ...], available: list[str]) -> list[str]:
+    """Expand task-set names and canonicalise task names against ``available`` (mtrl.envs names).
+
+    Raises ValueError naming an unknown task with the closest available names.
+    """
+    def canon(name: str) -> str:
+        if name in available:
+            return name
+        if ":" not in name and f"dmc:{name}" in available:
+            return f"dmc:{name}"
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+        if ":" not in name:
+            bare = {a.split(":", 1)[1]: a for a in available}
+            close += [bare[c] for c in difflib.get_close_matches(name, list(bare), n=5, cutoff=0.5)]
+        hint = ", ".join(dict.fromkeys(close)) or "none; see mtrl.envs.available_tasks()"
+        raise ValueError(f"unknown task {name!r}; close names: {hint}")
+
+    out: list[str] = []
+    for name in names:
+        if name == "dmc-hard":
+            out += [canon(t) for t in DMC_HARD]
+        elif name == "laptop":
+            out += [canon(t) for t in LAPTOP_TASKS]
+        elif name == "dmc-mt30":
+            out += [t for t in available if t.startswith("dmc:") and t[4:].split("-")[0] in DMC_MT30_DOMAINS]
+        elif name == "metaworld-mt10":
+            out += [_metaworld(t, available) for t in METAWORLD_MT10]
+        elif name == "metaworld-mt50":
+            mw = [t for t in available if t.startswith("metaworld:")]
+            if not mw:
+                raise ValueError("task set 'metaworld-mt50' needs MetaWorld tasks, none are available in mtrl.envs")
+            out += mw
+        else:
+            out.append(canon(name))
+    if len(set(out)) != len(out):
+        dup = sorted({t for t in out if out.count(t) > 1})
+        raise ValueError(f"task(s) listed more than once: {', '.join(dup)}")
+    return out
+
+
+def _metaworld(name: str, available: list[str]) -> str:
+    for cand in (f"metaworld:{name}", f"metaworld:{name}-v3", f"metaworld:{name}-v2"):
+        if cand in available:
+            return cand
+    raise ValueError(f"MetaWorld task {name!r} (task set metaworld-mt10) is not available in mtrl.envs")

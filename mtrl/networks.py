@@ -1,0 +1,179 @@
+"""BroNet critic ensemble with a categorical head and task embedding, and the tanh-Gaussian actor
+(brc-spec §2.3, §3.1, §5.1, §11.2-3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtrl.math import squash_log_std, tanh_gaussian_log_prob
+
+LAYER_NORM_EPS = 1e-6  # Flax default (§3.1, §11.2); PyTorch's default is 1e-5.
+ORTHOGONAL_GAIN = math.sqrt(2.0)
+
+
+class EnsembleLinear(nn.Module):
+    """E independent Linear layers applied as one batched matmul: (E, B, in) -> (E, B, out).
+
+    Weights are stored as (E, in, out) so that the forward is a single ``baddbmm`` (§11.13).
+    Each member is initialised orthogonally with ``gain`` and zero bias (§3.1, §11.2).
+    """
+
+    def __init__(self, ensemble_size: int, in_features: int, out_features: int, gain: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, out_features))
+        with torch.no_grad():
+            for k in range(ensemble_size):  # init only; the forward has no loop over members
+                w = torch.empty(out_features, in_features)
+                nn.init.orthogonal_(w, gain=gain)
+                self.weight[k].copy_(w.t())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:  # shared input for all members
+            x = x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with a separate learnable scale/shift per member; (E, B, W)."""
+
+    def __init__(self, ensemble_size: int, width: int):
+        super().__init__()
+        self.width = width
+        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, width))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x, (self.width,), None, None, LAYER_NORM_EPS)
+        return torch.addcmul(self.bias, x, self.weight)
+
+
+class EnsembleBroBlock(nn.Module):
+    """BroNet residual block: x + LN(Linear(ReLU(LN(Linear(x))))) (§3.1), for E members at once."""
+
+    def __init__(self, ensemble_size: int, width: int):
+        super().__init__()
+        self.fc1 = EnsembleLinear(ensemble_size, width, width, ORTHOGONAL_GAIN)
+        self.ln1 = EnsembleLayerNorm(ensemble_size, width)
+        self.fc2 = EnsembleLinear(ensemble_size, width, width, ORTHOGONAL_GAIN)
+        self.ln2 = EnsembleLayerNorm(ensemble_size, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.ln1(self.fc1(x)))
+        return x + self.ln2(self.fc2(h))
+
+
+class Critic(nn.Module):
+    """Ensemble of BroNet critics with a ``num_atoms``-logit categorical head (§3.1) and, for
+    ``num_tasks > 1``, the unit-norm task embedding table that it owns (§5.1).
+
+    forward(obs (B, O), action (B, A), task_id (B,)) -> logits (E, B, num_atoms).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_tasks: int,
+        *,
+        width: int = 4096,
+        depth: int = 2,
+        num_atoms: int = 101,
+        ensemble_size: int = 2,
+        embedding_dim: int = 32,
+    ):
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.embedding_dim = embedding_dim if num_tasks > 1 else 0
+        if num_tasks > 1:
+            # §5.1/§11.3: Normal(0, variance 1/embedding_dim); normalised on every forward.
+            table = torch.randn(num_tasks, embedding_dim) / math.sqrt(embedding_dim)
+            self.task_embedding = nn.Parameter(table)
+        else:
+            self.register_parameter("task_embedding", None)  # single-task: no embedding (§5.1)
+        in_features = obs_dim + action_dim + self.embedding_dim
+        self.fc_in = EnsembleLinear(ensemble_size, in_features, width, ORTHOGONAL_GAIN)
+        self.ln_in = EnsembleLayerNorm(ensemble_size, width)
+        self.blocks = nn.ModuleList(EnsembleBroBlock(ensemble_size, width) for _ in range(depth))
+        self.head = EnsembleLinear(ensemble_size, width, num_atoms, ORTHOGONAL_GAIN)
+
+    def embed(self, task_id: Tensor) -> Tensor | None:
+        """Unit-norm task embeddings (B, embedding_dim) (no learnable scale, no epsilon; §5.1)."""
+        if self.task_embedding is None:
+            return None
+        e = self.task_embedding[task_id]
+        return e / e.norm(dim=-1, keepdim=True)
+
+    def forward(self, obs: Tensor, action: Tensor, task_id: Tensor) -> Tensor:
+        parts = [obs, action]
+        emb = self.embed(task_id)
+        if emb is not None:
+            parts.append(emb.to(obs.dtype))
+        x = F.relu(self.ln_in(self.fc_in(torch.cat(parts, dim=-1))))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """All parameters except the task embedding table."""
+        return [p for n, p in self.named_parameters() if n != "task_embedding"]
+
+
+def _linear(in_features: int, out_features: int, gain: float) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.orthogonal_(layer.weight, gain=gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Actor(nn.Module):
+    """BroNet (width 256, 1 block) tanh-Gaussian policy (§2.3).
+
+    Input: padded observation (B, O) and, in multi-task mode, the critic's task embedding
+    (B, embedding_dim), which the caller passes detached (§5.1).
+    """
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, embedding_dim: int = 0, *, width: int = 256,
+        depth: int = 1,
+    ):
+        super().__init__()
+        self.fc_in = _linear(obs_dim + embedding_dim, width, ORTHOGONAL_GAIN)
+        self.ln_in = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            self.blocks.append(nn.ModuleList([
+                _linear(width, width, ORTHOGONAL_GAIN), nn.LayerNorm(width, eps=LAYER_NORM_EPS),
+                _linear(width, width, ORTHOGONAL_GAIN), nn.LayerNorm(width, eps=LAYER_NORM_EPS),
+            ]))
+        self.mean = _linear(width, action_dim, ORTHOGONAL_GAIN)
+        self.log_std = _linear(width, action_dim, 1.0)  # gain 1.0 for the log-std head (§2.3)
+
+    def forward(self, obs: Tensor, embedding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns the pre-tanh mean and log sigma, each (B, A)."""
+        x = obs if embedding is None else torch.cat([obs, embedding], dim=-1)
+        x = F.relu(self.ln_in(self.fc_in(x)))
+        for fc1, ln1, fc2, ln2 in self.blocks:
+            x = x + ln2(fc2(F.relu(ln1(fc1(x)))))
+        return self.mean(x), squash_log_std(self.log_std(x))
+
+    def sample(
+        self, obs: Tensor, embedding: Tensor | None = None, std_scale: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterised action a = tanh(mean + std_scale * sigma * eps) (B, A) and log pi(a) (B,)."""
+        mean, log_std = self(obs, embedding)
+        std = torch.exp(log_std) * std_scale
+        pre_tanh = mean + std * torch.randn_like(mean)
+        return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+
+    def act(self, obs: Tensor, embedding: Tensor | None = None, deterministic: bool = False) -> Tensor:
+        """Environment action (B, A) in [-1, 1]: tanh(mean) when deterministic (§2.3, §6.2)."""
+        mean, log_std = self(obs, embedding)
+        if deterministic:
+            return torch.tanh(mean)
+        pre_tanh = mean + torch.exp(log_std) * torch.randn_like(mean)
+        return torch.tanh(pre_tanh).clamp(-1.0, 1.0)

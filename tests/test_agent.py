@@ -1,0 +1,147 @@
+"""BRC agent update (brc-spec §2.2): embeddings, Polyak, temperature, optimisers, fused path."""
+
+import copy
+
+import pytest
+import torch
+
+from mtrl import math as M
+from mtrl.agent import Batch, BRCAgent, fused_ops_available
+from mtrl.config import AgentConfig
+
+OBS, ACT, TASKS, B = 6, 3, 3, 32
+
+
+def make_agent(**kw):
+    torch.manual_seed(0)
+    cfg = AgentConfig(critic_width=32, actor_width=16, **kw)
+    return BRCAgent(cfg, OBS, ACT, TASKS)
+
+
+def make_batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.randn(B, OBS, generator=g), action=torch.rand(B, ACT, generator=g) * 2 - 1,
+        reward=torch.randn(B, generator=g), next_obs=torch.randn(B, OBS, generator=g),
+        mask=(torch.rand(B, generator=g) > 0.1).float(), discount=torch.full((B,), 0.99),
+        task_id=torch.randint(0, TASKS, (B,), generator=g))
+
+
+def test_update_metrics_detached_and_finite():
+    agent = make_agent()
+    metrics = agent.update(make_batch(), torch.ones(TASKS))
+    for name, value in metrics.items():
+        assert not value.requires_grad, name
+        assert torch.isfinite(value).all(), name
+    assert metrics["nonfinite_per_task"].shape == (TASKS,)
+    assert metrics["alpha"].item() == pytest.approx(0.1)
+    assert agent.target_entropy == -ACT / 2
+
+
+def test_reward_divided_by_task_denominator():
+    agent = make_agent()
+    batch = make_batch()
+    den = torch.tensor([1.0, 2.0, 4.0])
+    metrics = agent.update(batch, den)
+    torch.testing.assert_close(metrics["reward_mean"], (batch.reward / den[batch.task_id]).mean())
+
+
+def test_polyak_after_critic_step():
+    agent = make_agent()
+    old_target = [p.clone() for p in agent.target_critic.parameters()]
+    for a, b in zip(agent.target_critic.parameters(), agent.critic.parameters()):
+        torch.testing.assert_close(a, b)  # identical at init (§11.4)
+    agent.update(make_batch(), torch.ones(TASKS))
+    for old, new, online in zip(old_target, agent.target_critic.parameters(), agent.critic.parameters()):
+        torch.testing.assert_close(new, 0.995 * old + 0.005 * online)
+    names = [n for n, _ in agent.target_critic.named_parameters()]
+    assert "task_embedding" in names  # the target keeps its own averaged embedding
+
+
+def test_actor_step_leaves_critic_and_embedding_untouched():
+    agent = make_agent()
+    before = copy.deepcopy(agent.critic.state_dict())
+    actor_before = [p.clone() for p in agent.actor.parameters()]
+    agent.actor_step(make_batch(), agent.alpha)
+    for k, v in agent.critic.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert all(p.grad is None for p in agent.critic.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters()))
+
+
+def test_critic_step_trains_embedding_and_keeps_it_unit_norm():
+    agent = make_agent()
+    emb = agent.critic.task_embedding.detach().clone()
+    batch = make_batch()
+    agent.critic_step(batch, batch.reward, agent.alpha)
+    assert not torch.equal(emb, agent.critic.task_embedding.detach())
+    torch.testing.assert_close(agent.critic.embed(torch.arange(TASKS)).norm(dim=-1), torch.ones(TASKS))
+
+
+def test_temperature_moves_toward_target_entropy():
+    agent = make_agent()
+    a0 = agent.alpha.clone()
+    agent.temperature_step(torch.tensor(5.0))  # entropy above target -> alpha shrinks
+    assert agent.alpha < a0
+    agent = make_agent()
+    agent.temperature_step(torch.tensor(-50.0))
+    assert agent.alpha > a0
+    assert agent.temperature_optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_optimizers_cover_all_params_with_weight_decay():
+    agent = make_agent()
+    g = agent.critic_optimizer.param_groups
+    assert len(g) == 1 and g[0]["weight_decay"] == 1e-4 and g[0]["lr"] == 3e-4
+    assert {id(p) for p in g[0]["params"]} == {id(p) for p in agent.critic.parameters()}
+    g = agent.actor_optimizer.param_groups
+    assert {id(p) for p in g[0]["params"]} == {id(p) for p in agent.actor.parameters()}
+    assert g[0]["weight_decay"] == 1e-4
+
+
+def test_critic_loss_uses_projected_soft_target():
+    agent = make_agent(fused_ops=False)
+    batch = make_batch()
+    alpha = agent.alpha
+    torch.manual_seed(5)
+    with torch.no_grad():
+        emb = agent.critic.embed(batch.task_id)
+        a, logp = agent.actor.sample(batch.next_obs, emb)
+        target, _ = M.categorical_td_target(
+            agent.target_critic(batch.next_obs, a, batch.task_id), batch.reward, batch.mask,
+            batch.discount, alpha * logp, -10.0, 10.0)
+        expected = M.categorical_cross_entropy(agent.critic(batch.obs, batch.action, batch.task_id), target)
+    torch.manual_seed(5)
+    loss, _, finite = agent.critic_step(batch, batch.reward, alpha)
+    torch.testing.assert_close(loss, expected)
+    assert finite.all()
+
+
+def test_single_task_has_no_embedding():
+    torch.manual_seed(0)
+    agent = BRCAgent(AgentConfig(critic_width=32, actor_width=16), OBS, ACT, 1)
+    assert agent.critic.task_embedding is None
+    metrics = agent.update(make_batch().__class__(**{**make_batch().__dict__, "task_id": torch.zeros(B, dtype=torch.long)}), torch.ones(1))
+    assert torch.isfinite(metrics["critic_loss"])
+
+
+def test_nonfinite_batch_is_attributed_to_its_task():
+    agent = make_agent()
+    batch = make_batch()
+    batch.task_id[:] = 0
+    batch.task_id[3] = 2
+    batch.reward[3] = float("nan")
+    metrics = agent.update(batch, torch.ones(TASKS))
+    assert metrics["nonfinite_per_task"].tolist() == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.skipif(not fused_ops_available(), reason="mtrl.ops fused kernels not built in this tree")
+def test_fused_and_reference_paths_agree():
+    results = []
+    for fused in (True, False):
+        agent = make_agent(fused_ops=fused)
+        assert agent.use_fused == fused
+        torch.manual_seed(3)
+        results.append(agent.update(make_batch(), torch.ones(TASKS)))
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,109 @@
+"""Reward normaliser against a float64 reference on synthetic episodes (brc-spec §4.2)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtrl.normalizer import RewardNormalizer, discounted_returns, reward_denominator
+
+
+def reference_returns(rewards, gamma, truncated):
+    """Closed form G_t = sum_k gamma^(k-t) r_k + gamma^(L-t) * tail, float64."""
+    r = np.asarray(rewards, dtype=np.float64)
+    n = r.size
+    tail = r.mean() / (1 - gamma) if truncated else 0.0
+    powers = gamma ** np.arange(n + 1, dtype=np.float64)
+    return np.array([(powers[: n - t] * r[t:]).sum() + powers[n - t] * tail for t in range(n)])
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_discounted_returns(truncated):
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=57)
+    np.testing.assert_allclose(discounted_returns(r, 0.99, truncated), reference_returns(r, 0.99, truncated), rtol=1e-12)
+
+
+def _run(norm, streams):
+    """Feed per-env episode lists [(rewards, 'term'|'trunc'), ...] in lock step."""
+    flat = []
+    for eps in streams:
+        steps = []
+        for rewards, end in eps:
+            for i, r in enumerate(rewards):
+                last = i == len(rewards) - 1
+                steps.append((r, last and end == "term", last and end == "trunc"))
+        flat.append(steps)
+    n = min(len(s) for s in flat)
+    for t in range(n):
+        norm.update(np.array([s[t][0] for s in flat]), np.array([s[t][1] for s in flat]),
+                    np.array([s[t][2] for s in flat]))
+
+
+def test_statistics_match_reference():
+    rng = np.random.default_rng(1)
+    gamma = 0.99
+    # two tasks, env 0 -> task 0, env 1 -> task 1; equal total lengths so lock-step covers all.
+    ep = {k: rng.normal(loc=k - 0.5, size=n) for k, n in [(0, 40), (1, 60), (2, 30), (3, 70)]}
+    streams = [[(ep[0], "term"), (ep[1], "trunc")], [(ep[2], "trunc"), (ep[3], "term")]]
+    norm = RewardNormalizer(np.array([0, 1]), 2, gamma)
+    _run(norm, streams)
+    g0 = np.concatenate([reference_returns(ep[0], gamma, False), reference_returns(ep[1], gamma, True)])
+    g1 = np.concatenate([reference_returns(ep[2], gamma, True), reference_returns(ep[3], gamma, False)])
+    np.testing.assert_allclose(norm.g_min, [g0.min(), g1.min()], rtol=1e-12)
+    np.testing.assert_allclose(norm.g_max, [g0.max(), g1.max()], rtol=1e-12)
+    expect = [max(g.max(), abs(g.min())) if g.max() <= abs(g.min()) else g.max() for g in (g0, g1)]
+    np.testing.assert_allclose(norm.return_scale(), expect, rtol=1e-12)
+    alpha, act_dim = 0.05, 6
+    d = norm.denominator(alpha, act_dim, v_max=10.0)
+    # D = (G_bar + alpha * |A|/4 / (1 - gamma)) / V_max
+    np.testing.assert_allclose(d, (np.array(expect) + alpha * act_dim / 4 / (1 - gamma)) / 10, rtol=1e-12)
+    assert norm.ready.all()
+
+
+def test_terminated_and_truncated_counts_as_truncated():
+    norm = RewardNormalizer(np.array([0]), 1, 0.9)
+    norm.update(np.array([1.0]), np.array([True]), np.array([True]))
+    assert norm.g_max[0] == pytest.approx(1.0 + 0.9 * 1.0 / 0.1)
+
+
+def test_unfinished_task_rule_is_finite_and_provisional():
+    gamma = 0.99
+    norm = RewardNormalizer(np.array([0, 1]), 2, gamma)
+    d = norm.denominator(0.1, 4)
+    assert np.isfinite(d).all() and (d > 0).all()  # no reward yet: entropy correction only
+    np.testing.assert_allclose(d, 0.1 * 4 / 4 / (1 - gamma) / 10)
+    r = [2.0, -1.0, 3.0]
+    for x in r:
+        norm.update(np.array([x, 0.5]), np.array([False, False]), np.array([False, False]))
+    assert not norm.ready.any()
+    g = reference_returns(r, gamma, True)  # as if truncated now
+    assert norm.return_scale()[0] == pytest.approx(max(g.max(), abs(g.min())), rel=1e-12)
+    assert np.isinf(norm.g_max).all()  # the real statistics are untouched until an episode ends
+    norm.update(np.array([1.0, 0.5]), np.array([True, False]), np.array([False, False]))
+    g = reference_returns(r + [1.0], gamma, False)
+    assert norm.ready.tolist() == [True, False]
+    assert norm.return_scale()[0] == pytest.approx(max(g.max(), abs(g.min())), rel=1e-12)
+
+
+def test_denominator_torch_and_state_roundtrip():
+    norm = RewardNormalizer(np.array([0, 0, 1]), 2, 0.99)
+    for t in range(5):
+        norm.update(np.array([t, -t, 2.0 * t]), np.array([t == 3, False, False]), np.array([False, t == 4, False]))
+    scale = norm.return_scale()
+    d_t = reward_denominator(torch.tensor(scale), torch.tensor(0.2, dtype=torch.float64), 3, 0.99, 10.0)
+    np.testing.assert_allclose(d_t.numpy(), norm.denominator(0.2, 3), rtol=1e-12)
+    other = RewardNormalizer(np.array([0, 0, 1]), 2, 0.99)
+    other.load_state_dict(norm.state_dict())
+    np.testing.assert_array_equal(other.return_scale(), scale)
+    with pytest.raises(ValueError, match="task_ids"):
+        RewardNormalizer(np.array([0, 1, 1]), 2, 0.99).load_state_dict(norm.state_dict())
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="task_ids"):
+        RewardNormalizer(np.array([0, 3]), 2)
+    with pytest.raises(ValueError, match="gamma"):
+        RewardNormalizer(np.array([0]), 1, gamma=1.0)
+    assert math.isfinite(discounted_returns(np.zeros(0), 0.99, True).sum())
