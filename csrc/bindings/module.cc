@@ -6,4 +6,5 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "mtrl compiled core (replay buffer, TD-target kernels, environment engine)";
   mtrl::RegisterBuildInfo(m);
+  mtrl::RegisterReplay(m);
 }

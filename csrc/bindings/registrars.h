@@ -6,5 +6,6 @@
 namespace mtrl {
 
 void RegisterBuildInfo(pybind11::module_& m);
+void RegisterReplay(pybind11::module_& m);
 
 }  // namespace mtrl

@@ -1,0 +1,205 @@
+// Binding of the replay buffer (csrc/replay/) as mtrl._core._ReplayBuffer; mtrl/replay.py is
+// the public face. Arrays must already have the exact dtype, shape and C order: anything else
+// raises TypeError (wrong dtype/layout, which the Python face converts and retries) or
+// ValueError (wrong shape), before the GIL is released around the C++ work.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "bindings/registrars.h"
+#include "replay/replay_buffer.h"
+
+namespace py = pybind11;
+
+namespace mtrl {
+namespace {
+
+std::string ShapeOf(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    s += std::to_string(a.shape(i)) + (a.ndim() == 1 ? ",": (i + 1 < a.ndim() ? ", " : ""));
+  }
+  return s + ")";
+}
+
+// Checks `h` is a C-contiguous, aligned ndarray of T with the given shape; returns its data.
+template <typename T>
+T* View(py::handle h, const char* name, int64_t d0, int64_t d1 = -1, bool writable = false) {
+  static const int kNum = py::dtype::of<T>().num();
+  static const std::string kName = py::str(py::dtype::of<T>()).cast<std::string>();
+  if (!py::isinstance<py::array>(h)) {
+    throw py::type_error(std::string("`") + name + "` must be a numpy array of " + kName +
+                         ", got " + py::str(py::type::of(h).attr("__name__")).cast<std::string>());
+  }
+  auto a = py::reinterpret_borrow<py::array>(h);
+  const int flags = a.flags();
+  if (a.dtype().num() != kNum || !(flags & py::array::c_style) ||
+      !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+    throw py::type_error(std::string("`") + name + "` must be a C-contiguous " + kName +
+                         " array, got " + py::str(a.dtype()).cast<std::string>() +
+                         (flags & py::array::c_style ? "" : " (not C-contiguous)"));
+  }
+  const int ndim = d1 < 0 ? 1 : 2;
+  if (a.ndim() != ndim || a.shape(0) != d0 || (ndim == 2 && a.shape(1) != d1)) {
+    throw py::value_error(std::string("`") + name + "` must have shape (" + std::to_string(d0) +
+                          (ndim == 2 ? ", " + std::to_string(d1) : std::string(",")) +
+                          "), got " + ShapeOf(a));
+  }
+  if (writable && !a.writeable()) {
+    throw py::value_error(std::string("`") + name + "` must be writable");
+  }
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+int64_t Length(py::handle h, const char* name) {
+  if (!py::isinstance<py::array>(h)) {
+    throw py::type_error(std::string("`") + name + "` must be a numpy array");
+  }
+  auto a = py::reinterpret_borrow<py::array>(h);
+  if (a.ndim() != 1) throw py::value_error(std::string("`") + name + "` must be 1-D");
+  return a.shape(0);
+}
+
+void Add(ReplayBuffer& buf, py::handle task_id, py::handle obs, py::handle action,
+         py::handle reward, py::handle terminated, py::handle truncated, py::handle next_obs) {
+  const ReplayConfig& c = buf.config();
+  const int64_t n = c.num_envs;
+  StepView step{View<int64_t>(task_id, "task_id", n),    View<float>(obs, "obs", n, c.obs_dim),
+                View<float>(action, "action", n, c.action_dim), View<float>(reward, "reward", n),
+                View<bool>(terminated, "terminated", n), View<bool>(truncated, "truncated", n),
+                View<float>(next_obs, "next_obs", n, c.obs_dim)};
+  py::gil_scoped_release release;  // only plain pointers into arrays the caller keeps alive
+  buf.Add(step);
+}
+
+void Sample(ReplayBuffer& buf, int64_t batch_size, bool stratified, bool prioritized,
+            double beta, int64_t n_step, double gamma, py::handle obs, py::handle action,
+            py::handle reward, py::handle next_obs, py::handle mask, py::handle discount,
+            py::handle task_id, py::handle index, py::handle weight) {
+  const ReplayConfig& c = buf.config();
+  if (batch_size < 1 || batch_size > ReplayBuffer::kMaxBatchSize) {
+    throw py::value_error("`batch_size` must be in [1, " +
+                          std::to_string(ReplayBuffer::kMaxBatchSize) + "], got " +
+                          std::to_string(batch_size));
+  }
+  const int64_t b = batch_size;
+  BatchView out{View<float>(obs, "obs", b, c.obs_dim, true),
+                View<float>(action, "action", b, c.action_dim, true),
+                View<float>(reward, "reward", b, -1, true),
+                View<float>(next_obs, "next_obs", b, c.obs_dim, true),
+                View<float>(mask, "mask", b, -1, true),
+                View<float>(discount, "discount", b, -1, true),
+                View<int64_t>(task_id, "task_id", b, -1, true),
+                View<int64_t>(index, "index", b, -1, true),
+                View<float>(weight, "weight", b, -1, true)};
+  SampleRequest request{batch_size, stratified, prioritized, beta, n_step, gamma};
+  py::gil_scoped_release release;  // only plain pointers into arrays the caller keeps alive
+  buf.Sample(request, out);
+}
+
+void Fetch(ReplayBuffer& buf, py::handle indices, int64_t n_step, double gamma, py::handle obs,
+           py::handle action, py::handle reward, py::handle next_obs, py::handle mask,
+           py::handle discount, py::handle task_id, py::handle index, py::handle weight) {
+  const ReplayConfig& c = buf.config();
+  const int64_t b = Length(indices, "index");
+  const int64_t* idx = View<int64_t>(indices, "index", b);
+  BatchView out{View<float>(obs, "obs", b, c.obs_dim, true),
+                View<float>(action, "action", b, c.action_dim, true),
+                View<float>(reward, "reward", b, -1, true),
+                View<float>(next_obs, "next_obs", b, c.obs_dim, true),
+                View<float>(mask, "mask", b, -1, true),
+                View<float>(discount, "discount", b, -1, true),
+                View<int64_t>(task_id, "task_id", b, -1, true),
+                View<int64_t>(index, "index", b, -1, true),
+                View<float>(weight, "weight", b, -1, true)};
+  py::gil_scoped_release release;  // only plain pointers into arrays the caller keeps alive
+  buf.Fetch(idx, b, n_step, gamma, out);
+}
+
+void UpdatePriorities(ReplayBuffer& buf, py::handle index, py::handle priority) {
+  const int64_t n = Length(index, "index");
+  const int64_t* idx = View<int64_t>(index, "index", n);
+  const double* p = View<double>(priority, "priority", n);
+  py::gil_scoped_release release;  // only plain pointers into arrays the caller keeps alive
+  buf.UpdatePriorities(idx, p, n);
+}
+
+py::array_t<double> ToArray(const std::vector<double>& v) {
+  py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+ReplayConfig MakeConfig(int64_t num_tasks, int64_t capacity_per_task, int64_t obs_dim,
+                        int64_t action_dim, int64_t num_envs, double alpha, uint64_t seed) {
+  ReplayConfig c{num_tasks, capacity_per_task, obs_dim, action_dim, num_envs, alpha, seed};
+  c.Validate();
+  return c;
+}
+
+}  // namespace
+
+void RegisterReplay(py::module_& m) {
+  py::register_exception<OutOfMemoryError>(m, "ReplayMemoryError", PyExc_MemoryError);
+  py::class_<ReplayBuffer>(m, "_ReplayBuffer",
+                           "Raw prioritized multi-task replay buffer; use mtrl.replay.ReplayBuffer.")
+      .def(py::init([](int64_t t, int64_t c, int64_t o, int64_t a, int64_t n, double alpha,
+                       uint64_t seed) {
+             const ReplayConfig config = MakeConfig(t, c, o, a, n, alpha, seed);
+             py::gil_scoped_release release;  // large allocation, touches no Python object
+             return new ReplayBuffer(config);
+           }),
+           py::kw_only(), py::arg("num_tasks"), py::arg("capacity_per_task"), py::arg("obs_dim"),
+           py::arg("action_dim"), py::arg("num_envs"), py::arg("alpha"), py::arg("seed"))
+      .def_static(
+          "estimate_nbytes",
+          [](int64_t t, int64_t c, int64_t o, int64_t a, int64_t n) {
+            return ReplayBuffer::EstimateBytes(MakeConfig(t, c, o, a, n, 0.6, 0));
+          },
+          py::kw_only(), py::arg("num_tasks"), py::arg("capacity_per_task"), py::arg("obs_dim"),
+          py::arg("action_dim"), py::arg("num_envs"))
+      .def_readonly_static("max_batch_size", &ReplayBuffer::kMaxBatchSize)
+      .def_readonly_static("max_n_step", &ReplayBuffer::kMaxNStep)
+      .def("add", &Add)
+      .def("sample", &Sample)
+      .def("fetch", &Fetch)
+      .def("update_priorities", &UpdatePriorities)
+      .def("size", &ReplayBuffer::Size)
+      .def("sizes", [](const ReplayBuffer& b) { return py::array(py::cast(b.Sizes())); })
+      .def("total_size", &ReplayBuffer::TotalSize)
+      .def("nbytes", &ReplayBuffer::nbytes)
+      .def("max_priority", &ReplayBuffer::max_priority)
+      .def("final_rows_in_use", &ReplayBuffer::final_rows_in_use)
+      .def("tree_nodes", [](const ReplayBuffer& b, int64_t t) { return ToArray(b.TreeNodes(t)); })
+      .def("top_nodes", [](const ReplayBuffer& b) { return ToArray(b.TopNodes()); })
+      .def("save",
+           [](const ReplayBuffer& b, const std::string& dir) {
+             ReplayScalars s;
+             {
+               py::gil_scoped_release release;  // file I/O on plain C++ state
+               s = b.Save(dir);
+             }
+             py::dict d;
+             d["size"] = s.size;
+             d["position"] = s.position;
+             d["max_priority"] = s.max_priority;
+             d["rng_state"] = std::vector<uint64_t>(s.rng_state.begin(), s.rng_state.end());
+             d["final_rows"] = s.final_rows;
+             return d;
+           })
+      .def("load",
+           [](ReplayBuffer& b, const std::string& dir, std::vector<int64_t> size,
+              std::vector<int64_t> position, double max_priority, std::vector<uint64_t> rng,
+              int64_t final_rows) {
+             if (rng.size() != 4) throw py::value_error("`rng_state` must have 4 entries");
+             if (final_rows < 0) throw py::value_error("`final_rows` must be >= 0");
+             ReplayScalars s{std::move(size), std::move(position), max_priority,
+                             {rng[0], rng[1], rng[2], rng[3]}, final_rows};
+             py::gil_scoped_release release;  // file I/O on plain C++ state
+             b.Load(dir, s);
+           });
+}
+
+}  // namespace mtrl

@@ -1,0 +1,50 @@
+// Large zero-initialised allocations for the replay buffer, with a fit-in-memory check.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace mtrl {
+
+// Thrown when a requested allocation cannot fit in this machine's memory (-> MemoryError).
+class OutOfMemoryError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Bytes the kernel says can be allocated without swapping: /proc/meminfo MemAvailable,
+// else sysconf(_SC_AVPHYS_PAGES) * page size. Thread-safe (reads the file each call).
+uint64_t AvailableMemoryBytes();
+
+// Throws OutOfMemoryError naming `what` if `nbytes` exceeds AvailableMemoryBytes().
+void CheckFitsInMemory(uint64_t nbytes, const std::string& what);
+
+// Page-aligned, zero-filled anonymous memory (mmap). Blocks of 2 MiB and more are advised to
+// use transparent huge pages, which cuts TLB misses on the random-row gathers of sampling.
+// Pages are committed on first touch. Move-only; not thread-safe (owned by one buffer).
+class PageBuffer {
+ public:
+  PageBuffer() = default;
+  explicit PageBuffer(size_t nbytes);
+  ~PageBuffer();
+  PageBuffer(PageBuffer&& other) noexcept;
+  PageBuffer& operator=(PageBuffer&& other) noexcept;
+  PageBuffer(const PageBuffer&) = delete;
+  PageBuffer& operator=(const PageBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void Release();
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+};
+
+}  // namespace mtrl

@@ -1,0 +1,238 @@
+// Construction, insertion and priority updates of the replay buffer.
+#include "replay/replay_buffer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+namespace mtrl {
+namespace {
+
+void CheckRange(const char* name, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi) {
+    throw std::invalid_argument(std::string("`") + name + "` must be in [" + std::to_string(lo) +
+                                ", " + std::to_string(hi) + "], got " + std::to_string(value));
+  }
+}
+
+}  // namespace
+
+void ReplayConfig::Validate() const {
+  CheckRange("num_tasks", num_tasks, 1, int64_t{1} << 20);
+  CheckRange("capacity_per_task", capacity_per_task, 1, int64_t{1} << 36);
+  CheckRange("obs_dim", obs_dim, 1, int64_t{1} << 24);
+  CheckRange("action_dim", action_dim, 1, int64_t{1} << 24);
+  CheckRange("num_envs", num_envs, 1, ReplayBuffer::kMaxEnvs);
+  if (!std::isfinite(alpha) || alpha < 0.0) {
+    throw std::invalid_argument("`alpha` must be finite and >= 0, got " + std::to_string(alpha));
+  }
+  // Guard every product used for sizes against overflow (2^62 bytes is far beyond any machine).
+  const double rows = static_cast<double>(num_tasks) * static_cast<double>(capacity_per_task);
+  const double row_bytes = 4.0 * static_cast<double>(obs_dim + action_dim) + 32.0;
+  if (rows > 0x1.0p40 || rows * row_bytes > 0x1.0p62) {
+    throw std::invalid_argument("num_tasks * capacity_per_task (" + std::to_string(rows) +
+                                " transitions) is too large");
+  }
+}
+
+uint64_t ReplayBuffer::EstimateBytes(const ReplayConfig& c) {
+  c.Validate();
+  const uint64_t rows = static_cast<uint64_t>(c.num_tasks) * c.capacity_per_task;
+  return rows * (c.obs_dim + c.action_dim) * sizeof(float) + rows * sizeof(Slot) +
+         PriorityTrees::Bytes(c.num_tasks, c.capacity_per_task) +
+         static_cast<uint64_t>(c.num_envs) * (c.obs_dim * sizeof(float) + sizeof(int64_t)) +
+         static_cast<uint64_t>(c.num_tasks) * 2 * sizeof(int64_t);
+}
+
+ReplayBuffer::ReplayBuffer(const ReplayConfig& config) : config_(config) {
+  CheckFitsInMemory(EstimateBytes(config_), "the replay buffer");
+  total_slots_ = config_.num_tasks * config_.capacity_per_task;
+  s_ = MakeStorage();
+  s_.rng.Seed(config_.seed);
+  touched_.assign(config_.num_tasks, 0);
+}
+
+ReplayBuffer::Storage ReplayBuffer::MakeStorage() const {
+  const ReplayConfig& c = config_;
+  Storage s;
+  s.obs = PageBuffer(static_cast<size_t>(total_slots_ * c.obs_dim) * sizeof(float));
+  s.action = PageBuffer(static_cast<size_t>(total_slots_ * c.action_dim) * sizeof(float));
+  s.slots = PageBuffer(static_cast<size_t>(total_slots_) * sizeof(Slot));
+  s.pending_obs.assign(c.num_envs * c.obs_dim, 0.0f);
+  s.last_slot.assign(c.num_envs, -1);
+  s.finals = FinalObsPool(c.obs_dim);
+  s.trees = PriorityTrees(c.num_tasks, c.capacity_per_task);
+  s.size.assign(c.num_tasks, 0);
+  s.position.assign(c.num_tasks, 0);
+  return s;
+}
+
+uint64_t ReplayBuffer::nbytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return s_.obs.nbytes() + s_.action.nbytes() + s_.slots.nbytes() +
+         PriorityTrees::Bytes(config_.num_tasks, config_.capacity_per_task) +
+         s_.pending_obs.size() * sizeof(float) + s_.last_slot.size() * sizeof(int64_t) +
+         s_.finals.nbytes() + 2 * s_.size.size() * sizeof(int64_t);
+}
+
+int64_t ReplayBuffer::Size(int64_t task) const {
+  if (task < 0 || task >= config_.num_tasks) {
+    throw std::out_of_range("task " + std::to_string(task) + " is out of range [0, " +
+                            std::to_string(config_.num_tasks) + ")");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  return s_.size[task];
+}
+
+int64_t ReplayBuffer::TotalSize() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t total = 0;
+  for (int64_t n : s_.size) total += n;
+  return total;
+}
+
+std::vector<int64_t> ReplayBuffer::Sizes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return s_.size;
+}
+
+double ReplayBuffer::max_priority() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return s_.max_priority;
+}
+
+int64_t ReplayBuffer::final_rows_in_use() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return s_.finals.used();
+}
+
+void ReplayBuffer::Evict(int64_t g) {
+  const Slot& slot = slots()[g];
+  if (slot.next <= -2) {
+    s_.finals.Free(-2 - slot.next);
+  } else if (slot.next == kPending) {
+    const int64_t env = slot.env_flags >> 8;
+    if (s_.last_slot[env] == g) s_.last_slot[env] = -1;
+  }
+}
+
+void ReplayBuffer::Add(const StepView& step) {
+  const ReplayConfig& c = config_;
+  for (int64_t k = 0; k < c.num_envs; ++k) {
+    if (step.task_id[k] < 0 || step.task_id[k] >= c.num_tasks) {
+      throw std::out_of_range("task_id[" + std::to_string(k) + "] = " +
+                              std::to_string(step.task_id[k]) + " is out of range [0, " +
+                              std::to_string(c.num_tasks) + ")");
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  // At most two pool rows per env per call (its previous stream break + its own episode end);
+  // reserving first means nothing below can fail half-way.
+  s_.finals.Reserve(2 * c.num_envs);
+  const double new_leaf = std::pow(s_.max_priority, c.alpha);
+  const size_t obs_bytes = c.obs_dim * sizeof(float);
+  Slot* slot_array = slots();
+  for (int64_t k = 0; k < c.num_envs; ++k) {
+    const int64_t t = step.task_id[k];
+    const int64_t local = s_.position[t];
+    const int64_t g = t * c.capacity_per_task + local;
+    if (s_.size[t] == c.capacity_per_task) Evict(g);
+    const float* obs = step.obs + k * c.obs_dim;
+    // Close env k's previous transition: link it to this one when this obs is exactly its
+    // next_obs (same task ring, so FIFO keeps the link live); otherwise keep a copy.
+    const int64_t p = s_.last_slot[k];
+    if (p >= 0) {
+      const float* pending = s_.pending_obs.data() + k * c.obs_dim;
+      if (p / c.capacity_per_task == t && std::memcmp(pending, obs, obs_bytes) == 0) {
+        slot_array[p].next = g;
+      } else {
+        const int64_t f = s_.finals.Allocate();
+        std::memcpy(s_.finals.Row(f), pending, obs_bytes);
+        slot_array[p].next = -2 - f;
+      }
+      s_.last_slot[k] = -1;
+    }
+    std::memcpy(ObsRow(g), obs, obs_bytes);
+    std::memcpy(ActionRow(g), step.action + k * c.action_dim, c.action_dim * sizeof(float));
+    const uint32_t flags = (step.terminated[k] ? kTerminated : 0u) |
+                           (step.truncated[k] ? kTruncated : 0u);
+    Slot& slot = slot_array[g];
+    slot.reward = step.reward[k];
+    slot.env_flags = static_cast<uint32_t>(k) << 8 | flags;
+    const float* next_obs = step.next_obs + k * c.obs_dim;
+    if (flags != 0) {  // episode end: the final observation goes to the pool
+      const int64_t f = s_.finals.Allocate();
+      std::memcpy(s_.finals.Row(f), next_obs, obs_bytes);
+      slot.next = -2 - f;
+    } else {
+      std::memcpy(s_.pending_obs.data() + k * c.obs_dim, next_obs, obs_bytes);
+      slot.next = kPending;
+      s_.last_slot[k] = g;
+    }
+    s_.trees.Set(t, local, new_leaf);
+    touched_[t] = 1;
+    s_.position[t] = local + 1 == c.capacity_per_task ? 0 : local + 1;
+    if (s_.size[t] < c.capacity_per_task) ++s_.size[t];
+  }
+  for (int64_t k = 0; k < c.num_envs; ++k) {
+    const int64_t t = step.task_id[k];
+    if (touched_[t]) {
+      s_.trees.SyncTop(t);
+      touched_[t] = 0;
+    }
+  }
+}
+
+void ReplayBuffer::UpdatePriorities(const int64_t* index, const double* priority, int64_t n) {
+  const ReplayConfig& c = config_;
+  std::lock_guard<std::mutex> lock(mu_);
+  double max_p = s_.max_priority;
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t g = index[k];
+    if (g < 0 || g >= total_slots_) {
+      throw std::out_of_range("index[" + std::to_string(k) + "] = " + std::to_string(g) +
+                              " is out of range [0, " + std::to_string(total_slots_) + ")");
+    }
+    const int64_t t = g / c.capacity_per_task;
+    if (g % c.capacity_per_task >= s_.size[t]) {
+      throw std::out_of_range("index[" + std::to_string(k) + "] = " + std::to_string(g) +
+                              " holds no transition (task " + std::to_string(t) + " holds " +
+                              std::to_string(s_.size[t]) + ")");
+    }
+    const double p = priority[k];
+    if (!std::isfinite(p) || p < 0.0) {
+      throw std::invalid_argument("priority[" + std::to_string(k) + "] = " + std::to_string(p) +
+                                  " must be finite and >= 0");
+    }
+    max_p = std::max(max_p, p);
+  }
+  scratch_i64_.resize(2 * n);
+  scratch_f64_.resize(n);
+  int64_t* tree = scratch_i64_.data();
+  int64_t* leaf = tree + n;
+  for (int64_t k = 0; k < n; ++k) {
+    tree[k] = index[k] / c.capacity_per_task;
+    leaf[k] = index[k] - tree[k] * c.capacity_per_task;
+    const double p = priority[k];
+    scratch_f64_[k] = c.alpha == 1.0 ? p : (c.alpha == 0.5 ? std::sqrt(p) : std::pow(p, c.alpha));
+  }
+  s_.trees.SetBatch(tree, leaf, scratch_f64_.data(), n);
+  s_.max_priority = max_p;
+}
+
+std::vector<double> ReplayBuffer::TreeNodes(int64_t task) const {
+  if (task < 0 || task >= config_.num_tasks) {
+    throw std::out_of_range("task " + std::to_string(task) + " is out of range");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const double* nodes = s_.trees.tree_nodes(task);
+  return std::vector<double>(nodes, nodes + 2 * s_.trees.leaves());
+}
+
+std::vector<double> ReplayBuffer::TopNodes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return s_.trees.top_nodes();
+}
+
+}  // namespace mtrl

@@ -1,0 +1,246 @@
+// Save/load of the replay buffer as .npy arrays (format documented in mtrl/replay.py).
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "replay/npy_io.h"
+#include "replay/replay_buffer.h"
+
+namespace mtrl {
+namespace {
+
+constexpr int64_t kBlock = 1 << 16;  // rows per block when converting slot fields
+
+std::string Join(const std::string& dir, const char* name) { return dir + "/" + name; }
+
+std::string Where(int64_t g) { return "slot " + std::to_string(g); }
+
+}  // namespace
+
+ReplayScalars ReplayBuffer::Save(const std::string& dir) const {
+  const ReplayConfig& c = config_;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t n = total_slots_;
+  {
+    NpyWriter w(Join(dir, "obs.npy"), "<f4", {n, c.obs_dim});
+    w.Write(s_.obs.data(), static_cast<size_t>(n * c.obs_dim) * sizeof(float));
+    w.Close();
+  }
+  {
+    NpyWriter w(Join(dir, "action.npy"), "<f4", {n, c.action_dim});
+    w.Write(s_.action.data(), static_cast<size_t>(n * c.action_dim) * sizeof(float));
+    w.Close();
+  }
+  NpyWriter reward(Join(dir, "reward.npy"), "<f4", {n});
+  NpyWriter terminated(Join(dir, "terminated.npy"), "|b1", {n});
+  NpyWriter truncated(Join(dir, "truncated.npy"), "|b1", {n});
+  NpyWriter env(Join(dir, "env.npy"), "<i4", {n});
+  NpyWriter next(Join(dir, "next.npy"), "<i8", {n});
+  NpyWriter priority(Join(dir, "priority.npy"), "<f8", {n});
+  std::vector<float> f32(kBlock);
+  std::vector<uint8_t> term(kBlock), trunc(kBlock);
+  std::vector<int32_t> i32(kBlock);
+  std::vector<int64_t> i64(kBlock);
+  std::vector<double> f64(kBlock);
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t g = start + i;
+      const Slot& s = slots()[g];
+      f32[i] = s.reward;
+      term[i] = (s.env_flags & kTerminated) ? 1 : 0;
+      trunc[i] = (s.env_flags & kTruncated) ? 1 : 0;
+      i32[i] = static_cast<int32_t>(s.env_flags >> 8);
+      i64[i] = s.next;
+      f64[i] = s_.trees.Leaf(g / c.capacity_per_task, g % c.capacity_per_task);
+    }
+    reward.Write(f32.data(), len * 4);
+    terminated.Write(term.data(), len);
+    truncated.Write(trunc.data(), len);
+    env.Write(i32.data(), len * 4);
+    next.Write(i64.data(), len * 8);
+    priority.Write(f64.data(), len * 8);
+  }
+  for (NpyWriter* w : {&reward, &terminated, &truncated, &env, &next, &priority}) w->Close();
+  {
+    NpyWriter w(Join(dir, "pending_obs.npy"), "<f4", {c.num_envs, c.obs_dim});
+    w.Write(s_.pending_obs.data(), s_.pending_obs.size() * sizeof(float));
+    w.Close();
+    NpyWriter l(Join(dir, "last_slot.npy"), "<i8", {c.num_envs});
+    l.Write(s_.last_slot.data(), s_.last_slot.size() * sizeof(int64_t));
+    l.Close();
+  }
+  {
+    const int64_t rows = s_.finals.rows();
+    NpyWriter w(Join(dir, "final_obs.npy"), "<f4", {rows, c.obs_dim});
+    for (int64_t r = 0; r < rows; r += FinalObsPool::kChunkRows) {
+      w.Write(s_.finals.Row(r), FinalObsPool::kChunkRows * c.obs_dim * sizeof(float));
+    }
+    w.Close();
+  }
+  ReplayScalars out;
+  out.size = s_.size;
+  out.position = s_.position;
+  out.max_priority = s_.max_priority;
+  out.rng_state = s_.rng.state();
+  out.final_rows = s_.finals.rows();
+  return out;
+}
+
+void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
+  const ReplayConfig& c = config_;
+  const int64_t C = c.capacity_per_task;
+  const int64_t n = total_slots_;
+  if (static_cast<int64_t>(sc.size.size()) != c.num_tasks ||
+      static_cast<int64_t>(sc.position.size()) != c.num_tasks) {
+    throw std::invalid_argument("`size` and `position` must have num_tasks (" +
+                                std::to_string(c.num_tasks) + ") entries");
+  }
+  for (int64_t t = 0; t < c.num_tasks; ++t) {
+    if (sc.size[t] < 0 || sc.size[t] > C || sc.position[t] < 0 || sc.position[t] >= C ||
+        (sc.size[t] < C && sc.position[t] != sc.size[t])) {
+      throw std::invalid_argument("task " + std::to_string(t) + " has an impossible size (" +
+                                  std::to_string(sc.size[t]) + ") / position (" +
+                                  std::to_string(sc.position[t]) + ") for capacity " +
+                                  std::to_string(C));
+    }
+  }
+  if (!std::isfinite(sc.max_priority) || sc.max_priority < 0.0) {
+    throw std::invalid_argument("`max_priority` must be finite and >= 0");
+  }
+  if (sc.rng_state == std::array<uint64_t, 4>{}) {
+    throw std::invalid_argument("`rng_state` must not be all zeros");
+  }
+  CheckFitsInMemory(EstimateBytes(c) + static_cast<uint64_t>(sc.final_rows) * c.obs_dim * 4,
+                    "loading the replay buffer (a second copy while loading)");
+  Storage s = MakeStorage();
+  {
+    NpyReader r(Join(dir, "obs.npy"), "<f4", {n, c.obs_dim});
+    r.Read(s.obs.data(), s.obs.nbytes());
+    NpyReader a(Join(dir, "action.npy"), "<f4", {n, c.action_dim});
+    a.Read(s.action.data(), s.action.nbytes());
+  }
+  NpyReader reward(Join(dir, "reward.npy"), "<f4", {n});
+  NpyReader terminated(Join(dir, "terminated.npy"), "|b1", {n});
+  NpyReader truncated(Join(dir, "truncated.npy"), "|b1", {n});
+  NpyReader env(Join(dir, "env.npy"), "<i4", {n});
+  NpyReader next(Join(dir, "next.npy"), "<i8", {n});
+  NpyReader priority(Join(dir, "priority.npy"), "<f8", {n});
+  Slot* slot_array = s.slots.as<Slot>();
+  std::vector<float> f32(kBlock);
+  std::vector<uint8_t> term(kBlock), trunc(kBlock);
+  std::vector<int32_t> i32(kBlock);
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    reward.Read(f32.data(), len * 4);
+    terminated.Read(term.data(), len);
+    truncated.Read(trunc.data(), len);
+    env.Read(i32.data(), len * 4);
+    for (int64_t i = 0; i < len; ++i) {
+      Slot& slot = slot_array[start + i];
+      if (i32[i] < 0 || i32[i] >= c.num_envs) {
+        const int64_t g = start + i;
+        if (g % C < sc.size[g / C]) {
+          throw std::invalid_argument("env.npy: " + Where(g) + " has env " +
+                                      std::to_string(i32[i]) + " outside [0, num_envs)");
+        }
+        i32[i] = 0;
+      }
+      slot.reward = f32[i];
+      slot.env_flags = static_cast<uint32_t>(i32[i]) << 8 | (term[i] ? kTerminated : 0u) |
+                       (trunc[i] ? kTruncated : 0u);
+    }
+  }
+  {
+    std::vector<int64_t> links(kBlock);
+    for (int64_t start = 0; start < n; start += kBlock) {
+      const int64_t len = std::min(kBlock, n - start);
+      next.Read(links.data(), len * 8);
+      for (int64_t i = 0; i < len; ++i) slot_array[start + i].next = links[i];
+    }
+    for (int64_t t = 0; t < c.num_tasks; ++t) {
+      priority.Read(s.trees.mutable_leaves(t), C * sizeof(double));
+    }
+  }
+  {
+    NpyReader p(Join(dir, "pending_obs.npy"), "<f4", {c.num_envs, c.obs_dim});
+    p.Read(s.pending_obs.data(), s.pending_obs.size() * sizeof(float));
+    NpyReader l(Join(dir, "last_slot.npy"), "<i8", {c.num_envs});
+    l.Read(s.last_slot.data(), s.last_slot.size() * sizeof(int64_t));
+    NpyReader f(Join(dir, "final_obs.npy"), "<f4", {sc.final_rows, c.obs_dim});
+    s.finals.ResetForLoad(sc.final_rows);
+    for (int64_t r = 0; r < sc.final_rows; r += FinalObsPool::kChunkRows) {
+      const int64_t len = std::min(FinalObsPool::kChunkRows, sc.final_rows - r);
+      f.Read(s.finals.Row(r), len * c.obs_dim * sizeof(float));
+    }
+  }
+  s.size = sc.size;
+  s.position = sc.position;
+  s.max_priority = sc.max_priority;
+  s.rng.set_state(sc.rng_state);
+  ValidateLoaded(s);
+  std::lock_guard<std::mutex> lock(mu_);
+  s_ = std::move(s);
+}
+
+// Checks every invariant Add maintains, so a corrupt directory can never make a later sample
+// read a wrong row or the pool free a row twice. Also rebuilds the trees and the free list.
+void ReplayBuffer::ValidateLoaded(Storage& s) const {
+  const int64_t C = config_.capacity_per_task;
+  const Slot* slot_array = s.slots.as<Slot>();
+  const int64_t final_rows = s.finals.rows();
+  std::vector<uint8_t> in_use(static_cast<size_t>(final_rows), 0);
+  for (int64_t t = 0; t < config_.num_tasks; ++t) {
+    const int64_t size = s.size[t];
+    const int64_t start = size < C ? 0 : s.position[t];  // oldest live slot
+    double* leaves = s.trees.mutable_leaves(t);
+    for (int64_t local = 0; local < C; ++local) {
+      const int64_t g = t * C + local;
+      if (local >= size) {
+        leaves[local] = 0.0;  // not live: never sampled
+        continue;
+      }
+      if (!std::isfinite(leaves[local]) || leaves[local] < 0.0) {
+        throw std::invalid_argument("priority.npy: " + Where(g) + " has a NaN, infinite or "
+                                    "negative priority");
+      }
+      const Slot& slot = slot_array[g];
+      const int64_t env = slot.env_flags >> 8;
+      const bool done = (slot.env_flags & 0xff) != 0;
+      if (slot.next >= 0) {
+        const int64_t succ = slot.next - t * C;
+        const int64_t age = (local - start + C) % C;
+        if (done || succ < 0 || succ >= size || (succ - start + C) % C <= age) {
+          throw std::invalid_argument("next.npy: " + Where(g) + " links to slot " +
+                                      std::to_string(slot.next) +
+                                      ", which is not a later live slot of the same task");
+        }
+      } else if (slot.next == kPending) {
+        if (done || s.last_slot[env] != g) {
+          throw std::invalid_argument("next.npy: " + Where(g) + " is marked pending but is not "
+                                      "the newest transition of env " + std::to_string(env));
+        }
+      } else {
+        const int64_t f = -2 - slot.next;
+        if (f >= final_rows || in_use[f]) {
+          throw std::invalid_argument("next.npy: " + Where(g) + " refers to final observation " +
+                                      std::to_string(f) + ", which is missing or shared");
+        }
+        in_use[f] = 1;
+      }
+    }
+    s.trees.Rebuild(t);
+  }
+  for (int64_t k = 0; k < config_.num_envs; ++k) {
+    const int64_t g = s.last_slot[k];
+    if (g == -1) continue;
+    if (g < 0 || g >= total_slots_ || g % C >= s.size[g / C] ||
+        slot_array[g].next != kPending || static_cast<int64_t>(slot_array[g].env_flags >> 8) != k) {
+      throw std::invalid_argument("last_slot.npy: env " + std::to_string(k) + " points at slot " +
+                                  std::to_string(g) + ", which is not its pending transition");
+    }
+  }
+  s.finals.RebuildFreeList(in_use);
+}
+
+}  // namespace mtrl

@@ -1,0 +1,380 @@
+"""Prioritized multi-task replay buffer (issue 2 §3; BRC's buffer is brc-spec §5.3).
+
+The storage, sampling and priority trees are C++ (``csrc/replay/``); this module checks and
+converts inputs, owns the output arrays and does the directory format.
+
+Storage: one FIFO ring of ``capacity_per_task`` transitions per task. A transition keeps its
+padded obs, padded action, raw reward, terminated/truncated flags and task id; its next
+observation is not stored again when it equals the following transition's obs of the same env
+(the common case): only episode ends (or any break in an env's stream) keep a separate copy in
+a final-observation pool that grows on demand and frees rows when their transitions are
+overwritten. Memory: ``estimate_nbytes`` is what the constructor allocates (refused with
+MemoryError when it exceeds MemAvailable); the pool adds ``obs_dim * 4`` bytes per live episode
+end (``nbytes`` reports the current total).
+
+Sampling (with replacement, reproducible from ``seed``): uniform over all stored (task, slot)
+pairs (BRC's default) or stratified (``batch_size // T`` rows per task, in task order; the
+``batch_size % T`` remaining rows go to distinct tasks drawn at random), each optionally
+proportional to ``priority ** alpha`` (PER) with importance weights
+``w = (n * P(i)) ** -beta / max_batch(w)`` (``n``/``P`` over the whole buffer, or within the
+task when stratified). New transitions get the running maximum priority (initially 1).
+n-step returns follow the env's stream and stop at an episode end (terminal or truncation), at
+the newest transition of the stream, or at ``n``; the mask is brc-spec §5.4's
+``1 - terminated * (1 - truncated)`` of the last step used and ``discount = gamma ** k``.
+
+Threads: every call takes one mutex inside the core with the GIL released, so ``add`` and
+``sample``/``update_priorities`` may run on different threads (they serialise). The internal
+batch returned by ``sample(out=None)`` is shared: with several sampling threads pass ``out``.
+
+Directory format (``save``/``load``): ``meta.json`` (config, per-task ``size``/``position``,
+``max_priority``, the xoshiro256** ``rng_state``, ``final_rows``) and NumPy ``.npy`` files
+indexed by global slot ``g = task * capacity_per_task + slot``: ``obs`` (T*C, O) f4, ``action``
+(T*C, A) f4, ``reward`` f4, ``terminated``/``truncated`` bool, ``env`` i4, ``next`` i8 (link:
+``>= 0`` next obs is ``obs[next]``; ``-1`` it is ``pending_obs[env]``; ``<= -2`` it is
+``final_obs[-2 - next]``), ``priority`` f8 (the tree leaves, ``priority ** alpha``),
+``pending_obs`` (N, O) f4, ``last_slot`` (N,) i8 and ``final_obs`` (final_rows, O) f4. Slots
+beyond a task's ``size`` are unused. Loading validates every link before replacing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mtrl import _core
+
+__all__ = ["ReplayBatch", "ReplayBuffer", "ReplayMemoryError"]
+
+ReplayMemoryError = _core.ReplayMemoryError
+_FORMAT = "mtrl-replay"
+_VERSION = 1
+_SHAPE_FIELDS = ("num_tasks", "capacity_per_task", "obs_dim", "action_dim", "num_envs")
+
+
+@dataclass(frozen=True)
+class ReplayBatch:
+    """One sampled batch; every field is a contiguous NumPy array (``torch.from_numpy`` shares it).
+
+    Attributes:
+        obs: (B, obs_dim) float32.
+        action: (B, action_dim) float32.
+        reward: (B,) float32 raw reward, or the discounted sum of the k <= n raw rewards used.
+        next_obs: (B, obs_dim) float32, the observation k steps later (final obs at an episode end).
+        mask: (B,) float32 bootstrap mask of the last step used, brc-spec §5.4.
+        discount: (B,) float32 ``gamma ** k``.
+        task_id: (B,) int64.
+        index: (B,) int64 global ids for ``update_priorities``.
+        weight: (B,) float32 importance weights (1 when not prioritized).
+    """
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    mask: np.ndarray
+    discount: np.ndarray
+    task_id: np.ndarray
+    index: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in the batch (B)."""
+        return int(self.reward.shape[0])
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def _coerce(value: Any, name: str, dtype: type, kinds: str) -> np.ndarray:
+    """Converts ``value`` to a C-contiguous array of ``dtype`` if its kind allows it."""
+    array = np.asarray(value)
+    if array.dtype.kind not in kinds:
+        raise TypeError(f"`{name}` must be an array of {np.dtype(dtype).name}, got {array.dtype}")
+    if dtype is np.bool_ and array.dtype.kind != "b":
+        if np.any((array != 0) & (array != 1)):
+            raise ValueError(f"`{name}` must hold only 0/1 (or be a bool array)")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+class ReplayBuffer:
+    """Per-task FIFO replay with uniform/stratified, optionally prioritized, n-step sampling.
+
+    Args:
+        num_tasks: T, number of task rings.
+        capacity_per_task: C, transitions kept per task (FIFO overwrite).
+        obs_dim: O, padded observation size.
+        action_dim: A, padded action size.
+        num_envs: N, rows of every ``add`` call; row k is always the same env stream.
+        alpha: PER priority exponent (>= 0).
+        seed: sampler seed (0 <= seed < 2**64).
+        pin_memory: allocate sample outputs in page-locked memory (needs CUDA through torch).
+
+    Raises:
+        ValueError: a size or option out of range. MemoryError: the buffer cannot fit in
+        this machine's available memory.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        capacity_per_task: int,
+        obs_dim: int,
+        action_dim: int,
+        num_envs: int,
+        *,
+        alpha: float = 0.6,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        dims = [_check_int(n, v) for n, v in zip(
+            _SHAPE_FIELDS, (num_tasks, capacity_per_task, obs_dim, action_dim, num_envs))]
+        seed = _check_int("seed", seed)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"`seed` must be in [0, 2**64), got {seed}")
+        if pin_memory:
+            import torch  # lazily: the core and the default path stay torch-free
+
+            if not torch.cuda.is_available():
+                raise ValueError("pin_memory=True needs a usable CUDA device "
+                                 "(torch.cuda.is_available() is False)")
+        self.num_tasks, self.capacity_per_task, self.obs_dim, self.action_dim, self.num_envs = dims
+        self.alpha = float(alpha)
+        self.seed = seed
+        self.pin_memory = bool(pin_memory)
+        self._core = _core._ReplayBuffer(
+            num_tasks=dims[0], capacity_per_task=dims[1], obs_dim=dims[2], action_dim=dims[3],
+            num_envs=dims[4], alpha=self.alpha, seed=seed)
+        self._batch: ReplayBatch | None = None
+
+    # ----------------------------------------------------------------- sizes
+    @staticmethod
+    def estimate_nbytes(*, num_tasks: int, capacity_per_task: int, obs_dim: int,
+                        action_dim: int, num_envs: int) -> int:
+        """Bytes the constructor allocates for this shape (before any episode end is stored)."""
+        return int(_core._ReplayBuffer.estimate_nbytes(
+            num_tasks=num_tasks, capacity_per_task=capacity_per_task, obs_dim=obs_dim,
+            action_dim=action_dim, num_envs=num_envs))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now, including the final-observation pool."""
+        return int(self._core.nbytes())
+
+    @property
+    def max_batch_size(self) -> int:
+        """Largest allowed ``batch_size`` (sampling is with replacement)."""
+        return int(_core._ReplayBuffer.max_batch_size)
+
+    @property
+    def max_priority(self) -> float:
+        """Running maximum priority, given to new transitions."""
+        return float(self._core.max_priority())
+
+    @property
+    def final_obs_in_use(self) -> int:
+        """Rows of the final-observation pool referenced by stored transitions."""
+        return int(self._core.final_rows_in_use())
+
+    def tree_nodes(self, task: int) -> np.ndarray:
+        """(2L,) float64 sum-tree of ``task`` (diagnostics): node 1 the root, leaf i at L + i."""
+        return self._core.tree_nodes(_check_int("task", task))
+
+    def top_nodes(self) -> np.ndarray:
+        """(2L_T,) float64 task-level sum-tree (diagnostics); leaf t holds task t's total."""
+        return self._core.top_nodes()
+
+    def size(self, task: int) -> int:
+        """Transitions stored for ``task``."""
+        return int(self._core.size(_check_int("task", task)))
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """(T,) int64 transitions stored per task."""
+        return np.asarray(self._core.sizes(), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._core.total_size())
+
+    # ----------------------------------------------------------------- insert
+    def add(self, task_id: Any, obs: Any, action: Any, reward: Any, terminated: Any,
+            truncated: Any, next_obs: Any) -> None:
+        """Inserts one vector-env step (one transition per env) in one call.
+
+        Args:
+            task_id: (N,) int64 task of each env.
+            obs: (N, O) float32 observation the action was taken in.
+            action: (N, A) float32 padded action.
+            reward: (N,) float32 raw reward.
+            terminated: (N,) bool. truncated: (N,) bool.
+            next_obs: (N, O) float32 observation after the action (the final observation when
+                the episode ended, not the reset one).
+
+        Raises:
+            TypeError: an argument of an unusable dtype. ValueError: a wrong shape.
+            IndexError: a task id outside [0, num_tasks).
+        """
+        args = (task_id, obs, action, reward, terminated, truncated, next_obs)
+        try:
+            self._core.add(*args)
+        except TypeError:  # not already exact dtype/layout: convert what can be, then retry
+            self._core.add(
+                _coerce(task_id, "task_id", np.int64, "iu"),
+                _coerce(obs, "obs", np.float32, "fiu"),
+                _coerce(action, "action", np.float32, "fiu"),
+                _coerce(reward, "reward", np.float32, "fiu"),
+                _coerce(terminated, "terminated", np.bool_, "biu"),
+                _coerce(truncated, "truncated", np.bool_, "biu"),
+                _coerce(next_obs, "next_obs", np.float32, "fiu"))
+
+    # ----------------------------------------------------------------- sample
+    def allocate_batch(self, batch_size: int) -> ReplayBatch:
+        """Allocates output arrays for ``batch_size`` rows (pinned when ``pin_memory``)."""
+        b = _check_int("batch_size", batch_size)
+        if not 1 <= b <= self.max_batch_size:
+            raise ValueError(f"`batch_size` must be in [1, {self.max_batch_size}], got {b}")
+        if self.pin_memory:
+            import torch
+
+            def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+                t = torch.float32 if dtype is np.float32 else torch.int64
+                return torch.empty(shape, dtype=t, pin_memory=True).numpy()
+        else:
+            empty = np.empty  # type: ignore[assignment]
+        f32, i64 = np.float32, np.int64
+        return ReplayBatch(
+            obs=empty((b, self.obs_dim), f32), action=empty((b, self.action_dim), f32),
+            reward=empty((b,), f32), next_obs=empty((b, self.obs_dim), f32),
+            mask=empty((b,), f32), discount=empty((b,), f32), task_id=empty((b,), i64),
+            index=empty((b,), i64), weight=empty((b,), f32))
+
+    def sample(self, batch_size: int, *, stratified: bool = False, prioritized: bool = False,
+               beta: float = 0.4, n_step: int = 1, gamma: float = 0.99,
+               out: ReplayBatch | None = None) -> ReplayBatch:
+        """Samples ``batch_size`` transitions with replacement (see the module docstring).
+
+        Args:
+            batch_size: B in [1, max_batch_size].
+            stratified: equal rows per task instead of uniform over all stored transitions.
+            prioritized: proportional to priority ** alpha, with importance weights.
+            beta: IS-weight exponent in [0, 1]. n_step: in [1, 1000]. gamma: in [0, 1].
+            out: arrays to fill; None uses the buffer's internal batch (overwritten next call).
+
+        Returns:
+            The filled ReplayBatch (``out`` itself when given).
+
+        Raises:
+            ValueError: bad option or ``out`` of another size. RuntimeError: nothing to sample
+            (empty buffer, an empty task when stratified, all priorities 0).
+        """
+        b = _check_int("batch_size", batch_size)
+        n_step = _check_int("n_step", n_step)
+        if out is None:
+            if not 1 <= b <= self.max_batch_size:
+                raise ValueError(f"`batch_size` must be in [1, {self.max_batch_size}], got {b}")
+            if self._batch is None or self._batch.batch_size != b:
+                self._batch = self.allocate_batch(b)
+            out = self._batch
+        elif not isinstance(out, ReplayBatch):
+            raise TypeError(f"`out` must be a ReplayBatch, got {type(out).__name__}")
+        self._core.sample(b, bool(stratified), bool(prioritized), float(beta), n_step,
+                          float(gamma), out.obs, out.action, out.reward, out.next_obs, out.mask,
+                          out.discount, out.task_id, out.index, out.weight)
+        return out
+
+    def fetch(self, index: Any, *, n_step: int = 1, gamma: float = 0.99) -> ReplayBatch:
+        """Reads the given transitions exactly as ``sample`` would return them (weights 1).
+
+        Args:
+            index: (K,) int64 global ids (``task * capacity_per_task + slot``), each stored.
+
+        Returns:
+            A new ReplayBatch of K rows. Raises IndexError for an id that holds no transition.
+        """
+        idx = _coerce(index, "index", np.int64, "iu")
+        if idx.ndim != 1 or idx.shape[0] == 0:
+            raise ValueError(f"`index` must be 1-D and non-empty, got shape {idx.shape}")
+        out = self.allocate_batch(idx.shape[0])
+        self._core.fetch(idx, _check_int("n_step", n_step), float(gamma), out.obs, out.action,
+                         out.reward, out.next_obs, out.mask, out.discount, out.task_id,
+                         out.index, out.weight)
+        return out
+
+    def update_priorities(self, index: Any, priority: Any) -> None:
+        """Sets the priorities of sampled transitions.
+
+        Args:
+            index: (K,) int64 global ids from ``ReplayBatch.index``.
+            priority: (K,) float, finite and >= 0 (e.g. |TD error|).
+
+        Raises:
+            IndexError: an index that holds no transition. ValueError: NaN, inf or negative
+            priority, or mismatched lengths.
+        """
+        idx = _coerce(index, "index", np.int64, "iu")
+        pri = _coerce(priority, "priority", np.float64, "fiu")
+        if idx.ndim != 1 or pri.shape != idx.shape:
+            raise ValueError(f"`index` and `priority` must be 1-D of equal length, got "
+                             f"{idx.shape} and {pri.shape}")
+        self._core.update_priorities(idx, pri)
+
+    # ----------------------------------------------------------- save / load
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Writes the whole state to ``directory`` (created if needed; files overwritten)."""
+        path = os.fspath(directory)
+        os.makedirs(path, exist_ok=True)
+        scalars = self._core.save(path)
+        meta = {"format": _FORMAT, "version": _VERSION, "alpha": self.alpha, "seed": self.seed,
+                **{f: getattr(self, f) for f in _SHAPE_FIELDS}, **scalars}
+        with open(os.path.join(path, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+
+    @staticmethod
+    def _read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+        path = os.path.join(os.fspath(directory), "meta.json")
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not an mtrl replay buffer directory")
+        if meta.get("version") != _VERSION:
+            raise ValueError(f"{path} has format version {meta.get('version')}, expected "
+                             f"{_VERSION}")
+        return meta
+
+    def load_into(self, directory: str | os.PathLike[str]) -> None:
+        """Replaces this buffer's contents with a saved one of the same configuration.
+
+        Raises:
+            ValueError: naming the first field (shape, task count, alpha, array) that differs.
+            FileNotFoundError: no such directory / file.
+        """
+        meta = self._read_meta(directory)
+        for field in (*_SHAPE_FIELDS, "alpha"):
+            if meta.get(field) != getattr(self, field):
+                raise ValueError(f"cannot load {os.fspath(directory)}: `{field}` is "
+                                 f"{meta.get(field)} there but {getattr(self, field)} here")
+        try:
+            self._core.load(os.fspath(directory), meta["size"], meta["position"],
+                            meta["max_priority"], meta["rng_state"], meta["final_rows"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{os.fspath(directory)}/meta.json is malformed: {e}") from e
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, pin_memory: bool = False
+             ) -> ReplayBuffer:
+        """Creates a buffer from a directory written by ``save``."""
+        meta = cls._read_meta(directory)
+        try:
+            buf = cls(*(meta[f] for f in _SHAPE_FIELDS), alpha=meta["alpha"],
+                      seed=meta["seed"], pin_memory=pin_memory)
+        except KeyError as e:
+            raise ValueError(f"{os.fspath(directory)}/meta.json lacks {e}") from e
+        buf.load_into(directory)
+        return buf

@@ -1,0 +1,531 @@
+"""Tests of mtrl.replay against a plain-Python reference buffer and NumPy float64 references."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mtrl.replay import ReplayBatch, ReplayBuffer
+
+# ----------------------------------------------------------------------------- reference model
+
+
+class RefBuffer:
+    """Per-task FIFO rings storing every field of every transition, in plain Python."""
+
+    def __init__(self, num_tasks: int, capacity: int, num_envs: int) -> None:
+        self.C = capacity
+        self.rings: list[list[dict | None]] = [[None] * capacity for _ in range(num_tasks)]
+        self.pos = [0] * num_tasks
+        self.size = [0] * num_tasks
+        self.serial = 0
+        self.streams: list[list[tuple[int, int, int]]] = [[] for _ in range(num_envs)]
+
+    def add(self, task_id, obs, action, reward, term, trunc, next_obs) -> None:
+        for k in range(len(task_id)):
+            t = int(task_id[k])
+            i = self.pos[t]
+            self.rings[t][i] = dict(obs=obs[k].copy(), action=action[k].copy(),
+                                    reward=np.float32(reward[k]), term=bool(term[k]),
+                                    trunc=bool(trunc[k]), next_obs=next_obs[k].copy(), env=k,
+                                    serial=self.serial, task=t, slot=i)
+            self.streams[k].append((t, i, self.serial))
+            self.serial += 1
+            self.pos[t] = (i + 1) % self.C
+            self.size[t] = min(self.size[t] + 1, self.C)
+
+    def live(self) -> np.ndarray:
+        return np.array([t * self.C + i for t in range(len(self.size)) for i in range(self.size[t])])
+
+    def get(self, g: int) -> dict:
+        return self.rings[g // self.C][g % self.C]
+
+    def following(self, x: dict) -> dict | None:
+        """The env's next transition if it continues x's stream (same task, obs == next_obs)."""
+        stream = self.streams[x["env"]]
+        j = next(j for j in range(len(stream) - 1, -1, -1) if stream[j][2] == x["serial"])
+        if j + 1 == len(stream):
+            return None
+        t, i, serial = stream[j + 1]
+        y = self.rings[t][i]
+        if y is None or y["serial"] != serial or t != x["task"]:
+            return None
+        return y if y["obs"].tobytes() == x["next_obs"].tobytes() else None
+
+    def nstep(self, g: int, n: int, gamma: float) -> tuple[float, np.ndarray, float, float]:
+        cur = self.get(g)
+        ret, disc = 0.0, 1.0
+        for j in range(n):
+            ret += disc * float(cur["reward"])
+            disc *= gamma
+            if cur["term"] or cur["trunc"] or j + 1 == n:
+                break
+            nxt = self.following(cur)
+            if nxt is None:
+                break
+            cur = nxt
+        mask = 0.0 if cur["term"] and not cur["trunc"] else 1.0
+        return ret, cur["next_obs"], mask, disc
+
+
+def run_envs(buf, ref, steps, *, task_of_env, seed=0, p_end=0.1, p_jump=0.0, p_switch=0.0,
+             num_tasks=None):
+    """Steps fake envs (random obs, random episode ends), adding to buf and ref each step."""
+    rng = np.random.default_rng(seed)
+    n, o, a = len(task_of_env), buf.obs_dim, buf.action_dim
+    task = np.array(task_of_env, dtype=np.int64)
+    obs = rng.standard_normal((n, o)).astype(np.float32)
+    for _ in range(steps):
+        action = rng.uniform(-1, 1, (n, a)).astype(np.float32)
+        reward = rng.standard_normal(n).astype(np.float32)
+        nxt = rng.standard_normal((n, o)).astype(np.float32)
+        end = rng.random(n) < p_end
+        kind = rng.integers(0, 3, n)  # 0 terminated, 1 truncated, 2 both
+        term = end & (kind != 1)
+        trunc = end & (kind != 0)
+        buf.add(task, obs, action, reward, term, trunc, nxt)
+        if ref is not None:
+            ref.add(task, obs, action, reward, term, trunc, nxt)
+        obs = nxt.copy()
+        reset = end | (rng.random(n) < p_jump)  # a jump: the stream breaks without an end flag
+        obs[reset] = rng.standard_normal((int(reset.sum()), o)).astype(np.float32)
+        if p_switch and num_tasks:
+            switch = rng.random(n) < p_switch
+            task[switch] = rng.integers(0, num_tasks, int(switch.sum()))
+
+
+def check_against_ref(buf: ReplayBuffer, ref: RefBuffer, n_step: int = 1, gamma: float = 0.9):
+    live = ref.live()
+    assert np.array_equal(buf.sizes, ref.size)
+    got = buf.fetch(live, n_step=n_step, gamma=gamma)
+    for row, g in enumerate(live):
+        x = ref.get(int(g))
+        ret, next_obs, mask, disc = ref.nstep(int(g), n_step, gamma)
+        assert np.array_equal(got.obs[row], x["obs"]), g
+        assert np.array_equal(got.action[row], x["action"]), g
+        assert np.array_equal(got.next_obs[row], next_obs), g
+        assert got.reward[row] == pytest.approx(ret, rel=1e-6, abs=1e-6), g
+        assert got.mask[row] == mask, g
+        assert got.discount[row] == pytest.approx(disc, rel=1e-6), g
+        assert got.task_id[row] == x["task"]
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def test_estimate_nbytes_matches_allocation():
+    kw = dict(num_tasks=3, capacity_per_task=1000, obs_dim=17, action_dim=6, num_envs=5)
+    buf = ReplayBuffer(**kw)
+    assert buf.nbytes == ReplayBuffer.estimate_nbytes(**kw)
+    # obs stored once: well under two obs arrays per transition
+    assert buf.nbytes < 3 * 1000 * (2 * 17 + 6) * 4
+
+
+@pytest.mark.parametrize("n_step", [1, 3, 6])
+def test_contents_wraparound_and_nstep_match_reference(n_step):
+    buf = ReplayBuffer(3, 20, 4, 2, 6, seed=0)
+    ref = RefBuffer(3, 20, 6)
+    run_envs(buf, ref, 19, task_of_env=[0, 0, 1, 2, 2, 2], p_end=0.15, p_jump=0.05)
+    assert len(buf) == 20 + 19 + 20 and buf.size(1) == 19
+    check_against_ref(buf, ref, n_step=n_step)
+
+
+def test_task_switch_and_many_envs_per_small_ring():
+    # 8 envs into rings of 3: one call overwrites transitions inserted by the same call.
+    buf = ReplayBuffer(2, 3, 3, 1, 8, seed=0)
+    ref = RefBuffer(2, 3, 8)
+    run_envs(buf, ref, 40, task_of_env=[0] * 5 + [1] * 3, p_end=0.2, p_switch=0.2, num_tasks=2)
+    check_against_ref(buf, ref, n_step=4)
+
+
+def test_final_observations_at_episode_ends():
+    buf = ReplayBuffer(1, 10, 2, 1, 1)
+    o = lambda v: np.full((1, 2), v, np.float32)  # noqa: E731
+    f = np.zeros(1, bool)
+    t = np.ones(1, bool)
+    z = np.zeros((1, 1), np.float32)
+    buf.add([0], o(1), z, [0.0], f, f, o(2))
+    buf.add([0], o(2), z, [0.0], t, f, o(3))       # terminal: final obs 3
+    buf.add([0], o(10), z, [0.0], f, t, o(11))     # truncated: final obs 11
+    buf.add([0], o(20), z, [0.0], f, f, o(21))
+    got = buf.fetch([0, 1, 2, 3])
+    assert got.next_obs[:, 0].tolist() == [2, 3, 11, 21]
+    assert got.mask.tolist() == [1, 0, 1, 1]
+    assert buf.final_obs_in_use == 2
+    for _ in range(20):  # wrap twice: the pool rows are freed with their transitions
+        buf.add([0], o(20), z, [0.0], f, f, o(20))
+    assert buf.final_obs_in_use == 0
+
+
+def test_mask_follows_spec_5_4():
+    buf = ReplayBuffer(1, 4, 1, 1, 4)
+    term = np.array([0, 1, 0, 1], bool)
+    trunc = np.array([0, 0, 1, 1], bool)
+    buf.add(np.zeros(4, np.int64), np.zeros((4, 1)), np.zeros((4, 1)), np.zeros(4), term, trunc,
+            np.zeros((4, 1)))
+    assert buf.fetch([0, 1, 2, 3]).mask.tolist() == [1, 0, 1, 1]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def filled(num_tasks=3, capacity=40, envs=(0, 1, 1, 2, 2, 2), steps=30, **kw):
+    buf = ReplayBuffer(num_tasks, capacity, 2, 1, len(envs), **kw)
+    run_envs(buf, None, steps, task_of_env=list(envs), p_end=0.05)
+    return buf
+
+
+def test_uniform_frequencies_chi_square():
+    buf = filled()  # sizes 30, 40 (wrapped), 40 (wrapped)
+    assert buf.sizes.tolist() == [30, 40, 40]
+    counts = np.zeros(3 * 40)
+    for _ in range(60):
+        counts += np.bincount(buf.sample(1024).index, minlength=120)
+    live = counts[np.r_[0:30, 40:120]]
+    assert counts.sum() == live.sum()
+    assert stats.chisquare(live).pvalue > 1e-4
+
+
+def test_stratified_counts_and_frequencies():
+    buf = filled()
+    b = buf.sample(300, stratified=True)
+    assert np.bincount(b.task_id, minlength=3).tolist() == [100, 100, 100]
+    counts = np.zeros(120)
+    extra = np.zeros(3)
+    for _ in range(300):
+        b = buf.sample(301, stratified=True)  # 301 % 3 == 1: one task gets an extra row
+        per_task = np.bincount(b.task_id, minlength=3)
+        assert sorted(per_task.tolist()) == [100, 100, 101]
+        extra += per_task == 101
+        counts += np.bincount(b.index, minlength=120)
+    for lo, hi in ((0, 30), (40, 80), (80, 120)):
+        assert stats.chisquare(counts[lo:hi]).pvalue > 1e-4
+    assert stats.chisquare(extra).pvalue > 1e-4
+
+
+def set_random_priorities(buf, rng):
+    live = np.concatenate([t * buf.capacity_per_task + np.arange(buf.size(t))
+                           for t in range(buf.num_tasks)])
+    p = rng.uniform(0.0, 3.0, live.size)
+    p[::7] = 0.0  # zero priority: never sampled
+    buf.update_priorities(live, p)
+    return live, p
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_prioritized_probabilities_and_weights(stratified):
+    rng = np.random.default_rng(1)
+    buf = filled(alpha=0.7)
+    live, p = set_random_priorities(buf, rng)
+    C = buf.capacity_per_task
+    pa = np.power(p.astype(np.float64), 0.7)
+    task = live // C
+    if stratified:
+        prob = pa / np.bincount(task, weights=pa)[task]
+        n = buf.sizes[task]
+    else:
+        prob = pa / pa.sum()
+        n = np.full(live.size, live.size)
+    prob_of = dict(zip(live.tolist(), prob))
+    n_of = dict(zip(live.tolist(), n))
+    counts = dict.fromkeys(live.tolist(), 0)
+    for _ in range(100):
+        b = buf.sample(999, prioritized=True, stratified=stratified, beta=0.5)
+        w_ref = np.array([(n_of[i] * prob_of[i]) ** -0.5 for i in b.index.tolist()])
+        np.testing.assert_allclose(b.weight, w_ref / w_ref.max(), rtol=1e-5)
+        for i in b.index.tolist():
+            counts[i] += 1
+    obs = np.array([counts[i] for i in live.tolist()], dtype=float)
+    assert obs[p == 0].sum() == 0
+    if stratified:
+        for t in range(3):
+            sel = (task == t) & (p > 0)
+            expected = prob[sel] / prob[sel].sum() * obs[sel].sum()
+            assert stats.chisquare(obs[sel], expected).pvalue > 1e-4
+    else:
+        sel = p > 0
+        assert stats.chisquare(obs[sel], prob[sel] * obs.sum()).pvalue > 1e-4
+
+
+def test_sum_tree_invariants_after_random_updates():
+    rng = np.random.default_rng(2)
+    buf = filled(capacity=37, alpha=0.6)  # non-power-of-two capacity
+    for _ in range(20):
+        idx = rng.integers(0, 3 * 37, 50)
+        idx = idx[idx % 37 < buf.sizes[idx // 37]]
+        pri = rng.exponential(1.0, idx.size)
+        buf.update_priorities(idx, pri)
+    roots = []
+    for t in range(3):
+        nodes = buf.tree_nodes(t)
+        L = nodes.size // 2
+        internal = np.arange(1, L)
+        assert np.array_equal(nodes[internal], nodes[2 * internal] + nodes[2 * internal + 1])
+        assert np.all(nodes[L + buf.size(t):] == 0)
+        roots.append(nodes[1])
+    top = buf.top_nodes()
+    assert top[top.size // 2: top.size // 2 + 3].tolist() == roots
+    assert top[1] == pytest.approx(sum(roots), rel=1e-15)
+
+
+def test_leaves_are_priority_pow_alpha_and_new_get_max():
+    buf = filled(num_tasks=1, capacity=16, envs=(0,), steps=8, alpha=0.6)
+    buf.update_priorities([0, 3], [5.0, 0.25])
+    nodes = buf.tree_nodes(0)
+    L = nodes.size // 2
+    np.testing.assert_allclose(nodes[L + np.array([0, 3, 1])], [5**0.6, 0.25**0.6, 1.0],
+                               rtol=1e-14)
+    assert buf.max_priority == 5.0
+    buf.add([0], np.zeros((1, 2)), np.zeros((1, 1)), [0.0], [False], [False], np.zeros((1, 2)))
+    assert buf.tree_nodes(0)[L + 8] == pytest.approx(5**0.6, rel=1e-14)
+
+
+def test_same_seed_same_samples_new_seed_differs():
+    a, b, c = filled(seed=5), filled(seed=5), filled(seed=6)
+    for kw in (dict(), dict(stratified=True), dict(prioritized=True, n_step=3)):
+        xa, xb, xc = (buf.sample(64, **kw).index.copy() for buf in (a, b, c))
+        assert np.array_equal(xa, xb)
+        assert not np.array_equal(xa, xc)
+
+
+def test_out_arrays_and_internal_batch():
+    buf = filled()
+    out = buf.allocate_batch(32)
+    assert buf.sample(32, out=out) is out
+    for name in ("obs", "action", "reward", "next_obs", "mask", "discount", "weight"):
+        assert getattr(out, name).dtype == np.float32 and getattr(out, name).flags.c_contiguous
+    assert out.index.dtype == np.int64 and out.task_id.dtype == np.int64
+    first = buf.sample(16)
+    assert buf.sample(16) is first  # out=None reuses the buffer's own batch
+
+
+def test_pin_memory_without_cuda_raises():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        buf = ReplayBuffer(1, 4, 2, 1, 1, pin_memory=True)
+        assert torch.from_numpy(buf.allocate_batch(4).obs).is_pinned()
+    else:
+        with pytest.raises(ValueError, match="pin_memory"):
+            ReplayBuffer(1, 4, 2, 1, 1, pin_memory=True)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    buf = ReplayBuffer(3, 25, 4, 2, 6, alpha=0.5, seed=9)
+    ref = RefBuffer(3, 25, 6)
+    run_envs(buf, ref, 40, task_of_env=[0, 0, 1, 2, 2, 2], p_end=0.1, p_jump=0.05)
+    set_random_priorities(buf, rng)
+    buf.sample(10, prioritized=True)
+    buf.save(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    assert meta["size"] == [25, 25, 25] and meta["num_tasks"] == 3
+    assert np.load(tmp_path / "b" / "obs.npy").shape == (75, 4)  # plain numpy arrays
+    loaded = ReplayBuffer.load(tmp_path / "b")
+    check_against_ref(loaded, ref, n_step=3)
+    for t in range(3):
+        assert np.array_equal(loaded.tree_nodes(t), buf.tree_nodes(t))
+    assert loaded.max_priority == buf.max_priority
+    for kw in (dict(), dict(prioritized=True, stratified=True, n_step=2)):
+        x, y = buf.sample(50, **kw), loaded.sample(50, **kw)
+        for name in ("index", "obs", "next_obs", "reward", "weight"):
+            assert np.array_equal(getattr(x, name), getattr(y, name))
+    # Both continue identically after more inserts.
+    run_envs(buf, None, 7, task_of_env=[0, 0, 1, 2, 2, 2], seed=4)
+    run_envs(loaded, None, 7, task_of_env=[0, 0, 1, 2, 2, 2], seed=4)
+    assert np.array_equal(buf.fetch(ref.live(), n_step=4).next_obs,
+                          loaded.fetch(ref.live(), n_step=4).next_obs)
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("num_tasks", dict(num_tasks=2)), ("capacity_per_task", dict(capacity_per_task=30)),
+    ("obs_dim", dict(obs_dim=5)), ("action_dim", dict(action_dim=3)),
+    ("num_envs", dict(num_envs=4)), ("alpha", dict(alpha=0.6))])
+def test_load_into_different_shape_names_field(tmp_path, field, kw):
+    buf = ReplayBuffer(3, 25, 4, 2, 6, alpha=0.5)
+    buf.save(tmp_path)
+    args = dict(num_tasks=3, capacity_per_task=25, obs_dim=4, action_dim=2, num_envs=6, alpha=0.5)
+    args.update(kw)
+    other = ReplayBuffer(**args)
+    with pytest.raises(ValueError, match=field):
+        other.load_into(tmp_path)
+
+
+def test_load_rejects_corrupt_arrays(tmp_path):
+    buf = ReplayBuffer(1, 8, 2, 1, 2)
+    run_envs(buf, None, 3, task_of_env=[0, 0])
+    buf.save(tmp_path)
+    before = buf.fetch([0, 1, 2]).obs.copy()
+    nxt = np.load(tmp_path / "next.npy")
+    nxt[0] = 7  # an unused slot: not a later live slot
+    np.save(tmp_path / "next.npy", nxt)
+    with pytest.raises(ValueError, match="next.npy"):
+        buf.load_into(tmp_path)
+    np.save(tmp_path / "next.npy", nxt.astype(np.int32))
+    with pytest.raises(ValueError, match="dtype"):
+        buf.load_into(tmp_path)
+    np.save(tmp_path / "obs.npy", np.zeros((9, 2), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        buf.load_into(tmp_path)
+    assert np.array_equal(buf.fetch([0, 1, 2]).obs, before)  # unchanged on failure
+    with pytest.raises(FileNotFoundError):
+        buf.load_into(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_concurrent_insert_and_sample():
+    buf = ReplayBuffer(2, 64, 3, 1, 4, seed=0)
+    ref = RefBuffer(2, 64, 4)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    run_envs(buf, ref, 2, task_of_env=[0, 0, 1, 1])
+
+    def sampler():
+        try:
+            out = buf.allocate_batch(128)
+            while not done.is_set():
+                b = buf.sample(128, prioritized=True, stratified=True, n_step=3, out=out)
+                buf.update_priorities(b.index, np.abs(b.reward) + 0.1)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=sampler) for _ in range(2)]
+    for th in threads:
+        th.start()
+    try:
+        run_envs(buf, ref, 300, task_of_env=[0, 0, 1, 1], seed=1, p_end=0.1)
+    finally:
+        done.set()
+        for th in threads:
+            th.join()
+    assert not errors
+    check_against_ref(buf, ref, n_step=3)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def good_step(n=2, o=3, a=2):
+    return dict(task_id=np.zeros(n, np.int64), obs=np.zeros((n, o), np.float32),
+                action=np.zeros((n, a), np.float32), reward=np.zeros(n, np.float32),
+                terminated=np.zeros(n, bool), truncated=np.zeros(n, bool),
+                next_obs=np.zeros((n, o), np.float32))
+
+
+@pytest.mark.parametrize("field,value,exc,match", [
+    ("obs", np.zeros((2, 4), np.float32), ValueError, r"`obs` must have shape \(2, 3\)"),
+    ("obs", np.zeros((3, 3), np.float32), ValueError, "`obs` must have shape"),
+    ("next_obs", np.zeros(6, np.float32), ValueError, "`next_obs` must have shape"),
+    ("action", np.zeros((2, 2), "U1"), TypeError, "`action`"),
+    ("reward", np.zeros(3, np.float32), ValueError, "`reward`"),
+    ("task_id", np.array([0.0, 1.0]), TypeError, "`task_id`"),
+    ("task_id", np.array([0, 5]), IndexError, r"task_id\[1\] = 5"),
+    ("task_id", np.array([-1, 0]), IndexError, r"task_id\[0\] = -1"),
+    ("terminated", np.array([0, 2]), ValueError, "`terminated`"),
+    ("truncated", np.zeros((2, 1), bool), ValueError, "`truncated`"),
+    ("obs", "abc", TypeError, "`obs`"),
+])
+def test_add_bad_input(field, value, exc, match):
+    buf = ReplayBuffer(2, 8, 3, 2, 2)
+    step = good_step()
+    step[field] = value
+    with pytest.raises(exc, match=match):
+        buf.add(**step)
+    assert len(buf) == 0
+
+
+def test_add_converts_friendly_dtypes():
+    buf = ReplayBuffer(2, 8, 3, 2, 2)
+    step = good_step()
+    step.update(obs=np.ones((2, 3)), task_id=[1, 0], terminated=[0, 1],
+                next_obs=np.ones((2, 3))[:, ::1].T.copy().T)
+    buf.add(**step)
+    assert buf.sizes.tolist() == [1, 1]
+
+
+def test_sample_bad_input():
+    empty = ReplayBuffer(2, 8, 3, 2, 2)
+    with pytest.raises(RuntimeError, match="empty"):
+        empty.sample(4)
+    with pytest.raises(RuntimeError, match="empty"):
+        empty.sample(4, prioritized=True)
+    empty.add(**good_step())  # only task 0 has data
+    with pytest.raises(RuntimeError, match="task 1 is empty"):
+        empty.sample(4, stratified=True)
+    assert empty.sample(4).task_id.tolist() == [0, 0, 0, 0]
+    buf = filled()
+    for bad, match in ((0, "batch_size"), (-3, "batch_size"), (2**20 + 1, "batch_size")):
+        with pytest.raises(ValueError, match=match):
+            buf.sample(bad)
+    with pytest.raises(TypeError, match="batch_size"):
+        buf.sample(4.0)
+    for kw, match in ((dict(n_step=0), "n_step"), (dict(n_step=1001), "n_step"),
+                      (dict(gamma=1.5), "gamma"), (dict(gamma=float("nan")), "gamma"),
+                      (dict(beta=-0.1), "beta")):
+        with pytest.raises(ValueError, match=match):
+            buf.sample(4, **kw)
+    with pytest.raises(ValueError, match="`obs` must have shape"):
+        buf.sample(8, out=buf.allocate_batch(4))
+    with pytest.raises(TypeError, match="ReplayBatch"):
+        buf.sample(8, out={})
+    buf.update_priorities(np.arange(30), np.zeros(30))
+    buf.update_priorities(np.arange(40, 120), np.zeros(80))
+    with pytest.raises(RuntimeError, match="priorities are 0|priority is 0"):
+        buf.sample(4, prioritized=True)
+
+
+def test_update_priorities_bad_input():
+    buf = filled()  # task 0 holds 30 of 40 slots
+    before = [buf.tree_nodes(t).copy() for t in range(3)]
+    cases = [
+        ([0, 1], [1.0, float("nan")], ValueError, r"priority\[1\] = nan"),
+        ([0, 1], [float("inf"), 1.0], ValueError, r"priority\[0\] = inf"),
+        ([0, 1], [1.0, -0.5], ValueError, r"priority\[1\] = -0.5"),
+        ([0, 120], [1.0, 1.0], IndexError, r"index\[1\] = 120 is out of range"),
+        ([-1], [1.0], IndexError, r"index\[0\] = -1"),
+        ([35], [1.0], IndexError, "holds no transition"),
+        ([0, 1], [1.0], ValueError, "equal length"),
+        ([0.5], [1.0], TypeError, "`index`"),
+    ]
+    for idx, pri, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            buf.update_priorities(np.array(idx), np.array(pri))
+    for t in range(3):  # nothing changed by a rejected call
+        assert np.array_equal(buf.tree_nodes(t), before[t])
+    with pytest.raises(IndexError, match="holds no transition"):
+        buf.fetch([35])
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(num_tasks=0), ValueError, "num_tasks"),
+    (dict(capacity_per_task=-1), ValueError, "capacity_per_task"),
+    (dict(obs_dim=0), ValueError, "obs_dim"),
+    (dict(num_envs=2.0), TypeError, "num_envs"),
+    (dict(alpha=float("nan")), ValueError, "alpha"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(capacity_per_task=2**35, obs_dim=4096), MemoryError, "bytes"),
+])
+def test_constructor_bad_input(kw, exc, match):
+    args = dict(num_tasks=1, capacity_per_task=8, obs_dim=3, action_dim=2, num_envs=2)
+    args.update(kw)
+    with pytest.raises(exc, match=match):
+        ReplayBuffer(**args)
+
+
+def test_batch_is_torch_wrappable_without_copy():
+    torch = pytest.importorskip("torch")
+    buf = filled()
+    b = buf.sample(8)
+    assert isinstance(b, ReplayBatch)
+    t = torch.from_numpy(b.obs)
+    buf.sample(8)  # the internal batch is overwritten in place
+    assert torch.equal(t, torch.from_numpy(buf._batch.obs))
+    assert t.data_ptr() == b.obs.ctypes.data
