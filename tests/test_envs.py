@@ -50,8 +50,10 @@ def test_obs_key_table_matches_dm_control(name):
     assert envs.resolve(name).obs_keys == tuple(spec.keys())
 
 
-def test_shapes_padding_and_task_ids():
-    with envs.make(["cheetah-run", "pendulum-swingup", "metaworld:reach"], envs_per_task=2) as p:
+@pytest.mark.parametrize("backend", ["envpool", "auto"])
+def test_shapes_padding_and_task_ids(backend):
+    with envs.make(["cheetah-run", "pendulum-swingup", "metaworld:reach"], envs_per_task=2,
+                   backend=backend) as p:
         assert p.num_envs == 6 and p.num_tasks == 3
         assert p.task_names == ["dmc:cheetah-run", "dmc:pendulum-swingup", "metaworld:reach"]
         assert p.task_ids.dtype == np.int64 and p.task_ids.tolist() == [0, 0, 1, 1, 2, 2]
@@ -72,8 +74,10 @@ def test_shapes_padding_and_task_ids():
         assert np.all(np.isfinite(out.reward))
 
 
-def _episode_end_run(last_action: float) -> tuple[np.ndarray, envs.StepOutput, envs.StepOutput]:
-    with envs.make(["cheetah-run"], envs_per_task=2, seed=3, max_episode_steps=3) as p:
+def _episode_end_run(last_action: float, backend: str
+                     ) -> tuple[np.ndarray, envs.StepOutput, envs.StepOutput]:
+    with envs.make(["cheetah-run"], envs_per_task=2, seed=3, max_episode_steps=3,
+                   backend=backend) as p:
         p.reset()
         a = np.full((2, 6), 0.3, np.float32)
         outs = [p.step(a) for _ in range(3)]
@@ -81,22 +85,25 @@ def _episode_end_run(last_action: float) -> tuple[np.ndarray, envs.StepOutput, e
         return outs[1].obs, outs[2], after
 
 
-def test_episode_end_returns_final_and_reset_obs_and_ignores_no_action():
-    prev, end, after = _episode_end_run(0.0)
+@pytest.mark.parametrize("backend", ["envpool", "engine"])
+def test_episode_end_returns_final_and_reset_obs_and_ignores_no_action(backend):
+    prev, end, after = _episode_end_run(0.0, backend)
     assert end.truncated.all() and not end.terminated.any()
     # The final observation continues the episode; the acting observation is a fresh reset.
     assert not np.allclose(end.final_obs, end.obs)
     assert np.abs(end.final_obs - prev).max() < np.abs(end.obs - prev).max()
     assert not after.truncated.any() and np.array_equal(after.obs, after.final_obs)
     # The first action of the new episode acts (envpool alone would ignore it).
-    _, end2, after2 = _episode_end_run(1.0)
+    _, end2, after2 = _episode_end_run(1.0, backend)
     assert np.array_equal(end.obs, end2.obs)
     assert not np.allclose(after.obs, after2.obs)
 
 
-def test_same_seed_same_trajectory_new_seed_differs():
+@pytest.mark.parametrize("backend", ["envpool", "auto"])
+def test_same_seed_same_trajectory_new_seed_differs(backend):
     def run(seed):
-        with envs.make(["cheetah-run", "metaworld:reach"], envs_per_task=2, seed=seed) as p:
+        with envs.make(["cheetah-run", "metaworld:reach"], envs_per_task=2, seed=seed,
+                       backend=backend) as p:
             rng = np.random.default_rng(0)
             obs = [p.reset()]
             obs += [p.step(_rand(p, rng)).obs for _ in range(5)]
@@ -107,8 +114,10 @@ def test_same_seed_same_trajectory_new_seed_differs():
     assert not np.allclose(a[:, :2], c[:, :2])
 
 
-def test_reseed_restarts_sequences():
-    with envs.make(["cheetah-run"], seed=1) as p:
+@pytest.mark.parametrize("backend", ["envpool", "engine", "auto"])
+def test_reseed_restarts_sequences(backend):
+    tasks = ["cheetah-run", "metaworld:reach"] if backend == "auto" else ["cheetah-run"]
+    with envs.make(tasks, seed=1, backend=backend) as p:
         first = p.reset()
         p.seed(1)
         np.testing.assert_array_equal(p.reset(), first)
@@ -129,8 +138,6 @@ def test_bad_actions_raise_and_out_of_range_clips():
             p.step(a)
         a[1, 0], a[1, 3] = 0.0, np.nan  # NaN in padding that pendulum does not use: fine
         p.step(a)
-        with pytest.raises(NotImplementedError, match="envpool"):
-            p.get_state()
 
     def after(v):
         with envs.make(["pendulum-swingup"], seed=0) as p:
@@ -139,6 +146,14 @@ def test_bad_actions_raise_and_out_of_range_clips():
 
     np.testing.assert_array_equal(after(5.0), after(1.0))
     assert not np.array_equal(after(0.5), after(1.0))
+
+
+def test_envpool_backend_has_no_state():
+    with envs.make(["pendulum-swingup"], backend="envpool") as p:
+        with pytest.raises(NotImplementedError, match="envpool"):
+            p.get_state()
+        with pytest.raises(NotImplementedError, match="envpool"):
+            p.set_state({})
 
 
 def test_closed_pool_rejects_use():

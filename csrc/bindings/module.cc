@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "mtrl compiled core (replay buffer, TD-target kernels, environment engine)";
   mtrl::RegisterBuildInfo(m);
   mtrl::RegisterReplay(m);
+  mtrl::RegisterEnvs(m);
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from mtrl.envs.pool import StepOutput, TaskPool
 from mtrl.envs.registry import TaskSpec, available_tasks, resolve
 
-BACKENDS = ("auto", "envpool")
+BACKENDS = ("auto", "engine", "envpool")
 
 
 def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
@@ -24,7 +24,9 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
       envs_per_task: instances of each task.
       seed: env k is seeded with ``seed + k``.
       num_threads: worker threads (None: all cores).
-      backend: "auto" or "envpool".
+      backend: "engine" (the C++ engine, DMC tasks it implements), "envpool" (every task), or
+        "auto": the engine for the DMC tasks it implements, envpool for the rest (one pool
+        either way; env k keeps seed ``seed + k``).
       max_episode_steps: override every task's time limit (None: the suite's, 1000 for DMC,
         500 for MetaWorld).
 
@@ -52,10 +54,36 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
         raise ValueError(f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    from mtrl.envs.envpool_backend import EnvpoolTaskPool
+    return _build(specs, int(envs_per_task), int(seed), num_threads, backend, max_episode_steps)
 
-    return EnvpoolTaskPool(specs, envs_per_task=int(envs_per_task), seed=int(seed),
-                           num_threads=num_threads, max_episode_steps=max_episode_steps)
+
+def _build(specs: list[TaskSpec], envs_per_task: int, seed: int, num_threads: int | None,
+           backend: str, max_episode_steps: int | None) -> TaskPool:
+    from mtrl.envs.engine import EngineTaskPool, engine_tasks
+    from mtrl.envs.envpool_backend import EnvpoolTaskPool
+    from mtrl.envs.mixed import MixedTaskPool
+
+    on_engine = set(engine_tasks())
+    if backend == "engine":
+        missing = [s.name for s in specs if s.name not in on_engine]
+        if missing:
+            raise ValueError(f"backend='engine' does not implement {missing}; it has "
+                             f"{sorted(on_engine)} (use backend='auto' or 'envpool')")
+    groups = {"engine": [i for i, s in enumerate(specs) if s.name in on_engine and backend != "envpool"]}
+    groups["envpool"] = [i for i in range(len(specs)) if i not in set(groups["engine"])]
+    kinds = {"engine": EngineTaskPool, "envpool": EnvpoolTaskPool}
+    parts = []
+    for kind, idx in groups.items():
+        if not idx:
+            continue
+        seeds = [seed + i * envs_per_task + j for i in idx for j in range(envs_per_task)]
+        pool = kinds[kind]([specs[i] for i in idx], envs_per_task=envs_per_task,
+                           num_threads=num_threads, max_episode_steps=max_episode_steps,
+                           env_seeds=seeds)
+        parts.append((pool, idx))
+    if len(parts) == 1:
+        return parts[0][0]
+    return MixedTaskPool(specs, envs_per_task, parts)
 
 
 __all__ = ["StepOutput", "TaskPool", "TaskSpec", "available_tasks", "make", "resolve"]

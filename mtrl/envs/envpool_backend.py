@@ -27,7 +27,8 @@ class EnvpoolTaskPool(TaskPool):
     """
 
     def __init__(self, specs: list[TaskSpec], *, envs_per_task: int = 1, seed: int = 0,
-                 num_threads: int | None = None, max_episode_steps: int | None = None) -> None:
+                 num_threads: int | None = None, max_episode_steps: int | None = None,
+                 env_seeds: list[int] | None = None) -> None:
         import envpool  # imported here: importing envpool is slow and only this backend needs it
 
         self._envpool = envpool
@@ -35,7 +36,9 @@ class EnvpoolTaskPool(TaskPool):
         self._max_steps_override = max_episode_steps
         self._pool_specs = list(specs)
         self._epts = envs_per_task
-        self._pools = self._make_pools(seed)
+        n = len(specs) * envs_per_task
+        self._pools = self._make_pools(
+            list(env_seeds) if env_seeds is not None else [seed + k for k in range(n)])
         obs_dims, act_dims, max_steps = [], [], []
         self._act_low, self._act_scale = [], []
         for spec, p in zip(specs, self._pools, strict=True):
@@ -49,15 +52,15 @@ class EnvpoolTaskPool(TaskPool):
             max_steps.append(int(p.config["max_episode_steps"]))
         super().__init__(specs, envs_per_task, obs_dims, act_dims, max_steps)
 
-    def _make_pools(self, seed: int) -> list[Any]:
+    def _make_pools(self, env_seeds: list[int]) -> list[Any]:
         kw = {} if self._max_steps_override is None else {
             "max_episode_steps": int(self._max_steps_override)}
         pools = []
         for t, spec in enumerate(self._pool_specs):
-            first = seed + t * self._epts
+            first = t * self._epts
             pools.append(self._envpool.make_gymnasium(
                 spec.envpool_id, num_envs=self._epts, batch_size=self._epts,
-                num_threads=self._threads, env_seed=[first + i for i in range(self._epts)], **kw))
+                num_threads=self._threads, env_seed=[int(s) for s in env_seeds[first:first + self._epts]], **kw))
         return pools
 
     def _flat(self, t: int, obs: Any, out: np.ndarray, rows: np.ndarray) -> None:
@@ -113,11 +116,14 @@ class EnvpoolTaskPool(TaskPool):
                     self._flat(t, o, obs, self._task_rows(t).start + np.asarray(info["env_id"]))
         return StepOutput(obs, final, reward, term, trunc, success, np.zeros(n, bool))
 
-    def seed(self, seed: int) -> None:
-        """Re-create the pools with env k seeded ``seed + k``; call `reset` afterwards."""
+    def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
+        """Re-create the pools with env k seeded ``seed + k`` (or ``env_seeds[k]``); call
+        `reset` afterwards."""
         for p in self._pools:
             p.close()
-        self._pools = self._make_pools(int(seed))
+        self._pools = self._make_pools(
+            list(env_seeds) if env_seeds is not None
+            else [int(seed) + k for k in range(self.num_envs)])
         self._has_reset = False
 
     def get_state(self) -> Any:

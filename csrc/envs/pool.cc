@@ -1,0 +1,109 @@
+// Implementation of EnvPool (see pool.h).
+#include "envs/pool.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <numeric>
+#include <stdexcept>
+
+#include "envs/registry.h"
+
+namespace mtrl {
+
+EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<uint64_t>& seeds,
+                 const std::string& suite_dir, int num_threads, int64_t max_episode_steps) {
+  if (env_tasks.empty()) throw std::invalid_argument("the pool needs at least one env");
+  if (seeds.size() != env_tasks.size()) {
+    throw std::invalid_argument("seeds must have one entry per env (" +
+                                std::to_string(env_tasks.size()) + "), got " +
+                                std::to_string(seeds.size()));
+  }
+  if (num_threads < 1) {
+    throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(num_threads));
+  }
+  std::map<std::string, mjModel*> loaded;
+  try {
+    for (size_t k = 0; k < env_tasks.size(); ++k) {
+      const TaskDef& def = FindTask(env_tasks[k]);
+      auto it = loaded.find(def.xml);
+      if (it == loaded.end()) {
+        const std::string path = suite_dir + "/" + def.xml;
+        char error[1024] = "";
+        mjModel* m = mj_loadXML(path.c_str(), nullptr, error, sizeof(error));
+        if (m == nullptr) {
+          throw std::runtime_error("cannot load MuJoCo model " + path + ": " + error);
+        }
+        models_.push_back(m);
+        it = loaded.emplace(def.xml, m).first;
+      }
+      envs_.push_back(std::make_unique<Env>(def, it->second, seeds[k], max_episode_steps));
+      obs_dim_ = std::max(obs_dim_, envs_.back()->obs_dim());
+      action_dim_ = std::max(action_dim_, envs_.back()->action_dim());
+    }
+  } catch (...) {
+    envs_.clear();
+    for (mjModel* m : models_) mj_deleteModel(m);
+    throw;
+  }
+  cost_.resize(envs_.size());
+  for (size_t k = 0; k < envs_.size(); ++k) {
+    // Initial guess until measured: physics steps per control step times model size.
+    const Env& e = *envs_[k];
+    cost_[k] = 1e-9 * e.n_sub_steps() * (1 + e.action_dim());
+  }
+  order_.resize(envs_.size());
+  std::iota(order_.begin(), order_.end(), 0);
+  threads_ = std::make_unique<ThreadPool>(std::min<int>(num_threads, envs_.size()));
+}
+
+EnvPool::~EnvPool() {
+  threads_.reset();  // join the workers before the envs go
+  envs_.clear();
+  for (mjModel* m : models_) mj_deleteModel(m);
+}
+
+void EnvPool::ResetUnchecked(float* obs) {
+  threads_->Run(num_envs(), [&](int k) { envs_[k]->Reset(obs + size_t(k) * obs_dim_, obs_dim_); });
+}
+
+void EnvPool::StepUnchecked(const float* actions, float* obs, float* final_obs, float* reward,
+                            uint8_t* terminated, uint8_t* truncated, uint8_t* diverged) {
+  std::sort(order_.begin(), order_.end(), [&](int a, int b) { return cost_[a] > cost_[b]; });
+  threads_->Run(num_envs(), [&](int i) {
+    const int k = order_[i];
+    const auto start = std::chrono::steady_clock::now();
+    const size_t o = size_t(k) * obs_dim_;
+    StepRow row{obs + o, final_obs + o, reward + k, terminated + k, truncated + k, diverged + k};
+    envs_[k]->Step(actions + size_t(k) * action_dim_, row, obs_dim_);
+    const double dt =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    cost_[k] = 0.9 * cost_[k] + 0.1 * dt;  // only env k's job writes cost_[k]
+  });
+}
+
+void EnvPool::Seed(const std::vector<uint64_t>& seeds) {
+  if (seeds.size() != envs_.size()) {
+    throw std::invalid_argument("seeds must have one entry per env (" +
+                                std::to_string(envs_.size()) + "), got " +
+                                std::to_string(seeds.size()));
+  }
+  for (size_t k = 0; k < envs_.size(); ++k) envs_[k]->Reseed(seeds[k]);
+}
+
+std::vector<EnvState> EnvPool::GetState() const {
+  std::vector<EnvState> states;
+  for (const auto& e : envs_) states.push_back(e->GetState());
+  return states;
+}
+
+void EnvPool::SetState(const std::vector<EnvState>& states) {
+  if (states.size() != envs_.size()) {
+    throw std::invalid_argument("state holds " + std::to_string(states.size()) +
+                                " envs, the pool has " + std::to_string(envs_.size()));
+  }
+  for (size_t k = 0; k < envs_.size(); ++k) envs_[k]->CheckState(states[k]);  // all or nothing
+  for (size_t k = 0; k < envs_.size(); ++k) envs_[k]->SetState(states[k]);
+}
+
+}  // namespace mtrl

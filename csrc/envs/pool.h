@@ -1,0 +1,56 @@
+// EnvPool: N env instances of any mix of tasks, stepped together on an owned thread pool.
+#pragma once
+
+#include <mujoco/mujoco.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "envs/env.h"
+#include "envs/thread_pool.h"
+
+namespace mtrl {
+
+class EnvPool {
+ public:
+  // `env_tasks`: the task name of each env ("cheetah-run"), `seeds`: each env's RNG seed,
+  // `suite_dir`: the directory holding dm_control's suite XMLs. Each distinct task's XML is loaded
+  // once and its model shared by that task's envs. `num_threads` >= 1.
+  // Throws std::invalid_argument (unknown task, bad sizes) or std::runtime_error (XML errors).
+  EnvPool(const std::vector<std::string>& env_tasks, const std::vector<uint64_t>& seeds,
+          const std::string& suite_dir,
+          int num_threads, int64_t max_episode_steps);
+  ~EnvPool();
+  EnvPool(const EnvPool&) = delete;
+  EnvPool& operator=(const EnvPool&) = delete;
+
+  int num_envs() const { return static_cast<int>(envs_.size()); }
+  int obs_dim() const { return obs_dim_; }
+  int action_dim() const { return action_dim_; }
+  const Env& env(int k) const { return *envs_[k]; }
+
+  // Resets every env; obs is [N, obs_dim]. Thread-safety: one caller at a time (all methods).
+  void ResetUnchecked(float* obs);
+  // Steps every env with its row of actions [N, action_dim]; writes obs and final_obs
+  // [N, obs_dim], reward [N], terminated/truncated/diverged [N]. Pointers are assumed valid.
+  void StepUnchecked(const float* actions, float* obs, float* final_obs, float* reward,
+                     uint8_t* terminated, uint8_t* truncated, uint8_t* diverged);
+  // Reseeds env k with seeds[k] (takes effect at the next reset).
+  void Seed(const std::vector<uint64_t>& seeds);
+
+  std::vector<EnvState> GetState() const;
+  void SetState(const std::vector<EnvState>& states);
+
+ private:
+  std::vector<mjModel*> models_;  // one per distinct task, owned
+  std::vector<std::unique_ptr<Env>> envs_;
+  std::vector<double> cost_;  // moving average of each env's step time (seconds)
+  std::vector<int> order_;    // envs by decreasing cost: the costliest are claimed first
+  int obs_dim_ = 0;
+  int action_dim_ = 0;
+  std::unique_ptr<ThreadPool> threads_;
+};
+
+}  // namespace mtrl

@@ -1,0 +1,48 @@
+// A fixed set of worker threads that run one batch of indexed jobs at a time, handing out job
+// indices from a shared counter (a dynamic queue: a worker that finishes early takes the next).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace mtrl {
+
+class ThreadPool {
+ public:
+  // Starts num_threads - 1 workers; the calling thread works too during Run.
+  explicit ThreadPool(int num_threads);
+  // Joins the workers.
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Runs job(i) for i in [0, num_jobs), in increasing order of claim, and waits for all of them.
+  // The first exception a job throws is rethrown here after every job has finished.
+  // Thread-safety: call from one thread at a time.
+  void Run(int num_jobs, const std::function<void(int)>& job);
+
+ private:
+  void WorkerLoop();
+  void Work();
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable start_cv_, done_cv_;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  int busy_ = 0;
+  const std::function<void(int)>* job_ = nullptr;
+  int num_jobs_ = 0;
+  std::atomic<int> next_{0};
+  std::exception_ptr error_;
+};
+
+}  // namespace mtrl

@@ -1,0 +1,178 @@
+"""Tests of the C++ environment engine (mtrl/envs/engine.py, csrc/envs/): alignment with
+dm_control, determinism across threads and seeds, exact resume, divergence, errors."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # dm_control must not try to open a GLFW window
+
+import pickle
+
+import numpy as np
+import pytest
+
+import mtrl.envs as envs
+from mtrl import _core
+from mtrl.envs import fidelity
+from mtrl.envs.engine import EngineTaskPool, dm_control_suite_dir, engine_tasks
+
+TASKS = engine_tasks()
+
+
+def _rand(pool, rng):
+    return rng.uniform(-1, 1, (pool.num_envs, pool.action_dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_alignment_with_dm_control(task):
+    # Same physics state, same actions: same observations and rewards (float32 rounding only).
+    diff = fidelity.compare_rollout(task, steps=15, seed=1)
+    assert diff.steps == 15
+    assert diff.obs < 1e-5 and diff.reward < 1e-5, diff
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_timing_matches_dm_control(task):
+    env = fidelity.load_dm_control(task)
+    with envs.make([task], backend="engine") as p:
+        assert p.n_sub_steps[0] == env._n_sub_steps
+        assert p.max_episode_steps[0] == int(np.ceil(env._step_limit)) == 1000
+        assert p.action_dims[0] == env.action_spec().shape[0]
+        assert p.obs_dims[0] == sum(int(np.prod(v.shape)) for v in env.observation_spec().values())
+
+
+@pytest.mark.parametrize("task", ["dmc:pendulum-swingup", "dmc:walker-walk", "dmc:reacher-easy",
+                                  "dmc:cartpole-swingup", "dmc:point_mass-hard"])
+def test_initial_state_distribution_matches_dm_control(task):
+    n = 150
+    ours, ref = fidelity.initial_obs_samples(task, n, seed=0)
+    mean_gap, ks = fidelity.distribution_gap(ours, ref)
+    assert mean_gap < 4 * np.sqrt(2 / n), mean_gap
+    assert ks < 2.2 * np.sqrt(2 / n), ks
+    # And the check can fail: a shifted sample is caught.
+    shifted_gap, _ = fidelity.distribution_gap(ours + ours.std(0) + 1e-3, ref)
+    assert shifted_gap > 4 * np.sqrt(2 / n)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_contract_every_task(task):
+    with envs.make([task], envs_per_task=2, backend="engine", seed=0) as p:
+        obs = p.reset()
+        assert np.all(np.isfinite(obs))
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            out = p.step(_rand(p, rng))
+            assert np.all(np.isfinite(out.obs)) and np.all(np.isfinite(out.final_obs))
+            assert np.all((out.reward >= 0) & (out.reward <= 1))
+            assert not out.diverged.any() and not out.success.any()
+
+
+def _trajectory(seed, threads, steps=30, tasks=("cheetah-run", "walker-walk", "reacher-easy")):
+    with envs.make(list(tasks), envs_per_task=3, seed=seed, num_threads=threads,
+                   backend="engine", max_episode_steps=11) as p:
+        rng = np.random.default_rng(0)
+        rows = [p.reset()]
+        for _ in range(steps):
+            out = p.step(_rand(p, rng))
+            rows += [out.obs, out.final_obs, out.reward[:, None]]
+        return np.concatenate([r.reshape(len(r), -1) for r in rows], axis=1)
+
+
+def test_same_seed_any_thread_count_same_trajectories():
+    a = _trajectory(5, 1)
+    np.testing.assert_array_equal(a, _trajectory(5, 2))
+    np.testing.assert_array_equal(a, _trajectory(5, 4))
+    assert not np.allclose(a, _trajectory(6, 2))
+
+
+def test_env_k_is_seeded_with_seed_plus_k():
+    with envs.make(["cheetah-run"], envs_per_task=3, seed=10, backend="engine") as a, \
+            envs.make(["cheetah-run"], envs_per_task=1, seed=11, backend="engine") as b:
+        np.testing.assert_array_equal(a.reset()[1], b.reset()[0])
+
+
+def test_get_set_state_resumes_exactly_across_episode_ends():
+    with envs.make(["cheetah-run", "reacher-hard", "finger-turn_easy", "point_mass-hard"],
+                   envs_per_task=2, seed=3, backend="engine", max_episode_steps=7) as p:
+        rng = np.random.default_rng(1)
+        p.reset()
+        for _ in range(5):
+            p.step(_rand(p, rng))
+        state = pickle.loads(pickle.dumps(p.get_state()))
+        actions = [_rand(p, rng) for _ in range(12)]
+        first = [p.step(a) for a in actions]
+        p.set_state(state)
+        again = [p.step(a) for a in actions]
+    assert any(o.truncated.any() for o in first)
+    for x, y in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x.obs, y.obs)
+        np.testing.assert_array_equal(x.final_obs, y.final_obs)
+        np.testing.assert_array_equal(x.reward, y.reward)
+        np.testing.assert_array_equal(x.truncated, y.truncated)
+
+
+def test_set_state_rejects_foreign_state():
+    with envs.make(["cheetah-run"], backend="engine") as p, \
+            envs.make(["walker-walk"], backend="engine") as q:
+        p.reset()
+        q.reset()
+        with pytest.raises(ValueError, match="walker-walk"):
+            p.set_state(q.get_state())
+        bad = p.get_state()
+        bad["envs"][0] = (np.zeros(3), bad["envs"][0][1], 0, np.zeros(0))
+        with pytest.raises(ValueError, match="physics state of cheetah-run must have"):
+            p.set_state(bad)
+
+
+def test_diverged_physics_resets_env_and_is_flagged():
+    with envs.make(["cheetah-run"], envs_per_task=2, backend="engine") as p:
+        p.reset()
+        state = p.get_state()
+        phys, rng, count, task = state["envs"][1]
+        phys = phys.copy()
+        phys[1 + 9:1 + 18] = 1e200  # qvel of env 1: MuJoCo reports a bad state
+        state["envs"][1] = (phys, rng, count, task)
+        p.set_state(state)
+        out = p.step(np.zeros((2, 6), np.float32))
+        assert out.diverged.tolist() == [False, True]
+        assert out.truncated.tolist() == [False, True] and not out.terminated.any()
+        assert np.all(np.isfinite(out.obs)) and np.all(out.final_obs[1] == 0)
+        out = p.step(np.zeros((2, 6), np.float32))
+        assert not out.diverged.any() and np.all(np.isfinite(out.obs))
+
+
+def test_engine_errors():
+    with pytest.raises(ValueError, match="does not implement.*metaworld:reach"):
+        envs.make(["metaworld:reach"], backend="engine")
+    suite = str(dm_control_suite_dir())
+    with pytest.raises(ValueError, match="unknown engine task 'nope'; known: acrobot-swingup"):
+        _core.EnginePool(["nope"], [0], suite, 1, 0)
+    with pytest.raises(RuntimeError, match="cannot load MuJoCo model /nonexistent/cheetah.xml"):
+        _core.EnginePool(["cheetah-run"], [0], "/nonexistent", 1, 0)
+    with pytest.raises(ValueError, match="seeds must have one entry per env"):
+        _core.EnginePool(["cheetah-run"], [0, 1], suite, 1, 0)
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        _core.EnginePool(["cheetah-run"], [0], suite, 0, 0)
+    raw = _core.EnginePool(["cheetah-run"], [0], suite, 1, 0)
+    obs = np.zeros((1, 17), np.float32)
+    raw._reset(obs)
+    args = [np.zeros((1, 17), np.float32), np.zeros((1, 17), np.float32), np.zeros(1, np.float32),
+            np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool)]
+    with pytest.raises(ValueError, match="`actions` must have dtype float32, got float64"):
+        raw._step(np.zeros((1, 6)), *args)
+    with pytest.raises(ValueError, match=r"`actions` must have shape \(1, 6\), got \(1, 5\)"):
+        raw._step(np.zeros((1, 5), np.float32), *args)
+    with pytest.raises(ValueError, match="`final_obs` must be C-contiguous"):
+        raw._step(np.zeros((1, 6), np.float32), args[0], np.zeros((1, 34), np.float32)[:, ::2],
+                  *args[2:])
+    with pytest.raises(IndexError, match="env index 3 out of range"):
+        raw.env_info(3)
+
+
+def test_closed_engine_pool():
+    p = EngineTaskPool([envs.resolve("pendulum-swingup")], num_threads=2)
+    p.reset()
+    p.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        p.reset()
