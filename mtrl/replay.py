@@ -183,13 +183,18 @@ class ReplayBuffer:
         """Rows of the final-observation pool referenced by stored transitions."""
         return int(self._core.final_rows_in_use())
 
-    def tree_nodes(self, task: int) -> np.ndarray:
-        """(2L,) float64 sum-tree of ``task`` (diagnostics): node 1 the root, leaf i at L + i."""
-        return self._core.tree_nodes(_check_int("task", task))
+    def tree_levels(self, task: int) -> list[np.ndarray]:
+        """Levels of ``task``'s 8-ary sum tree (diagnostics), float64, leaves first.
 
-    def top_nodes(self) -> np.ndarray:
-        """(2L_T,) float64 task-level sum-tree (diagnostics); leaf t holds task t's total."""
-        return self._core.top_nodes()
+        Level 0 holds ``priority ** alpha`` per slot; node i of level j + 1 is the sequential
+        sum of nodes 8i..8i+7 of level j; each level is zero-padded to a multiple of 8; the
+        last level's node 0 is the root.
+        """
+        return list(self._core.tree_levels(_check_int("task", task)))
+
+    def top_levels(self) -> list[np.ndarray]:
+        """Levels of the task-level tree (diagnostics); leaf t holds task t's tree total."""
+        return list(self._core.top_levels())
 
     def size(self, task: int) -> int:
         """Transitions stored for ``task``."""

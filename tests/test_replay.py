@@ -251,9 +251,18 @@ def test_prioritized_probabilities_and_weights(stratified):
         assert stats.chisquare(obs[sel], prob[sel] * obs.sum()).pvalue > 1e-4
 
 
+def check_tree(levels: list[np.ndarray]) -> None:
+    """node i of level j+1 == ((c0 + c1) + ...) + c7 of its children, exactly; padding 0."""
+    for lower, upper in zip(levels[:-1], levels[1:]):
+        sums = np.cumsum(lower.reshape(-1, 8), axis=1)[:, -1]  # cumsum sums sequentially
+        assert np.array_equal(upper[:sums.size], sums)
+        assert np.all(upper[sums.size:] == 0)
+    assert levels[-1][0] >= 0 and np.all(levels[-1][1:] == 0)
+
+
 def test_sum_tree_invariants_after_random_updates():
     rng = np.random.default_rng(2)
-    buf = filled(capacity=37, alpha=0.6)  # non-power-of-two capacity
+    buf = filled(capacity=37, alpha=0.6)  # non-power-of-8 capacity
     for _ in range(20):
         idx = rng.integers(0, 3 * 37, 50)
         idx = idx[idx % 37 < buf.sizes[idx // 37]]
@@ -261,27 +270,30 @@ def test_sum_tree_invariants_after_random_updates():
         buf.update_priorities(idx, pri)
     roots = []
     for t in range(3):
-        nodes = buf.tree_nodes(t)
-        L = nodes.size // 2
-        internal = np.arange(1, L)
-        assert np.array_equal(nodes[internal], nodes[2 * internal] + nodes[2 * internal + 1])
-        assert np.all(nodes[L + buf.size(t):] == 0)
-        roots.append(nodes[1])
-    top = buf.top_nodes()
-    assert top[top.size // 2: top.size // 2 + 3].tolist() == roots
-    assert top[1] == pytest.approx(sum(roots), rel=1e-15)
+        levels = buf.tree_levels(t)
+        assert len(levels) == 3 and levels[0].size == 40
+        check_tree(levels)
+        assert np.all(levels[0][buf.size(t):] == 0)
+        roots.append(levels[-1][0])
+    top = buf.top_levels()
+    check_tree(top)
+    assert top[0][:3].tolist() == roots
+    big = ReplayBuffer(2, 5000, 1, 1, 1)
+    run_envs(big, None, 700, task_of_env=[1])
+    big.update_priorities(5000 + rng.integers(0, 700, 300), rng.exponential(1.0, 300))
+    check_tree(big.tree_levels(1))
+    assert big.tree_levels(1)[-1][0] == pytest.approx(
+        np.sum(big.tree_levels(1)[0].astype(np.float64)), rel=1e-12)
 
 
 def test_leaves_are_priority_pow_alpha_and_new_get_max():
     buf = filled(num_tasks=1, capacity=16, envs=(0,), steps=8, alpha=0.6)
     buf.update_priorities([0, 3], [5.0, 0.25])
-    nodes = buf.tree_nodes(0)
-    L = nodes.size // 2
-    np.testing.assert_allclose(nodes[L + np.array([0, 3, 1])], [5**0.6, 0.25**0.6, 1.0],
-                               rtol=1e-14)
+    leaves = buf.tree_levels(0)[0]
+    np.testing.assert_allclose(leaves[[0, 3, 1]], [5**0.6, 0.25**0.6, 1.0], rtol=1e-14)
     assert buf.max_priority == 5.0
     buf.add([0], np.zeros((1, 2)), np.zeros((1, 1)), [0.0], [False], [False], np.zeros((1, 2)))
-    assert buf.tree_nodes(0)[L + 8] == pytest.approx(5**0.6, rel=1e-14)
+    assert buf.tree_levels(0)[0][8] == pytest.approx(5**0.6, rel=1e-14)
 
 
 def test_same_seed_same_samples_new_seed_differs():
@@ -330,7 +342,8 @@ def test_save_load_round_trip(tmp_path):
     loaded = ReplayBuffer.load(tmp_path / "b")
     check_against_ref(loaded, ref, n_step=3)
     for t in range(3):
-        assert np.array_equal(loaded.tree_nodes(t), buf.tree_nodes(t))
+        for x, y in zip(loaded.tree_levels(t), buf.tree_levels(t), strict=True):
+            assert np.array_equal(x, y)
     assert loaded.max_priority == buf.max_priority
     for kw in (dict(), dict(prioritized=True, stratified=True, n_step=2)):
         x, y = buf.sample(50, **kw), loaded.sample(50, **kw)
@@ -484,7 +497,7 @@ def test_sample_bad_input():
 
 def test_update_priorities_bad_input():
     buf = filled()  # task 0 holds 30 of 40 slots
-    before = [buf.tree_nodes(t).copy() for t in range(3)]
+    before = [np.concatenate(buf.tree_levels(t)) for t in range(3)]
     cases = [
         ([0, 1], [1.0, float("nan")], ValueError, r"priority\[1\] = nan"),
         ([0, 1], [float("inf"), 1.0], ValueError, r"priority\[0\] = inf"),
@@ -499,7 +512,7 @@ def test_update_priorities_bad_input():
         with pytest.raises(exc, match=match):
             buf.update_priorities(np.array(idx), np.array(pri))
     for t in range(3):  # nothing changed by a rejected call
-        assert np.array_equal(buf.tree_nodes(t), before[t])
+        assert np.array_equal(np.concatenate(buf.tree_levels(t)), before[t])
     with pytest.raises(IndexError, match="holds no transition"):
         buf.fetch([35])
 

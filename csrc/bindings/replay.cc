@@ -132,6 +132,12 @@ py::array_t<double> ToArray(const std::vector<double>& v) {
   return a;
 }
 
+py::list ToArrays(const std::vector<std::vector<double>>& levels) {
+  py::list out;
+  for (const auto& v : levels) out.append(ToArray(v));
+  return out;
+}
+
 ReplayConfig MakeConfig(int64_t num_tasks, int64_t capacity_per_task, int64_t obs_dim,
                         int64_t action_dim, int64_t num_envs, double alpha, uint64_t seed) {
   ReplayConfig c{num_tasks, capacity_per_task, obs_dim, action_dim, num_envs, alpha, seed};
@@ -172,8 +178,9 @@ void RegisterReplay(py::module_& m) {
       .def("nbytes", &ReplayBuffer::nbytes)
       .def("max_priority", &ReplayBuffer::max_priority)
       .def("final_rows_in_use", &ReplayBuffer::final_rows_in_use)
-      .def("tree_nodes", [](const ReplayBuffer& b, int64_t t) { return ToArray(b.TreeNodes(t)); })
-      .def("top_nodes", [](const ReplayBuffer& b) { return ToArray(b.TopNodes()); })
+      .def("tree_levels",
+           [](const ReplayBuffer& b, int64_t t) { return ToArrays(b.TreeLevels(t)); })
+      .def("top_levels", [](const ReplayBuffer& b) { return ToArrays(b.TopLevels()); })
       .def("save",
            [](const ReplayBuffer& b, const std::string& dir) {
              ReplayScalars s;

@@ -113,9 +113,10 @@ class ReplayBuffer {
   // for a NaN, infinite or negative priority).
   void UpdatePriorities(const int64_t* index, const double* priority, int64_t n);
 
-  // Leaf values (priority^alpha) and tree nodes, for tests and diagnostics.
-  std::vector<double> TreeNodes(int64_t task) const;
-  std::vector<double> TopNodes() const;
+  // Levels of task's 8-ary sum tree (level 0: the leaves priority^alpha, each level padded to a
+  // multiple of 8 nodes, last level: the root), and of the task-level tree. For tests.
+  std::vector<std::vector<double>> TreeLevels(int64_t task) const;
+  std::vector<std::vector<double>> TopLevels() const;
 
   // Writes the arrays as .npy files into an existing directory (see mtrl/replay.py for the
   // format) and returns the scalars that complete them.

@@ -150,18 +150,22 @@ void ReplayBuffer::ChooseSlots(const SampleRequest& r, int64_t* global, float* w
   // Proportional PER: P(i) = p_i^alpha / sum; w_i = (n * P(i))^-beta / max_batch w, where the
   // sum and n are the whole buffer's, or task t's when stratified (uniform within a task).
   s_.trees.FindLeaves(tree, u, B, global);
+  // Computed in log space, w_i / max w = exp(-beta * (log(n P_i) - min_j log(n P_j))), which
+  // avoids glibc pow's slow path near 1 (where n * P_i usually is).
   const double mass = s_.trees.Total();
-  double max_w = 0.0;
+  double min_log = HUGE_VAL;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t t = tree[b];
     const double leaf = s_.trees.Leaf(t, global[b]);
     const double p = r.stratified ? leaf / s_.trees.TreeTotal(t) : leaf / mass;
     const double n = static_cast<double>(r.stratified ? s_.size[t] : total);
-    u[b] = r.beta == 0.0 ? 1.0 : std::pow(n * p, -r.beta);
-    max_w = std::max(max_w, u[b]);
+    u[b] = std::log(n * p);
+    min_log = std::min(min_log, u[b]);
     global[b] += t * C;
   }
-  for (int64_t b = 0; b < B; ++b) weight[b] = static_cast<float>(u[b] / max_w);
+  for (int64_t b = 0; b < B; ++b) {
+    weight[b] = static_cast<float>(std::exp(-r.beta * (u[b] - min_log)));
+  }
 }
 
 void ReplayBuffer::Gather(const SampleRequest& r, const int64_t* global, const BatchView& out) {

@@ -1,61 +1,99 @@
 #include "replay/sum_tree.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace mtrl {
 namespace {
 
-int64_t NextPow2(int64_t n, int* depth) {
-  int64_t p = 1;
-  int d = 0;
-  while (p < n) {
-    p <<= 1;
-    ++d;
-  }
-  *depth = d;
-  return p;
+constexpr int64_t kFan = KaryLayout::kFanout;
+constexpr int64_t kPrefetchAhead = 24;
+
+int64_t RoundUp8(int64_t n) { return (n + kFan - 1) / kFan * kFan; }
+
+// Sequential sum of the 8 children starting at c (the one summation order used everywhere).
+inline double SumChildren(const double* c) {
+  double s = c[0];
+  for (int m = 1; m < kFan; ++m) s += c[m];
+  return s;
 }
 
-constexpr int64_t kPrefetchAhead = 8;
+// Picks the child of the 8 at c whose prefix range holds x (0 <= x < their sum), only ever a
+// child with a positive value; returns its position and leaves x as the offset inside it.
+inline int64_t PickChild(const double* c, double* x) {
+  double prefix = 0.0;
+  double below = 0.0;
+  int64_t k = 0;
+  for (int m = 0; m < kFan; ++m) {
+    prefix += c[m];
+    const bool passed = prefix <= *x;
+    k += passed;
+    below = passed ? prefix : below;
+  }
+  k = std::min<int64_t>(k, kFan - 1);
+  while (k > 0 && c[k] <= 0.0) --k;  // only reachable through rounding at x ~ the node sum
+  double rest = *x - below;
+  if (!(rest < c[k])) rest = std::nextafter(c[k], 0.0);
+  *x = rest < 0.0 ? 0.0 : rest;
+  return k;
+}
+
+void UpdatePath(double* tree, const KaryLayout& l, int64_t i) {
+  for (int j = 1; j <= l.depth(); ++j) {
+    i /= kFan;
+    tree[l.offset[j] + i] = SumChildren(tree + l.offset[j - 1] + i * kFan);
+  }
+}
+
+void RebuildTree(double* tree, const KaryLayout& l) {
+  for (int j = 1; j <= l.depth(); ++j) {
+    for (int64_t i = 0; i < l.count[j]; ++i) {
+      tree[l.offset[j] + i] = SumChildren(tree + l.offset[j - 1] + i * kFan);
+    }
+  }
+}
 
 }  // namespace
 
-PriorityTrees::PriorityTrees(int64_t num_trees, int64_t capacity) : num_trees_(num_trees) {
-  leaves_ = NextPow2(capacity, &depth_);
-  top_leaves_ = NextPow2(num_trees, &top_depth_);
-  storage_ = PageBuffer(static_cast<size_t>(num_trees) * 2 * leaves_ * sizeof(double));
+KaryLayout::KaryLayout(int64_t leaves) {
+  int64_t n = leaves;
+  int64_t at = 0;
+  while (true) {
+    count.push_back(n);
+    offset.push_back(at);
+    at += RoundUp8(n);
+    if (n == 1) break;
+    n = (n + kFan - 1) / kFan;
+  }
+  stride = at;
+}
+
+PriorityTrees::PriorityTrees(int64_t num_trees, int64_t capacity)
+    : num_trees_(num_trees), layout_(capacity), top_layout_(num_trees) {
+  storage_ = PageBuffer(static_cast<size_t>(num_trees * layout_.stride) * sizeof(double));
   nodes_ = storage_.as<double>();
-  top_.assign(2 * top_leaves_, 0.0);
+  top_.assign(static_cast<size_t>(top_layout_.stride), 0.0);
 }
 
 uint64_t PriorityTrees::Bytes(int64_t num_trees, int64_t capacity) {
-  int depth = 0;
-  int top_depth = 0;
-  return static_cast<uint64_t>(num_trees) * 2 * NextPow2(capacity, &depth) * sizeof(double) +
-         2 * NextPow2(num_trees, &top_depth) * sizeof(double);
+  return static_cast<uint64_t>(num_trees * KaryLayout(capacity).stride +
+                               KaryLayout(num_trees).stride) *
+         sizeof(double);
 }
 
 void PriorityTrees::Set(int64_t t, int64_t i, double value) {
-  double* tree = nodes_ + t * 2 * leaves_;
-  int64_t node = leaves_ + i;
-  tree[node] = value;
-  for (node >>= 1; node >= 1; node >>= 1) tree[node] = tree[2 * node] + tree[2 * node + 1];
+  double* tree = nodes_ + t * layout_.stride;
+  tree[i] = value;
+  UpdatePath(tree, layout_, i);
 }
 
 void PriorityTrees::SyncTop(int64_t t) {
-  int64_t node = top_leaves_ + t;
-  top_[node] = TreeTotal(t);
-  for (node >>= 1; node >= 1; node >>= 1) top_[node] = top_[2 * node] + top_[2 * node + 1];
-}
-
-void PriorityTrees::ClearTree(int64_t t) {
-  std::fill(nodes_ + t * 2 * leaves_, nodes_ + (t + 1) * 2 * leaves_, 0.0);
-  SyncTop(t);
+  top_[t] = TreeTotal(t);
+  UpdatePath(top_.data(), top_layout_, t);
 }
 
 void PriorityTrees::Rebuild(int64_t t) {
-  double* tree = nodes_ + t * 2 * leaves_;
-  for (int64_t node = leaves_ - 1; node >= 1; --node) tree[node] = tree[2 * node] + tree[2 * node + 1];
+  RebuildTree(nodes_ + t * layout_.stride, layout_);
   SyncTop(t);
 }
 
@@ -64,19 +102,19 @@ void PriorityTrees::SetBatch(const int64_t* tree, const int64_t* leaf, const dou
   scratch_.resize(static_cast<size_t>(n));
   int64_t* node = scratch_.data();
   for (int64_t k = 0; k < n; ++k) {
-    node[k] = tree[k] * 2 * leaves_ + leaves_ + leaf[k];
-    nodes_[node[k]] = value[k];
+    nodes_[tree[k] * layout_.stride + leaf[k]] = value[k];
+    node[k] = leaf[k];
   }
   // Recompute ancestors one level at a time for the whole batch: independent loads overlap.
-  for (int level = depth_; level > 0; --level) {
+  for (int j = 1; j <= layout_.depth(); ++j) {
+    const int64_t up = layout_.offset[j];
+    const int64_t down = layout_.offset[j - 1];
     for (int64_t k = 0; k < n; ++k) {
-      const int64_t base = tree[k] * 2 * leaves_;
-      const int64_t parent = (node[k] - base) >> 1;
-      node[k] = base + parent;
-      nodes_[node[k]] = nodes_[base + 2 * parent] + nodes_[base + 2 * parent + 1];
+      double* base = nodes_ + tree[k] * layout_.stride;
+      node[k] /= kFan;
+      base[up + node[k]] = SumChildren(base + down + node[k] * kFan);
     }
   }
-  // Sync each distinct tree into the top tree once.
   mark_.resize(static_cast<size_t>(num_trees_), 0);
   for (int64_t k = 0; k < n; ++k) {
     if (!mark_[tree[k]]) {
@@ -88,54 +126,41 @@ void PriorityTrees::SetBatch(const int64_t* tree, const int64_t* leaf, const dou
 }
 
 void PriorityTrees::FindTrees(double* u, int64_t n, int64_t* tree_out) const {
+  const KaryLayout& l = top_layout_;
+  const double total = Total();
   for (int64_t k = 0; k < n; ++k) {
-    int64_t node = 1;
-    double x = u[k];
-    for (int level = 0; level < top_depth_; ++level) {
-      const double left = top_[2 * node];
-      const double right = top_[2 * node + 1];
-      // Only ever enter a child with a positive sum (rounding can leave x >= left).
-      if (x < left || right <= 0.0) {
-        node = 2 * node;
-      } else {
-        x -= left;
-        node = 2 * node + 1;
-      }
+    double x = u[k] < total ? u[k] : std::nextafter(total, 0.0);
+    int64_t i = 0;
+    for (int j = l.depth(); j >= 1; --j) {
+      i = i * kFan + PickChild(top_.data() + l.offset[j - 1] + i * kFan, &x);
     }
-    tree_out[k] = node - top_leaves_;
-    u[k] = std::min(x, TreeTotal(tree_out[k]));
+    tree_out[k] = i;
+    u[k] = x;
   }
 }
 
 void PriorityTrees::FindLeaves(const int64_t* tree, const double* u, int64_t n,
                                int64_t* leaf_out) const {
+  const KaryLayout& l = layout_;
   scratch_.resize(2 * static_cast<size_t>(n));
-  int64_t* node = scratch_.data();
-  double* x = reinterpret_cast<double*>(scratch_.data() + n);
+  int64_t* node = leaf_out;
+  double* x = reinterpret_cast<double*>(scratch_.data());
   for (int64_t k = 0; k < n; ++k) {
-    node[k] = tree[k] * 2 * leaves_ + 1;
-    x[k] = u[k];
+    const double total = TreeTotal(tree[k]);
+    x[k] = u[k] < total ? u[k] : std::nextafter(total, 0.0);
+    node[k] = 0;
   }
-  for (int level = 0; level < depth_; ++level) {
+  for (int j = l.depth(); j >= 1; --j) {
+    const int64_t down = l.offset[j - 1];
     for (int64_t k = 0; k < n; ++k) {
       if (k + kPrefetchAhead < n) {
         const int64_t a = k + kPrefetchAhead;
-        const int64_t base_a = tree[a] * 2 * leaves_;
-        __builtin_prefetch(nodes_ + base_a + 2 * (node[a] - base_a));
+        __builtin_prefetch(nodes_ + tree[a] * l.stride + down + node[a] * kFan);
       }
-      const int64_t base = tree[k] * 2 * leaves_;
-      const int64_t child = base + 2 * (node[k] - base);
-      const double left = nodes_[child];
-      const double right = nodes_[child + 1];
-      if (x[k] < left || right <= 0.0) {
-        node[k] = child;
-      } else {
-        x[k] -= left;
-        node[k] = child + 1;
-      }
+      const double* children = nodes_ + tree[k] * l.stride + down + node[k] * kFan;
+      node[k] = node[k] * kFan + PickChild(children, &x[k]);
     }
   }
-  for (int64_t k = 0; k < n; ++k) leaf_out[k] = node[k] - tree[k] * 2 * leaves_ - leaves_;
 }
 
 }  // namespace mtrl

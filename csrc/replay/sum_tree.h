@@ -8,13 +8,26 @@
 
 namespace mtrl {
 
-// `num_trees` binary sum trees of `capacity` leaves each, stored contiguously (tree t's nodes
-// at [t * 2L, (t + 1) * 2L), L = the power of two >= capacity, node 1 the root, leaf i at node
-// L + i), plus a top tree whose leaf t holds tree t's root. Every internal node is recomputed as
-// fl(left + right) (never updated by a delta), so sums never drift and the invariant
-// node == left + right holds exactly. Leaves must be finite and >= 0 (callers check).
-// Lookups are batched and walk one tree level at a time for the whole batch, which overlaps
-// the cache misses of independent samples. Not thread-safe: the owning buffer locks.
+// Shape of one 8-ary sum tree over n leaves: level 0 holds the leaves, level j + 1 holds the
+// sums of consecutive groups of 8 nodes of level j, up to a single root. Every level is padded
+// with zeros to a multiple of 8 nodes, so a node's 8 children are one aligned 64-byte line:
+// a descent reads one cache line per level (7 levels for 1M leaves instead of 20 binary ones).
+struct KaryLayout {
+  static constexpr int64_t kFanout = 8;
+  KaryLayout() = default;
+  explicit KaryLayout(int64_t leaves);
+  std::vector<int64_t> count;   // real nodes per level (count.back() == 1)
+  std::vector<int64_t> offset;  // start of each level, in doubles, within one tree
+  int64_t stride = 8;           // doubles per tree (a multiple of 8)
+  int depth() const { return static_cast<int>(count.size()) - 1; }
+};
+
+// `num_trees` 8-ary sum trees of `capacity` leaves each, stored contiguously, plus a top tree
+// whose leaf t holds tree t's root. Each internal node is recomputed as the sequential sum
+// ((c0 + c1) + c2) + ... + c7 of its children (never updated by a delta), so sums never drift
+// and the invariant holds exactly. Leaves must be finite and >= 0 (callers check). Lookups walk
+// one level at a time for the whole batch, overlapping the cache misses of independent samples,
+// and never return a leaf whose value is 0. Not thread-safe: the owning buffer locks.
 class PriorityTrees {
  public:
   PriorityTrees() = default;
@@ -23,11 +36,12 @@ class PriorityTrees {
   static uint64_t Bytes(int64_t num_trees, int64_t capacity);
 
   int64_t num_trees() const { return num_trees_; }
-  int64_t leaves() const { return leaves_; }
-  double Total() const { return top_[1]; }
-  double TreeTotal(int64_t t) const { return nodes_[t * 2 * leaves_ + 1]; }
-  double Leaf(int64_t t, int64_t i) const { return nodes_[t * 2 * leaves_ + leaves_ + i]; }
-  const double* tree_nodes(int64_t t) const { return nodes_ + t * 2 * leaves_; }
+  double Total() const { return top_[top_layout_.offset.back()]; }
+  double TreeTotal(int64_t t) const { return nodes_[t * layout_.stride + layout_.offset.back()]; }
+  double Leaf(int64_t t, int64_t i) const { return nodes_[t * layout_.stride + i]; }
+  const KaryLayout& layout() const { return layout_; }
+  const KaryLayout& top_layout() const { return top_layout_; }
+  const double* tree_nodes(int64_t t) const { return nodes_ + t * layout_.stride; }
   const std::vector<double>& top_nodes() const { return top_; }
 
   // Sets leaf i of tree t and its ancestors; call SyncTop(t) after a run of changes.
@@ -37,10 +51,8 @@ class PriorityTrees {
   void SetBatch(const int64_t* tree, const int64_t* leaf, const double* value, int64_t n);
   // Copies tree t's root into the top tree.
   void SyncTop(int64_t t);
-  // Zeroes every leaf of tree t (and its sums).
-  void ClearTree(int64_t t);
   // Direct leaf access for bulk loading; call Rebuild(t) afterwards.
-  double* mutable_leaves(int64_t t) { return nodes_ + t * 2 * leaves_ + leaves_; }
+  double* mutable_leaves(int64_t t) { return nodes_ + t * layout_.stride; }
   // Recomputes every internal node of tree t from its leaves, then syncs the top tree.
   void Rebuild(int64_t t);
 
@@ -48,17 +60,14 @@ class PriorityTrees {
   // replaced by the offset inside that tree, in [0, TreeTotal(tree)).
   void FindTrees(double* u, int64_t n, int64_t* tree_out) const;
   // For each k, the leaf of tree[k] whose prefix range holds u[k] in [0, TreeTotal(tree[k])).
-  // Only leaves with a value > 0 are ever returned (if the tree total is > 0).
   void FindLeaves(const int64_t* tree, const double* u, int64_t n, int64_t* leaf_out) const;
 
  private:
   int64_t num_trees_ = 0;
-  int64_t leaves_ = 1;
-  int depth_ = 0;
+  KaryLayout layout_;
   PageBuffer storage_;
   double* nodes_ = nullptr;
-  int64_t top_leaves_ = 1;
-  int top_depth_ = 0;
+  KaryLayout top_layout_;
   std::vector<double> top_;
   mutable std::vector<int64_t> scratch_;
   std::vector<uint8_t> mark_;

@@ -1,0 +1,247 @@
+"""Replay buffer benchmark: mtrl.replay vs cpprb PrioritizedReplayBuffer vs a NumPy ring (issue 2 §5).
+
+Workload: capacity 1,000,000 transitions, obs 64 float32, action 8 float32, reward, done, task id.
+Rows: insert 16 and 1 transitions per call; sample 256 / 1024 (uniform and PER); update
+priorities; the PER sample+update cycle; and the multi-task case (8 tasks x 125,000, stratified
+PER; cpprb: one buffer per task with Python routing). Ours stores each observation once (the
+next observation is a link, see mtrl/replay.py); cpprb and the NumPy ring store obs and next_obs.
+TorchRL is tried and reported as unavailable when it does not import.
+
+Prints one line per configuration (median over repeats) and ends with ``RESULT {json}``, each
+ratio ours-speed / theirs-speed (> 1: mtrl faster).
+
+    python benchmarks/bench_replay.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from mtrl.replay import ReplayBuffer
+
+CAP, OBS, ACT = 1_000_000, 64, 8
+ALPHA, BETA = 0.6, 0.4
+
+
+def timeit(fn: Callable[[], object], iters: int, repeats: int) -> float:
+    """Median over `repeats` of the mean seconds per call over `iters` calls."""
+    return compare([fn], iters, repeats)[0]
+
+
+def compare(fns: list[Callable[[], object]], iters: int, repeats: int) -> list[float]:
+    """Like timeit for several functions, interleaving their repeats so load drift hits all."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            ts.append((time.perf_counter() - t0) / iters)
+    return [statistics.median(ts) for ts in times]
+
+
+class Stream:
+    """Observation streams of `n` envs: step t of env k sees pool row (t * n + k) % P."""
+
+    def __init__(self, n: int, rng: np.random.Generator, pool: int = 4096) -> None:
+        self.n = n
+        self.pool = rng.standard_normal((pool + n, OBS)).astype(np.float32)
+        self.act = rng.uniform(-1, 1, (pool + n, ACT)).astype(np.float32)
+        self.rew = rng.standard_normal(pool + n).astype(np.float32)
+        self.P = pool
+        self.t = 0
+        self.task = np.arange(n, dtype=np.int64) % 8
+        self.false = np.zeros(n, bool)
+
+    def step(self) -> tuple[np.ndarray, ...]:
+        a = (self.t * self.n) % self.P
+        b = ((self.t + 1) * self.n) % self.P
+        self.t += 1
+        return (self.task, self.pool[a:a + self.n], self.act[a:a + self.n], self.rew[a:a + self.n],
+                self.false, self.false, self.pool[b:b + self.n])
+
+
+class NumpyRing:
+    """Uniform ring buffer, one NumPy array per field (the simple baseline)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.ptr, self.size = cap, 0, 0
+        self.obs = np.zeros((cap, OBS), np.float32)
+        self.next_obs = np.zeros((cap, OBS), np.float32)
+        self.act = np.zeros((cap, ACT), np.float32)
+        self.rew = np.zeros(cap, np.float32)
+        self.done = np.zeros(cap, np.float32)
+        self.task = np.zeros(cap, np.int64)
+        self.rng = np.random.default_rng(0)
+
+    def add(self, task, obs, act, rew, term, trunc, next_obs) -> None:
+        n = len(rew)
+        if self.ptr + n <= self.cap:
+            s = slice(self.ptr, self.ptr + n)
+        else:
+            s = (self.ptr + np.arange(n)) % self.cap
+        self.obs[s] = obs
+        self.act[s] = act
+        self.rew[s] = rew
+        self.done[s] = term
+        self.next_obs[s] = next_obs
+        self.task[s] = task
+        self.ptr = (self.ptr + n) % self.cap
+        self.size = min(self.size + n, self.cap)
+
+    def sample(self, b: int) -> tuple[np.ndarray, ...]:
+        i = self.rng.integers(0, self.size, b)
+        return (self.obs[i], self.act[i], self.rew[i], self.next_obs[i], self.done[i],
+                self.task[i])
+
+
+def cpprb_buffer(cap: int):
+    from cpprb import PrioritizedReplayBuffer
+
+    return PrioritizedReplayBuffer(cap, {"obs": {"shape": OBS}, "act": {"shape": ACT},
+                                         "rew": {}, "next_obs": {"shape": OBS}, "done": {},
+                                         "task": {"dtype": np.int64}}, alpha=ALPHA)
+
+
+def cpprb_add(rb, step) -> None:
+    task, obs, act, rew, term, _, next_obs = step
+    rb.add(obs=obs, act=act, rew=rew, next_obs=next_obs, done=term, task=task)
+
+
+def fill_ours(buf: ReplayBuffer, n_steps: int, stream: Stream) -> None:
+    for _ in range(n_steps):
+        buf.add(*stream.step())
+
+
+def fill_cpprb(rb, total: int, rng: np.random.Generator, chunk: int = 10_000) -> None:
+    for _ in range(total // chunk):
+        rb.add(obs=rng.standard_normal((chunk, OBS), np.float32),
+               act=rng.standard_normal((chunk, ACT), np.float32),
+               rew=rng.standard_normal(chunk, np.float32),
+               next_obs=rng.standard_normal((chunk, OBS), np.float32),
+               done=np.zeros(chunk, np.float32), task=np.zeros(chunk, np.int64))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (< 60 s)")
+    args = ap.parse_args()
+    reps = 5 if args.quick else 11
+    scale = 1 if args.quick else 2
+    rng = np.random.default_rng(0)
+    rows: list[tuple[str, float, str, float]] = []
+
+    def row(name: str, ours: float, other_name: str, other: float) -> float:
+        rows.append((name, ours, other_name, other))
+        print(f"{name:<34} ours {ours * 1e6:10.1f} us   {other_name:<12} {other * 1e6:10.1f} us"
+              f"   ratio {other / ours:6.2f}x", flush=True)
+        return other / ours
+
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, python "
+          f"{platform.python_version()}, capacity {CAP}, obs {OBS}, act {ACT}")
+    try:
+        import torchrl  # noqa: F401
+
+        print("torchrl: imports (not benchmarked here)")
+    except Exception as e:  # noqa: BLE001 - report why the optional comparison is missing
+        print(f"torchrl: unavailable ({type(e).__name__}: {str(e)[:80]})")
+
+    result: dict[str, float] = {}
+    # ---------------------------------------------------------------- inserts
+    for n, key in ((16, "insert16"), (1, "insert1")):
+        stream = Stream(n, rng)
+        ours = ReplayBuffer(8, CAP // 8, OBS, ACT, n, alpha=ALPHA)
+        ring = NumpyRing(CAP)
+        rb = cpprb_buffer(CAP)
+        iters = (2000 if n == 16 else 5000) * scale
+        t_ours, t_np, t_cp = (t / n for t in compare(
+            [lambda: ours.add(*stream.step()), lambda: ring.add(*stream.step()),
+             lambda: cpprb_add(rb, stream.step())], iters, reps))
+        result[f"{key}_vs_numpy"] = row(f"insert {n}/call (per transition)", t_ours, "numpy", t_np)
+        result[f"{key}_vs_cpprb"] = row(f"insert {n}/call (per transition)", t_ours, "cpprb", t_cp)
+        del ours, ring, rb
+
+    # ---------------------------------------------------------------- single task, 1M
+    stream = Stream(16, rng)
+    ours = ReplayBuffer(1, CAP, OBS, ACT, 16, alpha=ALPHA)
+    stream.task = np.zeros(16, np.int64)
+    fill_ours(ours, CAP // 16, stream)
+    ring = NumpyRing(CAP)
+    for _ in range(CAP // 10_000):
+        ring.add(np.zeros(10_000, np.int64), rng.standard_normal((10_000, OBS), np.float32),
+                 rng.standard_normal((10_000, ACT), np.float32),
+                 rng.standard_normal(10_000, np.float32), np.zeros(10_000, bool), None,
+                 rng.standard_normal((10_000, OBS), np.float32))
+    rb = cpprb_buffer(CAP)
+    fill_cpprb(rb, CAP, rng)
+    # Random priorities everywhere, so PER trees are not trivially uniform.
+    ours.update_priorities(np.arange(CAP), rng.exponential(1.0, CAP))
+    rb.update_priorities(np.arange(CAP), rng.exponential(1.0, CAP))
+    it = 100 * scale
+    for b in (256, 1024):
+        out = ours.allocate_batch(b)
+        t_o, t_n = compare([lambda: ours.sample(b, out=out), lambda: ring.sample(b)], it, reps)
+        result[f"uniform_{b}_vs_numpy"] = row(f"uniform sample {b}", t_o, "numpy", t_n)
+        t_o, t_c = compare([lambda: ours.sample(b, prioritized=True, beta=BETA, out=out),
+                            lambda: rb.sample(b, beta=BETA)], it, reps)
+        result[f"per_{b}_vs_cpprb"] = row(f"PER sample {b}", t_o, "cpprb", t_c)
+        idx_o = ours.sample(b, prioritized=True, out=out).index.copy()
+        idx_c = rb.sample(b)["indexes"]
+        pri = rng.exponential(1.0, b)
+        t_o, t_c = compare([lambda: ours.update_priorities(idx_o, pri),
+                            lambda: rb.update_priorities(idx_c, pri)], it, reps)
+        result[f"update_{b}_vs_cpprb"] = row(f"update priorities {b}", t_o, "cpprb", t_c)
+
+        def cycle_ours() -> None:
+            s = ours.sample(b, prioritized=True, beta=BETA, out=out)
+            ours.update_priorities(s.index, pri)
+
+        def cycle_cpprb() -> None:
+            s = rb.sample(b, beta=BETA)
+            rb.update_priorities(s["indexes"], pri)
+
+        t_o, t_c = compare([cycle_ours, cycle_cpprb], it, reps)
+        result[f"cycle_{b}_vs_cpprb"] = row(f"PER sample+update {b}", t_o, "cpprb", t_c)
+    del ours, ring, rb
+
+    # ---------------------------------------------------------------- multi-task, 8 x 125k
+    T, cap_t, B = 8, CAP // 8, 1024
+    stream = Stream(16, rng)
+    ours = ReplayBuffer(T, cap_t, OBS, ACT, 16, alpha=ALPHA)
+    fill_ours(ours, CAP // 16, stream)
+    ours.update_priorities(np.arange(CAP), rng.exponential(1.0, CAP))
+    rbs = [cpprb_buffer(cap_t) for _ in range(T)]
+    for r in rbs:
+        fill_cpprb(r, cap_t, rng, chunk=cap_t // 5)
+        r.update_priorities(np.arange(cap_t), rng.exponential(1.0, cap_t))
+    pri = rng.exponential(1.0, B)
+    out = ours.allocate_batch(B)
+
+    def mt_ours() -> None:
+        s = ours.sample(B, stratified=True, prioritized=True, beta=BETA, out=out)
+        ours.update_priorities(s.index, pri)
+
+    def mt_cpprb() -> None:
+        per = B // T
+        samples = [r.sample(per, beta=BETA) for r in rbs]
+        batch = {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+        for t, r in enumerate(rbs):  # route the new priorities back to each task's buffer
+            r.update_priorities(batch["indexes"][t * per:(t + 1) * per],
+                                pri[t * per:(t + 1) * per])
+
+    t_o, t_c = compare([mt_ours, mt_cpprb], it, reps)
+    result["mt_cycle_1024_vs_cpprb"] = row("8-task stratified PER cycle 1024", t_o, "cpprb x8", t_c)
+    print("RESULT " + json.dumps({k: round(v, 3) for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()
