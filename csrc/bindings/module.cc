@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   mtrl::RegisterBuildInfo(m);
   mtrl::RegisterReplay(m);
   mtrl::RegisterEnvs(m);
+  mtrl::RegisterKernels(m);
 }

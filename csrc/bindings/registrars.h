@@ -8,5 +8,6 @@ namespace mtrl {
 void RegisterBuildInfo(pybind11::module_& m);
 void RegisterReplay(pybind11::module_& m);
 void RegisterEnvs(pybind11::module_& m);
+void RegisterKernels(pybind11::module_& m);
 
 }  // namespace mtrl

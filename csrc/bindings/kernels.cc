@@ -1,0 +1,204 @@
+// Binding of the fused TD-target kernels (csrc/kernels). The CPU entry points take NumPy-compatible
+// buffers (torch CPU tensors via .numpy(), zero-copy), so every size, dtype and contiguity is checked
+// here; the CUDA entry points take raw device pointers as integers (the core does not link libtorch)
+// and can only check sizes. The Python wrapper mtrl/ops/td_target.py does the friendly validation.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "bindings/registrars.h"
+#include "kernels/td_target.h"
+
+namespace py = pybind11;
+
+namespace mtrl {
+namespace {
+
+std::string ShapeString(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Checks dtype T, C-contiguity and the exact shape; returns the data pointer.
+template <typename T>
+const T* Input(const py::array& a, const char* name, std::initializer_list<int64_t> shape) {
+  if (!a.dtype().is(py::dtype::of<T>())) {
+    throw std::invalid_argument(std::string(name) + " must have dtype " +
+                                std::string(py::str(py::dtype::of<T>())) + ", got " +
+                                std::string(py::str(a.dtype())));
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+  }
+  bool match = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  size_t i = 0;
+  for (int64_t d : shape) match = match && a.shape(static_cast<py::ssize_t>(i++)) == d;
+  if (!match) {
+    std::string want = "(";
+    i = 0;
+    for (int64_t d : shape) want += (i++ ? ", " : "") + std::to_string(d);
+    want += shape.size() == 1 ? ",)" : ")";
+    throw std::invalid_argument(std::string(name) + " must have shape " + want + ", got " +
+                                ShapeString(a));
+  }
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* Output(py::array& a, const char* name, std::initializer_list<int64_t> shape) {
+  Input<T>(a, name, shape);
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + " must be writeable");
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <typename T>
+int64_t TdTargetCpuTyped(const py::array& logits, const py::array& reward, const py::array& mask,
+                         const std::optional<py::array>& discount, double discount_value,
+                         const std::optional<py::array>& entropy, py::array& target,
+                         py::array& expected_value, double v_min, double v_max, int combine,
+                         int projection, double sigma, int num_threads, bool allow_avx2) {
+  TdTargetArgs<T> a;
+  a.num_members = logits.shape(0);
+  a.batch_size = logits.shape(1);
+  a.num_atoms = logits.shape(2);
+  CheckTdTargetSizes(a.num_members, a.batch_size, a.num_atoms, v_min, v_max, sigma);
+  const int64_t e = a.num_members, b = a.batch_size, k = a.num_atoms;
+  a.target_logits = Input<T>(logits, "target_logits", {e, b, k});
+  a.reward = Input<T>(reward, "reward", {b});
+  a.mask = Input<T>(mask, "mask", {b});
+  a.discount = discount ? Input<T>(*discount, "discount", {b}) : nullptr;
+  a.discount_value = discount_value;
+  a.entropy = entropy ? Input<T>(*entropy, "entropy", {b}) : nullptr;
+  a.target = Output<T>(target, "target", {b, k});
+  a.expected_value = Output<T>(expected_value, "expected_value", {b});
+  a.v_min = v_min;
+  a.v_max = v_max;
+  if (combine != 0 && combine != 1) throw std::invalid_argument("combine must be 0 (mean) or 1 (min)");
+  if (projection != 0 && projection != 1) {
+    throw std::invalid_argument("projection must be 0 (c51) or 1 (hl_gauss)");
+  }
+  if (projection == 1 && !(sigma > 0.0)) throw std::invalid_argument("HL-Gauss needs sigma > 0");
+  a.combine = static_cast<Combine>(combine);
+  a.projection = static_cast<Projection>(projection);
+  a.sigma = sigma;
+  // The kernel reads and writes only the buffers above, which the caller keeps alive.
+  py::gil_scoped_release release;
+  return TdTargetCpuUnchecked<T>(a, num_threads, allow_avx2);
+}
+
+int64_t TdTargetCpu(const py::array& logits, const py::array& reward, const py::array& mask,
+                    const std::optional<py::array>& discount, double discount_value,
+                    const std::optional<py::array>& entropy, py::array& target,
+                    py::array& expected_value, double v_min, double v_max, int combine,
+                    int projection, double sigma, int num_threads, bool allow_avx2) {
+  if (logits.ndim() != 3) {
+    throw std::invalid_argument("target_logits must have shape (E, B, K), got " +
+                                ShapeString(logits));
+  }
+  if (logits.dtype().is(py::dtype::of<double>())) {
+    return TdTargetCpuTyped<double>(logits, reward, mask, discount, discount_value, entropy,
+                                    target, expected_value, v_min, v_max, combine, projection,
+                                    sigma, num_threads, allow_avx2);
+  }
+  return TdTargetCpuTyped<float>(logits, reward, mask, discount, discount_value, entropy, target,
+                                 expected_value, v_min, v_max, combine, projection, sigma,
+                                 num_threads, allow_avx2);
+}
+
+template <typename T>
+int64_t CrossEntropyCpuTyped(const py::array& logits, const py::array& target,
+                             const std::optional<py::array>& weight, py::array& td_error,
+                             std::optional<py::array>& grad, py::array& loss, int num_threads,
+                             bool allow_avx2) {
+  CrossEntropyArgs<T> a;
+  a.num_members = logits.shape(0);
+  a.batch_size = logits.shape(1);
+  a.num_atoms = logits.shape(2);
+  CheckTdTargetSizes(a.num_members, a.batch_size, a.num_atoms, -1.0, 1.0, 0.0);
+  const int64_t e = a.num_members, b = a.batch_size, k = a.num_atoms;
+  a.online_logits = Input<T>(logits, "online_logits", {e, b, k});
+  a.target = Input<T>(target, "target", {b, k});
+  a.weight = weight ? Input<T>(*weight, "weight", {b}) : nullptr;
+  a.td_error = Output<T>(td_error, "td_error", {b});
+  a.grad = grad ? Output<T>(*grad, "grad", {e, b, k}) : nullptr;
+  if (loss.size() != 1) throw std::invalid_argument("loss must have exactly one element");
+  if (!loss.dtype().is(py::dtype::of<T>()) || !loss.writeable()) {
+    throw std::invalid_argument("loss must be a writeable array of the logits' dtype");
+  }
+  T* loss_out = static_cast<T*>(loss.mutable_data());
+  double total = 0.0;
+  int64_t bad = 0;
+  {
+    // The kernel reads and writes only the buffers above, which the caller keeps alive.
+    py::gil_scoped_release release;
+    bad = CrossEntropyCpuUnchecked<T>(a, num_threads, &total, allow_avx2);
+  }
+  *loss_out = static_cast<T>(total);
+  return bad;
+}
+
+int64_t CrossEntropyCpu(const py::array& logits, const py::array& target,
+                        const std::optional<py::array>& weight, py::array& td_error,
+                        std::optional<py::array>& grad, py::array& loss, int num_threads,
+                        bool allow_avx2) {
+  if (logits.ndim() != 3) {
+    throw std::invalid_argument("online_logits must have shape (E, B, K), got " +
+                                ShapeString(logits));
+  }
+  if (logits.dtype().is(py::dtype::of<double>())) {
+    return CrossEntropyCpuTyped<double>(logits, target, weight, td_error, grad, loss, num_threads,
+                                        allow_avx2);
+  }
+  return CrossEntropyCpuTyped<float>(logits, target, weight, td_error, grad, loss, num_threads,
+                                     allow_avx2);
+}
+
+template <typename T>
+void ScaleCpuTyped(const py::array& src, double factor, py::array& dst, int num_threads) {
+  if (!(src.flags() & py::array::c_style) || !(dst.flags() & py::array::c_style)) {
+    throw std::invalid_argument("src and dst must be C-contiguous");
+  }
+  if (!dst.dtype().is(py::dtype::of<T>()) || !dst.writeable() || dst.size() != src.size()) {
+    throw std::invalid_argument("dst must be a writeable array of src's dtype and size");
+  }
+  const T* in = static_cast<const T*>(src.data());
+  T* out = static_cast<T*>(dst.mutable_data());
+  const int64_t n = src.size();
+  // Reads src and writes dst only; the caller keeps both alive.
+  py::gil_scoped_release release;
+  ScaleCpuUnchecked<T>(in, static_cast<T>(factor), out, n, num_threads);
+}
+
+void ScaleCpu(const py::array& src, double factor, py::array& dst, int num_threads) {
+  if (src.dtype().is(py::dtype::of<double>())) return ScaleCpuTyped<double>(src, factor, dst, num_threads);
+  if (src.dtype().is(py::dtype::of<float>())) return ScaleCpuTyped<float>(src, factor, dst, num_threads);
+  throw std::invalid_argument("src must be float32 or float64, got " + std::string(py::str(src.dtype())));
+}
+
+}  // namespace
+
+void RegisterKernels(py::module_& m) {
+  m.def("_td_target_cpu", &TdTargetCpu, py::arg("target_logits"), py::arg("reward"),
+        py::arg("mask"), py::arg("discount"), py::arg("discount_value"), py::arg("entropy"),
+        py::arg("target"), py::arg("expected_value"), py::arg("v_min"), py::arg("v_max"),
+        py::arg("combine"), py::arg("projection"), py::arg("sigma"), py::arg("num_threads"),
+        py::arg("allow_avx2") = true,
+        "Categorical TD target on the CPU into `target` [B, K] and `expected_value` [B] "
+        "(float32 or float64 buffers). Returns the number of rows with non-finite inputs.");
+  m.def("_cross_entropy_cpu", &CrossEntropyCpu, py::arg("online_logits"), py::arg("target"),
+        py::arg("weight"), py::arg("td_error"), py::arg("grad"), py::arg("loss"),
+        py::arg("num_threads"), py::arg("allow_avx2") = true,
+        "Categorical cross-entropy (sum over members of the weighted batch mean) into `loss`, "
+        "per-sample td_error [B] and optionally its gradient [E, B, K]. Returns the number of "
+        "rows with non-finite inputs.");
+  m.def("_scale_cpu", &ScaleCpu, py::arg("src"), py::arg("factor"), py::arg("dst"),
+        py::arg("num_threads"), "dst = src * factor (float32/float64, same size, contiguous).");
+}
+
+}  // namespace mtrl

@@ -1,0 +1,26 @@
+// A small persistent worker pool for the CPU kernels: split [0, n) into chunks and run them on the
+// calling thread plus up to num_threads - 1 workers.
+//
+// Why a pool and not std::thread per call: spawning costs tens of microseconds and allocates, which
+// is the whole budget of a TD-target call. The pool is created on first use and grows to the largest
+// thread count ever requested (a one-time allocation); workers sleep on a condition variable.
+// After fork() the child starts with a fresh pool (the parent's workers do not exist there).
+//
+// Thread safety: ParallelFor may be called from several threads; one call uses the workers at a
+// time and a concurrent call simply runs all its chunks on its own thread. Chunk boundaries depend
+// only on n and the requested chunk count, and each chunk must write disjoint outputs, so results
+// do not depend on scheduling.
+#pragma once
+
+#include <cstdint>
+
+namespace mtrl {
+
+// fn(ctx, begin, end) processes rows [begin, end). It must not throw.
+using ChunkFn = void (*)(void* ctx, int64_t begin, int64_t end);
+
+// Runs fn over [0, n) in contiguous chunks of at least min_rows_per_chunk rows, using at most
+// num_threads threads in total (num_threads <= 1 or a small n: everything on the calling thread).
+void ParallelFor(int64_t n, int num_threads, int64_t min_rows_per_chunk, ChunkFn fn, void* ctx);
+
+}  // namespace mtrl

@@ -1,0 +1,91 @@
+// CPU TD target and cross-entropy: size checks, instruction-set dispatch and the float64 build.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/td_target.h"
+#include "kernels/td_target_cpu_impl.h"
+#ifdef MTRL_KERNELS_AVX2
+#include "kernels/td_target_cpu_avx2.h"
+#endif
+
+namespace mtrl {
+#ifdef MTRL_KERNELS_AVX2
+namespace {
+
+bool CpuHasAvx2() {
+  static const bool kSupported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return kSupported;
+}
+
+}  // namespace
+#endif
+
+void CheckTdTargetSizes(int64_t num_members, int64_t batch_size, int64_t num_atoms, double v_min,
+                        double v_max, double sigma) {
+  if (num_members < 1) {
+    throw std::invalid_argument("number of ensemble members E must be >= 1, got " +
+                                std::to_string(num_members));
+  }
+  if (batch_size < 1) {
+    throw std::invalid_argument("batch size B must be >= 1, got " + std::to_string(batch_size));
+  }
+  if (num_atoms < 2 || num_atoms > kMaxAtoms) {
+    throw std::invalid_argument("number of atoms K must be in [2, " + std::to_string(kMaxAtoms) +
+                                "], got " + std::to_string(num_atoms));
+  }
+  if (!std::isfinite(v_min) || !std::isfinite(v_max) || !(v_min < v_max)) {
+    throw std::invalid_argument("support needs finite v_min < v_max, got v_min=" +
+                                std::to_string(v_min) + ", v_max=" + std::to_string(v_max));
+  }
+  if (!std::isfinite(sigma) || sigma < 0.0) {
+    throw std::invalid_argument("sigma must be finite and >= 0, got " + std::to_string(sigma));
+  }
+}
+
+template <>
+int64_t TdTargetCpuUnchecked<float>(const TdTargetArgs<float>& args, int num_threads,
+                                    bool allow_avx2) {
+#ifdef MTRL_KERNELS_AVX2
+  if (allow_avx2 && CpuHasAvx2()) return TdTargetCpuAvx2(args, num_threads);
+#else
+  (void)allow_avx2;
+#endif
+  return TdTargetImpl<float>(args, num_threads);
+}
+
+template <>
+int64_t TdTargetCpuUnchecked<double>(const TdTargetArgs<double>& args, int num_threads, bool) {
+  return TdTargetImpl<double>(args, num_threads);
+}
+
+template <>
+int64_t CrossEntropyCpuUnchecked<float>(const CrossEntropyArgs<float>& args, int num_threads,
+                                        double* loss, bool allow_avx2) {
+#ifdef MTRL_KERNELS_AVX2
+  if (allow_avx2 && CpuHasAvx2()) return CrossEntropyCpuAvx2(args, num_threads, loss);
+#else
+  (void)allow_avx2;
+#endif
+  return CrossEntropyImpl<float>(args, num_threads, loss);
+}
+
+template <>
+int64_t CrossEntropyCpuUnchecked<double>(const CrossEntropyArgs<double>& args, int num_threads,
+                                         double* loss, bool) {
+  return CrossEntropyImpl<double>(args, num_threads, loss);
+}
+
+template <>
+void ScaleCpuUnchecked<float>(const float* src, float factor, float* dst, int64_t n,
+                              int num_threads) {
+  ScaleImpl<float>(src, factor, dst, n, num_threads);
+}
+
+template <>
+void ScaleCpuUnchecked<double>(const double* src, double factor, double* dst, int64_t n,
+                               int num_threads) {
+  ScaleImpl<double>(src, factor, dst, n, num_threads);
+}
+
+}  // namespace mtrl

@@ -1,0 +1,341 @@
+"""Fused categorical TD target and cross-entropy as ``torch.library`` ops (C++ on CPU, CUDA on GPU).
+
+Two custom ops wrap the kernels of ``csrc/kernels``:
+
+* ``mtrl::categorical_td_target``: softmax of the target logits, member combine, atom shift
+  ``r + gamma m (z - entropy)``, clip and C51 projection (or HL-Gauss) in one pass (spec §2.2, §3.2).
+* ``mtrl::categorical_cross_entropy``: the critic loss with its gradient computed in the same pass
+  as the forward (``weight_b / B * (softmax * sum(y) - y)``), saved, and scaled by the incoming
+  gradient in backward (``register_autograd``). No double backward.
+
+Both have fake (meta) implementations, so they trace under ``torch.compile`` and replay inside CUDA
+graphs (outputs are allocated by the op, the CUDA kernels run on the current stream). The
+semantics are those of :mod:`mtrl.ops.reference`. Inputs are validated here with clear errors;
+non-contiguous inputs are made contiguous (a copy), never rejected.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from mtrl import _core
+from mtrl.ops.reference import HL_GAUSS_SIGMA_BINS, hl_gauss_target_reference
+
+__all__ = ["categorical_cross_entropy", "categorical_td_target", "hl_gauss_target"]
+
+MAX_ATOMS = 4096
+_COMBINE = {"mean": 0, "min": 1}
+_PROJECTION = {"c51": 0, "hl_gauss": 1}
+_LOGIT_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.bfloat16)}
+
+
+def _np(t: Tensor | None):
+    return None if t is None else t.detach().numpy()
+
+
+def _compute_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _nonfinite_error(op: str, bad: int, batch: int, named: dict[str, Tensor | None]) -> ValueError:
+    # Only on the error path: find which inputs hold the NaN/Inf to name them.
+    culprits = [n for n, t in named.items() if t is not None and not bool(torch.isfinite(t).all())]
+    where = ", ".join(culprits) if culprits else "inputs (overflow)"
+    return ValueError(f"{op}: {bad} of {batch} samples have non-finite values (NaN/Inf) in {where}")
+
+
+# --------------------------------------------------------------------------- TD target op
+@torch.library.custom_op("mtrl::categorical_td_target", mutates_args=(), device_types="cpu")
+def _td_target_op(
+    target_logits: Tensor,
+    reward: Tensor,
+    mask: Tensor,
+    discount: Tensor | None,
+    discount_value: float,
+    entropy: Tensor | None,
+    v_min: float,
+    v_max: float,
+    combine: int,
+    projection: int,
+    sigma: float,
+    check_finite: bool,
+) -> tuple[Tensor, Tensor]:
+    _, batch, num_atoms = target_logits.shape
+    target = torch.empty(batch, num_atoms, dtype=target_logits.dtype)
+    value = torch.empty(batch, dtype=target_logits.dtype)
+    bad = _core._td_target_cpu(
+        _np(target_logits), _np(reward), _np(mask), _np(discount), discount_value, _np(entropy),
+        target.numpy(), value.numpy(), v_min, v_max, combine, projection, sigma,
+        torch.get_num_threads(),
+    )
+    if bad and check_finite:
+        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
+                 "discount": discount, "entropy": entropy}
+        raise _nonfinite_error("categorical_td_target", bad, batch, named)
+    return target, value
+
+
+@_td_target_op.register_fake
+def _td_target_fake(target_logits, reward, mask, discount, discount_value, entropy, v_min, v_max,
+                    combine, projection, sigma, check_finite):
+    _, batch, num_atoms = target_logits.shape
+    dtype = _compute_dtype(target_logits)
+    return (target_logits.new_empty(batch, num_atoms, dtype=dtype),
+            target_logits.new_empty(batch, dtype=dtype))
+
+
+# --------------------------------------------------------------------------- cross-entropy op
+@torch.library.custom_op("mtrl::categorical_cross_entropy", mutates_args=(), device_types="cpu")
+def _cross_entropy_op(
+    online_logits: Tensor, target: Tensor, weight: Tensor | None, need_grad: bool, check_finite: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    members, batch, num_atoms = online_logits.shape
+    dtype = online_logits.dtype
+    loss = torch.empty((), dtype=dtype)
+    td_error = torch.empty(batch, dtype=dtype)
+    grad = torch.empty((members, batch, num_atoms) if need_grad else (0,), dtype=dtype)
+    bad = _core._cross_entropy_cpu(
+        _np(online_logits), _np(target), _np(weight), td_error.numpy(),
+        grad.numpy() if need_grad else None, loss.numpy(), torch.get_num_threads(),
+    )
+    if bad and check_finite:
+        named = {"online_logits": online_logits, "target": target, "weight": weight}
+        raise _nonfinite_error("categorical_cross_entropy", bad, batch, named)
+    return loss, td_error, grad
+
+
+@_cross_entropy_op.register_fake
+def _cross_entropy_fake(online_logits, target, weight, need_grad, check_finite):
+    members, batch, num_atoms = online_logits.shape
+    dtype = _compute_dtype(online_logits)
+    grad_shape = (members, batch, num_atoms) if need_grad else (0,)
+    return (online_logits.new_empty((), dtype=dtype), online_logits.new_empty(batch, dtype=dtype),
+            online_logits.new_empty(grad_shape))
+
+
+@torch.library.custom_op("mtrl::scale_saved_grad", mutates_args=(), device_types="cpu")
+def _scale_op(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
+    # In C++ rather than `saved_grad * grad_loss`: one pass on our own threads (torch's
+    # element-wise OpenMP team stalls badly on an oversubscribed machine).
+    out = torch.empty_like(saved_grad)
+    _core._scale_cpu(saved_grad.numpy(), float(grad_loss), out.numpy(), torch.get_num_threads())
+    return out
+
+
+@_scale_op.register_fake
+def _scale_fake(saved_grad, grad_loss):
+    return torch.empty_like(saved_grad)
+
+
+def _cross_entropy_setup_context(ctx, inputs, output) -> None:
+    ctx.need_grad = inputs[3]
+    ctx.save_for_backward(output[2])
+    # td_error and the saved gradient are not differentiable outputs: without this, autograd
+    # would materialise (E, B, K) zero gradients for them on every backward.
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+
+
+def _cross_entropy_backward(ctx, grad_loss, grad_td_error, grad_grad):
+    if not ctx.need_grad:
+        raise RuntimeError("categorical_cross_entropy was called with need_grad=False")
+    (saved_grad,) = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None, None, None
+    # The loss is linear in the saved per-logit gradient: one scale, no second kernel.
+    return _scale_op(saved_grad, grad_loss), None, None, None, None
+
+
+_cross_entropy_op.register_autograd(_cross_entropy_backward,
+                                    setup_context=_cross_entropy_setup_context)
+
+
+# --------------------------------------------------------------------------- validation
+def _check_logits(name: str, logits: Tensor) -> tuple[int, int, int]:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 3:
+        raise ValueError(f"{name} must have shape (E, B, K), got {tuple(logits.shape)}")
+    members, batch, num_atoms = logits.shape
+    if members < 1 or batch < 1:
+        raise ValueError(f"{name} needs E >= 1 members and B >= 1 samples, got {tuple(logits.shape)}")
+    if not 2 <= num_atoms <= MAX_ATOMS:
+        raise ValueError(f"number of atoms K must be in [2, {MAX_ATOMS}], got {num_atoms}")
+    allowed = _LOGIT_DTYPES.get(logits.device.type)
+    if allowed is None:
+        raise ValueError(f"{name} is on device {logits.device}; supported devices are cpu and cuda")
+    if logits.dtype not in allowed:
+        names = " or ".join(str(d) for d in allowed)
+        raise TypeError(f"{name} on {logits.device.type} must be {names}, got {logits.dtype}")
+    return members, batch, num_atoms
+
+
+def _check_vector(name: str, t: Tensor | None, batch: int, device: torch.device, dtype):
+    """(B,) per-sample input: same device, real dtype; returned contiguous in ``dtype``."""
+    if t is None:
+        return None
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) to match B={batch}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the logits are on {device}")
+    if t.is_complex():
+        raise TypeError(f"{name} must be real, got {t.dtype}")
+    return t.to(dtype).contiguous()
+
+
+def _check_support(v_min: float, v_max: float) -> tuple[float, float]:
+    v_min, v_max = float(v_min), float(v_max)
+    if not (math.isfinite(v_min) and math.isfinite(v_max) and v_min < v_max):
+        raise ValueError(f"support needs finite v_min < v_max, got v_min={v_min}, v_max={v_max}")
+    return v_min, v_max
+
+
+def _hl_gauss_sigma(sigma: float | None, v_min: float, v_max: float, num_atoms: int) -> float:
+    sigma = HL_GAUSS_SIGMA_BINS * (v_max - v_min) / (num_atoms - 1) if sigma is None else float(sigma)
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be finite and > 0, got {sigma}")
+    return sigma
+
+
+# --------------------------------------------------------------------------- public API
+def categorical_td_target(
+    target_logits: Tensor,
+    reward: Tensor,
+    mask: Tensor,
+    discount: float | Tensor = 0.99,
+    entropy: Tensor | None = None,
+    v_min: float = -10.0,
+    v_max: float = 10.0,
+    combine: str = "mean",
+    *,
+    projection: str = "c51",
+    sigma: float | None = None,
+    check_finite: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Fused categorical soft TD target (spec §2.2, §3.2); semantics of the reference.
+
+    Args:
+        target_logits: (E, B, K) target-critic logits; float32/float64 on CPU, float32/bfloat16
+            on CUDA. Non-contiguous input is copied.
+        reward: (B,) normalised reward. mask: (B,) bootstrap mask (bool or float).
+        discount: gamma as a number, a 0-d tensor or (B,) (n-step).
+        entropy: (B,) alpha * log pi(a'|s') (subtracted from every atom), or None.
+        v_min, v_max: support bounds; K is taken from the logits.
+        combine: "mean" of the members' probabilities (BRC) or "min" (per sample, the member
+            with the lowest expected value; first on ties).
+        projection: "c51" (default) or "hl_gauss" (Gaussian histogram around the clamped scalar
+            target r + gamma m (E[z] - entropy)). sigma: HL-Gauss std, default 0.75 bin widths.
+        check_finite: raise ValueError when an input is NaN/Inf (on CUDA this costs one device
+            sync and is skipped while a CUDA graph is being captured).
+
+    Returns:
+        (target (B, K), expected_value (B,) = sum_j z_j target_j), float32 (float64 for float64
+        logits), without gradient.
+
+    Raises:
+        ValueError: bad shapes, K outside [2, 4096], v_min >= v_max, mismatched devices,
+            unknown combine/projection, non-finite inputs. TypeError: unsupported dtypes.
+    """
+    _, batch, num_atoms = _check_logits("target_logits", target_logits)
+    v_min, v_max = _check_support(v_min, v_max)
+    if combine not in _COMBINE:
+        raise ValueError(f"combine must be one of {sorted(_COMBINE)}, got {combine!r}")
+    if projection not in _PROJECTION:
+        raise ValueError(f"projection must be one of {sorted(_PROJECTION)}, got {projection!r}")
+    sigma_value = _hl_gauss_sigma(sigma, v_min, v_max, num_atoms) if projection == "hl_gauss" else 0.0
+    device, dtype = target_logits.device, _compute_dtype(target_logits)
+    reward = _check_vector("reward", reward, batch, device, dtype)
+    mask = _check_vector("mask", mask, batch, device, dtype)
+    entropy = _check_vector("entropy", entropy, batch, device, dtype)
+    discount_value, discount_tensor = 0.0, None
+    if isinstance(discount, Tensor) and discount.dim() == 0:
+        discount = discount.expand(batch)
+    if isinstance(discount, Tensor):
+        discount_tensor = _check_vector("discount", discount, batch, device, dtype)
+    elif isinstance(discount, (int, float)) and not isinstance(discount, bool):
+        discount_value = float(discount)
+        if not math.isfinite(discount_value):
+            raise ValueError(f"discount must be finite, got {discount_value}")
+    else:
+        raise TypeError(f"discount must be a number or a tensor, got {type(discount).__name__}")
+    return _td_target_op(
+        target_logits.contiguous(), reward, mask, discount_tensor, discount_value, entropy,
+        v_min, v_max, _COMBINE[combine], _PROJECTION[projection], sigma_value, check_finite,
+    )
+
+
+def categorical_cross_entropy(
+    online_logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    *,
+    return_td_error: bool = False,
+    check_finite: bool = True,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Fused critic loss sum_e mean_b weight_b CE(target_b, softmax(online_logits[e, b])).
+
+    Differentiable w.r.t. ``online_logits`` (the gradient is produced by the forward pass);
+    ``target`` and ``weight`` are constants (no gradient flows to them). No double backward.
+
+    Args:
+        online_logits: (E, B, K) online-critic logits (float32/float64 CPU, float32/bfloat16 CUDA).
+        target: (B, K) target distribution, e.g. from :func:`categorical_td_target`.
+        weight: (B,) importance weights (prioritized replay) or None for all ones.
+        return_td_error: also return td_error (B,) = sum_e CE_{e,b}, unweighted and detached,
+            the priority signal for PER (Rainbow-style distributional priority).
+        check_finite: raise ValueError on NaN/Inf inputs (on CUDA: one device sync, skipped
+            during CUDA-graph capture).
+
+    Returns:
+        The scalar loss, or (loss, td_error).
+    """
+    _, batch, num_atoms = _check_logits("online_logits", online_logits)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.shape != (batch, num_atoms):
+        raise ValueError(
+            f"target must have shape ({batch}, {num_atoms}) to match the logits, "
+            f"got {tuple(target.shape)}"
+        )
+    device, dtype = online_logits.device, _compute_dtype(online_logits)
+    if target.device != device:
+        raise ValueError(f"target is on {target.device} but the logits are on {device}")
+    if not target.is_floating_point():
+        raise TypeError(f"target must be a floating-point tensor, got {target.dtype}")
+    weight = _check_vector("weight", weight, batch, device, dtype)
+    need_grad = online_logits.requires_grad and torch.is_grad_enabled()
+    loss, td_error, _ = _cross_entropy_op(
+        online_logits.contiguous(), target.detach().to(dtype).contiguous(),
+        None if weight is None else weight.detach(), need_grad, check_finite,
+    )
+    if return_td_error:
+        return loss, td_error.detach()
+    return loss
+
+
+def hl_gauss_target(
+    value: Tensor, v_min: float, v_max: float, num_atoms: int, sigma: float | None = None
+) -> Tensor:
+    """HL-Gauss histogram (B, K) of Normal(value, sigma) over bins centred on the K atoms.
+
+    ``value`` (B,) is clamped into [v_min, v_max] first; sigma defaults to 0.75 bin widths. Plain
+    PyTorch (a few elementwise kernels): the fused path is
+    ``categorical_td_target(..., projection="hl_gauss")``.
+
+    Raises:
+        ValueError: non-1-d value, K outside [2, 4096], v_min >= v_max, sigma <= 0.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != 1:
+        raise ValueError(f"value must have shape (B,), got {tuple(value.shape)}")
+    if not 2 <= int(num_atoms) <= MAX_ATOMS:
+        raise ValueError(f"number of atoms K must be in [2, {MAX_ATOMS}], got {num_atoms}")
+    v_min, v_max = _check_support(v_min, v_max)
+    sigma = _hl_gauss_sigma(sigma, v_min, v_max, int(num_atoms))
+    return hl_gauss_target_reference(value, v_min, v_max, int(num_atoms), sigma)

@@ -1,0 +1,402 @@
+"""The fused TD-target and loss ops equal the PyTorch reference and a float64 NumPy derivation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import erf as np_erf
+
+from mtrl import _core
+from mtrl.ops import (
+    categorical_cross_entropy,
+    categorical_cross_entropy_reference,
+    categorical_td_target,
+    categorical_td_target_reference,
+    hl_gauss_target,
+    hl_gauss_target_reference,
+)
+
+
+# --------------------------------------------------------------------------- NumPy derivation
+def np_softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_td_target(logits, reward, mask, discount, entropy, v_min, v_max, combine="mean",
+                 projection="c51", sigma=None):
+    """Independent float64 derivation. C51 via the hat-function form of the projection:
+    y_i = sum_j p_j max(0, 1 - |b_j - i|), equal to the floor/ceil split of spec §3.2."""
+    logits = np.asarray(logits, np.float64)
+    _, batch, k = logits.shape
+    atoms = v_min + np.arange(k) * (v_max - v_min) / (k - 1)
+    probs = np_softmax(logits)
+    if combine == "mean":
+        p = probs.mean(0)
+    else:
+        p = probs[(probs * atoms).sum(-1).argmin(0), np.arange(batch)]
+    g = np.broadcast_to(np.asarray(discount, np.float64), (batch,)) * np.asarray(mask, np.float64)
+    ent = np.zeros(batch) if entropy is None else np.asarray(entropy, np.float64)
+    r = np.asarray(reward, np.float64)
+    dz = (v_max - v_min) / (k - 1)
+    if projection == "c51":
+        z = np.clip(r[:, None] + g[:, None] * (atoms[None] - ent[:, None]), v_min, v_max)
+        b = (z - v_min) / dz
+        y = np.empty((batch, k))
+        for s in range(0, batch, 128):  # chunks keep the (rows, K, K) hat tensor small
+            hat = np.maximum(0.0, 1.0 - np.abs(b[s:s + 128, :, None] - np.arange(k)[None, None]))
+            y[s:s + 128] = (p[s:s + 128, :, None] * hat).sum(1)
+    else:
+        sigma = 0.75 * dz if sigma is None else sigma
+        t = np.clip(r + g * ((p * atoms).sum(-1) - ent), v_min, v_max)
+        edges = v_min - dz / 2 + dz * np.arange(k + 1)
+        cdf = np_erf((edges[None] - t[:, None]) / (math.sqrt(2) * sigma))
+        y = (cdf[:, 1:] - cdf[:, :-1]) / (cdf[:, -1:] - cdf[:, :1])
+    return y, (y * atoms).sum(-1)
+
+
+def np_cross_entropy(logits, target, weight=None):
+    logits = np.asarray(logits, np.float64)
+    target = np.asarray(target, np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    ce = -(target[None] * logp).sum(-1)  # (E, B)
+    w = np.ones(ce.shape[1]) if weight is None else np.asarray(weight, np.float64)
+    loss = (ce * w).mean(-1).sum()
+    grad = (np.exp(logp) * target.sum(-1)[None, :, None] - target[None]) * (w / ce.shape[1])[None, :, None]
+    return loss, ce.sum(0), grad
+
+
+def make_inputs(e, b, k, seed=0, dtype=torch.float32, spread=15.0):
+    """Random inputs, never zeros: rewards inside and far outside the [-10, 10] support."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(e, b, k, generator=gen) * 3 + 0.1).to(dtype)
+    reward = (torch.randn(b, generator=gen) * spread + 0.05).to(dtype)
+    mask = (torch.rand(b, generator=gen) > 0.3).to(dtype)
+    entropy = (torch.randn(b, generator=gen) * 0.5 + 0.01).to(dtype)
+    discount = (0.9 + 0.09 * torch.rand(b, generator=gen)).to(dtype)
+    return logits, reward, mask, discount, entropy
+
+
+SIZES = [(1, 1, 51), (2, 4097, 101), (5, 33, 201), (2, 1, 101), (5, 4097, 51), (1, 1, 201),
+         (2, 7, 51)]
+
+
+# --------------------------------------------------------------------------- target parity
+@pytest.mark.parametrize("e,b,k", SIZES)
+@pytest.mark.parametrize("combine", ["mean", "min"])
+def test_c51_target_matches_reference_and_numpy(e, b, k, combine):
+    logits, reward, mask, discount, entropy = make_inputs(e, b, k, seed=e * 1000 + b + k)
+    target, value = categorical_td_target(logits, reward, mask, discount, entropy, -10, 10, combine)
+    ref_t, ref_v = categorical_td_target_reference(
+        logits, reward, mask, discount, entropy, v_min=-10, v_max=10, combine=combine)
+    np_t, np_v = np_td_target(logits, reward, mask, discount, entropy, -10, 10, combine)
+    assert target.dtype == torch.float32 and target.shape == (b, k) and value.shape == (b,)
+    torch.testing.assert_close(target, ref_t, atol=3e-5, rtol=0)
+    torch.testing.assert_close(value, ref_v, atol=5e-5, rtol=1e-5)
+    np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+    np.testing.assert_allclose(value.numpy(), np_v, atol=5e-5, rtol=1e-5)
+    assert (target >= 0).all()
+    assert (target.sum(-1) - 1).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("e,b,k", [(1, 4097, 51), (5, 33, 201), (2, 1, 101)])
+@pytest.mark.parametrize("combine", ["mean", "min"])
+def test_hl_gauss_target_matches_reference_and_numpy(e, b, k, combine):
+    logits, reward, mask, discount, entropy = make_inputs(e, b, k, seed=7 + b)
+    kwargs = dict(projection="hl_gauss")
+    target, value = categorical_td_target(logits, reward, mask, 0.99, entropy, -10, 10, combine,
+                                          **kwargs)
+    ref_t, ref_v = categorical_td_target_reference(
+        logits, reward, mask, 0.99, entropy, v_min=-10, v_max=10, combine=combine, **kwargs)
+    np_t, np_v = np_td_target(logits, reward, mask, 0.99, entropy, -10, 10, combine, "hl_gauss")
+    # float32 rounding of the scalar target (~1e-6 at |t| ~ 10) moves erf differences by ~3e-6
+    torch.testing.assert_close(target, ref_t, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(target.numpy(), np_t, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(value.numpy(), np_v, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(value, ref_v, atol=2e-5, rtol=1e-5)
+    assert (target.sum(-1) - 1).abs().max() <= 1e-6
+
+
+def test_float64_target_matches_numpy_tightly():
+    logits, reward, mask, discount, entropy = make_inputs(2, 300, 101, seed=3, dtype=torch.float64)
+    for projection in ("c51", "hl_gauss"):
+        target, value = categorical_td_target(logits, reward, mask, discount, entropy,
+                                              projection=projection)
+        np_t, np_v = np_td_target(logits, reward, mask, discount, entropy, -10, 10,
+                                  projection=projection)
+        assert target.dtype == torch.float64
+        np.testing.assert_allclose(target.numpy(), np_t, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(value.numpy(), np_v, atol=1e-11, rtol=0)
+
+
+def test_baseline_and_avx2_builds_agree():
+    logits, reward, mask, discount, entropy = make_inputs(2, 513, 101, seed=11)
+    outs = []
+    for allow_avx2 in (True, False):
+        target, value = torch.empty(513, 101), torch.empty(513)
+        bad = _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), discount.numpy(),
+                                   0.0, entropy.numpy(), target.numpy(), value.numpy(), -10.0,
+                                   10.0, 0, 0, 0.0, 2, allow_avx2)
+        assert bad == 0
+        outs.append(target)
+    np_t, _ = np_td_target(logits, reward, mask, discount, entropy, -10, 10)
+    for target in outs:
+        np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- projection details
+def test_exact_hits_put_all_mass_on_the_hit_atom():
+    # dz = 1 and integer shifts: every shifted atom lands exactly on an atom (l == u).
+    logits, _, _, _, _ = make_inputs(1, 64, 51, seed=5)
+    reward = torch.randint(-3, 4, (64,)).float()
+    ones = torch.ones(64)
+    target, _ = categorical_td_target(logits, reward, ones, 1.0, None, -25, 25)
+    p = torch.softmax(logits[0], -1)
+    for i in range(64):
+        shift = int(reward[i])
+        expect = torch.zeros(51)
+        for j in range(51):
+            expect[min(max(j + shift, 0), 50)] += p[i, j]
+        torch.testing.assert_close(target[i], expect, atol=1e-6, rtol=0)
+    ref_t, _ = categorical_td_target_reference(logits, reward, ones, 1.0, v_min=-25, v_max=25)
+    torch.testing.assert_close(target, ref_t, atol=1e-6, rtol=0)
+
+
+def test_mask_zero_puts_all_mass_at_the_clipped_reward():
+    logits, _, _, _, entropy = make_inputs(2, 4, 101, seed=9)
+    reward = torch.tensor([1.1, -30.0, 25.0, -9.9])
+    target, value = categorical_td_target(logits, reward, torch.zeros(4), 0.99, entropy)
+    expect = torch.zeros(4, 101)
+    expect[0, 55], expect[0, 56] = 0.5, 0.5  # 1.1 sits halfway between atoms 1.0 and 1.2
+    expect[1, 0] = 1.0  # clipped to v_min
+    expect[2, 100] = 1.0  # clipped to v_max
+    expect[3, 0], expect[3, 1] = 0.5, 0.5
+    torch.testing.assert_close(target, expect, atol=2e-6, rtol=0)
+    torch.testing.assert_close(value, torch.tensor([1.1, -10.0, 10.0, -9.9]), atol=1e-5, rtol=0)
+
+
+def test_negative_discount_uses_the_general_scatter():
+    logits, reward, mask, _, entropy = make_inputs(2, 50, 51, seed=13, spread=3.0)
+    discount = -0.7 * torch.ones(50)
+    target, _ = categorical_td_target(logits, reward, torch.ones(50), discount, entropy, -5, 5)
+    np_t, _ = np_td_target(logits, reward, torch.ones(50), discount, entropy, -5, 5)
+    np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+
+
+def test_scalar_and_tensor_discount_agree():
+    logits, reward, mask, _, entropy = make_inputs(2, 100, 101, seed=17)
+    a, _ = categorical_td_target(logits, reward, mask, 0.97, entropy)
+    b, _ = categorical_td_target(logits, reward, mask, torch.full((100,), 0.97), entropy)
+    c, _ = categorical_td_target(logits, reward, mask, torch.tensor(0.97), entropy)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(a, c, atol=0, rtol=0)
+
+
+def test_non_contiguous_inputs_are_made_contiguous():
+    logits, reward, mask, discount, entropy = make_inputs(2, 200, 101, seed=19)
+    strided_logits = logits.transpose(0, 1).contiguous().transpose(0, 1)  # (E, B, K) view
+    wide = torch.stack([reward, -reward], 1)
+    assert not strided_logits.is_contiguous() and not wide[:, 0].is_contiguous()
+    a, av = categorical_td_target(strided_logits, wide[:, 0], mask.bool(), discount, entropy)
+    b, bv = categorical_td_target(logits, reward, mask, discount, entropy)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    online = torch.randn(101, 200, 2).permute(2, 1, 0)
+    la, ta = categorical_cross_entropy(online, a.t().contiguous().t(), return_td_error=True)
+    lb, tb = categorical_cross_entropy(online.contiguous(), a, return_td_error=True)
+    torch.testing.assert_close(la, lb, atol=0, rtol=0)
+    torch.testing.assert_close(ta, tb, atol=0, rtol=0)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    logits, reward, mask, discount, entropy = make_inputs(2, 3000, 101, seed=23)
+    online = torch.randn(2, 3000, 101, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            target, value = categorical_td_target(logits, reward, mask, discount, entropy)
+            loss, td = categorical_cross_entropy(online, target, return_td_error=True)
+            loss.backward()
+            results.append((target, value, loss.detach(), td, online.grad))
+            online.grad = None
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert torch.equal(x, y)
+
+
+# --------------------------------------------------------------------------- loss
+@pytest.mark.parametrize("e,b,k", [(1, 1, 51), (2, 4097, 101), (5, 33, 201)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_matches_reference_and_numpy(e, b, k, weighted):
+    logits, reward, mask, discount, entropy = make_inputs(e, b, k, seed=29 + b)
+    target, _ = categorical_td_target(logits, reward, mask, discount, entropy)
+    online = (torch.randn(e, b, k) * 2 + 0.3).requires_grad_()
+    weight = torch.rand(b) + 0.1 if weighted else None
+    loss, td = categorical_cross_entropy(online, target, weight, return_td_error=True)
+    (loss * 1.7).backward()
+    grad, online.grad = online.grad, None
+    ref_loss, ref_td = categorical_cross_entropy_reference(online, target, weight,
+                                                           return_td_error=True)
+    (ref_loss * 1.7).backward()
+    np_loss, np_td, np_grad = np_cross_entropy(online.detach(), target, weight)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(td, ref_td, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(grad, online.grad, atol=1e-7, rtol=1e-4)
+    np.testing.assert_allclose(loss.item(), np_loss, rtol=1e-5)
+    np.testing.assert_allclose(td.numpy(), np_td, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), 1.7 * np_grad, atol=1e-7, rtol=1e-4)
+    assert loss.requires_grad and not td.requires_grad
+
+
+def test_cross_entropy_gradcheck_float64():
+    gen = torch.Generator().manual_seed(31)
+    online = torch.randn(2, 3, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    target = torch.softmax(torch.randn(3, 7, dtype=torch.float64, generator=gen), -1)
+    weight = torch.rand(3, dtype=torch.float64, generator=gen) + 0.5
+    assert torch.autograd.gradcheck(lambda x: categorical_cross_entropy(x, target, weight),
+                                    (online,))
+    assert torch.autograd.gradcheck(
+        lambda x: categorical_cross_entropy_reference(x, target, weight), (online,))
+    # Fused and reference gradients agree to float64 precision, also for unnormalised targets.
+    for tgt in (target, target * 1.3):
+        (g_fused,) = torch.autograd.grad(categorical_cross_entropy(online, tgt, weight), online)
+        (g_ref,) = torch.autograd.grad(categorical_cross_entropy_reference(online, tgt, weight),
+                                       online)
+        torch.testing.assert_close(g_fused, g_ref, atol=1e-14, rtol=1e-12)
+
+
+def test_cross_entropy_without_grad_and_td_error():
+    logits, reward, mask, discount, entropy = make_inputs(2, 64, 51, seed=37)
+    target, _ = categorical_td_target(logits, reward, mask, discount, entropy)
+    online = torch.randn(2, 64, 51, requires_grad=True)
+    with torch.no_grad():
+        loss = categorical_cross_entropy(online, target)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, categorical_cross_entropy_reference(online, target).detach(),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_opcheck_custom_ops():
+    logits, reward, mask, discount, entropy = make_inputs(2, 5, 11, seed=41)
+    op = torch.ops.mtrl.categorical_td_target.default
+    torch.library.opcheck(op, (logits, reward, mask, discount, 0.0, entropy, -10.0, 10.0, 0, 0,
+                               0.0, True))
+    target, _ = op(logits, reward, mask, None, 0.99, None, -10.0, 10.0, 1, 1, 0.15, True)
+    online = torch.randn(2, 5, 11, requires_grad=True)
+    torch.library.opcheck(torch.ops.mtrl.categorical_cross_entropy.default,
+                          (online, target, torch.rand(5), True, True))
+
+
+def test_torch_compile_matches_eager():
+    logits, reward, mask, discount, entropy = make_inputs(2, 256, 101, seed=43)
+    online = torch.randn(2, 256, 101, requires_grad=True)
+
+    def step(online, logits, reward, mask, discount, entropy):
+        target, value = categorical_td_target(logits, reward, mask, discount, entropy)
+        loss, td = categorical_cross_entropy(online, target, return_td_error=True)
+        return loss * 2.0, td, value
+
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):  # backward is compiled by AOTAutograd
+        loss, td, value = fn(online, logits, reward, mask, discount, entropy)
+        loss.backward()
+        results.append((loss.detach(), td, value, online.grad))
+        online.grad = None
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------- HL-Gauss
+def test_hl_gauss_target_clamps_far_outside_values():
+    value = torch.tensor([-1e6, -10.0, 0.3, 9.99, 1e6, float(3.14)])
+    hist = hl_gauss_target(value, -10, 10, 101)
+    assert torch.isfinite(hist).all()
+    torch.testing.assert_close(hist.sum(-1), torch.ones(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(hist, hl_gauss_target_reference(value, -10, 10, 101), atol=0, rtol=0)
+    assert hist[0].argmax() == 0 and hist[4].argmax() == 100
+    atoms = torch.linspace(-10, 10, 101)
+    assert abs(float((hist[2] * atoms).sum()) - 0.3) < 1e-3  # mean kept well inside the support
+
+
+# --------------------------------------------------------------------------- errors
+def test_bad_inputs_raise_clear_errors():
+    logits, reward, mask, discount, entropy = make_inputs(2, 8, 11, seed=47)
+    with pytest.raises(ValueError, match=r"reward must have shape \(8,\)"):
+        categorical_td_target(logits, reward[:5], mask)
+    with pytest.raises(ValueError, match=r"shape \(E, B, K\)"):
+        categorical_td_target(logits[0], reward, mask)
+    with pytest.raises(ValueError, match=r"K must be in \[2, 4096\], got 1"):
+        categorical_td_target(logits[..., :1], reward, mask)
+    with pytest.raises(ValueError, match="v_min < v_max"):
+        categorical_td_target(logits, reward, mask, 0.99, None, 5.0, 5.0)
+    with pytest.raises(TypeError, match="must be torch.float32 or torch.float64"):
+        categorical_td_target(logits.half(), reward, mask)
+    with pytest.raises(TypeError, match="must be torch.float32 or torch.float64"):
+        categorical_td_target(logits.long(), reward, mask)
+    with pytest.raises(ValueError, match="supported devices are cpu and cuda"):
+        categorical_td_target(logits.to("meta"), reward, mask)
+    with pytest.raises(ValueError, match="entropy is on meta"):
+        categorical_td_target(logits, reward, mask, 0.99, entropy.to("meta"))
+    with pytest.raises(ValueError, match="combine must be one of"):
+        categorical_td_target(logits, reward, mask, combine="max")
+    with pytest.raises(ValueError, match="projection must be one of"):
+        categorical_td_target(logits, reward, mask, projection="gauss")
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        categorical_td_target(logits, reward, mask, projection="hl_gauss", sigma=0.0)
+    with pytest.raises(TypeError, match="discount must be a number or a tensor"):
+        categorical_td_target(logits, reward, mask, "0.99")
+    with pytest.raises(ValueError, match="discount must be finite"):
+        categorical_td_target(logits, reward, mask, float("nan"))
+    online = torch.randn(2, 8, 11)
+    target, _ = categorical_td_target(logits, reward, mask)
+    with pytest.raises(ValueError, match=r"target must have shape \(8, 11\)"):
+        categorical_cross_entropy(online, target[:, :10])
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+        categorical_cross_entropy(online, target, torch.ones(3))
+    with pytest.raises(TypeError, match="target must be a floating-point tensor"):
+        categorical_cross_entropy(online, target.long())
+    with pytest.raises(ValueError, match="shape"):
+        hl_gauss_target(torch.zeros(2, 2), -1, 1, 11)
+
+
+def test_non_finite_inputs_raise_and_name_the_input():
+    logits, reward, mask, discount, entropy = make_inputs(2, 8, 11, seed=53)
+    bad = logits.clone()
+    bad[1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"1 of 8 samples have non-finite .* in target_logits"):
+        categorical_td_target(bad, reward, mask, discount, entropy)
+    bad_reward = reward.clone()
+    bad_reward[0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite values .* in reward"):
+        categorical_td_target(logits, bad_reward, mask, discount, entropy)
+    target, _ = categorical_td_target(bad, reward, mask, discount, entropy, check_finite=False)
+    assert torch.isnan(target[3]).all() and torch.isfinite(target[[0, 1, 2, 4, 5, 6, 7]]).all()
+    good, _ = categorical_td_target(logits, reward, mask, discount, entropy)
+    with pytest.raises(ValueError, match="non-finite values .* in online_logits"):
+        categorical_cross_entropy(bad, good)
+    with pytest.raises(ValueError, match="non-finite values .* in weight"):
+        categorical_cross_entropy(logits, good, torch.full((8,), float("nan")))
+
+
+def test_binding_checks_buffers():
+    logits, reward, mask, _, _ = make_inputs(2, 8, 11, seed=59)
+    target, value = torch.empty(8, 11), torch.empty(8)
+    with pytest.raises(ValueError, match=r"reward must have shape \(8,\), got \(7,\)"):
+        _core._td_target_cpu(logits.numpy(), reward[:7].numpy(), mask.numpy(), None, 0.99, None,
+                             target.numpy(), value.numpy(), -10.0, 10.0, 0, 0, 0.0, 1)
+    with pytest.raises(ValueError, match="must have dtype float32"):
+        _core._td_target_cpu(logits.numpy(), reward.double().numpy(), mask.numpy(), None, 0.99,
+                             None, target.numpy(), value.numpy(), -10.0, 10.0, 0, 0, 0.0, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core._td_target_cpu(logits.transpose(1, 2).numpy(), reward.numpy(), mask.numpy(), None,
+                             0.99, None, target.numpy(), value.numpy(), -10.0, 10.0, 0, 0, 0.0, 1)
+    with pytest.raises(ValueError, match="v_min < v_max"):
+        _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), None, 0.99, None,
+                             target.numpy(), value.numpy(), 1.0, -1.0, 0, 0, 0.0, 1)
