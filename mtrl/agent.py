@@ -110,12 +110,15 @@ class BRCAgent(nn.Module):
 
     def _td_target(self, target_logits, reward, mask, discount, entropy):
         cfg = self.config
-        fn = _ops.categorical_td_target if self.use_fused else brc_math.categorical_td_target
-        return fn(target_logits, reward, mask, discount, entropy, cfg.v_min, cfg.v_max)
+        if self.use_fused:  # non-finite samples propagate and are counted per task in update()
+            return _ops.categorical_td_target(target_logits, reward, mask, discount, entropy,
+                                              cfg.v_min, cfg.v_max, check_finite=False)
+        return brc_math.categorical_td_target(target_logits, reward, mask, discount, entropy,
+                                              cfg.v_min, cfg.v_max)
 
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.use_fused:
-            return _ops.categorical_cross_entropy(logits, target, None)
+            return _ops.categorical_cross_entropy(logits, target, None, check_finite=False)
         return brc_math.categorical_cross_entropy(logits, target)
 
     def critic_step(self, batch: Batch, reward: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
