@@ -10,6 +10,37 @@
 #include "envs/registry.h"
 
 namespace mtrl {
+namespace {
+
+// Loads def.xml from the suite directory (its <include>s and assets resolve relative to it),
+// applying def.edit to the parsed spec when the task uses an edited model.
+mjModel* LoadModel(const TaskDef& def, const std::string& suite_dir) {
+  const std::string path = suite_dir + "/" + def.xml;
+  char error[1024] = "";
+  if (!def.edit) {
+    mjModel* m = mj_loadXML(path.c_str(), nullptr, error, sizeof(error));
+    if (m == nullptr) throw std::runtime_error("cannot load MuJoCo model " + path + ": " + error);
+    return m;
+  }
+  mjSpec* spec = mj_parseXML(path.c_str(), nullptr, error, sizeof(error));
+  if (spec == nullptr) throw std::runtime_error("cannot load MuJoCo model " + path + ": " + error);
+  try {
+    def.edit(spec);
+  } catch (...) {
+    mj_deleteSpec(spec);
+    throw;
+  }
+  mjModel* m = mj_compile(spec, nullptr);
+  const std::string compile_error = m == nullptr ? mjs_getError(spec) : "";
+  mj_deleteSpec(spec);
+  if (m == nullptr) {
+    throw std::runtime_error("cannot compile edited model " + path + " (" + def.variant + "): " +
+                             compile_error);
+  }
+  return m;
+}
+
+}  // namespace
 
 EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<uint64_t>& seeds,
                  const std::string& suite_dir, int num_threads, int64_t max_episode_steps) {
@@ -26,16 +57,11 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
   try {
     for (size_t k = 0; k < env_tasks.size(); ++k) {
       const TaskDef& def = FindTask(env_tasks[k]);
-      auto it = loaded.find(def.xml);
+      const std::string key = def.xml + "#" + def.variant;
+      auto it = loaded.find(key);
       if (it == loaded.end()) {
-        const std::string path = suite_dir + "/" + def.xml;
-        char error[1024] = "";
-        mjModel* m = mj_loadXML(path.c_str(), nullptr, error, sizeof(error));
-        if (m == nullptr) {
-          throw std::runtime_error("cannot load MuJoCo model " + path + ": " + error);
-        }
-        models_.push_back(m);
-        it = loaded.emplace(def.xml, m).first;
+        models_.push_back(LoadModel(def, suite_dir));
+        it = loaded.emplace(key, models_.back()).first;
       }
       envs_.push_back(std::make_unique<Env>(def, it->second, seeds[k], max_episode_steps));
       obs_dim_ = std::max(obs_dim_, envs_.back()->obs_dim());

@@ -8,11 +8,16 @@
 #include "envs/tasks/ball_in_cup.h"
 #include "envs/tasks/cartpole.h"
 #include "envs/tasks/cheetah.h"
+#include "envs/tasks/dog.h"
+#include "envs/tasks/fish.h"
 #include "envs/tasks/finger.h"
 #include "envs/tasks/hopper.h"
+#include "envs/tasks/humanoid.h"
 #include "envs/tasks/pendulum.h"
 #include "envs/tasks/point_mass.h"
+#include "envs/tasks/quadruped.h"
 #include "envs/tasks/reacher.h"
+#include "envs/tasks/swimmer.h"
 #include "envs/tasks/walker.h"
 
 namespace mtrl {
@@ -24,11 +29,16 @@ const std::vector<TaskDef>& AllTasks() {
     tasks::AddBallInCupTasks(d);
     tasks::AddCartpoleTasks(d);
     tasks::AddCheetahTasks(d);
+    tasks::AddDogTasks(d);
+    tasks::AddFishTasks(d);
     tasks::AddFingerTasks(d);
     tasks::AddHopperTasks(d);
+    tasks::AddHumanoidTasks(d);
     tasks::AddPendulumTasks(d);
     tasks::AddPointMassTasks(d);
+    tasks::AddQuadrupedTasks(d);
     tasks::AddReacherTasks(d);
+    tasks::AddSwimmerTasks(d);
     tasks::AddWalkerTasks(d);
     std::sort(d.begin(), d.end(), [](const TaskDef& a, const TaskDef& b) { return a.name < b.name; });
     return d;

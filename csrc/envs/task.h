@@ -63,6 +63,10 @@ struct TaskDef {
   double time_limit;        // seconds (dm_control _DEFAULT_TIME_LIMIT)
   bool mutates_model;       // InitializeEpisode edits the model: each env gets its own copy
   std::function<std::unique_ptr<Task>(const Physics&)> make;
+  // Optional model edits applied to the parsed XML before compiling (dm_control's make_model
+  // variants); `variant` names the edited model so tasks with the same edits share it.
+  std::string variant = "";
+  std::function<void(mjSpec*)> edit = nullptr;
 };
 
 }  // namespace mtrl

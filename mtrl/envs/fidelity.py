@@ -35,6 +35,10 @@ def _task_state(short: str, physics) -> list[float]:
         return [m.geom_pos["target", "x"], m.geom_pos["target", "y"]]
     if short.startswith("finger-"):
         return [m.site_pos["target", "x"], m.site_pos["target", "z"]]
+    if short == "fish-swim":
+        return list(m.geom_pos["target"])
+    if short.startswith("swimmer-"):
+        return [m.geom_pos["target", "x"], m.geom_pos["target", "y"]]
     if short == "point_mass-hard":
         return list(physics.model.wrap_prm[:4])
     return []
@@ -57,11 +61,15 @@ class RolloutDiff:
     steps: int
 
 
-def compare_rollout(task: str, steps: int, seed: int = 0, atol: float = 1e-5) -> RolloutDiff:
-    """Copy dm_control's reset state into the engine, apply the same random actions to both."""
+def compare_rollout(task: str, steps: int, seed: int = 0, atol: float = 1e-5,
+                    env=None) -> RolloutDiff:
+    """Copy dm_control's reset state into the engine, apply the same random actions to both.
+
+    ``env``: a dm_control environment of ``task`` to reuse (loaded when None).
+    """
     import mujoco
 
-    env = load_dm_control(task)
+    env = env if env is not None else load_dm_control(task)
     ts = env.reset()
     physics = env.physics
     spec = resolve(task)

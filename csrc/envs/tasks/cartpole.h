@@ -1,10 +1,11 @@
 // Cart-pole, ported from dm_control/suite/cartpole.py (tasks: balance, balance_sparse, swingup,
-// swingup_sparse; the multi-pole variants need a generated model and are not ported).
+// swingup_sparse, two_poles, three_poles; the multi-pole models are built like _make_model).
 #pragma once
 
 #include "envs/rewards.h"
 #include "envs/task.h"
 #include "envs/tasks/common.h"
+#include "envs/tasks/spec_edit.h"
 
 namespace mtrl::tasks {
 
@@ -60,6 +61,26 @@ class Cartpole : public Task {
   int slider_, hinge_1_;
 };
 
+// cartpole._make_model(n_poles): poles 2..n chained below pole_1, floor lowered.
+inline void EditCartpoleModel(mjSpec* spec, int n_poles) {
+  mjsBody* parent = mjs_findBody(spec, "pole_1");
+  mjsDefault* pole = mjs_findDefault(spec, "pole");
+  if (!parent || !pole) throw std::runtime_error("model edit: cartpole.xml lacks pole_1 or class pole");
+  for (int i = 2; i <= n_poles; ++i) {
+    const std::string k = std::to_string(i);
+    mjsBody* child = mjs_addBody(parent, pole);
+    mjs_setName(child->element, ("pole_" + k).c_str());
+    mjs_setString(child->childclass, "pole");
+    child->pos[0] = 0;
+    child->pos[1] = 0;
+    child->pos[2] = 1;
+    mjs_setName(mjs_addJoint(child, pole)->element, ("hinge_" + k).c_str());
+    mjs_setName(mjs_addGeom(child, pole)->element, ("pole_" + k).c_str());
+    parent = child;
+  }
+  mjs_asGeom(FindOrThrow(spec, mjOBJ_GEOM, "floor"))->pos[2] = 1 - n_poles - 0.05;
+}
+
 inline void AddCartpoleTasks(std::vector<TaskDef>& defs) {
   struct V { const char* task; bool swing_up, sparse; };
   for (V v : {V{"balance", false, false}, V{"balance_sparse", false, true}, V{"swingup", true, false},
@@ -68,6 +89,13 @@ inline void AddCartpoleTasks(std::vector<TaskDef>& defs) {
                     [v](const Physics& p) -> std::unique_ptr<Task> {
                       return std::make_unique<Cartpole>(p, v.swing_up, v.sparse);
                     }});
+  }
+  for (auto [task, n] : {std::pair{"two_poles", 2}, {"three_poles", 3}}) {  // swing-up, dense
+    TaskDef def{std::string("cartpole-") + task, "cartpole.xml", 0.0, 10.0, false,
+                [](const Physics& p) -> std::unique_ptr<Task> { return std::make_unique<Cartpole>(p, true, false); }};
+    def.variant = "poles" + std::to_string(n);
+    def.edit = [n = n](mjSpec* spec) { EditCartpoleModel(spec, n); };
+    defs.push_back(def);
   }
 }
 
