@@ -323,6 +323,13 @@ class ReplayBuffer:
             IndexError: an index that holds no transition. ValueError: NaN, inf or negative
             priority, or mismatched lengths.
         """
+        if (type(index) is np.ndarray and type(priority) is np.ndarray  # fast path: no copies
+                and index.ndim == 1 and priority.shape == index.shape):
+            try:
+                self._core.update_priorities(index, priority)
+                return
+            except TypeError:  # not int64/float64 C-contiguous: convert below
+                pass
         idx = _coerce(index, "index", np.int64, "iu")
         pri = _coerce(priority, "priority", np.float64, "fiu")
         if idx.ndim != 1 or pri.shape != idx.shape:

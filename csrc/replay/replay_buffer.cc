@@ -196,7 +196,12 @@ void ReplayBuffer::Add(const StepView& step) {
 void ReplayBuffer::UpdatePriorities(const int64_t* index, const double* priority, int64_t n) {
   const ReplayConfig& c = config_;
   std::lock_guard<std::mutex> lock(mu_);
+  scratch_i64_.resize(2 * static_cast<size_t>(n));
+  scratch_f64_.resize(static_cast<size_t>(n));
+  int64_t* tree = scratch_i64_.data();
+  int64_t* leaf = tree + n;
   double max_p = s_.max_priority;
+  // Validate everything before changing anything.
   for (int64_t k = 0; k < n; ++k) {
     const int64_t g = index[k];
     if (g < 0 || g >= total_slots_) {
@@ -204,7 +209,9 @@ void ReplayBuffer::UpdatePriorities(const int64_t* index, const double* priority
                               " is out of range [0, " + std::to_string(total_slots_) + ")");
     }
     const int64_t t = g / c.capacity_per_task;
-    if (g % c.capacity_per_task >= s_.size[t]) {
+    tree[k] = t;
+    leaf[k] = g - t * c.capacity_per_task;
+    if (leaf[k] >= s_.size[t]) {
       throw std::out_of_range("index[" + std::to_string(k) + "] = " + std::to_string(g) +
                               " holds no transition (task " + std::to_string(t) + " holds " +
                               std::to_string(s_.size[t]) + ")");
@@ -216,15 +223,7 @@ void ReplayBuffer::UpdatePriorities(const int64_t* index, const double* priority
     }
     max_p = std::max(max_p, p);
   }
-  scratch_i64_.resize(2 * n);
-  scratch_f64_.resize(n);
-  int64_t* tree = scratch_i64_.data();
-  int64_t* leaf = tree + n;
-  for (int64_t k = 0; k < n; ++k) {
-    tree[k] = index[k] / c.capacity_per_task;
-    leaf[k] = index[k] - tree[k] * c.capacity_per_task;
-    scratch_f64_[k] = PowAlpha(priority[k], c.alpha);
-  }
+  for (int64_t k = 0; k < n; ++k) scratch_f64_[k] = PowAlpha(priority[k], c.alpha);
   s_.trees.SetBatch(tree, leaf, scratch_f64_.data(), n);
   s_.max_priority = max_p;
 }

@@ -10,7 +10,7 @@ namespace mtrl {
 namespace {
 
 constexpr int64_t kSlotPrefetch = 16;  // rows ahead for the 16-byte slot records
-constexpr int64_t kRowPrefetch = 6;    // rows ahead for obs/action/next_obs rows
+constexpr int64_t kRowPrefetch = 6;    // rows ahead for obs/action/next_obs rows (flat 3..10)
 
 inline void PrefetchBytes(const void* p, size_t nbytes) {
   const char* c = static_cast<const char*>(p);

@@ -7,7 +7,7 @@ namespace mtrl {
 namespace {
 
 constexpr int64_t kFan = KaryLayout::kFanout;
-constexpr int64_t kPrefetchAhead = 24;
+constexpr int64_t kPrefetchAhead = 16;  // samples ahead; flat between 8 and 48 here
 
 int64_t RoundUp8(int64_t n) { return (n + kFan - 1) / kFan * kFan; }
 
@@ -18,23 +18,26 @@ inline double SumChildren(const double* c) {
   return s;
 }
 
-// Picks the child of the 8 at c whose prefix range holds x (0 <= x < their sum), only ever a
-// child with a positive value; returns its position and leaves x as the offset inside it.
+// Picks the child of the 8 at c whose prefix range holds x (0 <= x < their sum), and leaves x
+// as the offset inside it. Branch-free halving over pair sums (3 dependent steps instead of an
+// 8-long add chain, no mispredicted branches); a side is entered only if its sum is positive,
+// so a child of value 0 is never returned. Rounding can leave x >= the child: clamp below it.
 inline int64_t PickChild(const double* c, double* x) {
-  double prefix = 0.0;
-  double below = 0.0;
-  int64_t k = 0;
-  for (int m = 0; m < kFan; ++m) {
-    prefix += c[m];
-    const bool passed = prefix <= *x;
-    k += passed;
-    below = passed ? prefix : below;
-  }
-  k = std::min<int64_t>(k, kFan - 1);
-  while (k > 0 && c[k] <= 0.0) --k;  // only reachable through rounding at x ~ the node sum
-  double rest = *x - below;
-  if (!(rest < c[k])) rest = std::nextafter(c[k], 0.0);
-  *x = rest < 0.0 ? 0.0 : rest;
+  // Selections are done by indexing and by multiplying with 0/1 (exact), which compiles to
+  // straight-line code; a ?: on doubles tends to become a data-dependent branch.
+  const double pairs[4] = {c[0] + c[1], c[2] + c[3], c[4] + c[5], c[6] + c[7]};
+  const double halves[2] = {pairs[0] + pairs[1], pairs[2] + pairs[3]};
+  double y = *x;
+  const int64_t r4 = (y >= halves[0]) & (halves[1] > 0.0);
+  y -= halves[0] * static_cast<double>(r4);
+  const int64_t r2 = (y >= pairs[2 * r4]) & (pairs[2 * r4 + 1] > 0.0);
+  y -= pairs[2 * r4] * static_cast<double>(r2);
+  const int64_t pair = 4 * r4 + 2 * r2;
+  const int64_t r1 = (y >= c[pair]) & (c[pair + 1] > 0.0);
+  y -= c[pair] * static_cast<double>(r1);
+  const int64_t k = pair + r1;
+  if (__builtin_expect(!(y < c[k]), 0)) y = std::nextafter(c[k], 0.0);
+  *x = y < 0.0 ? 0.0 : y;
   return k;
 }
 
@@ -106,7 +109,17 @@ void PriorityTrees::SetBatch(const int64_t* tree, const int64_t* leaf, const dou
     node[k] = leaf[k];
   }
   // Recompute ancestors one level at a time for the whole batch: independent loads overlap.
-  for (int j = 1; j <= layout_.depth(); ++j) {
+  // Once a level has no more nodes per tree than the batch has rows, recomputing the whole
+  // level of each touched tree is cheaper than one path per row (paths share the top).
+  mark_.resize(static_cast<size_t>(num_trees_), 0);
+  int64_t distinct = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    distinct += !mark_[tree[k]];
+    mark_[tree[k]] = 1;
+  }
+  for (int64_t k = 0; k < n; ++k) mark_[tree[k]] = 0;
+  int j = 1;
+  for (; j <= layout_.depth() && layout_.count[j] * distinct > n; ++j) {
     const int64_t up = layout_.offset[j];
     const int64_t down = layout_.offset[j - 1];
     for (int64_t k = 0; k < n; ++k) {
@@ -115,10 +128,15 @@ void PriorityTrees::SetBatch(const int64_t* tree, const int64_t* leaf, const dou
       base[up + node[k]] = SumChildren(base + down + node[k] * kFan);
     }
   }
-  mark_.resize(static_cast<size_t>(num_trees_), 0);
   for (int64_t k = 0; k < n; ++k) {
     if (!mark_[tree[k]]) {
       mark_[tree[k]] = 1;
+      double* base = nodes_ + tree[k] * layout_.stride;
+      for (int jj = j; jj <= layout_.depth(); ++jj) {
+        for (int64_t i = 0; i < layout_.count[jj]; ++i) {
+          base[layout_.offset[jj] + i] = SumChildren(base + layout_.offset[jj - 1] + i * kFan);
+        }
+      }
       SyncTop(tree[k]);
     }
   }
