@@ -12,11 +12,17 @@ DMC_HARD = (
     "dmc:dog-stand", "dmc:dog-walk", "dmc:dog-trot", "dmc:dog-run",
     "dmc:humanoid-stand", "dmc:humanoid-walk", "dmc:humanoid-run",
 )
-# Domains whose standard tasks form dmc-mt30 (resolved against what mtrl.envs offers).
-DMC_MT30_DOMAINS = (
-    "cartpole", "pendulum", "acrobot", "reacher", "point_mass", "ball_in_cup", "finger", "cheetah",
-    "walker", "hopper", "humanoid", "dog", "quadruped", "fish", "swimmer",
-)
+# dmc-mt30: the dense-reward standard tasks (dm_control suite.BENCHMARKING, plus dog and quadruped
+# from suite.EXTRA) of cartpole, pendulum, acrobot, reacher, point_mass, ball_in_cup, finger,
+# cheetah, walker, hopper, humanoid, dog, quadruped, fish, swimmer: exactly 30 tasks.
+DMC_MT30 = tuple(f"dmc:{t}" for t in (
+    "acrobot-swingup", "ball_in_cup-catch", "cartpole-balance", "cartpole-swingup", "cheetah-run",
+    "finger-spin", "finger-turn_easy", "finger-turn_hard", "fish-upright", "fish-swim",
+    "hopper-stand", "hopper-hop", "humanoid-stand", "humanoid-walk", "humanoid-run",
+    "pendulum-swingup", "point_mass-easy", "reacher-easy", "reacher-hard", "swimmer-swimmer6",
+    "swimmer-swimmer15", "walker-stand", "walker-walk", "walker-run", "dog-stand", "dog-walk",
+    "dog-trot", "dog-run", "quadruped-walk", "quadruped-run",
+))
 # Standard MetaWorld MT10 (Yu et al. 2019).
 METAWORLD_MT10 = (
     "reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close",
@@ -45,10 +51,14 @@ class EnvConfig:
     """Environment backend passed to mtrl.envs.make (auto picks the best available)."""
     num_threads: int | None = None
     """Env worker threads (None: the backend's default)."""
+    max_episode_steps: int | None = None
+    """Override every task's time limit (None: the suite's; 1000 for DMC)."""
 
     def __post_init__(self):
         if len(self.tasks) == 0:
             raise ValueError("EnvConfig.tasks must name at least one task or task set")
+        if self.max_episode_steps is not None and self.max_episode_steps <= 0:
+            raise ValueError(f"EnvConfig.max_episode_steps must be > 0, got {self.max_episode_steps}")
 
 
 @dataclass(frozen=True)
@@ -171,12 +181,16 @@ class TrainConfig:
     """W&B project name."""
     progress: Literal["auto", "bar", "lines"] = "auto"
     """Progress display: tqdm bar on a TTY (auto), always bar, or plain periodic lines."""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default); 1 avoids spin-waiting on a busy machine."""
 
     def __post_init__(self):
         _positive(self, "iterations", "updates_per_iteration", "eval_interval", "eval_episodes",
                   "log_interval", "keep_checkpoints")
         if self.random_iterations < 0:
             raise ValueError(f"TrainConfig.random_iterations must be >= 0, got {self.random_iterations}")
+        if self.torch_threads < 0:
+            raise ValueError(f"TrainConfig.torch_threads must be >= 0, got {self.torch_threads}")
         if self.checkpoint_interval < 0:
             raise ValueError(f"TrainConfig.checkpoint_interval must be >= 0, got {self.checkpoint_interval}")
 
@@ -234,7 +248,7 @@ def resolve_tasks(names: tuple[str, ...], available: list[str]) -> list[str]:
         elif name == "laptop":
             out += [canon(t) for t in LAPTOP_TASKS]
         elif name == "dmc-mt30":
-            out += [t for t in available if t.startswith("dmc:") and t[4:].split("-")[0] in DMC_MT30_DOMAINS]
+            out += [canon(t) for t in DMC_MT30]
         elif name == "metaworld-mt10":
             out += [_metaworld(t, available) for t in METAWORLD_MT10]
         elif name == "metaworld-mt50":

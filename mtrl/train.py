@@ -1,14 +1,352 @@
-"""Train a BRC agent: ``python -m mtrl.train``."""
+"""Train one BRC agent on many tasks at once: ``python -m mtrl.train`` (brc-spec §6, §14).
+
+With no arguments it runs the ``laptop`` preset (4 cheap DMC tasks, 256-wide critic, ~30 min on
+2 CPU cores); ``--preset paper`` is the released configuration. ``--help`` lists every field.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import random
+import signal
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtrl import checkpoint as ckpt
+from mtrl.agent import METRIC_NAMES, Batch, BRCAgent
+from mtrl.config import PRESETS, TrainConfig, resolve_tasks
+from mtrl.logger import Logger
+from mtrl.normalizer import RewardNormalizer
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def check_feasible(cfg: TrainConfig, num_tasks: int) -> int:
+    """Reject configurations that cannot run; returns the batch size (§2.1)."""
+    batch_size = cfg.buffer.resolved_batch_size(num_tasks)
+    first_update_size = min(cfg.random_iterations + 1, cfg.buffer.capacity_per_task) * num_tasks
+    if cfg.random_iterations < cfg.iterations and batch_size > first_update_size:
+        raise ValueError(
+            f"impossible config: batch_size {batch_size} is larger than the {first_update_size} "
+            f"transitions stored when updates start (random_iterations={cfg.random_iterations}, "
+            f"{num_tasks} task(s)); raise random_iterations or lower buffer.batch_size")
+    return batch_size
+
+
+def to_batch(host: Any, device: torch.device) -> Batch:
+    """ReplayBatch (NumPy, pinned on GPU runs) -> Batch on ``device`` (non-blocking copies)."""
+    def t(x):
+        return torch.from_numpy(x).to(device, non_blocking=True)
+    return Batch(obs=t(host.obs), action=t(host.action), reward=t(host.reward),
+                 next_obs=t(host.next_obs), mask=t(host.mask), discount=t(host.discount),
+                 task_id=t(host.task_id))
+
+
+def evaluate(agent: BRCAgent, pool, tasks: list[str], device: torch.device, seed: int) -> dict:
+    """Deterministic episodes (tanh(mean)) on the eval pool, one per env, ``envs_per_task`` per
+    task; per-task mean return and success at any step (§6.2; no over-counting of finished envs)."""
+    pool.seed(seed)
+    obs = pool.reset()
+    n = pool.num_envs
+    task_ids = torch.from_numpy(pool.task_ids).to(device)
+    returns, success, done = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+    while not done.all():
+        action = agent.act(torch.from_numpy(obs).to(device), task_ids, deterministic=True)
+        out = pool.step(action.cpu().numpy())
+        live = ~done
+        returns[live] += out.reward[live]
+        success[live] |= out.success[live]
+        done |= out.terminated | out.truncated
+        obs = out.obs
+    result = {}
+    for t, name in enumerate(tasks):
+        rows = pool.task_ids == t
+        result[f"{name}/return"] = float(returns[rows].mean())
+        result[f"{name}/success"] = float(success[rows].mean())
+    result["return_mean"] = float(np.mean([result[f"{t}/return"] for t in tasks]))
+    result["success_mean"] = float(np.mean([result[f"{t}/success"] for t in tasks]))
+    return result
+
+
+class _Progress:
+    """tqdm bar on a TTY (or when asked), plain periodic lines otherwise."""
+
+    def __init__(self, mode: str, total: int, start: int, every: int):
+        self.bar = None
+        self.every = every
+        if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
+
+    def update(self, iteration: int, info: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if iteration % 50 == 0:
+                self.bar.set_postfix(info, refresh=False)
+        elif iteration % self.every == 0:
+            print(f"[mtrl] iteration {iteration} " + " ".join(f"{k}={v}" for k, v in info.items()),
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag; the loop writes a checkpoint and returns cleanly."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np_rng.bit_generator.state,
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+    random.setstate(state["python"])
+    np_rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns the last eval metrics and counters."""
+    import mtrl.envs
+    from mtrl.replay import ReplayBuffer
+
+    # ------------------------------------------------------------------ setup (§6.1.1)
+    tasks = resolve_tasks(cfg.env.tasks, mtrl.envs.available_tasks())
+    num_tasks = len(tasks)
+    batch_size = check_feasible(cfg, num_tasks)
+    device = resolve_device(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    resolved = {**dataclasses.asdict(cfg), "resolved_tasks": tasks, "batch_size": batch_size}
+    latest = ckpt.list_checkpoints(run_dir)[-1] if cfg.resume and ckpt.list_checkpoints(run_dir) else None
+    if cfg.resume and latest is None:
+        raise ValueError(f"--resume given but {run_dir} holds no complete checkpoint")
+    state = ckpt.load_checkpoint(latest) if latest is not None else None
+    if state is not None:
+        ckpt.check_compatible(state["config"], resolved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    random.seed(cfg.seed)
+    np_rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    env_kw = {"backend": cfg.env.backend, "num_threads": cfg.env.num_threads,
+              "max_episode_steps": cfg.env.max_episode_steps}
+    pool = mtrl.envs.make(tasks, seed=cfg.seed, **env_kw)
+    eval_pool = mtrl.envs.make(tasks, envs_per_task=cfg.eval_episodes, seed=cfg.seed + 42, **env_kw)
+    obs_dim, action_dim = pool.obs_dim, pool.action_dim  # padded (§5.2)
+    agent = BRCAgent(cfg.agent, obs_dim, action_dim, num_tasks).to(device)
+    pin = device.type == "cuda"
+    buffer = ReplayBuffer(num_tasks=num_tasks, capacity_per_task=cfg.buffer.capacity_per_task,
+                          obs_dim=obs_dim, action_dim=action_dim, num_envs=pool.num_envs,
+                          seed=cfg.seed, pin_memory=pin)
+    normalizer = RewardNormalizer(pool.task_ids, num_tasks, cfg.agent.gamma)
+    host_batches = [buffer.allocate_batch(batch_size) for _ in range(cfg.updates_per_iteration)]
+    env_task_ids = pool.task_ids.astype(np.int64)
+    env_task_ids_t = torch.from_numpy(env_task_ids).to(device)
+    obs = pool.reset()
+    iteration, updates = 0, 0
+    episode_return = np.zeros(pool.num_envs)
+    last_eval: dict[str, Any] = {}
+    if state is not None:  # restore everything the checkpoint holds
+        agent.load_full_state_dict(state["agent"])
+        normalizer.load_state_dict(state["normalizer"])
+        buffer.load_into(str(latest / "replay"))
+        _set_rng_state(state["rng"], np_rng)
+        iteration, updates = state["iteration"], state["updates"]
+        episode_return = state["episode_return"]
+        last_eval = state["last_eval"]
+        if state["env_state"] is not None:
+            pool.set_state(state["env_state"])
+            obs = state["obs"]
+        else:  # backend without state (envpool): continue with fresh episodes, documented
+            pool.seed(cfg.seed + 7919 * iteration)
+            obs = pool.reset()
+            normalizer.load_state_dict({**state["normalizer"],
+                                        "episode": [[] for _ in range(pool.num_envs)]})
+            episode_return = np.zeros(pool.num_envs)
+    logger = Logger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                    wandb_project=cfg.wandb_project, config=resolved,
+                    resume_iteration=iteration if state is not None else None)
+
+    def save(it: int) -> Path:
+        try:
+            env_state = pool.get_state()
+        except NotImplementedError:
+            env_state = None
+        payload = {
+            "config": resolved, "iteration": it, "updates": updates,
+            "agent": agent.full_state_dict(), "normalizer": normalizer.state_dict(),
+            "rng": _rng_state(np_rng), "env_state": env_state, "obs": obs.copy(),
+            "episode_return": episode_return.copy(), "last_eval": last_eval,
+            "metric_sum": metric_sum.cpu(), "metric_count": metric_count, "online": online,
+        }
+        return ckpt.save_checkpoint(run_dir, it, payload, lambda p: buffer.save(str(p)),
+                                    cfg.keep_checkpoints)
+
+    # ------------------------------------------------------------------ loop (§6.1.2)
+    signals = _Signals()
+    progress = _Progress(cfg.progress, cfg.iterations, iteration, cfg.log_interval)
+    metric_sum = torch.zeros(len(METRIC_NAMES), device=device)
+    metric_count = 0
+    online: dict[int, list[float]] = {t: [] for t in range(num_tasks)}
+    if state is not None:  # partial log window, so resumed logs match an uninterrupted run
+        metric_sum.copy_(state["metric_sum"])
+        metric_count, online = state["metric_count"], state["online"]
+    t_start, it_start, up_start = time.perf_counter(), iteration, updates
+    exit_reason = "finished"
+    try:
+        while iteration < cfg.iterations:
+            # -- act: uniform warm-up (§2.1), then the stochastic policy (std x 1.0)
+            if iteration < cfg.random_iterations:
+                actions = np_rng.uniform(-1.0, 1.0, (pool.num_envs, action_dim)).astype(np.float32)
+            else:
+                obs_t = torch.from_numpy(obs).to(device)
+                actions = agent.act(obs_t, env_task_ids_t).cpu().numpy()
+            # -- step every task, feed raw rewards to the normaliser, store (§5.3, §5.4)
+            out = pool.step(actions)
+            normalizer.update(out.reward, out.terminated, out.truncated)
+            buffer.add(env_task_ids, obs, actions, out.reward, out.terminated, out.truncated,
+                       out.final_obs)
+            episode_return += out.reward
+            for k in np.flatnonzero(out.terminated | out.truncated).tolist():
+                online[int(env_task_ids[k])].append(float(episode_return[k]))
+                episode_return[k] = 0.0
+            obs = out.obs
+            # -- updates: all batches sampled up front, rewards normalised with the current
+            #    alpha (§4.2, §6.1), one §2.2 step per batch
+            if iteration >= cfg.random_iterations:
+                scale = torch.from_numpy(normalizer.return_scale()).to(device, torch.float32)
+                denominator = agent.reward_denominator(scale)
+                for host in host_batches:
+                    buffer.sample(batch_size, out=host)
+                for u, host in enumerate(host_batches):
+                    metrics = agent.update(to_batch(host, device), denominator)
+                    losses = torch.stack([metrics[k] for k in METRIC_NAMES])
+                    if not bool(torch.isfinite(losses[:3]).all()):
+                        _raise_nonfinite(metrics, tasks, iteration, u, host)
+                    metric_sum += losses
+                    metric_count += 1
+                    updates += 1
+            iteration += 1
+            # -- log / eval / checkpoint
+            if iteration % cfg.log_interval == 0:
+                elapsed = max(time.perf_counter() - t_start, 1e-9)
+                row = {"env_steps": iteration * num_tasks, "updates": updates,
+                       "it_per_s": (iteration - it_start) / elapsed,
+                       "updates_per_s": (updates - up_start) / elapsed}
+                means = (metric_sum / max(metric_count, 1)).tolist()
+                row.update((k, v if metric_count else float("nan")) for k, v in zip(METRIC_NAMES, means))
+                for t, name in enumerate(tasks):  # fixed columns: NaN when no episode ended
+                    row[f"{name}/online_return"] = float(np.mean(online[t])) if online[t] else float("nan")
+                logger.log("train", iteration, row)
+                metric_sum.zero_()
+                metric_count = 0
+                online = {t: [] for t in range(num_tasks)}
+            if iteration % cfg.eval_interval == 0 or iteration == cfg.iterations:
+                last_eval = evaluate(agent, eval_pool, tasks, device, cfg.seed + 42 + iteration)
+                logger.log("eval", iteration, last_eval)
+            if iteration == cfg.iterations or (
+                    cfg.checkpoint_interval and iteration % cfg.checkpoint_interval == 0):
+                save(iteration)
+            progress.update(iteration, {
+                "env_steps": iteration * num_tasks, "updates": updates,
+                "eval": round(last_eval.get("return_mean", float("nan")), 1)})
+            if signals.received is not None:
+                path = save(iteration)
+                exit_reason = f"{signals.received}: checkpoint {path}"
+                break
+    finally:
+        signals.restore()
+        progress.close()
+        logger.close()
+        pool.close()
+        eval_pool.close()
+    print(f"[mtrl] {exit_reason} at iteration {iteration}; run dir {run_dir}", flush=True)
+    return {"iteration": iteration, "updates": updates, "eval": last_eval, "exit": exit_reason}
+
+
+def _raise_nonfinite(metrics, tasks, iteration, update, host) -> None:
+    per_task = metrics["nonfinite_per_task"].cpu().numpy()
+    bad = [tasks[t] for t in np.flatnonzero(per_task)]
+    inputs = [tasks[t] for t in sorted(set(host.task_id[
+        ~(np.isfinite(host.reward) & np.isfinite(host.obs).all(1) & np.isfinite(host.next_obs).all(1))
+    ].tolist()))]
+    values = {k: float(metrics[k]) for k in ("critic_loss", "actor_loss", "temperature_loss")}
+    raise FloatingPointError(
+        f"non-finite loss at iteration {iteration}, update {update}: {values}; samples with "
+        f"non-finite targets/logits come from task(s) {bad or 'none'}; non-finite reward/obs "
+        f"inputs from task(s) {inputs or 'none'}")
+
+
+def parse_args(argv: list[str]) -> TrainConfig:
+    """``--preset NAME`` picks the defaults (laptop when absent); tyro parses the rest."""
+    import tyro
+
+    argv = list(argv)
+    preset = "laptop"
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            preset = argv[i + 1]
+            del argv[i:i + 2]
+            break
+        if arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+            del argv[i]
+            break
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown --preset {preset!r}; choose from {sorted(PRESETS)}")
+    description = (
+        f"{__doc__}\n--preset NAME: {', '.join(PRESETS)} (now: {preset}); the defaults shown "
+        "below are that preset's.")
+    return tyro.cli(TrainConfig, default=PRESETS[preset](), args=argv, description=description)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("usage: python -m mtrl.train [--help]\n\nThe BRC agent and training loop are not built yet.")
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        train(cfg)
+    except (ValueError, FloatingPointError) as err:
+        print(f"mtrl.train: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

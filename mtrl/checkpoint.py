@@ -1,0 +1,85 @@
+"""Atomic run checkpoints: ``<run_dir>/checkpoints/iter_<N>/`` with ``state.pt`` and ``replay/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+PREFIX = "iter_"
+# Fields that may differ between a checkpoint and the run resuming it (schedule, output, device).
+RESUMABLE_CHANGES = {
+    "iterations", "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval",
+    "keep_checkpoints", "run_dir", "resume", "device", "tensorboard", "wandb", "wandb_project",
+    "progress", "torch_threads", "agent.compile", "agent.bf16", "agent.fused_ops", "env.num_threads",
+}
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temp dirs are never listed: the rename is the commit)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+             and (p / "state.pt").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
+                    save_replay: Callable[[Path], None], keep: int) -> Path:
+    """Write state + replay into a temp dir, rename it into place, keep the last ``keep``."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{iteration:09d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        save_replay(tmp / "replay")
+        torch.save(state, tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise ValueError naming the first config field that differs and may not change on resume."""
+    a, b = flatten(saved), flatten(current)
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_CHANGES:
+            continue
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, list):
+            va = tuple(va)
+        if isinstance(vb, list):
+            vb = tuple(vb)
+        if va != vb:
+            raise ValueError(
+                f"incompatible checkpoint: config field '{key}' is {va!r} in the checkpoint but "
+                f"{vb!r} in this run (start a new run_dir, or pass the checkpoint's value)")

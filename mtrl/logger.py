@@ -1,0 +1,121 @@
+"""Run-directory logging: CSV + JSONL always, TensorBoard by default, W&B on request, curve PNG."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _rewrite_until(path: Path, iteration: int, jsonl: bool) -> None:
+    """Drop rows logged after ``iteration`` (a resumed run re-logs them)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if jsonl:
+        keep = [ln for ln in lines if ln.strip() and json.loads(ln)["iteration"] <= iteration]
+    else:
+        header, rows = lines[:1], lines[1:]
+        keep = header + [ln for ln in rows if int(ln.split(",", 1)[0]) <= iteration]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
+class Logger:
+    """Writes ``train/*`` and ``eval/*`` metrics of one run.
+
+    Files in ``run_dir``: ``train.csv``, ``eval.csv``, ``metrics.jsonl`` (every row with its kind),
+    ``tb/`` (TensorBoard, when enabled), ``curves.png`` (eval return per task, updated each eval).
+    """
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, wandb: bool, wandb_project: str,
+                 config: dict[str, Any], resume_iteration: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = self.run_dir / "metrics.jsonl"
+        if resume_iteration is not None:
+            _rewrite_until(self._jsonl, resume_iteration, jsonl=True)
+            for name in ("train.csv", "eval.csv"):
+                _rewrite_until(self.run_dir / name, resume_iteration, jsonl=False)
+        else:
+            for name in ("train.csv", "eval.csv", "metrics.jsonl"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_iteration)
+        self._wandb = None
+        if wandb:
+            import wandb as wandb_module  # lazy: nothing else depends on W&B
+
+            self._wandb = wandb_module.init(project=wandb_project, config=config,
+                                            dir=str(self.run_dir), resume="allow")
+        self.eval_history: list[dict[str, Any]] = self._read_eval_history()
+
+    def _read_eval_history(self) -> list[dict[str, Any]]:
+        if not self._jsonl.exists():
+            return []
+        rows = [json.loads(ln) for ln in self._jsonl.read_text().splitlines() if ln.strip()]
+        return [r for r in rows if r["kind"] == "eval"]
+
+    def log(self, kind: str, iteration: int, values: dict[str, float]) -> None:
+        """Append one row of ``kind`` ("train" or "eval") at ``iteration``."""
+        row = {"iteration": iteration, **{f"{kind}/{k}": float(v) for k, v in values.items()}}
+        path = self.run_dir / f"{kind}.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        with self._jsonl.open("a") as f:
+            f.write(json.dumps({"kind": kind, **row}) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "iteration" and math.isfinite(v):
+                    self._tb.add_scalar(k, v, iteration)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(row, step=iteration)
+        if kind == "eval":
+            self.eval_history.append({"kind": kind, **row})
+            self.plot()
+
+    def plot(self) -> None:
+        """Redraw ``curves.png``: eval return per task and the aggregate mean vs iteration."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        hist = self.eval_history
+        tasks = sorted({k[len("eval/"):-len("/return")] for k in hist[-1]
+                        if k.startswith("eval/") and k.endswith("/return")})
+        cols = min(4, len(tasks) + 1)
+        rows = math.ceil((len(tasks) + 1) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+        its = [h["iteration"] for h in hist]
+        panels = [("mean return", "eval/return_mean")] + [(t, f"eval/{t}/return") for t in tasks]
+        for ax, (title, key) in zip(axes.flat, panels):
+            ax.plot(its, [h.get(key, math.nan) for h in hist], marker="o", ms=3)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("iteration", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.tight_layout()
+        tmp = self.run_dir / "curves.tmp.png"
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        os.replace(tmp, self.run_dir / "curves.png")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
