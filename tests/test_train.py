@@ -112,7 +112,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     a, b = read_csv(tmp_path / "full" / "train.csv"), read_csv(tmp_path / "part" / "train.csv")
     keys = [k for k in a[0] if not k.endswith("_per_s")]
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
-    assert read_csv(tmp_path / "full" / "eval.csv") == read_csv(tmp_path / "part" / "eval.csv")
+    full_eval = read_csv(tmp_path / "full" / "eval.csv")
+    part_eval = read_csv(tmp_path / "part" / "eval.csv")  # also holds the stopped run's final eval at 70
+    assert [r["iteration"] for r in part_eval] == ["60", "70", "120"]
+    assert full_eval == [r for r in part_eval if r["iteration"] != "70"]
 
 
 def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
