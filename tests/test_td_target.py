@@ -400,3 +400,20 @@ def test_binding_checks_buffers():
     with pytest.raises(ValueError, match="v_min < v_max"):
         _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), None, 0.99, None,
                              target.numpy(), value.numpy(), 1.0, -1.0, 0, 0, 0.0, 1)
+
+
+def test_cuda_entry_points_fail_cleanly_without_a_device():
+    import mtrl
+
+    with pytest.raises(ValueError, match=r"K must be in \[2, 4096\], got 1") if mtrl.cuda_built() \
+            else pytest.raises(RuntimeError, match="mtrl was built without CUDA"):
+        _core._td_target_cuda(1, 0, 2, 8, 1, 1, 1, 0, 0.99, 0, 1, 1, 1, -10.0, 10.0, 0, 0, 0.0, 0, 0)
+    if mtrl.cuda_built() and _core.cuda_device_count() > 0:
+        pytest.skip("a CUDA device is present: launching with fake pointers would be unsafe")
+    # Built without CUDA: the documented RuntimeError. Built with CUDA but no driver/device: the
+    # launcher's first runtime call fails with a RuntimeError (nothing is dereferenced).
+    match = "built without CUDA" if not mtrl.cuda_built() else "cuda"
+    with pytest.raises(RuntimeError, match=f"(?i){match}"):
+        _core._td_target_cuda(1, 0, 2, 8, 11, 1, 1, 0, 0.99, 0, 1, 1, 1, -10.0, 10.0, 0, 0, 0.0, 0, 0)
+    with pytest.raises(RuntimeError, match=f"(?i){match}"):
+        _core._cross_entropy_cuda(1, 1, 2, 8, 11, 1, 0, 1, 0, 1, 1, 0, 0)

@@ -13,6 +13,7 @@
 
 #include "bindings/registrars.h"
 #include "kernels/td_target.h"
+#include "kernels/td_target_cuda.h"
 
 namespace py = pybind11;
 
@@ -181,6 +182,99 @@ void ScaleCpu(const py::array& src, double factor, py::array& dst, int num_threa
   throw std::invalid_argument("src must be float32 or float64, got " + std::string(py::str(src.dtype())));
 }
 
+// CUDA entry points: raw device pointers (integers from tensor.data_ptr()), so only sizes, codes and
+// non-null pointers can be checked here; mtrl/ops/td_target.py checks devices, dtypes and layout.
+template <typename P>
+P* DevicePtr(uintptr_t address, const char* name, bool required = true) {
+  if (address == 0 && required) throw std::invalid_argument(std::string(name) + " must not be null");
+  return reinterpret_cast<P*>(address);
+}
+
+CudaDType CheckDType(int dtype) {
+  if (dtype != 0 && dtype != 1) {
+    throw std::invalid_argument("dtype must be 0 (float32) or 1 (bfloat16), got " +
+                                std::to_string(dtype));
+  }
+  return static_cast<CudaDType>(dtype);
+}
+
+void TdTargetCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64_t batch_size,
+                         int64_t num_atoms, uintptr_t reward, uintptr_t mask, uintptr_t discount,
+                         double discount_value, uintptr_t entropy, uintptr_t target,
+                         uintptr_t expected_value, uintptr_t nonfinite_count, double v_min,
+                         double v_max, int combine, int projection, double sigma, int device,
+                         uintptr_t stream) {
+#ifdef MTRL_WITH_CUDA
+  CheckTdTargetSizes(num_members, batch_size, num_atoms, v_min, v_max, sigma);
+  if (combine != 0 && combine != 1) throw std::invalid_argument("combine must be 0 (mean) or 1 (min)");
+  if (projection != 0 && projection != 1) {
+    throw std::invalid_argument("projection must be 0 (c51) or 1 (hl_gauss)");
+  }
+  if (projection == 1 && !(sigma > 0.0)) throw std::invalid_argument("HL-Gauss needs sigma > 0");
+  TdTargetCudaArgs a;
+  a.target_logits = DevicePtr<const void>(logits, "target_logits");
+  a.dtype = CheckDType(dtype);
+  a.reward = DevicePtr<const float>(reward, "reward");
+  a.mask = DevicePtr<const float>(mask, "mask");
+  a.discount = DevicePtr<const float>(discount, "discount", false);
+  a.discount_value = static_cast<float>(discount_value);
+  a.entropy = DevicePtr<const float>(entropy, "entropy", false);
+  a.num_members = num_members;
+  a.batch_size = batch_size;
+  a.num_atoms = num_atoms;
+  a.v_min = static_cast<float>(v_min);
+  a.v_max = static_cast<float>(v_max);
+  a.combine = static_cast<Combine>(combine);
+  a.projection = static_cast<Projection>(projection);
+  a.sigma = static_cast<float>(sigma);
+  a.target = DevicePtr<float>(target, "target");
+  a.expected_value = DevicePtr<float>(expected_value, "expected_value");
+  a.nonfinite_count = DevicePtr<int32_t>(nonfinite_count, "nonfinite_count");
+  a.device = device;
+  a.stream = reinterpret_cast<void*>(stream);
+  // Only enqueues work on the stream; touches no Python object.
+  py::gil_scoped_release release;
+  TdTargetCuda(a);
+#else
+  (void)logits, (void)dtype, (void)num_members, (void)batch_size, (void)num_atoms, (void)reward;
+  (void)mask, (void)discount, (void)discount_value, (void)entropy, (void)target;
+  (void)expected_value, (void)nonfinite_count, (void)v_min, (void)v_max, (void)combine;
+  (void)projection, (void)sigma, (void)device, (void)stream;
+  throw std::runtime_error("mtrl was built without CUDA");
+#endif
+}
+
+void CrossEntropyCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64_t batch_size,
+                             int64_t num_atoms, uintptr_t target, uintptr_t weight,
+                             uintptr_t td_error, uintptr_t grad, uintptr_t loss,
+                             uintptr_t nonfinite_count, int device, uintptr_t stream) {
+#ifdef MTRL_WITH_CUDA
+  CheckTdTargetSizes(num_members, batch_size, num_atoms, -1.0, 1.0, 0.0);
+  CrossEntropyCudaArgs a;
+  a.online_logits = DevicePtr<const void>(logits, "online_logits");
+  a.dtype = CheckDType(dtype);
+  a.target = DevicePtr<const float>(target, "target");
+  a.weight = DevicePtr<const float>(weight, "weight", false);
+  a.num_members = num_members;
+  a.batch_size = batch_size;
+  a.num_atoms = num_atoms;
+  a.td_error = DevicePtr<float>(td_error, "td_error");
+  a.grad = DevicePtr<void>(grad, "grad", false);
+  a.loss = DevicePtr<float>(loss, "loss");
+  a.nonfinite_count = DevicePtr<int32_t>(nonfinite_count, "nonfinite_count");
+  a.device = device;
+  a.stream = reinterpret_cast<void*>(stream);
+  // Only enqueues work on the stream; touches no Python object.
+  py::gil_scoped_release release;
+  CrossEntropyCuda(a);
+#else
+  (void)logits, (void)dtype, (void)num_members, (void)batch_size, (void)num_atoms, (void)target;
+  (void)weight, (void)td_error, (void)grad, (void)loss, (void)nonfinite_count, (void)device;
+  (void)stream;
+  throw std::runtime_error("mtrl was built without CUDA");
+#endif
+}
+
 }  // namespace
 
 void RegisterKernels(py::module_& m) {
@@ -197,6 +291,20 @@ void RegisterKernels(py::module_& m) {
         "Categorical cross-entropy (sum over members of the weighted batch mean) into `loss`, "
         "per-sample td_error [B] and optionally its gradient [E, B, K]. Returns the number of "
         "rows with non-finite inputs.");
+  m.def("_td_target_cuda", &TdTargetCudaBinding, py::arg("target_logits"), py::arg("dtype"),
+        py::arg("num_members"), py::arg("batch_size"), py::arg("num_atoms"), py::arg("reward"),
+        py::arg("mask"), py::arg("discount"), py::arg("discount_value"), py::arg("entropy"),
+        py::arg("target"), py::arg("expected_value"), py::arg("nonfinite_count"), py::arg("v_min"),
+        py::arg("v_max"), py::arg("combine"), py::arg("projection"), py::arg("sigma"),
+        py::arg("device"), py::arg("stream"),
+        "Enqueue the CUDA TD target (device pointers as integers; 0 = absent optional input) on "
+        "`stream`. RuntimeError when mtrl was built without CUDA.");
+  m.def("_cross_entropy_cuda", &CrossEntropyCudaBinding, py::arg("online_logits"),
+        py::arg("dtype"), py::arg("num_members"), py::arg("batch_size"), py::arg("num_atoms"),
+        py::arg("target"), py::arg("weight"), py::arg("td_error"), py::arg("grad"),
+        py::arg("loss"), py::arg("nonfinite_count"), py::arg("device"), py::arg("stream"),
+        "Enqueue the CUDA cross-entropy (+ gradient when grad != 0) on `stream`. RuntimeError "
+        "when mtrl was built without CUDA.");
   m.def("_scale_cpu", &ScaleCpu, py::arg("src"), py::arg("factor"), py::arg("dst"),
         py::arg("num_threads"), "dst = src * factor (float32/float64, same size, contiguous).");
 }

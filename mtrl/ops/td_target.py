@@ -78,6 +78,56 @@ def _td_target_op(
     return target, value
 
 
+def _cuda_dtype_code(t: Tensor) -> int:
+    return 1 if t.dtype == torch.bfloat16 else 0
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _check_cuda_buffers(device: torch.device, **named: Tensor | None) -> None:
+    # The CUDA binding receives raw pointers and cannot check these itself.
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.device != device or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous tensor on {device}")
+        if name not in ("target_logits", "online_logits") and t.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32 on CUDA, got {t.dtype}")
+
+
+def _cuda_nonfinite(count: Tensor, check_finite: bool) -> int:
+    # Reading the count synchronises; never while a CUDA graph is being captured.
+    if not check_finite or torch.cuda.is_current_stream_capturing():
+        return 0
+    return int(count.item())
+
+
+@_td_target_op.register_kernel("cuda")
+def _td_target_cuda(target_logits, reward, mask, discount, discount_value, entropy, v_min, v_max,
+                    combine, projection, sigma, check_finite):
+    members, batch, num_atoms = target_logits.shape
+    device = target_logits.device
+    _check_cuda_buffers(device, target_logits=target_logits, reward=reward, mask=mask,
+                        discount=discount, entropy=entropy)
+    target = torch.empty(batch, num_atoms, dtype=torch.float32, device=device)
+    value = torch.empty(batch, dtype=torch.float32, device=device)
+    count = torch.empty(1, dtype=torch.int32, device=device)
+    _core._td_target_cuda(
+        target_logits.data_ptr(), _cuda_dtype_code(target_logits), members, batch, num_atoms,
+        reward.data_ptr(), mask.data_ptr(), _ptr(discount), discount_value, _ptr(entropy),
+        target.data_ptr(), value.data_ptr(), count.data_ptr(), v_min, v_max, combine, projection,
+        sigma, device.index, torch.cuda.current_stream(device).cuda_stream,
+    )
+    bad = _cuda_nonfinite(count, check_finite)
+    if bad:
+        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
+                 "discount": discount, "entropy": entropy}
+        raise _nonfinite_error("categorical_td_target", bad, batch, named)
+    return target, value
+
+
 @_td_target_op.register_fake
 def _td_target_fake(target_logits, reward, mask, discount, discount_value, entropy, v_min, v_max,
                     combine, projection, sigma, check_finite):
@@ -107,6 +157,29 @@ def _cross_entropy_op(
     return loss, td_error, grad
 
 
+@_cross_entropy_op.register_kernel("cuda")
+def _cross_entropy_cuda(online_logits, target, weight, need_grad, check_finite):
+    members, batch, num_atoms = online_logits.shape
+    device = online_logits.device
+    _check_cuda_buffers(device, online_logits=online_logits, target=target, weight=weight)
+    loss = torch.empty((), dtype=torch.float32, device=device)
+    td_error = torch.empty(batch, dtype=torch.float32, device=device)
+    grad = torch.empty((members, batch, num_atoms) if need_grad else (0,),
+                       dtype=online_logits.dtype, device=device)
+    count = torch.empty(1, dtype=torch.int32, device=device)
+    _core._cross_entropy_cuda(
+        online_logits.data_ptr(), _cuda_dtype_code(online_logits), members, batch, num_atoms,
+        target.data_ptr(), _ptr(weight), td_error.data_ptr(), grad.data_ptr() if need_grad else 0,
+        loss.data_ptr(), count.data_ptr(), device.index,
+        torch.cuda.current_stream(device).cuda_stream,
+    )
+    bad = _cuda_nonfinite(count, check_finite)
+    if bad:
+        named = {"online_logits": online_logits, "target": target, "weight": weight}
+        raise _nonfinite_error("categorical_cross_entropy", bad, batch, named)
+    return loss, td_error, grad
+
+
 @_cross_entropy_op.register_fake
 def _cross_entropy_fake(online_logits, target, weight, need_grad, check_finite):
     members, batch, num_atoms = online_logits.shape
@@ -123,6 +196,11 @@ def _scale_op(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
     out = torch.empty_like(saved_grad)
     _core._scale_cpu(saved_grad.numpy(), float(grad_loss), out.numpy(), torch.get_num_threads())
     return out
+
+
+@_scale_op.register_kernel("cuda")
+def _scale_cuda(saved_grad, grad_loss):
+    return saved_grad * grad_loss.to(saved_grad.dtype)
 
 
 @_scale_op.register_fake
