@@ -5,11 +5,12 @@ Same run, same tasks, uniform random actions. Configurations (issue 5):
   dmc-hard  dog stand/walk/trot/run + humanoid stand/walk/run, 1 env each
   cheetah16 16 envs of cheetah-run;  humanoid16 16 envs of humanoid-run
 Contenders: ours (`mtrl.envs.make(backend="engine")`, one call per iteration, `--threads`
-threads); envpool (one `make_gymnasium` pool per task, stepped one after another from Python, as
-a user of envpool would); dm_control (`suite.load` envs stepped in a Python loop, mt30/dmc-hard
+threads); envpool (one `make_gymnasium` pool per task with min(envs, `--threads`) threads,
+stepped one after another from Python, as a user of envpool would); dm_control (`suite.load` envs stepped in a Python loop, mt30/dmc-hard
 only). The floor is the summed cost of the raw `mj_step` substeps of the same mix (timed in C
 loops of many control steps through `mujoco.mj_step(m, d, nstep)`), divided by the thread count.
-Numbers are env-steps per second (median of repeats); ratios are time ratios.
+Numbers are env-steps per second; ratios are medians of per-round ratios, the contenders being
+timed back to back in each round (the machine's load drifts).
 Last line: `RESULT {json}`.
 """
 
@@ -37,18 +38,14 @@ DMC_HARD = ["dog-stand", "dog-walk", "dog-trot", "dog-run", "humanoid-stand", "h
             "humanoid-run"]
 
 
-def _median_rate(step_fn, iters: int, repeats: int, envs_per_iter: int) -> float:
-    step_fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            step_fn()
-        times.append(time.perf_counter() - start)
-    return envs_per_iter * iters / statistics.median(times)
+def _timed(step, iters: int) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return time.perf_counter() - start
 
 
-def bench_ours(tasks: list[str], epts: int, threads: int, iters: int, repeats: int) -> float:
+def make_ours(tasks: list[str], epts: int, threads: int):
     pool = envs.make(tasks, envs_per_task=epts, backend="engine", num_threads=threads, seed=0)
     pool.reset()
     rng = np.random.default_rng(0)
@@ -60,18 +57,17 @@ def bench_ours(tasks: list[str], epts: int, threads: int, iters: int, repeats: i
         pool.step(acts[k[0] % 8])
         k[0] += 1
 
-    rate = _median_rate(step, iters, repeats, pool.num_envs)
-    pool.close()
-    return rate
+    return step, pool.close
 
 
-def bench_envpool(tasks: list[str], epts: int, iters: int, repeats: int) -> float:
+def make_envpool(tasks: list[str], epts: int, threads: int):
     import envpool
 
     pools = []
     for t in tasks:
         spec = envs.resolve(t)
-        p = envpool.make_gymnasium(spec.envpool_id, num_envs=epts, batch_size=epts, seed=0)
+        p = envpool.make_gymnasium(spec.envpool_id, num_envs=epts, batch_size=epts, seed=0,
+                                   num_threads=min(epts, threads))
         p.reset()
         a = np.random.default_rng(0).uniform(-1, 1, (epts,) + p.action_space.shape)
         pools.append((p, a.astype(np.float64)))
@@ -80,13 +76,14 @@ def bench_envpool(tasks: list[str], epts: int, iters: int, repeats: int) -> floa
         for p, a in pools:
             p.step(a)
 
-    rate = _median_rate(step, iters, repeats, epts * len(tasks))
-    for p, _ in pools:
-        p.close()
-    return rate
+    def close():
+        for p, _ in pools:
+            p.close()
+
+    return step, close
 
 
-def _dm_envs(tasks: list[str]):
+def make_dm_envs(tasks: list[str]):
     from dm_control import suite
 
     out = []
@@ -98,36 +95,35 @@ def _dm_envs(tasks: list[str]):
     return out
 
 
-def bench_dm_control(dm_envs, iters: int, repeats: int) -> float:
+def make_dm_control(dm_envs):
     rng = np.random.default_rng(0)
     acts = [rng.uniform(-1, 1, e.action_spec().shape) for e in dm_envs]
 
     def step():
-        for e, a in zip(dm_envs, acts):
+        for e, a in zip(dm_envs, acts, strict=True):
             if e.step(a).last():
                 e.reset()
 
-    return _median_rate(step, iters, repeats, len(dm_envs))
+    return step
 
 
-def mj_step_floor(dm_envs, epts: int, threads: int, control_steps: int) -> float:
-    """Env-steps/s if every substep cost only raw mj_step and the threads were perfectly busy."""
+def make_floor(dm_envs):
+    """One call = 25 control steps of one env per task in raw mj_step substeps (C loops), timed
+    single-threaded; the per-env-step cost is the same however many envs a task has."""
     import mujoco
 
-    total = 0.0
     rng = np.random.default_rng(0)
-    for env in dm_envs:
-        m, d = env.physics.model.ptr, env.physics.data.ptr
-        n_sub = env._n_sub_steps
-        env.reset()
-        chunk = 25
-        start = time.perf_counter()
-        for _ in range(max(1, control_steps // chunk)):
+    chunk = 25
+
+    def step():
+        for env in dm_envs:
+            m, d = env.physics.model.ptr, env.physics.data.ptr
             d.ctrl[:] = rng.uniform(-1, 1, m.nu)
-            mujoco.mj_step(m, d, n_sub * chunk)
-        per_step = (time.perf_counter() - start) / (max(1, control_steps // chunk) * chunk)
-        total += per_step * epts
-    return len(dm_envs) * epts / (total / threads)
+            mujoco.mj_step(m, d, env._n_sub_steps * chunk)
+            if not np.all(np.isfinite(d.qvel)):
+                env.reset()
+
+    return step, chunk
 
 
 def main() -> None:
@@ -136,8 +132,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     q = args.quick
-    iters, repeats = (30, 3) if q else (200, 5)
-    floor_steps = 50 if q else 400
+    iters, repeats = (25, 5) if q else (100, 9)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"threads={args.threads}; quick={q}")
     configs = [("mt30", MT30, 1), ("dmc-hard", DMC_HARD, 1), ("cheetah16", ["cheetah-run"], 16),
@@ -146,22 +141,52 @@ def main() -> None:
     print(f"{'config':11s} {'envs':>4s} {'ours':>9s} {'envpool':>9s} {'dm_ctrl':>9s} "
           f"{'floor':>9s} {'vs envpool':>10s} {'vs dm_c':>8s} {'floor frac':>10s}")
     for name, tasks, epts in configs:
-        dm = _dm_envs(tasks)
-        ours = bench_ours(tasks, epts, args.threads, iters, repeats)
-        ep = bench_envpool(tasks, epts, iters, repeats)
-        dmc = bench_dm_control(dm, max(5, iters // 4), repeats) if epts == 1 else float("nan")
-        floor = mj_step_floor(dm, epts, args.threads, floor_steps)
-        results[name] = {"ours": ours, "envpool": ep, "dm_control": dmc, "floor": floor}
-        print(f"{name:11s} {len(tasks) * epts:4d} {ours:9.0f} {ep:9.0f} {dmc:9.0f} {floor:9.0f} "
-              f"{ours / ep:9.2f}x {ours / dmc:7.2f}x {ours / floor:10.2f}", flush=True)
-    print("env-steps/s, median of repeats; 'vs' columns are speedups of ours; floor frac = ours/floor")
+        n = len(tasks) * epts
+        dm = make_dm_envs(tasks)
+        ours, close_ours = make_ours(tasks, epts, args.threads)
+        ep, close_ep = make_envpool(tasks, epts, args.threads)
+        dmc = make_dm_control(dm) if epts == 1 else None
+        floor, floor_steps = make_floor(dm)
+        for fn in (ours, ep, floor) + ((dmc,) if dmc else ()):
+            fn()  # warm-up
+        # Interleaved rounds: each ratio compares timings taken back to back, which matters on a
+        # shared machine whose load drifts; rates and ratios are medians over rounds.
+        rounds = {"ours": [], "envpool": [], "dm_control": [], "floor": []}
+        for _ in range(repeats):
+            rounds["ours"].append(n * iters / _timed(ours, iters))
+            rounds["envpool"].append(n * iters / _timed(ep, iters))
+            if dmc:
+                k = max(3, iters // 5)
+                rounds["dm_control"].append(n * k / _timed(dmc, k))
+            k = max(1, iters // 25)
+            rounds["floor"].append(
+                len(tasks) * floor_steps * k / _timed(floor, k) * args.threads)
+        close_ours()
+        close_ep()
+        med = {k: (statistics.median(v) if v else float("nan")) for k, v in rounds.items()}
+        ratio = {
+            "envpool": statistics.median(
+                o / e for o, e in zip(rounds["ours"], rounds["envpool"], strict=True)),
+            "dm_control": statistics.median(
+                o / e for o, e in zip(rounds["ours"], rounds["dm_control"], strict=True))
+            if dmc else float("nan"),
+            "floor": statistics.median(
+                o / e for o, e in zip(rounds["ours"], rounds["floor"], strict=True)),
+        }
+        results[name] = ratio
+        print(f"{name:11s} {n:4d} {med['ours']:9.0f} {med['envpool']:9.0f} "
+              f"{med['dm_control']:9.0f} {med['floor']:9.0f} {ratio['envpool']:9.2f}x "
+              f"{ratio['dm_control']:7.2f}x {ratio['floor']:10.2f}", flush=True)
+    print("env-steps/s, medians over interleaved rounds; 'vs' columns and floor frac are "
+          "medians of per-round ratios (ours / theirs)")
     print("RESULT " + json.dumps({
-        "mt30_vs_envpool": round(results["mt30"]["ours"] / results["mt30"]["envpool"], 3),
-        "dmchard_vs_envpool": round(results["dmc-hard"]["ours"] / results["dmc-hard"]["envpool"], 3),
-        "cheetah16_vs_envpool": round(results["cheetah16"]["ours"] / results["cheetah16"]["envpool"], 3),
-        "humanoid16_vs_envpool": round(results["humanoid16"]["ours"] / results["humanoid16"]["envpool"], 3),
-        "mt30_floor_fraction": round(results["mt30"]["ours"] / results["mt30"]["floor"], 3),
-        "mt30_vs_dm_control": round(results["mt30"]["ours"] / results["mt30"]["dm_control"], 3),
+        "mt30_vs_envpool": round(results["mt30"]["envpool"], 3),
+        "dmchard_vs_envpool": round(results["dmc-hard"]["envpool"], 3),
+        "cheetah16_vs_envpool": round(results["cheetah16"]["envpool"], 3),
+        "humanoid16_vs_envpool": round(results["humanoid16"]["envpool"], 3),
+        "mt30_floor_fraction": round(results["mt30"]["floor"], 3),
+        "mt30_vs_dm_control": round(results["mt30"]["dm_control"], 3),
+        "dmchard_vs_dm_control": round(results["dmc-hard"]["dm_control"], 3),
         "threads": args.threads, "quick": q,
         "mt30_tasks": len(MT30)}))
 

@@ -172,3 +172,39 @@ def test_metaworld_success_flag_is_reported():
             out = p.step(np.zeros((2, 4), np.float32))
         assert out.truncated.all() and out.success.dtype == np.bool_
         assert p.max_episode_steps.tolist() == [5]
+
+
+def test_step_into_replay_stores_final_obs_and_used_actions():
+    from mtrl.replay import ReplayBuffer
+
+    with envs.make(["cheetah-run", "pendulum-swingup"], envs_per_task=2, seed=0,
+                   max_episode_steps=2) as p:
+        replay = ReplayBuffer(p.num_tasks, 16, p.obs_dim, p.action_dim, p.num_envs)
+        obs = p.reset()
+        a = np.full((p.num_envs, p.action_dim), 3.0, np.float32)  # clipped to 1 when stored
+        out1 = p.step_into(replay, obs, a)
+        out2 = p.step_into(replay, out1.obs, a)
+        assert replay.sizes.tolist() == [4, 4]
+        assert out2.truncated.all()
+        batch = replay.fetch(np.arange(4))  # ring order of task 0: env 0 step 1, env 1 step 1, ...
+        stored = np.asarray(batch.next_obs)
+        assert any(np.allclose(stored[i], out2.final_obs[0]) for i in range(4))
+        assert not any(np.allclose(stored[i], out2.obs[0]) for i in range(4))
+        assert np.all(np.asarray(batch.action)[:, :6] == 1.0)
+
+
+def test_gym_vector_env_view():
+    from mtrl.envs.gym import GymVectorEnv
+
+    env = GymVectorEnv(envs.make(["pendulum-swingup", "cheetah-run"], seed=0,
+                                 max_episode_steps=2))
+    obs, info = env.reset(seed=4)
+    assert obs.shape == (2, 17) and env.action_space.shape == (2, 6)
+    assert info["task_id"].tolist() == [0, 1]
+    env.step(env.action_space.sample())
+    obs, reward, term, trunc, info = env.step(np.zeros((2, 6), np.float32))
+    assert trunc.all() and not np.allclose(info["final_obs"], obs)
+    again, _ = env.reset(seed=4)
+    with pytest.raises(ValueError, match="options"):
+        env.reset(options={"x": 1})
+    env.close()

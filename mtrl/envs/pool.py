@@ -102,12 +102,14 @@ class TaskPool:
             raise ValueError(
                 f"actions must have shape (num_envs, action_dim) = "
                 f"({self.num_envs}, {self.action_dim}), got {a.shape}")
-        bad = ~np.isfinite(a) & self._act_mask
-        if bad.any():
-            envs = np.flatnonzero(bad.any(axis=1))
-            raise ValueError(f"actions contain NaN or inf for envs {envs[:10].tolist()}"
-                             f"{' ...' if envs.size > 10 else ''}")
-        return np.clip(np.where(self._act_mask, a, 0.0), -1.0, 1.0).astype(np.float32)
+        if not np.isfinite(a.sum(dtype=np.float64)):  # rare: find the offending used entries
+            bad = ~np.isfinite(a) & self._act_mask
+            if bad.any():
+                envs = np.flatnonzero(bad.any(axis=1))
+                raise ValueError(f"actions contain NaN or inf for envs {envs[:10].tolist()}"
+                                 f"{' ...' if envs.size > 10 else ''}")
+            a = np.where(self._act_mask, a, np.float32(0))
+        return np.clip(a, np.float32(-1), np.float32(1))
 
     def step(self, actions: Any) -> StepOutput:
         """Step every env once with its row of ``actions`` ((N, action_dim) float32 in [-1, 1]).
@@ -117,6 +119,20 @@ class TaskPool:
         action is ignored.
         """
         return self._step(self.check_actions(actions))
+
+    def step_into(self, replay: Any, obs: np.ndarray, actions: Any) -> StepOutput:
+        """`step`, then insert the N transitions into ``replay`` in one call.
+
+        ``replay`` is a `mtrl.replay.ReplayBuffer` (anything with its ``add`` signature); ``obs``
+        is the (N, obs_dim) observation the actions were taken in (the previous ``out.obs``).
+        The stored action is the clipped one the envs used, and the stored next observation is
+        ``final_obs``. The step's arrays already have the buffer's dtypes and layout, so they
+        reach the C++ buffer without a Python-level copy.
+        """
+        a = self.check_actions(actions)
+        out = self._step(a)
+        replay.add(self.task_ids, obs, a, out.reward, out.terminated, out.truncated, out.final_obs)
+        return out
 
     def _step(self, actions: np.ndarray) -> StepOutput:
         raise NotImplementedError

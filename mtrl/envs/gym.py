@@ -1,0 +1,54 @@
+"""A gymnasium ``VectorEnv`` view of a `TaskPool` (same-step autoreset: the reset observation is
+returned where an episode ended and the final observation is in ``info["final_obs"]``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from mtrl.envs.pool import TaskPool
+
+
+class GymVectorEnv(gymnasium.vector.VectorEnv):
+    """Wraps a pool as a gymnasium vector env over padded observations and actions.
+
+    Spaces: observations ``Box(-inf, inf, (obs_dim,))``, actions ``Box(-1, 1, (action_dim,))``.
+    ``info`` holds ``task_id`` (N,), ``final_obs`` (N, obs_dim), ``success`` (N,) and
+    ``diverged`` (N,). Seeding: ``reset(seed=s)`` reseeds env k with ``s + k``.
+    """
+
+    metadata = {"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP}
+
+    def __init__(self, pool: TaskPool) -> None:
+        self.pool = pool
+        self.num_envs = pool.num_envs
+        self.single_observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (pool.obs_dim,),
+                                                             np.float32)
+        self.single_action_space = gymnasium.spaces.Box(-1.0, 1.0, (pool.action_dim,), np.float32)
+        self.observation_space = gymnasium.vector.utils.batch_space(
+            self.single_observation_space, self.num_envs)
+        self.action_space = gymnasium.vector.utils.batch_space(
+            self.single_action_space, self.num_envs)
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every env (reseeding first when ``seed`` is given)."""
+        if options:
+            raise ValueError(f"reset options are not supported, got {sorted(options)}")
+        if seed is not None:
+            self.pool.seed(int(seed))
+        return self.pool.reset(), {"task_id": self.pool.task_ids}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                          dict[str, Any]]:
+        """Step every env; (N, action_dim) float32 actions in [-1, 1]."""
+        out = self.pool.step(actions)
+        info = {"task_id": self.pool.task_ids, "final_obs": out.final_obs,
+                "success": out.success, "diverged": out.diverged}
+        return out.obs, out.reward, out.terminated, out.truncated, info
+
+    def close(self, **kwargs: Any) -> None:
+        """Close the pool."""
+        self.pool.close()
