@@ -27,13 +27,17 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::Work() {
-  for (int i = next_.fetch_add(1); i < num_jobs_; i = next_.fetch_add(1)) {
+void ThreadPool::Work(Batch& batch) {
+  for (int i = batch.next.fetch_add(1); i < batch.num_jobs; i = batch.next.fetch_add(1)) {
     try {
-      (*job_)(i);
+      (*batch.job)(i);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!error_) error_ = std::current_exception();
+      if (!batch.error) batch.error = std::current_exception();
+    }
+    if (batch.done.fetch_add(1, std::memory_order_acq_rel) + 1 == batch.num_jobs) {
+      std::lock_guard<std::mutex> lock(mu_);  // pairs with the caller's predicate wait
+      done_cv_.notify_one();
     }
   }
 }
@@ -45,42 +49,40 @@ void ThreadPool::WorkerLoop() {
                        generation_.load(std::memory_order_acquire) == seen; ++spin) {
       MTRL_CPU_RELAX();
     }
+    std::shared_ptr<Batch> batch;
     {
       std::unique_lock<std::mutex> lock(mu_);
       start_cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
       if (stop_) return;
       seen = generation_.load(std::memory_order_acquire);
+      batch = current_;
     }
-    Work();
-    if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mu_);  // pairs with the caller's predicate wait
-      done_cv_.notify_one();
-    }
+    if (batch) Work(*batch);
   }
 }
 
 void ThreadPool::Run(int num_jobs, const std::function<void(int)>& job) {
   if (num_jobs <= 0) return;
+  auto batch = std::make_shared<Batch>();
+  batch->job = &job;
+  batch->num_jobs = num_jobs;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    job_ = &job;
-    num_jobs_ = num_jobs;
-    next_.store(0);
-    error_ = nullptr;
-    busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    current_ = batch;
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
-  Work();
-  for (int spin = 0; spin < kSpinIterations && busy_.load(std::memory_order_acquire) != 0; ++spin) {
+  Work(*batch);
+  for (int spin = 0; spin < kSpinIterations &&
+                     batch->done.load(std::memory_order_acquire) != num_jobs; ++spin) {
     MTRL_CPU_RELAX();
   }
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return busy_.load(std::memory_order_acquire) == 0; });
-    error = error_;
-    job_ = nullptr;
+    done_cv_.wait(lock, [&] { return batch->done.load(std::memory_order_acquire) == num_jobs; });
+    error = batch->error;
+    current_.reset();
   }
   if (error) std::rethrow_exception(error);
 }
