@@ -156,6 +156,8 @@ def test_final_observations_at_episode_ends():
     assert got.next_obs[:, 0].tolist() == [2, 3, 11, 21]
     assert got.mask.tolist() == [1, 0, 1, 1]
     assert buf.final_obs_in_use == 2
+    assert buf.nbytes > ReplayBuffer.estimate_nbytes(  # the pool grew by one chunk
+        num_tasks=1, capacity_per_task=10, obs_dim=2, action_dim=1, num_envs=1)
     for _ in range(20):  # wrap twice: the pool rows are freed with their transitions
         buf.add([0], o(20), z, [0.0], f, f, o(20))
     assert buf.final_obs_in_use == 0
@@ -205,6 +207,16 @@ def test_stratified_counts_and_frequencies():
     for lo, hi in ((0, 30), (40, 80), (80, 120)):
         assert stats.chisquare(counts[lo:hi]).pvalue > 1e-4
     assert stats.chisquare(extra).pvalue > 1e-4
+
+
+def test_stratified_smaller_batch_than_tasks():
+    buf = filled()
+    seen = np.zeros(3)
+    for _ in range(300):
+        b = buf.sample(2, stratified=True)
+        assert len(set(b.task_id.tolist())) == 2  # two distinct tasks, one row each
+        seen[b.task_id] += 1
+    assert stats.chisquare(seen).pvalue > 1e-4
 
 
 def set_random_priorities(buf, rng):
@@ -511,6 +523,7 @@ def test_update_priorities_bad_input():
     for idx, pri, exc, match in cases:
         with pytest.raises(exc, match=match):
             buf.update_priorities(np.array(idx), np.array(pri))
+    buf.update_priorities(np.zeros(0, np.int64), np.zeros(0))  # empty: a no-op
     for t in range(3):  # nothing changed by a rejected call
         assert np.array_equal(np.concatenate(buf.tree_levels(t)), before[t])
     with pytest.raises(IndexError, match="holds no transition"):

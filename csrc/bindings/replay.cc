@@ -172,14 +172,33 @@ void RegisterReplay(py::module_& m) {
       .def("sample", &Sample)
       .def("fetch", &Fetch)
       .def("update_priorities", &UpdatePriorities)
-      .def("size", &ReplayBuffer::Size)
-      .def("sizes", [](const ReplayBuffer& b) { return py::array(py::cast(b.Sizes())); })
-      .def("total_size", &ReplayBuffer::TotalSize)
-      .def("nbytes", &ReplayBuffer::nbytes)
-      .def("max_priority", &ReplayBuffer::max_priority)
-      .def("final_rows_in_use", &ReplayBuffer::final_rows_in_use)
+      // Accessors wait on the buffer's mutex, which a long save/sample may hold: release the
+      // GIL while waiting so other Python threads keep running (they touch no Python object).
+      .def("size", &ReplayBuffer::Size, py::call_guard<py::gil_scoped_release>())
+      .def("sizes",
+           [](const ReplayBuffer& b) {
+             std::vector<int64_t> sizes;
+             {
+               py::gil_scoped_release release;  // plain C++ state only
+               sizes = b.Sizes();
+             }
+             return py::array(py::cast(sizes));
+           })
+      .def("total_size", &ReplayBuffer::TotalSize, py::call_guard<py::gil_scoped_release>())
+      .def("nbytes", &ReplayBuffer::nbytes, py::call_guard<py::gil_scoped_release>())
+      .def("max_priority", &ReplayBuffer::max_priority,
+           py::call_guard<py::gil_scoped_release>())
+      .def("final_rows_in_use", &ReplayBuffer::final_rows_in_use,
+           py::call_guard<py::gil_scoped_release>())
       .def("tree_levels",
-           [](const ReplayBuffer& b, int64_t t) { return ToArrays(b.TreeLevels(t)); })
+           [](const ReplayBuffer& b, int64_t t) {
+             std::vector<std::vector<double>> levels;
+             {
+               py::gil_scoped_release release;  // plain C++ state only
+               levels = b.TreeLevels(t);
+             }
+             return ToArrays(levels);
+           })
       .def("top_levels", [](const ReplayBuffer& b) { return ToArrays(b.TopLevels()); })
       .def("save",
            [](const ReplayBuffer& b, const std::string& dir) {
