@@ -267,10 +267,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             iteration += 1
             # -- log / eval / checkpoint
             if iteration % cfg.log_interval == 0:
-                elapsed = max(time.perf_counter() - t_start, 1e-9)
+                now = time.perf_counter()
+                elapsed = max(now - t_start, 1e-9)  # speed over this log window
                 row = {"env_steps": iteration * num_tasks, "updates": updates,
                        "it_per_s": (iteration - it_start) / elapsed,
                        "updates_per_s": (updates - up_start) / elapsed}
+                t_start, it_start, up_start = now, iteration, updates
                 means = (metric_sum / max(metric_count, 1)).tolist()
                 row.update((k, v if metric_count else float("nan")) for k, v in zip(METRIC_NAMES, means))
                 for t, name in enumerate(tasks):  # fixed columns: NaN when no episode ended
@@ -279,12 +281,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 metric_sum.zero_()
                 metric_count = 0
                 online = {t: [] for t in range(num_tasks)}
+            pause = time.perf_counter()  # eval/checkpoint time is left out of it_per_s
             if iteration % cfg.eval_interval == 0 or iteration == cfg.iterations:
                 last_eval = evaluate(agent, eval_pool, tasks, device, cfg.seed + 42 + iteration)
                 logger.log("eval", iteration, last_eval)
             if iteration == cfg.iterations or (
                     cfg.checkpoint_interval and iteration % cfg.checkpoint_interval == 0):
                 save(iteration)
+            t_start += time.perf_counter() - pause
             progress.update(iteration, {
                 "env_steps": iteration * num_tasks, "updates": updates,
                 "eval": round(last_eval.get("return_mean", float("nan")), 1)})

@@ -1,0 +1,128 @@
+"""Iterations per second of the full training loop (every task steps once + 2 updates) vs this
+machine's matmul floor at the critic's shapes, measured in the same run.
+
+  python benchmarks/bench_train.py [--quick] [--threads N] [--compile]
+
+Configs (issue 4): width 512 / batch 256 / single task cheetah-run, and width 512 / batch 1024 /
+4 tasks (cheetah-run, walker-walk, cartpole-swingup, reacher-easy). The loop is `mtrl.train.train`
+itself; its per-window it/s (eval and checkpoint time excluded) is read back from train.csv and the
+median over the post-warm-up windows is reported. Floor = measured bmm GFLOP/s at the critic's
+layer shapes / analytic FLOPs per iteration. Last line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from mtrl.config import AgentConfig, BufferConfig, EnvConfig, TrainConfig
+from mtrl.train import train
+
+MT4 = ("cheetah-run", "walker-walk", "cartpole-swingup", "reacher-easy")
+
+
+def critic_fwd_flops(d_in: int, width: int, depth: int, atoms: int, members: int) -> int:
+    """Matmul FLOPs of one critic forward per sample (all members)."""
+    return 2 * members * (d_in * width + 2 * depth * width * width + width * atoms)
+
+
+def actor_fwd_flops(d_in: int, width: int, action_dim: int) -> int:
+    return 2 * (d_in * width + 2 * width * width + width * 2 * action_dim)
+
+
+def iteration_flops(obs: int, act: int, tasks: int, width: int, batch: int, updates: int = 2) -> int:
+    """Per update: target fwd (1x), online fwd+bwd (3x), actor-step critic fwd + input-grad bwd (2x)
+    = 6 critic forwards; actor: next-action fwd (1x) + actor step fwd+bwd (3x)."""
+    emb = 32 if tasks > 1 else 0
+    critic = critic_fwd_flops(obs + act + emb, width, 2, 101, 2)
+    actor = actor_fwd_flops(obs + emb, 256, act)
+    return updates * batch * (6 * critic + 4 * actor)
+
+
+def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds: float) -> float:
+    """Measured GFLOP/s of the critic forward's batched matmuls (E=2) at this batch size."""
+    emb = 32 if tasks > 1 else 0
+    shapes = [(obs + act + emb, width)] + [(width, width)] * 4 + [(width, 101)]
+    xs = [torch.randn(2, batch, i) for i, _ in shapes]
+    ws = [torch.randn(2, i, o) for i, o in shapes]
+    flops = sum(2 * 2 * batch * i * o for i, o in shapes)
+
+    def run():
+        for x, w in zip(xs, ws):
+            torch.bmm(x, w)
+    for _ in range(3):
+        run()
+    reps = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(reps) < 5:
+        t = time.perf_counter()
+        run()
+        reps.append(time.perf_counter() - t)
+    return flops / statistics.median(reps) / 1e9
+
+
+def loop_rate(tasks, width, batch, iters, window, compile_, threads) -> tuple[float, int, int]:
+    import mtrl.envs
+
+    with mtrl.envs.make(list(tasks)) as pool:
+        obs, act = pool.obs_dim, pool.action_dim
+    warm = max(window, -(-batch // len(tasks)))
+    warm = -(-warm // window) * window
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = TrainConfig(
+            env=EnvConfig(tasks=tuple(tasks)),
+            agent=AgentConfig(critic_width=width, compile=compile_),
+            buffer=BufferConfig(capacity_per_task=warm + iters + 10, batch_size=batch),
+            iterations=warm + iters, random_iterations=warm, eval_interval=10**9, eval_episodes=1,
+            log_interval=window, checkpoint_interval=0, run_dir=run_dir, tensorboard=False,
+            progress="lines", torch_threads=threads, seed=0)
+        train(cfg)
+        with open(f"{run_dir}/train.csv") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["iteration"]) > warm]
+    speeds = [float(r["train/it_per_s"]) for r in rows]
+    if compile_:
+        speeds = speeds[1:] or speeds  # first window holds the compilation
+    return statistics.median(speeds), obs, act
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer iterations (a few minutes)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the critic")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    st_iters, mt_iters, window = (60, 30, 10) if args.quick else (300, 120, 30)
+    print(f"device: CPU, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"compile {args.compile}", flush=True)
+    results = {}
+    table = []
+    for key, tasks, batch, iters in (("st", ("cheetah-run",), 256, st_iters),
+                                     ("mt4", MT4, 1024, mt_iters)):
+        speed, obs, act = loop_rate(tasks, 512, batch, iters, window, args.compile, args.threads)
+        rate = matmul_rate(obs, act, len(tasks), 512, batch, 3.0 if args.quick else 8.0)
+        flops = iteration_flops(obs, act, len(tasks), 512, batch)
+        floor = rate * 1e9 / flops
+        results[f"it_per_s_w512_{key}"] = round(speed, 3)
+        results[f"w512_{key}_floor_it_per_s"] = round(floor, 3)
+        results[f"w512_{key}_floor_fraction"] = round(speed / floor, 3)
+        results[f"w512_{key}_matmul_gflops"] = round(rate, 1)
+        table.append((key, len(tasks), batch, obs, act, speed, rate, flops / 1e9, floor))
+    print(f"{'config':6} {'T':>2} {'B':>5} {'obs':>4} {'act':>3} {'it/s':>7} {'bmm GF/s':>9} "
+          f"{'GF/it':>6} {'floor it/s':>10} {'fraction':>8}")
+    for key, t, b, o, a, s, r, f, fl in table:
+        print(f"{key:6} {t:2d} {b:5d} {o:4d} {a:3d} {s:7.2f} {r:9.1f} {f:6.2f} {fl:10.2f} {s / fl:8.2f}")
+    print("RESULT " + json.dumps(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
