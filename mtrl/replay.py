@@ -104,6 +104,13 @@ def _coerce(value: Any, name: str, dtype: type, kinds: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+class _Closed:
+    """Stands in for the core of a closed buffer: every use raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("this ReplayBuffer is closed")
+
+
 class ReplayBuffer:
     """Per-task FIFO replay with uniform/stratified, optionally prioritized, n-step sampling.
 
@@ -153,6 +160,23 @@ class ReplayBuffer:
             num_tasks=dims[0], capacity_per_task=dims[1], obs_dim=dims[2], action_dim=dims[3],
             num_envs=dims[4], alpha=self.alpha, seed=seed)
         self._batch: ReplayBatch | None = None
+
+    def close(self) -> None:
+        """Frees the storage now (idempotent); any later use raises RuntimeError."""
+        self._core = _Closed()
+        self._batch = None
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if isinstance(self._core, _Closed) else f"size={len(self)}"
+        return (f"ReplayBuffer(num_tasks={self.num_tasks}, capacity_per_task="
+                f"{self.capacity_per_task}, obs_dim={self.obs_dim}, action_dim={self.action_dim}, "
+                f"num_envs={self.num_envs}, alpha={self.alpha}, {state})")
 
     # ----------------------------------------------------------------- sizes
     @staticmethod

@@ -546,6 +546,41 @@ def test_constructor_bad_input(kw, exc, match):
         ReplayBuffer(**args)
 
 
+def test_close_and_context_manager():
+    with ReplayBuffer(1, 4, 2, 1, 1) as buf:
+        assert "size=0" in repr(buf)
+    assert "closed" in repr(buf)
+    with pytest.raises(RuntimeError, match="closed"):
+        buf.sample(1)
+    with pytest.raises(RuntimeError, match="closed"):
+        len(buf)
+    buf.close()  # idempotent
+
+
+def test_load_rejects_bad_priorities_and_meta(tmp_path):
+    buf = ReplayBuffer(1, 8, 2, 1, 2)
+    run_envs(buf, None, 3, task_of_env=[0, 0])
+    buf.save(tmp_path)
+    pri = np.load(tmp_path / "priority.npy")
+    pri[1] = np.nan
+    np.save(tmp_path / "priority.npy", pri)
+    with pytest.raises(ValueError, match="priority.npy"):
+        buf.load_into(tmp_path)
+    buf.save(tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["size"] = [9]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="impossible size"):
+        buf.load_into(tmp_path)
+    del meta["rng_state"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="malformed"):
+        buf.load_into(tmp_path)
+    (tmp_path / "meta.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an mtrl replay"):
+        buf.load_into(tmp_path)
+
+
 def test_batch_is_torch_wrappable_without_copy():
     torch = pytest.importorskip("torch")
     buf = filled()
