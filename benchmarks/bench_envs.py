@@ -28,12 +28,16 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 
 import mtrl.envs as envs
-from mtrl.envs.engine import engine_tasks
 
-_ENGINE = {t.split(":", 1)[1] for t in engine_tasks()}
-# 30 DMC tasks of the covered domains without dog/humanoid locomotion (those are dmc-hard):
-# every engine task but dog-* and humanoid-*, plus humanoid-stand to make 30.
-MT30 = sorted(t for t in _ENGINE if not t.startswith(("dog-", "humanoid-"))) + ["humanoid-stand"]
+# 30 standard DMC tasks of the covered domains, without the DMC-hard locomotion tasks (dog, and
+# humanoid walk/run), plus humanoid-stand to make 30.
+MT30 = ["acrobot-swingup", "acrobot-swingup_sparse", "ball_in_cup-catch", "cartpole-balance",
+        "cartpole-balance_sparse", "cartpole-swingup", "cartpole-swingup_sparse",
+        "cartpole-two_poles", "cartpole-three_poles", "cheetah-run", "finger-spin",
+        "finger-turn_easy", "finger-turn_hard", "fish-upright", "fish-swim", "hopper-stand",
+        "hopper-hop", "pendulum-swingup", "point_mass-easy", "point_mass-hard", "quadruped-walk",
+        "quadruped-run", "reacher-easy", "reacher-hard", "swimmer-swimmer6", "swimmer-swimmer15",
+        "walker-stand", "walker-walk", "walker-run", "humanoid-stand"]
 DMC_HARD = ["dog-stand", "dog-walk", "dog-trot", "dog-run", "humanoid-stand", "humanoid-walk",
             "humanoid-run"]
 

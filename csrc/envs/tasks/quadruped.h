@@ -1,5 +1,5 @@
-// Quadruped, ported from dm_control/suite/quadruped.py (tasks: walk, run; escape and fetch are
-// not ported).
+// Quadruped, ported from dm_control/suite/quadruped.py (tasks: walk, run, fetch; escape, whose
+// terrain comes from scipy.ndimage.zoom of random bumps, is not ported).
 #pragma once
 
 #include <stdexcept>
@@ -15,8 +15,10 @@ namespace mtrl::tasks {
 
 class Quadruped : public Task {
  public:
-  explicit Quadruped(const Physics& p, double desired_speed)
-      : desired_speed_(desired_speed), root_(p.JointQposAdr("root")), torso_(p.BodyId("torso")),
+  // fetch: the ball-fetching task (model with walls and ball); otherwise Move at desired_speed.
+  Quadruped(const Physics& p, double desired_speed, bool fetch = false)
+      : desired_speed_(desired_speed), fetch_(fetch), root_(p.JointQposAdr("root")),
+        root_dof_(p.JointDofAdr("root")), torso_(p.BodyId("torso")),
         velocimeter_(p.SensorAdr("velocimeter")) {
     for (int j = 0; j < p.m->njnt; ++j) {
       if (p.m->jnt_type[j] == mjJNT_HINGE) {
@@ -30,25 +32,39 @@ class Quadruped : public Task {
       if (type == mjSENS_GYRO || type == mjSENS_ACCELEROMETER) imu_.push_back(sensor);
       if (type == mjSENS_FORCE || type == mjSENS_TORQUE) force_torque_.push_back(sensor);
     }
+    if (fetch_) {
+      ball_ = p.BodyId("ball");
+      ball_geom_ = p.GeomId("ball");
+      ball_qpos_ = p.JointQposAdr("ball_root");
+      ball_dof_ = p.JointDofAdr("ball_root");
+      floor_ = p.GeomId("floor");
+      target_ = p.SiteId("target");
+      workspace_ = p.SiteId("workspace");
+    }
   }
 
   void InitializeEpisode(Physics& p, Rng& rng) override {
     double orientation[4];
-    for (double& q : orientation) q = rng.Normal();
-    mju_normalize4(orientation);
-    // _find_non_contacting_height: raise the body in 1 cm steps until nothing touches.
-    double z = 0;
-    for (int attempt = 0; attempt <= 10000; ++attempt) {
-      p.Reset();
-      p.d->qpos[root_] = 0;
-      p.d->qpos[root_ + 1] = 0;
-      p.d->qpos[root_ + 2] = z;
-      mju_copy4(p.d->qpos + root_ + 3, orientation);
-      p.ForwardWithoutActuation();
-      if (p.d->ncon == 0) return;
-      z += 0.01;
+    if (!fetch_) {
+      for (double& q : orientation) q = rng.Normal();
+      mju_normalize4(orientation);
+      FindNonContactingHeight(p, orientation, 0, 0);
+      return;
     }
-    throw std::runtime_error("quadruped: failed to find a non-contacting configuration");
+    // Fetch: random heading and position, then the ball dropped from 2 m with a random push.
+    const double azimuth = rng.Uniform(0, 2 * M_PI);
+    orientation[0] = std::cos(azimuth / 2);
+    orientation[1] = orientation[2] = 0;
+    orientation[3] = std::sin(azimuth / 2);
+    const double spawn_radius = 0.9 * p.m->geom_size[3 * floor_];
+    const double x = rng.Uniform(-spawn_radius, spawn_radius);
+    const double y = rng.Uniform(-spawn_radius, spawn_radius);
+    FindNonContactingHeight(p, orientation, x, y);
+    p.d->qpos[ball_qpos_] = rng.Uniform(-spawn_radius, spawn_radius);
+    p.d->qpos[ball_qpos_ + 1] = rng.Uniform(-spawn_radius, spawn_radius);
+    p.d->qpos[ball_qpos_ + 2] = 2;
+    p.d->qvel[ball_dof_] = 5 * rng.Normal();
+    p.d->qvel[ball_dof_ + 1] = 5 * rng.Normal();
   }
   void Observe(const Physics& p, ObsWriter& out) const override {
     for (int a : hinge_qpos_) out.Put(p.d->qpos[a]);  // egocentric_state
@@ -60,28 +76,78 @@ class Quadruped : public Task {
     for (const auto& s : force_torque_) {                                      // force_torque
       for (int i = 0; i < s.second; ++i) out.Put(std::asinh(p.d->sensordata[s.first + i]));
     }
+    if (!fetch_) return;
+    const double* frame = p.d->xmat + 9 * torso_;
+    double rel[3], local[3];
+    mju_sub3(rel, p.d->xpos + 3 * ball_, p.d->xpos + 3 * torso_);  // ball_state: position,
+    mju_mulMatTVec3(local, frame, rel);
+    out.Put(local, 3);
+    mju_sub3(rel, p.d->qvel + ball_dof_, p.d->qvel + root_dof_);  // linear velocity,
+    mju_mulMatTVec3(local, frame, rel);
+    out.Put(local, 3);
+    mju_mulMatTVec3(local, frame, p.d->qvel + ball_dof_ + 3);  // angular velocity
+    out.Put(local, 3);
+    mju_sub3(rel, p.d->site_xpos + 3 * target_, p.d->xpos + 3 * torso_);  // target_position
+    mju_mulMatTVec3(local, frame, rel);
+    out.Put(local, 3);
   }
   double Reward(const Physics& p) const override {
     // _upright_reward(deviation_angle=0): cos(0) = 1.
     const double upright = Tolerance(XMat(p, torso_, 2, 2), 1, INFINITY, 2, Sigmoid::kLinear, 0.0);
+    if (fetch_) return upright * ReachThenFetch(p);
     const double move = Tolerance(p.d->sensordata[velocimeter_], desired_speed_, INFINITY, desired_speed_,
                                   Sigmoid::kLinear, 0.5);
     return upright * move;
   }
 
  private:
+  // _find_non_contacting_height: raise the body in 1 cm steps until nothing touches.
+  void FindNonContactingHeight(Physics& p, const double* orientation, double x, double y) const {
+    double z = 0;
+    for (int attempt = 0; attempt <= 10000; ++attempt) {
+      p.Reset();
+      p.d->qpos[root_] = x;
+      p.d->qpos[root_ + 1] = y;
+      p.d->qpos[root_ + 2] = z;
+      mju_copy4(p.d->qpos + root_ + 3, orientation);
+      p.ForwardWithoutActuation();
+      if (p.d->ncon == 0) return;
+      z += 0.01;
+    }
+    throw std::runtime_error("quadruped: failed to find a non-contacting configuration");
+  }
+  // Fetch.get_reward without the upright factor.
+  double ReachThenFetch(const Physics& p) const {
+    const double arena_radius = p.m->geom_size[3 * floor_] * std::sqrt(2.0);
+    const double workspace_radius = p.m->site_size[3 * workspace_];
+    const double ball_radius = p.m->geom_size[3 * ball_geom_];
+    const double* ball = p.d->xpos + 3 * ball_;
+    auto dist2d = [](const double* a, const double* b) { return std::hypot(a[0] - b[0], a[1] - b[1]); };
+    const double reach = Tolerance(dist2d(p.d->site_xpos + 3 * workspace_, ball), 0,
+                                   workspace_radius + ball_radius, arena_radius, Sigmoid::kLinear, 0.0);
+    const double fetch = Tolerance(dist2d(p.d->site_xpos + 3 * target_, ball), 0,
+                                   p.m->site_size[3 * target_], arena_radius, Sigmoid::kLinear, 0.0);
+    return reach * (0.5 + 0.5 * fetch);
+  }
+
   double desired_speed_;
-  int root_, torso_, velocimeter_;
+  bool fetch_;
+  int root_, root_dof_, torso_, velocimeter_;
+  int ball_ = -1, ball_geom_ = -1, ball_qpos_ = -1, ball_dof_ = -1, floor_ = -1, target_ = -1,
+      workspace_ = -1;
   std::vector<int> hinge_qpos_, hinge_dof_;
   std::vector<std::pair<int, int>> imu_, force_torque_;  // (sensordata address, dim)
 };
 
-// quadruped.make_model(floor_size) with no terrain, rangefinders, walls or ball.
-inline void EditQuadrupedMoveModel(mjSpec* spec, double floor_size) {
-  SetGeomSize(spec, "floor", floor_size, floor_size, 0.5);
-  for (const char* w : {"wall_px", "wall_py", "wall_nx", "wall_ny"}) Remove(spec, mjOBJ_GEOM, w);
-  Remove(spec, mjOBJ_BODY, "ball");
-  Remove(spec, mjOBJ_SITE, "target");
+// quadruped.make_model(floor_size, terrain=False, rangefinders=False, walls_and_ball);
+// floor_size <= 0 keeps the XML's floor.
+inline void EditQuadrupedModel(mjSpec* spec, double floor_size, bool walls_and_ball) {
+  if (floor_size > 0) SetGeomSize(spec, "floor", floor_size, floor_size, 0.5);
+  if (!walls_and_ball) {
+    for (const char* w : {"wall_px", "wall_py", "wall_nx", "wall_ny"}) Remove(spec, mjOBJ_GEOM, w);
+    Remove(spec, mjOBJ_BODY, "ball");
+    Remove(spec, mjOBJ_SITE, "target");
+  }
   Remove(spec, mjOBJ_GEOM, "terrain");
   std::vector<mjsElement*> rangefinders;
   for (mjsElement* el = mjs_firstElement(spec, mjOBJ_SENSOR); el; el = mjs_nextElement(spec, el)) {
@@ -99,9 +165,14 @@ inline void AddQuadrupedTasks(std::vector<TaskDef>& defs) {
                   return std::make_unique<Quadruped>(p, speed);
                 }};
     def.variant = std::string("move-") + task;
-    def.edit = [speed = speed](mjSpec* spec) { EditQuadrupedMoveModel(spec, 20.0 * speed); };
+    def.edit = [speed = speed](mjSpec* spec) { EditQuadrupedModel(spec, 20.0 * speed, false); };
     defs.push_back(def);
   }
+  TaskDef fetch{"quadruped-fetch", "quadruped.xml", 0.02, 20.0, false,
+                [](const Physics& p) -> std::unique_ptr<Task> { return std::make_unique<Quadruped>(p, 0.0, true); }};
+  fetch.variant = "fetch";
+  fetch.edit = [](mjSpec* spec) { EditQuadrupedModel(spec, 0.0, true); };
+  defs.push_back(fetch);
 }
 
 }  // namespace mtrl::tasks
