@@ -417,3 +417,43 @@ def test_cuda_entry_points_fail_cleanly_without_a_device():
         _core._td_target_cuda(1, 0, 2, 8, 11, 1, 1, 0, 0.99, 0, 1, 1, 1, -10.0, 10.0, 0, 0, 0.0, 0, 0)
     with pytest.raises(RuntimeError, match=f"(?i){match}"):
         _core._cross_entropy_cuda(1, 1, 2, 8, 11, 1, 0, 1, 0, 1, 1, 0, 0)
+
+
+def test_eager_path_equals_the_registered_ops():
+    logits, reward, mask, discount, entropy = make_inputs(2, 300, 101, seed=61)
+    eager = categorical_td_target(logits, reward, mask, discount, entropy, combine="min")
+    ops = torch.ops.mtrl.categorical_td_target(logits, reward, mask, discount, 0.0, entropy, -10.0,
+                                               10.0, 1, 0, 0.0, True)
+    for x, y in zip(eager, ops):
+        assert torch.equal(x, y)
+    online = torch.randn(2, 300, 101, requires_grad=True)
+    weight = torch.rand(300)
+    loss, td = categorical_cross_entropy(online, eager[0], weight, return_td_error=True)
+    (grad,) = torch.autograd.grad(loss * 0.5, online)
+    op_loss, op_td, _ = torch.ops.mtrl.categorical_cross_entropy(online, eager[0], weight, True,
+                                                                 True)
+    (op_grad,) = torch.autograd.grad(op_loss * 0.5, online)
+    assert torch.equal(loss, op_loss) and torch.equal(td, op_td) and torch.equal(grad, op_grad)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8, 9, 16, 17, 33])
+@pytest.mark.parametrize("allow_avx2", [True, False])
+def test_small_and_odd_atom_counts_in_both_builds(k, allow_avx2):
+    # Exercises the vector tails (K below, at and just above the 4/8-lane widths).
+    logits, reward, mask, discount, entropy = make_inputs(2, 37, k, seed=67 + k, spread=4.0)
+    target, value = torch.empty(37, k), torch.empty(37)
+    assert _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), discount.numpy(),
+                                0.0, entropy.numpy(), target.numpy(), value.numpy(), -5.0, 5.0, 0,
+                                0, 0.0, 1, allow_avx2) == 0
+    np_t, np_v = np_td_target(logits, reward, mask, discount, entropy, -5, 5)
+    np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+    np.testing.assert_allclose(value.numpy(), np_v, atol=5e-5, rtol=1e-5)
+    online = torch.randn(2, 37, k) * 2
+    weight = torch.rand(37) + 0.1
+    td, grad, loss = torch.empty(37), torch.empty(2, 37, k), torch.empty(())
+    assert _core._cross_entropy_cpu(online.numpy(), target.numpy(), weight.numpy(), td.numpy(),
+                                    grad.numpy(), loss.numpy(), 1, allow_avx2) == 0
+    np_loss, np_td, np_grad = np_cross_entropy(online, target, weight)
+    np.testing.assert_allclose(loss.item(), np_loss, rtol=1e-5)
+    np.testing.assert_allclose(td.numpy(), np_td, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), np_grad, atol=1e-7, rtol=1e-4)

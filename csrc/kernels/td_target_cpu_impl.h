@@ -1,9 +1,9 @@
 // Row kernels of the CPU TD target and cross-entropy, included by td_target_cpu.cc (baseline ISA)
 // and td_target_cpu_avx2.cc (AVX2 + FMA). Everything has internal linkage; see fast_math.h for why.
 //
-// Loops over the K atoms are written with kLanes independent accumulators and no calls, so the
-// compiler vectorises them (max, exp-and-sum, dot products, the C51 bin computation). Only the C51
-// mass scatter is scalar; it streams monotone bins through registers (see ProjectC51Monotone).
+// Reductions over the K atoms use explicit vector types (max, exp-and-sum, dot products); the
+// element-wise loops (member mix, C51 bins and masses, gradient) are left to the auto-vectoriser.
+// Only the C51 mass scatter is scalar (see ProjectC51).
 #pragma once
 
 #include <cstdint>
@@ -15,8 +15,6 @@
 
 namespace mtrl {
 namespace {
-
-constexpr int kLanes = 16;
 
 inline float Log(float x) { return __builtin_logf(x); }
 inline double Log(double x) { return __builtin_log(x); }
@@ -31,65 +29,178 @@ inline T NaN() {
   return static_cast<T>(__builtin_nan(""));
 }
 
-// max_j x_j (NaN entries are skipped here; they surface as a NaN softmax sum).
-template <typename T>
-inline T RowMax(const T* x, int64_t k) {
-  T acc[kLanes];
-  for (int l = 0; l < kLanes; ++l) acc[l] = -static_cast<T>(__builtin_inf());
+// Row reductions. The float versions use GCC/Clang vector types explicitly (8 lanes with AVX, 4
+// with the baseline SSE2; two accumulators; pairwise lane combine) and finish a row with one
+// overlapping full-width load whose already-counted lanes are masked off. Auto-vectorised lane
+// arrays were kept on the stack, and their final combine and scalar tails hit store-forwarding
+// stalls that cost more than the loops themselves.
+#if defined(__AVX__)
+constexpr int kW = 8;
+typedef float FV __attribute__((vector_size(32)));
+typedef int32_t IV __attribute__((vector_size(32)));
+#define MTRL_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
+#else
+constexpr int kW = 4;
+typedef float FV __attribute__((vector_size(16)));
+typedef int32_t IV __attribute__((vector_size(16)));
+#define MTRL_IOTA {0, 1, 2, 3}
+#endif
+
+inline FV Splat(float x) { return FV{} + x; }
+inline FV LoadV(const float* p) {
+  FV v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void StoreV(float* p, FV v) { std::memcpy(p, &v, sizeof(v)); }
+inline FV MaxV(FV a, FV b) { return b > a ? b : a; }  // NaN in b is skipped
+inline FV Select(IV mask, FV a, FV b) { return mask ? a : b; }
+
+// Lanes of the last full vector x[k - kW .. k - 1] whose index is >= j (not yet processed).
+inline IV TailMask(int64_t k, int64_t j) {
+  const IV iota = MTRL_IOTA;
+  return (iota + static_cast<int32_t>(k - kW)) >= static_cast<int32_t>(j);
+}
+// x[j .. k-1] in the high lanes of the last full vector, `fill` elsewhere (needs k >= kW).
+inline FV LoadLast(const float* x, int64_t k, int64_t j, float fill) {
+  return Select(TailMask(k, j), LoadV(x + k - kW), Splat(fill));
+}
+
+#if defined(__clang__)
+#define MTRL_SHUFFLE(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#else
+#define MTRL_SHUFFLE(v, ...) __builtin_shuffle(v, IV{__VA_ARGS__})
+#endif
+template <typename Op>
+inline float Horizontal(FV v, Op op) {
+#if defined(__AVX__)
+  v = op(v, MTRL_SHUFFLE(v, 4, 5, 6, 7, 0, 1, 2, 3));
+  v = op(v, MTRL_SHUFFLE(v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = op(v, MTRL_SHUFFLE(v, 1, 0, 3, 2, 5, 4, 7, 6));
+#else
+  v = op(v, MTRL_SHUFFLE(v, 2, 3, 0, 1));
+  v = op(v, MTRL_SHUFFLE(v, 1, 0, 3, 2));
+#endif
+  return v[0];
+}
+#undef MTRL_SHUFFLE
+#undef MTRL_IOTA
+inline FV AddV(FV a, FV b) { return a + b; }
+
+// exp of kW lanes (the vector form of FastExp in fast_math.h; same constants).
+inline FV FastExpV(FV x) {
+  const FV lo = Splat(-86.5f);
+  x = x < lo ? lo : x;  // NaN passes through
+  const FV shift = Splat(12582912.0f + 127.0f);
+  const FV t = x * 1.44269504088896341f + shift;
+  const FV n = t - shift;
+  const FV r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  FV p = Splat(8.291716687e-3f);
+  p = p * r + 4.191502929e-2f;
+  p = p * r + 1.666766256e-1f;
+  p = p * r + 4.999890030e-1f;
+  p = p * r + 9.999996424e-1f;
+  p = p * r + 1.000000119f;
+  const IV bits = __builtin_bit_cast(IV, t) << 23;  // (n + 127) << 23 = 2^n
+  return p * __builtin_bit_cast(FV, bits);
+}
+
+inline float RowMax(const float* x, int64_t k) {
+  const float ninf = -__builtin_inff();
+  FV a = Splat(ninf), b = Splat(ninf);
   int64_t j = 0;
-  for (; j + kLanes <= k; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
+  for (; j + 2 * kW <= k; j += 2 * kW) {
+    a = MaxV(a, LoadV(x + j));
+    b = MaxV(b, LoadV(x + j + kW));
   }
-  T m = -static_cast<T>(__builtin_inf());
-  for (; j < k; ++j) m = x[j] > m ? x[j] : m;
-  for (int l = 0; l < kLanes; ++l) m = acc[l] > m ? acc[l] : m;
+  if (j + kW <= k) a = MaxV(a, LoadV(x + j)), j += kW;
+  float m = Horizontal(MaxV(a, b), MaxV);
+  if (j < k && k >= kW) m = Horizontal(MaxV(Splat(m), LoadLast(x, k, j, ninf)), MaxV);
+  for (; j < k && k < kW; ++j) m = x[j] > m ? x[j] : m;
   return m;
 }
 
 // out_j = exp(x_j - m); returns sum_j out_j.
-template <typename T>
-inline T ExpSum(const T* x, int64_t k, T m, T* out) {
-  T acc[kLanes] = {};
+inline float ExpSum(const float* x, int64_t k, float m, float* out) {
+  FV a = Splat(0.0f), b = Splat(0.0f);
   int64_t j = 0;
-  for (; j + kLanes <= k; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const T e = FastExp(x[j + l] - m);
-      out[j + l] = e;
-      acc[l] += e;
-    }
+  for (; j + 2 * kW <= k; j += 2 * kW) {
+    const FV e0 = FastExpV(LoadV(x + j) - m), e1 = FastExpV(LoadV(x + j + kW) - m);
+    StoreV(out + j, e0);
+    StoreV(out + j + kW, e1);
+    a += e0;
+    b += e1;
   }
-  T s = 0;
+  if (j + kW <= k) {
+    const FV e = FastExpV(LoadV(x + j) - m);
+    StoreV(out + j, e);
+    a += e;
+    j += kW;
+  }
+  if (j < k && k >= kW) {  // recomputes the overlapping lanes bit-identically
+    const FV e = FastExpV(LoadV(x + k - kW) - m);
+    StoreV(out + k - kW, e);
+    b += Select(TailMask(k, j), e, Splat(0.0f));
+    j = k;
+  }
+  float s = Horizontal(a + b, AddV);
   for (; j < k; ++j) {
     out[j] = FastExp(x[j] - m);
     s += out[j];
   }
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
   return s;
 }
 
-template <typename T>
-inline T Dot(const T* a, const T* b, int64_t k) {
-  T acc[kLanes] = {};
+inline float Dot(const float* x, const float* y, int64_t k) {
+  FV a = Splat(0.0f), b = Splat(0.0f);
   int64_t j = 0;
-  for (; j + kLanes <= k; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[j + l] * b[j + l];
+  for (; j + 2 * kW <= k; j += 2 * kW) {
+    a += LoadV(x + j) * LoadV(y + j);
+    b += LoadV(x + j + kW) * LoadV(y + j + kW);
   }
-  T s = 0;
-  for (; j < k; ++j) s += a[j] * b[j];
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  if (j + kW <= k) a += LoadV(x + j) * LoadV(y + j), j += kW;
+  if (j < k && k >= kW) b += LoadLast(x, k, j, 0.0f) * LoadV(y + k - kW), j = k;
+  float s = Horizontal(a + b, AddV);
+  for (; j < k; ++j) s += x[j] * y[j];
   return s;
 }
 
-template <typename T>
-inline T Sum(const T* a, int64_t k) {
-  T acc[kLanes] = {};
+inline float Sum(const float* x, int64_t k) {
+  FV a = Splat(0.0f), b = Splat(0.0f);
   int64_t j = 0;
-  for (; j + kLanes <= k; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[j + l];
+  for (; j + 2 * kW <= k; j += 2 * kW) {
+    a += LoadV(x + j);
+    b += LoadV(x + j + kW);
   }
-  T s = 0;
-  for (; j < k; ++j) s += a[j];
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  if (j + kW <= k) a += LoadV(x + j), j += kW;
+  if (j < k && k >= kW) b += LoadLast(x, k, j, 0.0f), j = k;
+  float s = Horizontal(a + b, AddV);
+  for (; j < k; ++j) s += x[j];
+  return s;
+}
+
+// float64 (validation and gradcheck path): plain loops, libm exp.
+inline double RowMax(const double* x, int64_t k) {
+  double m = -__builtin_inf();
+  for (int64_t j = 0; j < k; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+inline double ExpSum(const double* x, int64_t k, double m, double* out) {
+  double s = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    out[j] = FastExp(x[j] - m);
+    s += out[j];
+  }
+  return s;
+}
+inline double Dot(const double* x, const double* y, int64_t k) {
+  double s = 0.0;
+  for (int64_t j = 0; j < k; ++j) s += x[j] * y[j];
+  return s;
+}
+inline double Sum(const double* x, int64_t k) {
+  double s = 0.0;
+  for (int64_t j = 0; j < k; ++j) s += x[j];
   return s;
 }
 
@@ -99,49 +210,28 @@ struct Scratch {
   T atoms[kMaxAtoms];
   T buf0[kMaxAtoms];
   T buf1[kMaxAtoms];
-  T frac[kMaxAtoms + 1];  // C51: b_j - floor(b_j); HL-Gauss: erf at the K + 1 bin edges
+  T frac[kMaxAtoms + 1];  // HL-Gauss: erf at the K + 1 bin edges
+  T mass_lo[kMaxAtoms];   // C51: p_j (1 - frac_j), to bin low_j
+  T mass_hi[kMaxAtoms];   // C51: p_j frac_j, to bin low_j + 1
+  T y_hi[kMaxAtoms];
   int32_t low[kMaxAtoms];
 };
 
-// Mass p_j at fractional bin b_j = low_j + frac_j goes (1 - frac_j) to low_j and frac_j to
-// low_j + 1 (spec §3.2; frac = 0 on an exact hit, so the whole mass stays on low_j). When the
-// bins are non-decreasing in j (gamma * mask >= 0), a bin receives no mass once the scan has
-// passed it, so finished bins are stored without re-reading y (no store-to-load chains).
+// C51 mass split (spec §3.2): the mass at fractional bin b_j = low_j + frac_j goes p (1 - frac)
+// to low_j and p frac to low_j + 1 (frac = 0 on an exact hit, so the whole mass stays on low_j).
+// Two branch-free scatter-adds into separate rows (lower and upper shares), then one shifted add:
+// consecutive atoms mostly hit different bins, so the read-modify-writes rarely wait on each other.
+// Works for bins in any order (any sign of gamma * mask).
 template <typename T>
-inline void ProjectC51Monotone(const T* p, const int32_t* low, const T* frac, int64_t k, T* y) {
+inline void ProjectC51(const int32_t* low, const T* mass_lo, const T* mass_hi, int64_t k, T* y,
+                       T* y_hi) {
   std::memset(y, 0, sizeof(T) * k);
-  int32_t cur = low[0];
-  T lo = 0;  // mass for bin cur
-  T hi = 0;  // mass for bin cur + 1
+  std::memset(y_hi, 0, sizeof(T) * k);
   for (int64_t j = 0; j < k; ++j) {
-    if (low[j] != cur) {
-      y[cur] = lo;
-      if (low[j] == cur + 1) {
-        lo = hi;
-      } else {
-        if (cur + 1 < k) y[cur + 1] = hi;  // always true for monotone bins; keeps writes in range
-        lo = 0;
-      }
-      hi = 0;
-      cur = low[j];
-    }
-    lo += p[j] * (1 - frac[j]);
-    hi += p[j] * frac[j];
+    y[low[j]] += mass_lo[j];
+    y_hi[low[j]] += mass_hi[j];  // belongs to bin low_j + 1 (0 when low_j = K - 1)
   }
-  y[cur] = lo;
-  if (cur + 1 < k) y[cur + 1] = hi;  // at cur = K - 1 every frac is 0, so hi = 0
-}
-
-// Any order of bins (gamma * mask < 0): plain scatter-add.
-template <typename T>
-inline void ProjectC51Scatter(const T* p, const int32_t* low, const T* frac, int64_t k, T* y) {
-  std::memset(y, 0, sizeof(T) * k);
-  for (int64_t j = 0; j < k; ++j) {
-    const int32_t l = low[j];
-    const int32_t u = l + 1 < k ? l + 1 : l;
-    y[l] += p[j] * (1 - frac[j]);
-    y[u] += p[j] * frac[j];
-  }
+  for (int64_t i = 1; i < k; ++i) y[i] += y_hi[i - 1];
 }
 
 // Mixed next-state distribution p (combine over members) for sample b; false if not finite.
@@ -209,6 +299,7 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
   const int64_t k = a.num_atoms;
   const T v_min = static_cast<T>(a.v_min), v_max = static_cast<T>(a.v_max);
   const T dz = static_cast<T>((a.v_max - a.v_min) / static_cast<double>(k - 1));
+  const T inv_dz = static_cast<T>(static_cast<double>(k - 1) / (a.v_max - a.v_min));
   const T last = static_cast<T>(k - 1);
   Scratch<T> s;
   for (int64_t j = 0; j < k; ++j) s.atoms[j] = v_min + static_cast<T>(j) * dz;
@@ -228,23 +319,33 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
       ++bad;
       continue;
     }
-    if (a.projection == Projection::kC51) {
+    if (a.projection == Projection::kC51 && g == 0) {
+      // gamma * mask = 0 (terminal): every atom lands on clip(r); split the total mass once
+      // instead of scatter-adding K times into the same two bins.
+      T zh = r < v_min ? v_min : (r > v_max ? v_max : r);
+      T bj = (zh - v_min) * inv_dz;
+      bj = bj > 0 ? bj : T(0);
+      bj = bj < last ? bj : last;
+      const int32_t l = static_cast<int32_t>(bj);
+      const T frac = bj - static_cast<T>(l), total = Sum(p, k);
+      std::memset(y, 0, sizeof(T) * k);
+      y[l] = total * (1 - frac);
+      if (l + 1 < k) y[l + 1] = total * frac;
+    } else if (a.projection == Projection::kC51) {
       for (int64_t j = 0; j < k; ++j) {
         T zh = r + g * (s.atoms[j] - ent);  // spec §2.2: z_hat = r + gamma * m * (z - alpha log pi)
         zh = zh < v_min ? v_min : zh;
         zh = zh > v_max ? v_max : zh;
-        T bj = (zh - v_min) / dz;
+        T bj = (zh - v_min) * inv_dz;
         bj = bj > 0 ? bj : T(0);  // also maps NaN to 0: indices stay in range whatever happens
         bj = bj < last ? bj : last;
         const int32_t l = static_cast<int32_t>(bj);
+        const T frac = bj - static_cast<T>(l);
         s.low[j] = l;
-        s.frac[j] = bj - static_cast<T>(l);
+        s.mass_lo[j] = p[j] * (1 - frac);
+        s.mass_hi[j] = p[j] * frac;
       }
-      if (g >= 0) {
-        ProjectC51Monotone(p, s.low, s.frac, k, y);
-      } else {
-        ProjectC51Scatter(p, s.low, s.frac, k, y);
-      }
+      ProjectC51(s.low, s.mass_lo, s.mass_hi, k, y, s.y_hi);
     } else {
       const T value = Dot(s.atoms, p, k);
       T t = r + g * (value - ent);

@@ -1,6 +1,6 @@
 """Fused categorical TD target and cross-entropy as ``torch.library`` ops (C++ on CPU, CUDA on GPU).
 
-Two custom ops wrap the kernels of ``csrc/kernels``:
+Two custom ops wrap the kernels of ``csrc/kernels`` (device implementations in ``_kernels.py``):
 
 * ``mtrl::categorical_td_target``: softmax of the target logits, member combine, atom shift
   ``r + gamma m (z - entropy)``, clip and C51 projection (or HL-Gauss) in one pass (spec §2.2, §3.2).
@@ -9,9 +9,12 @@ Two custom ops wrap the kernels of ``csrc/kernels``:
   gradient in backward (``register_autograd``). No double backward.
 
 Both have fake (meta) implementations, so they trace under ``torch.compile`` and replay inside CUDA
-graphs (outputs are allocated by the op, the CUDA kernels run on the current stream). The
-semantics are those of :mod:`mtrl.ops.reference`. Inputs are validated here with clear errors;
-non-contiguous inputs are made contiguous (a copy), never rejected.
+graphs (outputs are allocated by the op, the CUDA kernels run on the current stream). In plain
+eager mode the public functions call the same kernels directly (and a ``torch.autograd.Function``
+for the loss), skipping the dispatcher's Python round trip; while compiling or under a dispatch
+mode they go through the registered ops. The semantics are those of :mod:`mtrl.ops.reference`.
+Inputs are validated here with clear errors; non-contiguous inputs are made contiguous (a copy),
+never rejected.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl import _core
+from mtrl.ops import _kernels
 from mtrl.ops.reference import HL_GAUSS_SIGMA_BINS, hl_gauss_target_reference
 
 __all__ = ["categorical_cross_entropy", "categorical_td_target", "hl_gauss_target"]
@@ -32,22 +35,11 @@ _PROJECTION = {"c51": 0, "hl_gauss": 1}
 _LOGIT_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.bfloat16)}
 
 
-def _np(t: Tensor | None):
-    return None if t is None else t.detach().numpy()
-
-
 def _compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
-def _nonfinite_error(op: str, bad: int, batch: int, named: dict[str, Tensor | None]) -> ValueError:
-    # Only on the error path: find which inputs hold the NaN/Inf to name them.
-    culprits = [n for n, t in named.items() if t is not None and not bool(torch.isfinite(t).all())]
-    where = ", ".join(culprits) if culprits else "inputs (overflow)"
-    return ValueError(f"{op}: {bad} of {batch} samples have non-finite values (NaN/Inf) in {where}")
-
-
-# --------------------------------------------------------------------------- TD target op
+# --------------------------------------------------------------------------- registered ops
 @torch.library.custom_op("mtrl::categorical_td_target", mutates_args=(), device_types="cpu")
 def _td_target_op(
     target_logits: Tensor,
@@ -63,69 +55,11 @@ def _td_target_op(
     sigma: float,
     check_finite: bool,
 ) -> tuple[Tensor, Tensor]:
-    _, batch, num_atoms = target_logits.shape
-    target = torch.empty(batch, num_atoms, dtype=target_logits.dtype)
-    value = torch.empty(batch, dtype=target_logits.dtype)
-    bad = _core._td_target_cpu(
-        _np(target_logits), _np(reward), _np(mask), _np(discount), discount_value, _np(entropy),
-        target.numpy(), value.numpy(), v_min, v_max, combine, projection, sigma,
-        torch.get_num_threads(),
-    )
-    if bad and check_finite:
-        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
-                 "discount": discount, "entropy": entropy}
-        raise _nonfinite_error("categorical_td_target", bad, batch, named)
-    return target, value
+    return _kernels.td_target_cpu(target_logits, reward, mask, discount, discount_value, entropy,
+                                  v_min, v_max, combine, projection, sigma, check_finite)
 
 
-def _cuda_dtype_code(t: Tensor) -> int:
-    return 1 if t.dtype == torch.bfloat16 else 0
-
-
-def _ptr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _check_cuda_buffers(device: torch.device, **named: Tensor | None) -> None:
-    # The CUDA binding receives raw pointers and cannot check these itself.
-    for name, t in named.items():
-        if t is None:
-            continue
-        if t.device != device or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous tensor on {device}")
-        if name not in ("target_logits", "online_logits") and t.dtype != torch.float32:
-            raise TypeError(f"{name} must be float32 on CUDA, got {t.dtype}")
-
-
-def _cuda_nonfinite(count: Tensor, check_finite: bool) -> int:
-    # Reading the count synchronises; never while a CUDA graph is being captured.
-    if not check_finite or torch.cuda.is_current_stream_capturing():
-        return 0
-    return int(count.item())
-
-
-@_td_target_op.register_kernel("cuda")
-def _td_target_cuda(target_logits, reward, mask, discount, discount_value, entropy, v_min, v_max,
-                    combine, projection, sigma, check_finite):
-    members, batch, num_atoms = target_logits.shape
-    device = target_logits.device
-    _check_cuda_buffers(device, target_logits=target_logits, reward=reward, mask=mask,
-                        discount=discount, entropy=entropy)
-    target = torch.empty(batch, num_atoms, dtype=torch.float32, device=device)
-    value = torch.empty(batch, dtype=torch.float32, device=device)
-    count = torch.empty(1, dtype=torch.int32, device=device)
-    _core._td_target_cuda(
-        target_logits.data_ptr(), _cuda_dtype_code(target_logits), members, batch, num_atoms,
-        reward.data_ptr(), mask.data_ptr(), _ptr(discount), discount_value, _ptr(entropy),
-        target.data_ptr(), value.data_ptr(), count.data_ptr(), v_min, v_max, combine, projection,
-        sigma, device.index, torch.cuda.current_stream(device).cuda_stream,
-    )
-    bad = _cuda_nonfinite(count, check_finite)
-    if bad:
-        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
-                 "discount": discount, "entropy": entropy}
-        raise _nonfinite_error("categorical_td_target", bad, batch, named)
-    return target, value
+_td_target_op.register_kernel("cuda")(_kernels.td_target_cuda)
 
 
 @_td_target_op.register_fake
@@ -137,47 +71,14 @@ def _td_target_fake(target_logits, reward, mask, discount, discount_value, entro
             target_logits.new_empty(batch, dtype=dtype))
 
 
-# --------------------------------------------------------------------------- cross-entropy op
 @torch.library.custom_op("mtrl::categorical_cross_entropy", mutates_args=(), device_types="cpu")
 def _cross_entropy_op(
     online_logits: Tensor, target: Tensor, weight: Tensor | None, need_grad: bool, check_finite: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    members, batch, num_atoms = online_logits.shape
-    dtype = online_logits.dtype
-    loss = torch.empty((), dtype=dtype)
-    td_error = torch.empty(batch, dtype=dtype)
-    grad = torch.empty((members, batch, num_atoms) if need_grad else (0,), dtype=dtype)
-    bad = _core._cross_entropy_cpu(
-        _np(online_logits), _np(target), _np(weight), td_error.numpy(),
-        grad.numpy() if need_grad else None, loss.numpy(), torch.get_num_threads(),
-    )
-    if bad and check_finite:
-        named = {"online_logits": online_logits, "target": target, "weight": weight}
-        raise _nonfinite_error("categorical_cross_entropy", bad, batch, named)
-    return loss, td_error, grad
+    return _kernels.cross_entropy_cpu(online_logits, target, weight, need_grad, check_finite)
 
 
-@_cross_entropy_op.register_kernel("cuda")
-def _cross_entropy_cuda(online_logits, target, weight, need_grad, check_finite):
-    members, batch, num_atoms = online_logits.shape
-    device = online_logits.device
-    _check_cuda_buffers(device, online_logits=online_logits, target=target, weight=weight)
-    loss = torch.empty((), dtype=torch.float32, device=device)
-    td_error = torch.empty(batch, dtype=torch.float32, device=device)
-    grad = torch.empty((members, batch, num_atoms) if need_grad else (0,),
-                       dtype=online_logits.dtype, device=device)
-    count = torch.empty(1, dtype=torch.int32, device=device)
-    _core._cross_entropy_cuda(
-        online_logits.data_ptr(), _cuda_dtype_code(online_logits), members, batch, num_atoms,
-        target.data_ptr(), _ptr(weight), td_error.data_ptr(), grad.data_ptr() if need_grad else 0,
-        loss.data_ptr(), count.data_ptr(), device.index,
-        torch.cuda.current_stream(device).cuda_stream,
-    )
-    bad = _cuda_nonfinite(count, check_finite)
-    if bad:
-        named = {"online_logits": online_logits, "target": target, "weight": weight}
-        raise _nonfinite_error("categorical_cross_entropy", bad, batch, named)
-    return loss, td_error, grad
+_cross_entropy_op.register_kernel("cuda")(_kernels.cross_entropy_cuda)
 
 
 @_cross_entropy_op.register_fake
@@ -191,16 +92,10 @@ def _cross_entropy_fake(online_logits, target, weight, need_grad, check_finite):
 
 @torch.library.custom_op("mtrl::scale_saved_grad", mutates_args=(), device_types="cpu")
 def _scale_op(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
-    # In C++ rather than `saved_grad * grad_loss`: one pass on our own threads (torch's
-    # element-wise OpenMP team stalls badly on an oversubscribed machine).
-    out = torch.empty_like(saved_grad)
-    _core._scale_cpu(saved_grad.numpy(), float(grad_loss), out.numpy(), torch.get_num_threads())
-    return out
+    return _kernels.scale_cpu(saved_grad, grad_loss)
 
 
-@_scale_op.register_kernel("cuda")
-def _scale_cuda(saved_grad, grad_loss):
-    return saved_grad * grad_loss.to(saved_grad.dtype)
+_scale_op.register_kernel("cuda")(_kernels.scale_cuda)
 
 
 @_scale_op.register_fake
@@ -208,27 +103,59 @@ def _scale_fake(saved_grad, grad_loss):
     return torch.empty_like(saved_grad)
 
 
-def _cross_entropy_setup_context(ctx, inputs, output) -> None:
-    ctx.need_grad = inputs[3]
-    ctx.save_for_backward(output[2])
+def _save_for_backward(ctx, need_grad: bool, td_error: Tensor, grad: Tensor) -> None:
+    ctx.need_grad = need_grad
+    ctx.save_for_backward(grad)
     # td_error and the saved gradient are not differentiable outputs: without this, autograd
     # would materialise (E, B, K) zero gradients for them on every backward.
-    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.mark_non_differentiable(td_error, grad)
     ctx.set_materialize_grads(False)
 
 
-def _cross_entropy_backward(ctx, grad_loss, grad_td_error, grad_grad):
+def _saved_grad_times(ctx, grad_loss: Tensor | None, scale) -> Tensor | None:
+    if grad_loss is None:
+        return None
     if not ctx.need_grad:
         raise RuntimeError("categorical_cross_entropy was called with need_grad=False")
     (saved_grad,) = ctx.saved_tensors
-    if grad_loss is None:
-        return None, None, None, None, None
     # The loss is linear in the saved per-logit gradient: one scale, no second kernel.
-    return _scale_op(saved_grad, grad_loss), None, None, None, None
+    return scale(saved_grad, grad_loss)
+
+
+def _cross_entropy_setup_context(ctx, inputs, output) -> None:
+    _save_for_backward(ctx, inputs[3], output[1], output[2])
+
+
+def _cross_entropy_backward(ctx, grad_loss, grad_td_error, grad_grad):
+    return _saved_grad_times(ctx, grad_loss, _scale_op), None, None, None, None
 
 
 _cross_entropy_op.register_autograd(_cross_entropy_backward,
                                     setup_context=_cross_entropy_setup_context)
+
+
+# --------------------------------------------------------------------------- eager fast path
+def _eager() -> bool:
+    """True when the kernels may be called directly: not compiling, no dispatch mode (fake
+    tensors, make_fx, opcheck) active. The dispatcher round trip of a Python custom op costs tens
+    of microseconds per call, a large share of a TD-target step on the CPU."""
+    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    """Eager twin of mtrl::categorical_cross_entropy + its registered autograd (same kernels)."""
+
+    @staticmethod
+    def forward(ctx, online_logits, target, weight, need_grad, check_finite):
+        impl = _kernels.cross_entropy_cuda if online_logits.is_cuda else _kernels.cross_entropy_cpu
+        loss, td_error, grad = impl(online_logits, target, weight, need_grad, check_finite)
+        _save_for_backward(ctx, need_grad, td_error, grad)
+        return loss, td_error
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_td_error):
+        scale = _kernels.scale_cuda if ctx.saved_tensors[0].is_cuda else _kernels.scale_cpu
+        return _saved_grad_times(ctx, grad_loss, scale), None, None, None, None
 
 
 # --------------------------------------------------------------------------- validation
@@ -341,10 +268,12 @@ def categorical_td_target(
             raise ValueError(f"discount must be finite, got {discount_value}")
     else:
         raise TypeError(f"discount must be a number or a tensor, got {type(discount).__name__}")
-    return _td_target_op(
-        target_logits.contiguous(), reward, mask, discount_tensor, discount_value, entropy,
-        v_min, v_max, _COMBINE[combine], _PROJECTION[projection], sigma_value, check_finite,
-    )
+    args = (target_logits.contiguous(), reward, mask, discount_tensor, discount_value, entropy,
+            v_min, v_max, _COMBINE[combine], _PROJECTION[projection], sigma_value, check_finite)
+    if _eager():
+        impl = _kernels.td_target_cuda if target_logits.is_cuda else _kernels.td_target_cpu
+        return impl(*args)
+    return _td_target_op(*args)
 
 
 def categorical_cross_entropy(
@@ -387,10 +316,12 @@ def categorical_cross_entropy(
         raise TypeError(f"target must be a floating-point tensor, got {target.dtype}")
     weight = _check_vector("weight", weight, batch, device, dtype)
     need_grad = online_logits.requires_grad and torch.is_grad_enabled()
-    loss, td_error, _ = _cross_entropy_op(
-        online_logits.contiguous(), target.detach().to(dtype).contiguous(),
-        None if weight is None else weight.detach(), need_grad, check_finite,
-    )
+    args = (online_logits.contiguous(), target.detach().to(dtype).contiguous(),
+            None if weight is None else weight.detach(), need_grad, check_finite)
+    if _eager():
+        loss, td_error = _CrossEntropyFunction.apply(*args)
+    else:
+        loss, td_error, _ = _cross_entropy_op(*args)
     if return_td_error:
         return loss, td_error.detach()
     return loss
