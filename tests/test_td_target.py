@@ -457,3 +457,24 @@ def test_small_and_odd_atom_counts_in_both_builds(k, allow_avx2):
     np.testing.assert_allclose(loss.item(), np_loss, rtol=1e-5)
     np.testing.assert_allclose(td.numpy(), np_td, atol=1e-4, rtol=1e-5)
     np.testing.assert_allclose(grad.numpy(), np_grad, atol=1e-7, rtol=1e-4)
+
+
+def test_backward_twice_with_retain_graph_and_accumulation():
+    logits, reward, mask, discount, entropy = make_inputs(2, 16, 11, seed=71)
+    target, _ = categorical_td_target(logits, reward, mask, discount, entropy)
+    online = torch.randn(2, 16, 11, requires_grad=True)
+    loss = categorical_cross_entropy(online, target)
+    loss.backward(retain_graph=True)
+    first = online.grad.clone()
+    loss.backward(retain_graph=True)  # accumulates: must not alter the saved gradient
+    loss.backward()
+    torch.testing.assert_close(online.grad, 3 * first, atol=1e-9, rtol=1e-6)
+    ref = categorical_cross_entropy_reference(online, target)
+    (ref_grad,) = torch.autograd.grad(ref, online)
+    torch.testing.assert_close(first, ref_grad, atol=1e-7, rtol=1e-4)
+    # the gradient also flows on through other ops (non-leaf logits)
+    base = torch.randn(2, 16, 11, requires_grad=True)
+    (categorical_cross_entropy(base * 2.0, target) + (base ** 2).sum()).backward()
+    (expect,) = torch.autograd.grad(
+        categorical_cross_entropy_reference(base * 2.0, target) + (base ** 2).sum(), base)
+    torch.testing.assert_close(base.grad, expect, atol=1e-6, rtol=1e-5)

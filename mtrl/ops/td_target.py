@@ -154,8 +154,18 @@ class _CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_td_error):
-        scale = _kernels.scale_cuda if ctx.saved_tensors[0].is_cuda else _kernels.scale_cpu
-        return _saved_grad_times(ctx, grad_loss, scale), None, None, None, None
+        if ctx.saved_tensors[0].is_cuda:
+            return _saved_grad_times(ctx, grad_loss, _kernels.scale_cuda), None, None, None, None
+        return _saved_grad_times(ctx, grad_loss, _scale_cpu_unless_one), None, None, None, None
+
+
+def _scale_cpu_unless_one(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
+    # loss.backward() passes exactly 1: hand the saved gradient on without a copy. Safe: autograd
+    # never writes into a gradient that something else (the saved state, under retain_graph)
+    # still references; it copies or adds out of place then.
+    if float(grad_loss) == 1.0:
+        return saved_grad
+    return _kernels.scale_cpu(saved_grad, grad_loss)
 
 
 # --------------------------------------------------------------------------- validation
