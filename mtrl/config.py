@@ -206,18 +206,22 @@ def paper_preset() -> TrainConfig:
 
 
 def laptop_preset() -> TrainConfig:
-    """Default with no arguments: 4 cheap DMC tasks, a 256-wide critic, ~30 minutes on 2 CPU cores."""
+    """Default with no arguments: 4 cheap DMC tasks (cartpole-balance, cartpole-swingup,
+    finger-spin, walker-stand), a 256-wide critic, batch 256, 15k iterations (60k env steps),
+    ~30 minutes on 2 CPU cores. One torch thread: torch's OpenMP threads spin-wait and then
+    fight the env engine's threads (and anything else running) for the cores."""
     return TrainConfig(
         env=EnvConfig(tasks=("laptop",)),
         agent=AgentConfig(critic_width=256),
         buffer=BufferConfig(capacity_per_task=100_000, batch_size=256),
-        iterations=20_000,
+        iterations=15_000,
         random_iterations=2_000,
-        eval_interval=2_500,
+        eval_interval=1_500,
         eval_episodes=5,
         log_interval=500,
         checkpoint_interval=5_000,
         run_dir="runs/laptop",
+        torch_threads=1,
     )
 
 

@@ -1,0 +1,59 @@
+"""Configs: validation, presets, task sets (brc-spec §2.1, §9.1)."""
+
+import dataclasses
+
+import pytest
+
+import mtrl.envs
+from mtrl.config import (AgentConfig, BufferConfig, EnvConfig, TrainConfig, laptop_preset,
+                         paper_preset, resolve_tasks)
+
+
+def test_paper_preset_is_the_released_configuration():
+    cfg = paper_preset()
+    assert cfg.agent.critic_width == 4096 and cfg.agent.critic_depth == 2
+    assert cfg.buffer.resolved_batch_size(7) == 1024 and cfg.buffer.resolved_batch_size(1) == 256
+    assert cfg.updates_per_iteration == 2 and cfg.random_iterations == 5000
+    assert cfg.buffer.capacity_per_task == 1_000_000
+    assert cfg.eval_interval == 50_000 and cfg.eval_episodes == 10
+    a = cfg.agent
+    assert (a.lr, a.weight_decay, a.tau, a.gamma, a.init_temperature, a.temperature_beta1) == (
+        3e-4, 1e-4, 0.005, 0.99, 0.1, 0.5)
+    assert (a.num_atoms, a.v_min, a.v_max, a.embedding_dim, a.actor_width) == (101, -10, 10, 32, 256)
+
+
+def test_frozen_and_validated():
+    cfg = laptop_preset()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3
+    with pytest.raises(ValueError, match="batch_size must be > 0"):
+        BufferConfig(batch_size=0)
+    with pytest.raises(ValueError, match="gamma"):
+        AgentConfig(gamma=1.0)
+    with pytest.raises(ValueError, match="iterations must be > 0"):
+        TrainConfig(iterations=0)
+    with pytest.raises(ValueError, match="at least one task"):
+        EnvConfig(tasks=())
+
+
+def test_task_sets_resolve():
+    avail = mtrl.envs.available_tasks()
+    hard = resolve_tasks(("dmc-hard",), avail)
+    assert hard == ["dmc:dog-stand", "dmc:dog-walk", "dmc:dog-trot", "dmc:dog-run",
+                    "dmc:humanoid-stand", "dmc:humanoid-walk", "dmc:humanoid-run"]
+    mt30 = resolve_tasks(("dmc-mt30",), avail)
+    assert len(mt30) == 30 == len(set(mt30))
+    mt10 = resolve_tasks(("metaworld-mt10",), avail)
+    assert len(mt10) == 10 and all(t.startswith("metaworld:") for t in mt10)
+    mt50 = resolve_tasks(("metaworld-mt50",), avail)
+    assert len(mt50) == 50
+    assert resolve_tasks(("cheetah-run", "dmc:walker-walk"), avail) == ["dmc:cheetah-run", "dmc:walker-walk"]
+    assert len(resolve_tasks(("laptop",), avail)) == 4
+
+
+def test_task_errors():
+    avail = mtrl.envs.available_tasks()
+    with pytest.raises(ValueError, match=r"unknown task 'chetah-run'.*dmc:cheetah-run"):
+        resolve_tasks(("chetah-run",), avail)
+    with pytest.raises(ValueError, match="more than once"):
+        resolve_tasks(("cheetah-run", "dmc:cheetah-run"), avail)
