@@ -1,4 +1,4 @@
-"""Replay buffer benchmark: mtrl.replay vs cpprb PrioritizedReplayBuffer vs a NumPy ring (issue 2 §5).
+"""Replay buffer benchmark: mtrl.replay vs cpprb PER vs a NumPy ring buffer (issue 2 §5).
 
 Workload: capacity 1,000,000 transitions, obs 64 float32, action 8 float32, reward, done, task id.
 Rows: insert 16 and 1 transitions per call; sample 256 / 1024 (uniform and PER); update
@@ -7,8 +7,10 @@ PER; cpprb: one buffer per task with Python routing). Ours stores each observati
 next observation is a link, see mtrl/replay.py); cpprb and the NumPy ring store obs and next_obs.
 TorchRL is tried and reported as unavailable when it does not import.
 
-Prints one line per configuration (median over repeats) and ends with ``RESULT {json}``, each
-ratio ours-speed / theirs-speed (> 1: mtrl faster).
+Prints one line per configuration (median over interleaved repeats, wall clock and this thread's
+CPU time) and ends with ``RESULT {json}``: each ratio is ours-speed / theirs-speed (> 1: mtrl
+faster) from wall-clock medians; ``cpu_time_ratios`` repeats them from CPU time, which excludes
+time spent descheduled and so is steadier on a shared machine (both sides run on this thread).
 
     python benchmarks/bench_replay.py [--quick]
 """
@@ -21,6 +23,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,23 +33,32 @@ CAP, OBS, ACT = 1_000_000, 64, 8
 ALPHA, BETA = 0.6, 0.4
 
 
-def timeit(fn: Callable[[], object], iters: int, repeats: int) -> float:
-    """Median over `repeats` of the mean seconds per call over `iters` calls."""
-    return compare([fn], iters, repeats)[0]
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: wall clock, and this thread's CPU time (excludes time descheduled)."""
+
+    wall: float
+    cpu: float
+
+    def __truediv__(self, n: float) -> Timing:
+        return Timing(self.wall / n, self.cpu / n)
 
 
-def compare(fns: list[Callable[[], object]], iters: int, repeats: int) -> list[float]:
-    """Like timeit for several functions, interleaving their repeats so load drift hits all."""
+def compare(fns: list[Callable[[], object]], iters: int, repeats: int) -> list[Timing]:
+    """Median over `repeats` of the mean time per call over `iters` calls, for each function;
+    their repeats are interleaved so that load drift on a shared machine hits all of them."""
     for fn in fns:
         fn()
-    times: list[list[float]] = [[] for _ in fns]
+    walls: list[list[float]] = [[] for _ in fns]
+    cpus: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
+        for fn, wall, cpu in zip(fns, walls, cpus):
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(iters):
                 fn()
-            ts.append((time.perf_counter() - t0) / iters)
-    return [statistics.median(ts) for ts in times]
+            wall.append((time.perf_counter() - t0) / iters)
+            cpu.append((time.thread_time() - c0) / iters)
+    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
 
 
 class Stream:
@@ -138,13 +150,16 @@ def main() -> None:
     reps = 5 if args.quick else 11
     scale = 1 if args.quick else 2
     rng = np.random.default_rng(0)
-    rows: list[tuple[str, float, str, float]] = []
 
-    def row(name: str, ours: float, other_name: str, other: float) -> float:
-        rows.append((name, ours, other_name, other))
-        print(f"{name:<34} ours {ours * 1e6:10.1f} us   {other_name:<12} {other * 1e6:10.1f} us"
-              f"   ratio {other / ours:6.2f}x", flush=True)
-        return other / ours
+    result: dict[str, float] = {}
+    cpu_ratio: dict[str, float] = {}
+
+    def row(key: str, name: str, ours: Timing, other_name: str, other: Timing) -> None:
+        result[key] = other.wall / ours.wall
+        cpu_ratio[key] = round(other.cpu / ours.cpu, 3)
+        print(f"{name:<34} ours {ours.wall * 1e6:9.1f} us (cpu {ours.cpu * 1e6:8.1f})   "
+              f"{other_name:<9} {other.wall * 1e6:9.1f} us (cpu {other.cpu * 1e6:8.1f})   "
+              f"ratio {result[key]:6.2f}x (cpu {cpu_ratio[key]:5.2f}x)", flush=True)
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, python "
           f"{platform.python_version()}, capacity {CAP}, obs {OBS}, act {ACT}")
@@ -155,7 +170,6 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - report why the optional comparison is missing
         print(f"torchrl: unavailable ({type(e).__name__}: {str(e)[:80]})")
 
-    result: dict[str, float] = {}
     # ---------------------------------------------------------------- inserts
     for n, key in ((16, "insert16"), (1, "insert1")):
         stream = Stream(n, rng)
@@ -166,8 +180,9 @@ def main() -> None:
         t_ours, t_np, t_cp = (t / n for t in compare(
             [lambda: ours.add(*stream.step()), lambda: ring.add(*stream.step()),
              lambda: cpprb_add(rb, stream.step())], iters, reps))
-        result[f"{key}_vs_numpy"] = row(f"insert {n}/call (per transition)", t_ours, "numpy", t_np)
-        result[f"{key}_vs_cpprb"] = row(f"insert {n}/call (per transition)", t_ours, "cpprb", t_cp)
+        name = f"insert {n}/call (per transition)"
+        row(f"{key}_vs_numpy", name, t_ours, "numpy", t_np)
+        row(f"{key}_vs_cpprb", name, t_ours, "cpprb", t_cp)
         del ours, ring, rb
 
     # ---------------------------------------------------------------- single task, 1M
@@ -190,16 +205,16 @@ def main() -> None:
     for b in (256, 1024):
         out = ours.allocate_batch(b)
         t_o, t_n = compare([lambda: ours.sample(b, out=out), lambda: ring.sample(b)], it, reps)
-        result[f"uniform_{b}_vs_numpy"] = row(f"uniform sample {b}", t_o, "numpy", t_n)
+        row(f"uniform_{b}_vs_numpy", f"uniform sample {b}", t_o, "numpy", t_n)
         t_o, t_c = compare([lambda: ours.sample(b, prioritized=True, beta=BETA, out=out),
                             lambda: rb.sample(b, beta=BETA)], it, reps)
-        result[f"per_{b}_vs_cpprb"] = row(f"PER sample {b}", t_o, "cpprb", t_c)
+        row(f"per_{b}_vs_cpprb", f"PER sample {b}", t_o, "cpprb", t_c)
         idx_o = ours.sample(b, prioritized=True, out=out).index.copy()
         idx_c = rb.sample(b)["indexes"]
         pri = rng.exponential(1.0, b)
         t_o, t_c = compare([lambda: ours.update_priorities(idx_o, pri),
                             lambda: rb.update_priorities(idx_c, pri)], it, reps)
-        result[f"update_{b}_vs_cpprb"] = row(f"update priorities {b}", t_o, "cpprb", t_c)
+        row(f"update_{b}_vs_cpprb", f"update priorities {b}", t_o, "cpprb", t_c)
 
         def cycle_ours() -> None:
             s = ours.sample(b, prioritized=True, beta=BETA, out=out)
@@ -210,7 +225,7 @@ def main() -> None:
             rb.update_priorities(s["indexes"], pri)
 
         t_o, t_c = compare([cycle_ours, cycle_cpprb], it, reps)
-        result[f"cycle_{b}_vs_cpprb"] = row(f"PER sample+update {b}", t_o, "cpprb", t_c)
+        row(f"cycle_{b}_vs_cpprb", f"PER sample+update {b}", t_o, "cpprb", t_c)
     del ours, ring, rb
 
     # ---------------------------------------------------------------- multi-task, 8 x 125k
@@ -239,8 +254,10 @@ def main() -> None:
                                 pri[t * per:(t + 1) * per])
 
     t_o, t_c = compare([mt_ours, mt_cpprb], it, reps)
-    result["mt_cycle_1024_vs_cpprb"] = row("8-task stratified PER cycle 1024", t_o, "cpprb x8", t_c)
-    print("RESULT " + json.dumps({k: round(v, 3) for k, v in result.items()}))
+    row("mt_cycle_1024_vs_cpprb", "8-task stratified PER cycle 1024", t_o, "cpprb x8", t_c)
+    out = {k: round(v, 3) for k, v in result.items()}
+    out["cpu_time_ratios"] = cpu_ratio
+    print("RESULT " + json.dumps(out))
 
 
 if __name__ == "__main__":

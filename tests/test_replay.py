@@ -134,6 +134,17 @@ def test_contents_wraparound_and_nstep_match_reference(n_step):
     check_against_ref(buf, ref, n_step=n_step)
 
 
+@pytest.mark.parametrize("action_dim", [12, 13, 38])  # record = 1 line up to 12 floats
+def test_wide_actions_round_trip(tmp_path, action_dim):
+    buf = ReplayBuffer(2, 10, 5, action_dim, 3, seed=0)
+    ref = RefBuffer(2, 10, 3)
+    run_envs(buf, ref, 13, task_of_env=[0, 1, 1], p_end=0.2)
+    check_against_ref(buf, ref, n_step=2)
+    buf.save(tmp_path)
+    assert np.load(tmp_path / "action.npy").shape == (20, action_dim)
+    check_against_ref(ReplayBuffer.load(tmp_path), ref, n_step=2)
+
+
 def test_task_switch_and_many_envs_per_small_ring():
     # 8 envs into rings of 3: one call overwrites transitions inserted by the same call.
     buf = ReplayBuffer(2, 3, 3, 1, 8, seed=0)

@@ -45,10 +45,15 @@ void ReplayConfig::Validate() const {
   }
 }
 
+int64_t ReplayBuffer::RecordBytes(int64_t action_dim) {
+  const int64_t bytes = static_cast<int64_t>(sizeof(Slot)) + action_dim * 4;
+  return bytes <= 64 ? 64 : (bytes + 15) / 16 * 16;
+}
+
 uint64_t ReplayBuffer::EstimateBytes(const ReplayConfig& c) {
   c.Validate();
   const uint64_t rows = static_cast<uint64_t>(c.num_tasks) * c.capacity_per_task;
-  return rows * (c.obs_dim + c.action_dim) * sizeof(float) + rows * sizeof(Slot) +
+  return rows * (c.obs_dim * sizeof(float) + RecordBytes(c.action_dim)) +
          PriorityTrees::Bytes(c.num_tasks, c.capacity_per_task) +
          static_cast<uint64_t>(c.num_envs) * (c.obs_dim * sizeof(float) + sizeof(int64_t)) +
          static_cast<uint64_t>(c.num_tasks) * 2 * sizeof(int64_t);
@@ -57,6 +62,7 @@ uint64_t ReplayBuffer::EstimateBytes(const ReplayConfig& c) {
 ReplayBuffer::ReplayBuffer(const ReplayConfig& config) : config_(config) {
   CheckFitsInMemory(EstimateBytes(config_), "the replay buffer");
   total_slots_ = config_.num_tasks * config_.capacity_per_task;
+  record_bytes_ = RecordBytes(config_.action_dim);
   s_ = MakeStorage();
   s_.rng.Seed(config_.seed);
   touched_.assign(config_.num_tasks, 0);
@@ -66,8 +72,7 @@ ReplayBuffer::Storage ReplayBuffer::MakeStorage() const {
   const ReplayConfig& c = config_;
   Storage s;
   s.obs = PageBuffer(static_cast<size_t>(total_slots_ * c.obs_dim) * sizeof(float));
-  s.action = PageBuffer(static_cast<size_t>(total_slots_ * c.action_dim) * sizeof(float));
-  s.slots = PageBuffer(static_cast<size_t>(total_slots_) * sizeof(Slot));
+  s.records = PageBuffer(static_cast<size_t>(total_slots_ * record_bytes_));
   s.pending_obs.assign(c.num_envs * c.obs_dim, 0.0f);
   s.last_slot.assign(c.num_envs, -1);
   s.finals = FinalObsPool(c.obs_dim);
@@ -79,7 +84,7 @@ ReplayBuffer::Storage ReplayBuffer::MakeStorage() const {
 
 uint64_t ReplayBuffer::nbytes() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return s_.obs.nbytes() + s_.action.nbytes() + s_.slots.nbytes() +
+  return s_.obs.nbytes() + s_.records.nbytes() +
          PriorityTrees::Bytes(config_.num_tasks, config_.capacity_per_task) +
          s_.pending_obs.size() * sizeof(float) + s_.last_slot.size() * sizeof(int64_t) +
          s_.finals.nbytes() + 2 * s_.size.size() * sizeof(int64_t);
@@ -117,7 +122,7 @@ int64_t ReplayBuffer::final_rows_in_use() const {
 }
 
 void ReplayBuffer::Evict(int64_t g) {
-  const Slot& slot = slots()[g];
+  const Slot& slot = SlotAt(g);
   if (slot.next <= -2) {
     s_.finals.Free(-2 - slot.next);
   } else if (slot.next == kPending) {
@@ -141,7 +146,6 @@ void ReplayBuffer::Add(const StepView& step) {
   s_.finals.Reserve(2 * c.num_envs);
   const double new_leaf = PowAlpha(s_.max_priority, c.alpha);
   const size_t obs_bytes = c.obs_dim * sizeof(float);
-  Slot* slot_array = slots();
   for (int64_t k = 0; k < c.num_envs; ++k) {
     const int64_t t = step.task_id[k];
     const int64_t local = s_.position[t];
@@ -154,11 +158,11 @@ void ReplayBuffer::Add(const StepView& step) {
     if (p >= 0) {
       const float* pending = s_.pending_obs.data() + k * c.obs_dim;
       if (p / c.capacity_per_task == t && std::memcmp(pending, obs, obs_bytes) == 0) {
-        slot_array[p].next = g;
+        SlotAt(p).next = g;
       } else {
         const int64_t f = s_.finals.Allocate();
         std::memcpy(s_.finals.Row(f), pending, obs_bytes);
-        slot_array[p].next = -2 - f;
+        SlotAt(p).next = -2 - f;
       }
       s_.last_slot[k] = -1;
     }
@@ -166,7 +170,7 @@ void ReplayBuffer::Add(const StepView& step) {
     std::memcpy(ActionRow(g), step.action + k * c.action_dim, c.action_dim * sizeof(float));
     const uint32_t flags = (step.terminated[k] ? kTerminated : 0u) |
                            (step.truncated[k] ? kTruncated : 0u);
-    Slot& slot = slot_array[g];
+    Slot& slot = SlotAt(g);
     slot.reward = step.reward[k];
     slot.env_flags = static_cast<uint32_t>(k) << 8 | flags;
     const float* next_obs = step.next_obs + k * c.obs_dim;

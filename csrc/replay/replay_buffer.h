@@ -126,17 +126,20 @@ class ReplayBuffer {
   void Load(const std::string& directory, const ReplayScalars& scalars);
 
  private:
-  struct Slot {  // 16 bytes: everything but obs/action of one transition, one cache line / 4
+  // A transition's record: this 16-byte header followed by its action floats, padded to a full
+  // 64-byte line when it fits in one (action_dim <= 12), so a sample reads one line for them.
+  struct Slot {
     int64_t next;
     float reward;
     uint32_t env_flags;  // env << 8 | flags
   };
+  static int64_t RecordBytes(int64_t action_dim);
   static constexpr uint32_t kTerminated = 1;
   static constexpr uint32_t kTruncated = 2;
   static constexpr int64_t kPending = -1;
 
   struct Storage {
-    PageBuffer obs, action, slots;
+    PageBuffer obs, records;  // (T*C, obs_dim) floats; T*C records of record_bytes_
     std::vector<float> pending_obs;    // (N, obs_dim)
     std::vector<int64_t> last_slot;    // (N,) newest slot of each env still pending, or -1
     FinalObsPool finals;
@@ -154,11 +157,18 @@ class ReplayBuffer {
   void ValidateLoaded(Storage& s) const;
 
   float* ObsRow(int64_t g) const { return s_.obs.as<float>() + g * config_.obs_dim; }
-  float* ActionRow(int64_t g) const { return s_.action.as<float>() + g * config_.action_dim; }
-  Slot* slots() const { return s_.slots.as<Slot>(); }
+  Slot& SlotAt(const Storage& s, int64_t g) const {
+    return *reinterpret_cast<Slot*>(s.records.as<char>() + g * record_bytes_);
+  }
+  Slot& SlotAt(int64_t g) const { return SlotAt(s_, g); }
+  float* ActionRow(const Storage& s, int64_t g) const {
+    return reinterpret_cast<float*>(s.records.as<char>() + g * record_bytes_ + sizeof(Slot));
+  }
+  float* ActionRow(int64_t g) const { return ActionRow(s_, g); }
 
   ReplayConfig config_;
   int64_t total_slots_ = 0;
+  int64_t record_bytes_ = 0;
   mutable std::mutex mu_;
   Storage s_;
   // Scratch reused across calls (under mu_), so sampling allocates nothing per call.

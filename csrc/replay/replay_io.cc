@@ -28,7 +28,7 @@ ReplayScalars ReplayBuffer::Save(const std::string& dir) const {
   }
   {
     NpyWriter w(Join(dir, "action.npy"), "<f4", {n, c.action_dim});
-    w.Write(s_.action.data(), static_cast<size_t>(n * c.action_dim) * sizeof(float));
+    for (int64_t g = 0; g < n; ++g) w.Write(ActionRow(g), c.action_dim * sizeof(float));
     w.Close();
   }
   NpyWriter reward(Join(dir, "reward.npy"), "<f4", {n});
@@ -46,7 +46,7 @@ ReplayScalars ReplayBuffer::Save(const std::string& dir) const {
     const int64_t len = std::min(kBlock, n - start);
     for (int64_t i = 0; i < len; ++i) {
       const int64_t g = start + i;
-      const Slot& s = slots()[g];
+      const Slot& s = SlotAt(g);
       f32[i] = s.reward;
       term[i] = (s.env_flags & kTerminated) ? 1 : 0;
       trunc[i] = (s.env_flags & kTruncated) ? 1 : 0;
@@ -118,7 +118,7 @@ void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
     NpyReader r(Join(dir, "obs.npy"), "<f4", {n, c.obs_dim});
     r.Read(s.obs.data(), s.obs.nbytes());
     NpyReader a(Join(dir, "action.npy"), "<f4", {n, c.action_dim});
-    a.Read(s.action.data(), s.action.nbytes());
+    for (int64_t g = 0; g < n; ++g) a.Read(ActionRow(s, g), c.action_dim * sizeof(float));
   }
   NpyReader reward(Join(dir, "reward.npy"), "<f4", {n});
   NpyReader terminated(Join(dir, "terminated.npy"), "|b1", {n});
@@ -126,7 +126,6 @@ void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
   NpyReader env(Join(dir, "env.npy"), "<i4", {n});
   NpyReader next(Join(dir, "next.npy"), "<i8", {n});
   NpyReader priority(Join(dir, "priority.npy"), "<f8", {n});
-  Slot* slot_array = s.slots.as<Slot>();
   std::vector<float> f32(kBlock);
   std::vector<uint8_t> term(kBlock), trunc(kBlock);
   std::vector<int32_t> i32(kBlock);
@@ -137,7 +136,7 @@ void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
     truncated.Read(trunc.data(), len);
     env.Read(i32.data(), len * 4);
     for (int64_t i = 0; i < len; ++i) {
-      Slot& slot = slot_array[start + i];
+      Slot& slot = SlotAt(s, start + i);
       if (i32[i] < 0 || i32[i] >= c.num_envs) {
         const int64_t g = start + i;
         if (g % C < sc.size[g / C]) {
@@ -156,7 +155,7 @@ void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
     for (int64_t start = 0; start < n; start += kBlock) {
       const int64_t len = std::min(kBlock, n - start);
       next.Read(links.data(), len * 8);
-      for (int64_t i = 0; i < len; ++i) slot_array[start + i].next = links[i];
+      for (int64_t i = 0; i < len; ++i) SlotAt(s, start + i).next = links[i];
     }
     for (int64_t t = 0; t < c.num_tasks; ++t) {
       priority.Read(s.trees.mutable_leaves(t), C * sizeof(double));
@@ -187,7 +186,6 @@ void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
 // read a wrong row or the pool free a row twice. Also rebuilds the trees and the free list.
 void ReplayBuffer::ValidateLoaded(Storage& s) const {
   const int64_t C = config_.capacity_per_task;
-  const Slot* slot_array = s.slots.as<Slot>();
   const int64_t final_rows = s.finals.rows();
   std::vector<uint8_t> in_use(static_cast<size_t>(final_rows), 0);
   for (int64_t t = 0; t < config_.num_tasks; ++t) {
@@ -204,7 +202,7 @@ void ReplayBuffer::ValidateLoaded(Storage& s) const {
         throw std::invalid_argument("priority.npy: " + Where(g) + " has a NaN, infinite or "
                                     "negative priority");
       }
-      const Slot& slot = slot_array[g];
+      const Slot& slot = SlotAt(s, g);
       const int64_t env = slot.env_flags >> 8;
       const bool done = (slot.env_flags & 0xff) != 0;
       if (slot.next >= 0) {
@@ -235,7 +233,7 @@ void ReplayBuffer::ValidateLoaded(Storage& s) const {
     const int64_t g = s.last_slot[k];
     if (g == -1) continue;
     if (g < 0 || g >= total_slots_ || g % C >= s.size[g / C] ||
-        slot_array[g].next != kPending || static_cast<int64_t>(slot_array[g].env_flags >> 8) != k) {
+        SlotAt(s, g).next != kPending || static_cast<int64_t>(SlotAt(s, g).env_flags >> 8) != k) {
       throw std::invalid_argument("last_slot.npy: env " + std::to_string(k) + " points at slot " +
                                   std::to_string(g) + ", which is not its pending transition");
     }

@@ -10,7 +10,7 @@ namespace mtrl {
 namespace {
 
 constexpr int64_t kSlotPrefetch = 16;  // rows ahead for the 16-byte slot records
-constexpr int64_t kRowPrefetch = 6;    // rows ahead for obs/action/next_obs rows (flat 3..10)
+constexpr int64_t kRowPrefetch = 6;    // rows ahead for obs and next_obs rows (flat 3..10)
 
 inline void PrefetchBytes(const void* p, size_t nbytes) {
   const char* c = static_cast<const char*>(p);
@@ -27,11 +27,12 @@ void CheckUnit(const char* name, double v) {
 }  // namespace
 
 const float* ReplayBuffer::NextObsRow(int64_t g) const {
-  const int64_t next = slots()[g].next;
-  if (next >= 0) return ObsRow(next);
-  if (next == kPending) {
-    return s_.pending_obs.data() + (slots()[g].env_flags >> 8) * config_.obs_dim;
+  const Slot& slot = SlotAt(g);
+  if (slot.next >= 0) return ObsRow(slot.next);
+  if (slot.next == kPending) {
+    return s_.pending_obs.data() + (slot.env_flags >> 8) * config_.obs_dim;
   }
+  const int64_t next = slot.next;
   return s_.finals.Row(-2 - next);
 }
 
@@ -173,17 +174,21 @@ void ReplayBuffer::Gather(const SampleRequest& r, const int64_t* global, const B
   const int64_t C = config_.capacity_per_task;
   const size_t obs_bytes = config_.obs_dim * sizeof(float);
   const size_t act_bytes = config_.action_dim * sizeof(float);
-  const Slot* slot_array = slots();
+  const char* records = s_.records.as<char>();
   scratch_rows_.resize(static_cast<size_t>(B));
   const float** next_rows = scratch_rows_.data();
   const float gamma_f = static_cast<float>(r.gamma);
-  // Pass 1: the 16-byte slot records (reward, flags, next link), n-step walk, next-obs source.
+  // Pass 1: the records (link, reward, flags and the action, one line for action_dim <= 12),
+  // n-step walk, next-obs source.
   for (int64_t b = 0; b < B; ++b) {
-    if (b + kSlotPrefetch < B) __builtin_prefetch(slot_array + global[b + kSlotPrefetch]);
+    if (b + kSlotPrefetch < B) {
+      PrefetchBytes(records + global[b + kSlotPrefetch] * record_bytes_, record_bytes_);
+    }
     int64_t cur = global[b];
     out.task_id[b] = cur / C;
+    std::memcpy(out.action + b * config_.action_dim, ActionRow(cur), act_bytes);
     if (r.n_step == 1) {
-      const Slot& s = slot_array[cur];
+      const Slot& s = SlotAt(cur);
       out.reward[b] = s.reward;
       out.discount[b] = gamma_f;
     } else {
@@ -192,7 +197,7 @@ void ReplayBuffer::Gather(const SampleRequest& r, const int64_t* global, const B
       double ret = 0.0;
       double disc = 1.0;
       for (int64_t j = 0;; ++j) {
-        const Slot& s = slot_array[cur];
+        const Slot& s = SlotAt(cur);
         ret += disc * s.reward;
         disc *= r.gamma;
         if ((s.env_flags & 0xff) != 0 || j + 1 == r.n_step || s.next < 0) break;
@@ -201,21 +206,19 @@ void ReplayBuffer::Gather(const SampleRequest& r, const int64_t* global, const B
       out.reward[b] = static_cast<float>(ret);
       out.discount[b] = static_cast<float>(disc);
     }
-    const uint32_t flags = slot_array[cur].env_flags & 0xff;
+    const uint32_t flags = SlotAt(cur).env_flags & 0xff;
     // brc-spec §5.4: m = 1 - terminal * (1 - truncated).
     out.mask[b] = ((flags & kTerminated) && !(flags & kTruncated)) ? 0.0f : 1.0f;
     next_rows[b] = NextObsRow(cur);
   }
-  // Pass 2: the big rows, prefetched a few rows ahead (random rows are memory-latency bound).
+  // Pass 2: the observation rows, prefetched a few rows ahead (random rows are bound by the
+  // latency of memory and the number of misses a core keeps in flight).
   for (int64_t b = 0; b < B; ++b) {
     if (b + kRowPrefetch < B) {
-      const int64_t a = global[b + kRowPrefetch];
-      PrefetchBytes(ObsRow(a), obs_bytes);
-      PrefetchBytes(ActionRow(a), act_bytes);
+      PrefetchBytes(ObsRow(global[b + kRowPrefetch]), obs_bytes);
       PrefetchBytes(next_rows[b + kRowPrefetch], obs_bytes);
     }
     std::memcpy(out.obs + b * config_.obs_dim, ObsRow(global[b]), obs_bytes);
-    std::memcpy(out.action + b * config_.action_dim, ActionRow(global[b]), act_bytes);
     std::memcpy(out.next_obs + b * config_.obs_dim, next_rows[b], obs_bytes);
   }
 }
