@@ -5,8 +5,10 @@ Same run, same inputs, E = 2 critics: ``mtrl.ops`` (C++ kernels) against
 a careful PyTorch user writes it) in eager mode and under ``torch.compile``. Two tasks:
 ``target`` (the TD target alone) and ``fwdbwd`` (target + loss forward + backward to the online
 logits). Implementations are interleaved round by round so machine load hits all of them alike;
-each figure is the median over rounds. Prints a table; the last line is ``RESULT {json}`` with
-ratios ours-speed / theirs-speed (> 1: mtrl is faster).
+times are medians over rounds, ratios are medians of the per-round ratios. The "kernels" column
+is ours without Python: the raw ``mtrl._core`` calls with preallocated outputs (what the op
+costs beyond it is validation, allocation and autograd). Prints a table; the last line is
+``RESULT {json}`` with ratios ours-speed / theirs-speed (> 1: mtrl is faster).
 
     python benchmarks/bench_td_target.py [--quick] [--threads N]
 """
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 
 import torch
 
+from mtrl import _core
 from mtrl.ops import (
     categorical_cross_entropy,
     categorical_cross_entropy_reference,
@@ -62,6 +66,24 @@ def ref_loss(target_logits, reward, mask, entropy, online):
     return categorical_cross_entropy_reference(online, target)
 
 
+def make_kernels_only(x, task: str):
+    """The raw binding calls of our ops, outputs preallocated (no Python-side op machinery)."""
+    e, b, k = x["target_logits"].shape
+    target, value = torch.empty(b, k), torch.empty(b)
+    td_error, grad, loss = torch.empty(b), torch.empty(e, b, k), torch.empty(())
+    arrays = [x[n].detach().numpy() for n in ("target_logits", "reward", "mask", "entropy",
+                                                "online")]
+    threads = torch.get_num_threads()
+
+    def run():
+        _core._td_target_cpu(arrays[0], arrays[1], arrays[2], None, GAMMA, arrays[3],
+                             target.numpy(), value.numpy(), V_MIN, V_MAX, 0, 0, 0.0, threads)
+        if task == "fwdbwd":
+            _core._cross_entropy_cpu(arrays[4], target.numpy(), None, td_error.numpy(),
+                                     grad.numpy(), loss.numpy(), threads)
+    return run
+
+
 def make_tasks(x, compiled_target, compiled_loss):
     args = (x["target_logits"], x["reward"], x["mask"], x["entropy"])
 
@@ -74,19 +96,21 @@ def make_tasks(x, compiled_target, compiled_loss):
     return {
         "target": {
             "ours": lambda: ours_target(x),
+            "kernels": make_kernels_only(x, "target"),
             "eager": lambda: ref_target(*args),
             "compile": lambda: compiled_target(*args),
         },
         "fwdbwd": {
             "ours": fwdbwd(lambda: ours_loss(x)),
+            "kernels": make_kernels_only(x, "fwdbwd"),
             "eager": fwdbwd(lambda: ref_loss(*args, x["online"])),
             "compile": fwdbwd(lambda: compiled_loss(*args, x["online"])),
         },
     }
 
 
-def time_interleaved(fns: dict, rounds: int, budget_s: float) -> dict[str, float]:
-    """Median seconds per call of each fn; every round times each fn once, in turn."""
+def time_interleaved(fns: dict, rounds: int, budget_s: float) -> dict[str, list[float]]:
+    """Seconds per call of each fn in every round; each round times each fn once, in turn."""
     for fn in fns.values():  # warm-up (and compile)
         for _ in range(3):
             fn()
@@ -103,7 +127,11 @@ def time_interleaved(fns: dict, rounds: int, budget_s: float) -> dict[str, float
             for _ in range(inner[name]):
                 fn()
             samples[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def ratio(theirs: list[float], ours: list[float]) -> float:
+    return statistics.median(t / o for t, o in zip(theirs, ours))
 
 
 def main() -> None:
@@ -117,18 +145,22 @@ def main() -> None:
     rounds, budget = (7, 1.5) if args.quick else (15, 3.0)
     compiled_target = torch.compile(ref_target, dynamic=False)
     compiled_loss = torch.compile(ref_loss, dynamic=False)
+    load = os.getloadavg()[0]
     print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {args.threads}, E = {E}; median of {rounds} interleaved rounds")
-    print(f"{'task':>7} {'K':>4} {'B':>5} | {'ours ms':>8} {'eager ms':>9} {'compile ms':>10} | "
-          f"{'vs eager':>8} {'vs compile':>10}")
-    result: dict[str, float | int | str] = {"threads": args.threads}
+          f"threads {args.threads}, E = {E}; {rounds} interleaved rounds; load average {load:.1f}")
+    print(f"{'task':>7} {'K':>4} {'B':>5} | {'ours ms':>8} {'kernels':>8} {'eager ms':>9} "
+          f"{'compile ms':>10} | {'vs eager':>8} {'vs compile':>10}")
+    result: dict[str, float | int | str] = {"threads": args.threads, "load_avg": round(load, 1)}
     for k, b in shapes:
         x = make_inputs(b, k)
         for task, fns in make_tasks(x, compiled_target, compiled_loss).items():
-            t = time_interleaved(fns, rounds, budget)
-            vs_eager, vs_compile = t["eager"] / t["ours"], t["compile"] / t["ours"]
-            print(f"{task:>7} {k:>4} {b:>5} | {t['ours'] * 1e3:8.3f} {t['eager'] * 1e3:9.3f} "
-                  f"{t['compile'] * 1e3:10.3f} | {vs_eager:7.1f}x {vs_compile:9.1f}x")
+            samples = time_interleaved(fns, rounds, budget)
+            t = {name: statistics.median(v) for name, v in samples.items()}
+            vs_eager = ratio(samples["eager"], samples["ours"])
+            vs_compile = ratio(samples["compile"], samples["ours"])
+            print(f"{task:>7} {k:>4} {b:>5} | {t['ours'] * 1e3:8.3f} {t['kernels'] * 1e3:8.3f} "
+                  f"{t['eager'] * 1e3:9.3f} {t['compile'] * 1e3:10.3f} | {vs_eager:7.1f}x "
+                  f"{vs_compile:9.1f}x")
             suffix = f"{b}" if k == 101 else f"{b}_k{k}"
             result[f"cpu_{task}_{suffix}_vs_eager"] = round(vs_eager, 2)
             result[f"cpu_{task}_{suffix}_vs_compile"] = round(vs_compile, 2)
