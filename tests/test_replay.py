@@ -534,6 +534,9 @@ def test_update_priorities_bad_input():
     for idx, pri, exc, match in cases:
         with pytest.raises(exc, match=match):
             buf.update_priorities(np.array(idx), np.array(pri))
+    squares = filled(alpha=2.0)  # 1e200 ** 2 overflows: the tree sums must stay finite
+    with pytest.raises(ValueError, match=r"priority\[1\] = .* too large"):
+        squares.update_priorities(np.array([0, 1]), np.array([1.0, 1e200]))
     buf.update_priorities(np.zeros(0, np.int64), np.zeros(0))  # empty: a no-op
     for t in range(3):  # nothing changed by a rejected call
         assert np.array_equal(np.concatenate(buf.tree_levels(t)), before[t])

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 
 namespace mtrl {
@@ -205,6 +206,7 @@ void ReplayBuffer::UpdatePriorities(const int64_t* index, const double* priority
   int64_t* tree = scratch_i64_.data();
   int64_t* leaf = tree + n;
   double max_p = s_.max_priority;
+  const double max_leaf = std::numeric_limits<double>::max() / static_cast<double>(total_slots_);
   // Validate everything before changing anything.
   for (int64_t k = 0; k < n; ++k) {
     const int64_t g = index[k];
@@ -225,9 +227,15 @@ void ReplayBuffer::UpdatePriorities(const int64_t* index, const double* priority
       throw std::invalid_argument("priority[" + std::to_string(k) + "] = " + std::to_string(p) +
                                   " must be finite and >= 0");
     }
+    // Bounding each leaf by DBL_MAX / (T * C) keeps every tree sum finite.
+    scratch_f64_[k] = PowAlpha(p, c.alpha);
+    if (!(scratch_f64_[k] <= max_leaf)) {
+      throw std::invalid_argument("priority[" + std::to_string(k) + "] = " + std::to_string(p) +
+                                  " is too large: priority ** alpha must be <= " +
+                                  std::to_string(max_leaf));
+    }
     max_p = std::max(max_p, p);
   }
-  for (int64_t k = 0; k < n; ++k) scratch_f64_[k] = PowAlpha(priority[k], c.alpha);
   s_.trees.SetBatch(tree, leaf, scratch_f64_.data(), n);
   s_.max_priority = max_p;
 }

@@ -1,6 +1,7 @@
 // Save/load of the replay buffer as .npy arrays (format documented in mtrl/replay.py).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "replay/npy_io.h"
@@ -105,8 +106,10 @@ void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
                                   std::to_string(C));
     }
   }
-  if (!std::isfinite(sc.max_priority) || sc.max_priority < 0.0) {
-    throw std::invalid_argument("`max_priority` must be finite and >= 0");
+  if (!std::isfinite(sc.max_priority) || sc.max_priority < 0.0 ||
+      !(std::pow(sc.max_priority, c.alpha) <=
+        std::numeric_limits<double>::max() / static_cast<double>(n))) {
+    throw std::invalid_argument("`max_priority` must be finite, >= 0 and not overflow the trees");
   }
   if (sc.rng_state == std::array<uint64_t, 4>{}) {
     throw std::invalid_argument("`rng_state` must not be all zeros");
@@ -187,6 +190,7 @@ void ReplayBuffer::Load(const std::string& dir, const ReplayScalars& sc) {
 void ReplayBuffer::ValidateLoaded(Storage& s) const {
   const int64_t C = config_.capacity_per_task;
   const int64_t final_rows = s.finals.rows();
+  const double max_leaf = std::numeric_limits<double>::max() / static_cast<double>(total_slots_);
   std::vector<uint8_t> in_use(static_cast<size_t>(final_rows), 0);
   for (int64_t t = 0; t < config_.num_tasks; ++t) {
     const int64_t size = s.size[t];
@@ -198,9 +202,9 @@ void ReplayBuffer::ValidateLoaded(Storage& s) const {
         leaves[local] = 0.0;  // not live: never sampled
         continue;
       }
-      if (!std::isfinite(leaves[local]) || leaves[local] < 0.0) {
-        throw std::invalid_argument("priority.npy: " + Where(g) + " has a NaN, infinite or "
-                                    "negative priority");
+      if (!(leaves[local] >= 0.0 && leaves[local] <= max_leaf)) {
+        throw std::invalid_argument("priority.npy: " + Where(g) + " has a NaN, negative or too "
+                                    "large priority (the tree sums must stay finite)");
       }
       const Slot& slot = SlotAt(s, g);
       const int64_t env = slot.env_flags >> 8;
