@@ -160,7 +160,7 @@ void PriorityTrees::FindTrees(double* u, int64_t n, int64_t* tree_out) const {
 void PriorityTrees::FindLeaves(const int64_t* tree, const double* u, int64_t n,
                                int64_t* leaf_out) const {
   const KaryLayout& l = layout_;
-  scratch_.resize(2 * static_cast<size_t>(n));
+  scratch_.resize(static_cast<size_t>(n));
   int64_t* node = leaf_out;
   double* x = reinterpret_cast<double*>(scratch_.data());
   for (int64_t k = 0; k < n; ++k) {
@@ -170,9 +170,11 @@ void PriorityTrees::FindLeaves(const int64_t* tree, const double* u, int64_t n,
   }
   for (int j = l.depth(); j >= 1; --j) {
     const int64_t down = l.offset[j - 1];
+    // Levels of at most 4096 nodes in all stay in cache: prefetch only for the big ones.
+    const int64_t ahead = l.count[j - 1] * num_trees_ > 4096 ? kPrefetchAhead : n;
     for (int64_t k = 0; k < n; ++k) {
-      if (k + kPrefetchAhead < n) {
-        const int64_t a = k + kPrefetchAhead;
+      if (k + ahead < n) {
+        const int64_t a = k + ahead;
         __builtin_prefetch(nodes_ + tree[a] * l.stride + down + node[a] * kFan);
       }
       const double* children = nodes_ + tree[k] * l.stride + down + node[k] * kFan;
