@@ -12,12 +12,15 @@ overwritten. Memory: ``estimate_nbytes`` is what the constructor allocates (refu
 MemoryError when it exceeds MemAvailable); the pool adds ``obs_dim * 4`` bytes per live episode
 end (``nbytes`` reports the current total).
 
-Sampling (with replacement, reproducible from ``seed``): uniform over all stored (task, slot)
+Sampling (with replacement, so ``batch_size`` in [1, 2**20] may exceed the stored count;
+reproducible from ``seed``): uniform over all stored (task, slot)
 pairs (BRC's default) or stratified (``batch_size // T`` rows per task, in task order; the
 ``batch_size % T`` remaining rows go to distinct tasks drawn at random), each optionally
 proportional to ``priority ** alpha`` (PER) with importance weights
 ``w = (n * P(i)) ** -beta / max_batch(w)`` (``n``/``P`` over the whole buffer, or within the
-task when stratified). New transitions get the running maximum priority (initially 1).
+task when stratified), drawn from one 8-ary sum tree per task plus a task-level tree. New
+transitions get the running maximum priority (initially 1); priorities must be finite, >= 0 and
+small enough that ``priority ** alpha`` summed over the buffer stays finite.
 n-step returns follow the env's stream and stop at an episode end (terminal or truncation), at
 the newest transition of the stream, or at ``n``; the mask is brc-spec §5.4's
 ``1 - terminated * (1 - truncated)`` of the last step used and ``discount = gamma ** k``.
