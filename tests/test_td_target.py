@@ -192,8 +192,10 @@ def test_scalar_and_tensor_discount_agree():
     a, _ = categorical_td_target(logits, reward, mask, 0.97, entropy)
     b, _ = categorical_td_target(logits, reward, mask, torch.full((100,), 0.97), entropy)
     c, _ = categorical_td_target(logits, reward, mask, torch.tensor(0.97), entropy)
+    d, _ = categorical_td_target(logits, reward, mask, np.float32(0.97), entropy)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     torch.testing.assert_close(a, c, atol=0, rtol=0)
+    torch.testing.assert_close(a, d, atol=0, rtol=0)
 
 
 def test_non_contiguous_inputs_are_made_contiguous():

@@ -20,6 +20,7 @@ never rejected.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -272,7 +273,7 @@ def categorical_td_target(
         discount = discount.expand(batch)
     if isinstance(discount, Tensor):
         discount_tensor = _check_vector("discount", discount, batch, device, dtype)
-    elif isinstance(discount, (int, float)) and not isinstance(discount, bool):
+    elif isinstance(discount, numbers.Real) and not isinstance(discount, bool):
         discount_value = float(discount)
         if not math.isfinite(discount_value):
             raise ValueError(f"discount must be finite, got {discount_value}")
