@@ -68,21 +68,26 @@ def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds:
     return flops / statistics.median(reps) / 1e9
 
 
-def loop_rate(tasks, width, batch, iters, window, compile_, threads) -> tuple[float, int, int]:
+def dims(tasks) -> tuple[int, int]:
     import mtrl.envs
 
     with mtrl.envs.make(list(tasks)) as pool:
-        obs, act = pool.obs_dim, pool.action_dim
+        return pool.obs_dim, pool.action_dim
+
+
+def loop_rate(tasks, width, batch, iters, window, compile_, threads, device="cpu",
+              bf16=False) -> tuple[float, int, int]:
+    obs, act = dims(tasks)
     warm = max(window, -(-batch // len(tasks)))
     warm = -(-warm // window) * window
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = TrainConfig(
             env=EnvConfig(tasks=tuple(tasks)),
-            agent=AgentConfig(critic_width=width, compile=compile_),
+            agent=AgentConfig(critic_width=width, compile=compile_, bf16=bf16),
             buffer=BufferConfig(capacity_per_task=warm + iters + 10, batch_size=batch),
             iterations=warm + iters, random_iterations=warm, eval_interval=10**9, eval_episodes=1,
             log_interval=window, checkpoint_interval=0, run_dir=run_dir, tensorboard=False,
-            progress="lines", torch_threads=threads, seed=0)
+            progress="lines", torch_threads=threads, seed=0, device=device)
         train(cfg)
         with open(f"{run_dir}/train.csv") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iteration"]) > warm]
@@ -97,7 +102,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer iterations (a few minutes)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the critic")
+    p.add_argument("--paper", action="store_true",
+                   help="CUDA only: paper configuration (width 4096, batch 1024, 4 tasks), bf16 off/on")
     args = p.parse_args()
+    if args.paper:
+        return paper(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     st_iters, mt_iters, window = (60, 30, 10) if args.quick else (300, 120, 30)
@@ -107,8 +116,12 @@ def main() -> int:
     table = []
     for key, tasks, batch, iters in (("st", ("cheetah-run",), 256, st_iters),
                                      ("mt4", MT4, 1024, mt_iters)):
-        speed, obs, act = loop_rate(tasks, 512, batch, iters, window, args.compile, args.threads)
-        rate = matmul_rate(obs, act, len(tasks), 512, batch, 3.0 if args.quick else 8.0)
+        secs = 3.0 if args.quick else 8.0
+        obs, act = dims(tasks)
+        before = matmul_rate(obs, act, len(tasks), 512, batch, secs)
+        speed, _, _ = loop_rate(tasks, 512, batch, iters, window, args.compile, args.threads)
+        after = matmul_rate(obs, act, len(tasks), 512, batch, secs)
+        rate = (before + after) / 2  # the machine is shared: bracket the loop
         flops = iteration_flops(obs, act, len(tasks), 512, batch)
         floor = rate * 1e9 / flops
         results[f"it_per_s_w512_{key}"] = round(speed, 3)
@@ -120,6 +133,22 @@ def main() -> int:
           f"{'GF/it':>6} {'floor it/s':>10} {'fraction':>8}")
     for key, t, b, o, a, s, r, f, fl in table:
         print(f"{key:6} {t:2d} {b:5d} {o:4d} {a:3d} {s:7.2f} {r:9.1f} {f:6.2f} {fl:10.2f} {s / fl:8.2f}")
+    print("RESULT " + json.dumps(results), flush=True)
+    return 0
+
+
+def paper(args) -> int:
+    """Width 4096 / batch 1024 / the 4 tasks on CUDA, bf16 autocast off and on."""
+    if not torch.cuda.is_available():
+        print("--paper needs a CUDA device")
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    results = {}
+    for bf16 in (False, True):
+        speed, _, _ = loop_rate(MT4, 4096, 1024, 60 if args.quick else 200, 20, args.compile,
+                                args.threads, device="cuda", bf16=bf16)
+        results[f"it_per_s_w4096_mt4_{'bf16' if bf16 else 'fp32'}"] = round(speed, 3)
+        print(f"width 4096 batch 1024 4 tasks bf16={bf16}: {speed:.2f} it/s", flush=True)
     print("RESULT " + json.dumps(results), flush=True)
     return 0
 

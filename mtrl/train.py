@@ -77,8 +77,16 @@ def evaluate(agent: BRCAgent, pool, tasks: list[str], device: torch.device, seed
         rows = pool.task_ids == t
         result[f"{name}/return"] = float(returns[rows].mean())
         result[f"{name}/success"] = float(success[rows].mean())
+    for name in tasks:  # §9.3: DMC reported as return / 1000, MetaWorld as success rate
+        if name.startswith("dmc:"):
+            result[f"{name}/score"] = result[f"{name}/return"] / 1000.0
+        elif name.startswith("metaworld:"):
+            result[f"{name}/score"] = result[f"{name}/success"]
     result["return_mean"] = float(np.mean([result[f"{t}/return"] for t in tasks]))
     result["success_mean"] = float(np.mean([result[f"{t}/success"] for t in tasks]))
+    scores = [result[f"{t}/score"] for t in tasks if f"{t}/score" in result]
+    if scores:
+        result["score_mean"] = float(np.mean(scores))
     return result
 
 
@@ -118,6 +126,7 @@ class _Signals:
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
+        self.restore()  # a second signal acts as usual (e.g. Ctrl-C twice kills at once)
 
     def restore(self):
         for sig, old in self._old.items():
@@ -231,6 +240,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metric_count, online = state["metric_count"], state["online"]
     t_start, it_start, up_start = time.perf_counter(), iteration, updates
     exit_reason = "finished"
+    updates_per_s = 0.0
     try:
         while iteration < cfg.iterations:
             # -- act: uniform warm-up (§2.1), then the stochastic policy (std x 1.0)
@@ -273,6 +283,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                        "it_per_s": (iteration - it_start) / elapsed,
                        "updates_per_s": (updates - up_start) / elapsed}
                 t_start, it_start, up_start = now, iteration, updates
+                updates_per_s = row["updates_per_s"]
                 means = (metric_sum / max(metric_count, 1)).tolist()
                 row.update((k, v if metric_count else float("nan")) for k, v in zip(METRIC_NAMES, means))
                 for t, name in enumerate(tasks):  # fixed columns: NaN when no episode ended
@@ -291,6 +302,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t_start += time.perf_counter() - pause
             progress.update(iteration, {
                 "env_steps": iteration * num_tasks, "updates": updates,
+                "upd/s": round(updates_per_s, 1),
                 "eval": round(last_eval.get("return_mean", float("nan")), 1)})
             if signals.received is not None:
                 path = save(iteration)

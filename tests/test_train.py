@@ -61,6 +61,10 @@ def test_smoke_cli_300_iterations(tmp_path):
     evals = read_csv(run / "eval.csv")
     assert [int(r["iteration"]) for r in evals] == [150, 300]
     assert "eval/dmc:walker-stand/return" in evals[0] and "eval/return_mean" in evals[0]
+    for r in evals:  # DMC score = return / 1000 (spec §9.3)
+        assert float(r["eval/dmc:walker-stand/score"]) == pytest.approx(
+            float(r["eval/dmc:walker-stand/return"]) / 1000)
+        assert 0 <= float(r["eval/dmc:walker-stand/success"]) <= 1
     assert (run / "curves.png").stat().st_size > 0
     assert any((run / "tb").iterdir())
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["iter_000000200", "iter_000000300"]
