@@ -58,9 +58,12 @@ def check_parity(b, k, dtype):
         "td_error": (td - ref_td).abs().max().item(),
         "grad": (online.grad.float() - ref_online.grad).abs().max().item(),
     }
-    grad_tol = 1e-6 if dtype == torch.float32 else 1e-5
+    # bf16 gradients carry 8 significant bits: compare relative to the reference gradient.
+    atol, rtol = (1e-7, 1e-4) if dtype == torch.float32 else (1e-6, 1e-2)
+    grad_ok = bool(((online.grad.float() - ref_online.grad).abs()
+                    <= atol + rtol * ref_online.grad.abs()).all())
     ok = (errors["target"] < 3e-5 and errors["row_sum"] < 1e-6 and errors["value"] < 1e-4
-          and errors["loss"] < 1e-3 and errors["td_error"] < 1e-3 and errors["grad"] < grad_tol)
+          and errors["loss"] < 1e-3 and errors["td_error"] < 1e-3 and grad_ok)
     return ok, errors
 
 
