@@ -9,6 +9,7 @@
 #include "bindings/registrars.h"
 #include "envs/pool.h"
 #include "envs/registry.h"
+#include "envs/tasks/spline_zoom.h"
 
 namespace py = pybind11;
 
@@ -85,6 +86,20 @@ void RegisterEnvs(py::module_& m) {
     for (const TaskDef& d : AllTasks()) names.push_back(d.name);
     return names;
   }, "Names of the DeepMind Control tasks the C++ engine implements (sorted).");
+
+  m.def("_spline_zoom", [](py::array a, int out_rows, int out_cols) {
+    if (a.ndim() != 2 || a.shape(0) < 1 || a.shape(1) < 1) {
+      throw std::invalid_argument("`a` must be a non-empty 2-D array");
+    }
+    if (out_rows < 1 || out_cols < 1) throw std::invalid_argument("output sizes must be >= 1");
+    const int rows = static_cast<int>(a.shape(0)), cols = static_cast<int>(a.shape(1));
+    const double* p = CheckedData<double>(a, "a", {rows, cols}, false);
+    std::vector<double> out = tasks::SplineZoom2D({p, p + size_t(rows) * cols}, rows, cols, out_rows, out_cols);
+    py::array_t<double> result({out_rows, out_cols});
+    std::copy(out.begin(), out.end(), result.mutable_data());
+    return result;
+  }, py::arg("a"), py::arg("out_rows"), py::arg("out_cols"),
+     "scipy.ndimage.zoom(order=3) port used by quadruped-escape (exposed for tests).");
 
   py::class_<EnvPool>(m, "EnginePool", "Batched multi-task MuJoCo env pool (see csrc/envs/pool.h).")
       .def(py::init<const std::vector<std::string>&, const std::vector<uint64_t>&, const std::string&, int,

@@ -39,6 +39,9 @@ def _task_state(short: str, physics) -> list[float]:
         return list(m.geom_pos["target"])
     if short.startswith("swimmer-"):
         return [m.geom_pos["target", "x"], m.geom_pos["target", "y"]]
+    if short == "quadruped-escape":
+        adr, n = physics.model.hfield_adr[0], physics.model.hfield_nrow[0] * physics.model.hfield_ncol[0]
+        return list(physics.model.hfield_data[adr:adr + n])
     if short == "point_mass-hard":
         return list(physics.model.wrap_prm[:4])
     return []

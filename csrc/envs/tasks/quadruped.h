@@ -1,7 +1,7 @@
-// Quadruped, ported from dm_control/suite/quadruped.py (tasks: walk, run, fetch; escape, whose
-// terrain comes from scipy.ndimage.zoom of random bumps, is not ported).
+// Quadruped, ported from dm_control/suite/quadruped.py (tasks: walk, run, escape, fetch).
 #pragma once
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -10,14 +10,22 @@
 #include "envs/task.h"
 #include "envs/tasks/common.h"
 #include "envs/tasks/spec_edit.h"
+#include "envs/tasks/spline_zoom.h"
 
 namespace mtrl::tasks {
 
 class Quadruped : public Task {
  public:
-  // fetch: the ball-fetching task (model with walls and ball); otherwise Move at desired_speed.
-  Quadruped(const Physics& p, double desired_speed, bool fetch = false)
-      : desired_speed_(desired_speed), fetch_(fetch), root_(p.JointQposAdr("root")),
+  enum class Kind { kMove, kEscape, kFetch };
+  static constexpr double kTerrainSmoothness = 0.15;  // _TERRAIN_SMOOTHNESS
+  static constexpr double kTerrainBumpScale = 2;      // _TERRAIN_BUMP_SCALE
+  static constexpr double kEscapeUprightDeg = 20;     // Escape's upright deviation angle
+
+  // kMove runs at desired_speed; kFetch needs the model with walls and ball; kEscape the model
+  // with terrain and rangefinders.
+  Quadruped(const Physics& p, double desired_speed, Kind kind = Kind::kMove)
+      : desired_speed_(desired_speed), fetch_(kind == Kind::kFetch), escape_(kind == Kind::kEscape),
+        root_(p.JointQposAdr("root")),
         root_dof_(p.JointDofAdr("root")), torso_(p.BodyId("torso")),
         velocimeter_(p.SensorAdr("velocimeter")) {
     for (int j = 0; j < p.m->njnt; ++j) {
@@ -31,7 +39,9 @@ class Quadruped : public Task {
       std::pair<int, int> sensor{p.m->sensor_adr[s], p.m->sensor_dim[s]};
       if (type == mjSENS_GYRO || type == mjSENS_ACCELEROMETER) imu_.push_back(sensor);
       if (type == mjSENS_FORCE || type == mjSENS_TORQUE) force_torque_.push_back(sensor);
+      if (type == mjSENS_RANGEFINDER) rangefinders_.push_back(sensor);
     }
+    if (escape_) workspace_ = p.SiteId("workspace");
     if (fetch_) {
       ball_ = p.BodyId("ball");
       ball_geom_ = p.GeomId("ball");
@@ -45,6 +55,7 @@ class Quadruped : public Task {
 
   void InitializeEpisode(Physics& p, Rng& rng) override {
     double orientation[4];
+    if (escape_) RandomizeTerrain(p, rng);
     if (!fetch_) {
       for (double& q : orientation) q = rng.Normal();
       mju_normalize4(orientation);
@@ -76,8 +87,19 @@ class Quadruped : public Task {
     for (const auto& s : force_torque_) {                                      // force_torque
       for (int i = 0; i < s.second; ++i) out.Put(std::asinh(p.d->sensordata[s.first + i]));
     }
-    if (!fetch_) return;
     const double* frame = p.d->xmat + 9 * torso_;
+    if (escape_) {
+      double origin[3];
+      mju_mulMatTVec3(origin, frame, p.d->xpos + 3 * torso_);  // origin: -torso_pos . torso_frame
+      for (double v : origin) out.Put(-v);
+      for (const auto& s : rangefinders_) {  // rangefinder: 1 where nothing is hit, else tanh
+        for (int i = 0; i < s.second; ++i) {
+          const double r = p.d->sensordata[s.first + i];
+          out.Put(r == -1.0 ? 1.0 : std::tanh(r));
+        }
+      }
+    }
+    if (!fetch_) return;
     double rel[3], local[3];
     mju_sub3(rel, p.d->xpos + 3 * ball_, p.d->xpos + 3 * torso_);  // ball_state: position,
     mju_mulMatTVec3(local, frame, rel);
@@ -93,6 +115,15 @@ class Quadruped : public Task {
   }
   double Reward(const Physics& p) const override {
     // _upright_reward(deviation_angle=0): cos(0) = 1.
+    if (escape_) {
+      const double deviation = std::cos(kEscapeUprightDeg * M_PI / 180.0);
+      const double upright = Tolerance(XMat(p, torso_, 2, 2), deviation, INFINITY, 1 + deviation,
+                                       Sigmoid::kLinear, 0.0);
+      const double terrain_size = p.m->hfield_size[0];
+      const double escape = Tolerance(mju_norm3(p.d->site_xpos + 3 * workspace_), terrain_size, INFINITY,
+                                      terrain_size, Sigmoid::kLinear, 0.0);
+      return upright * escape;
+    }
     const double upright = Tolerance(XMat(p, torso_, 2, 2), 1, INFINITY, 2, Sigmoid::kLinear, 0.0);
     if (fetch_) return upright * ReachThenFetch(p);
     const double move = Tolerance(p.d->sensordata[velocimeter_], desired_speed_, INFINITY, desired_speed_,
@@ -100,7 +131,37 @@ class Quadruped : public Task {
     return upright * move;
   }
 
+  std::vector<double> EpisodeState(const Physics& p) const override {
+    if (!escape_) return {};
+    const float* h = p.m->hfield_data + p.m->hfield_adr[0];
+    return {h, h + p.m->hfield_nrow[0] * p.m->hfield_ncol[0]};
+  }
+  void SetEpisodeState(Physics& p, const std::vector<double>& s) override {
+    if (!escape_ || static_cast<int>(s.size()) != p.m->hfield_nrow[0] * p.m->hfield_ncol[0]) return;
+    std::copy(s.begin(), s.end(), p.m->hfield_data + p.m->hfield_adr[0]);
+  }
+
  private:
+  // Escape.initialize_episode: a bowl times smoothed random bumps (scipy.ndimage.zoom, order 3).
+  static void RandomizeTerrain(Physics& p, Rng& rng) {
+    const int res = p.m->hfield_nrow[0];
+    const double terrain_size = 2 * p.m->hfield_size[0];
+    const int bump_res = static_cast<int>(terrain_size / kTerrainBumpScale);
+    std::vector<double> bumps(static_cast<size_t>(bump_res) * bump_res);
+    for (double& b : bumps) b = rng.Uniform(kTerrainSmoothness, 1);
+    const std::vector<double> smooth = SplineZoom2D(bumps, bump_res, bump_res, res, res);
+    float* h = p.m->hfield_data + p.m->hfield_adr[0];
+    for (int r = 0; r < res; ++r) {
+      for (int c = 0; c < res; ++c) {
+        const double row = res > 1 ? -1 + 2.0 * r / (res - 1) : -1;  // np.ogrid[-1:1:res*1j]
+        const double col = res > 1 ? -1 + 2.0 * c / (res - 1) : -1;
+        const double radius = std::clamp(std::sqrt(col * col + row * row), 0.04, 1.0);
+        const double bowl = 0.5 - std::cos(2 * M_PI * radius) / 2;
+        h[r * res + c] = static_cast<float>(bowl * smooth[static_cast<size_t>(r) * res + c]);
+      }
+    }
+  }
+
   // _find_non_contacting_height: raise the body in 1 cm steps until nothing touches.
   void FindNonContactingHeight(Physics& p, const double* orientation, double x, double y) const {
     double z = 0;
@@ -131,29 +192,31 @@ class Quadruped : public Task {
   }
 
   double desired_speed_;
-  bool fetch_;
+  bool fetch_, escape_;
   int root_, root_dof_, torso_, velocimeter_;
   int ball_ = -1, ball_geom_ = -1, ball_qpos_ = -1, ball_dof_ = -1, floor_ = -1, target_ = -1,
       workspace_ = -1;
   std::vector<int> hinge_qpos_, hinge_dof_;
-  std::vector<std::pair<int, int>> imu_, force_torque_;  // (sensordata address, dim)
+  std::vector<std::pair<int, int>> imu_, force_torque_, rangefinders_;  // (sensordata adr, dim)
 };
 
-// quadruped.make_model(floor_size, terrain=False, rangefinders=False, walls_and_ball);
-// floor_size <= 0 keeps the XML's floor.
-inline void EditQuadrupedModel(mjSpec* spec, double floor_size, bool walls_and_ball) {
+// quadruped.make_model(floor_size, terrain, rangefinders, walls_and_ball); floor_size <= 0 keeps
+// the XML's floor.
+inline void EditQuadrupedModel(mjSpec* spec, double floor_size, bool terrain, bool rangefinders,
+                               bool walls_and_ball) {
   if (floor_size > 0) SetGeomSize(spec, "floor", floor_size, floor_size, 0.5);
   if (!walls_and_ball) {
     for (const char* w : {"wall_px", "wall_py", "wall_nx", "wall_ny"}) Remove(spec, mjOBJ_GEOM, w);
     Remove(spec, mjOBJ_BODY, "ball");
     Remove(spec, mjOBJ_SITE, "target");
   }
-  Remove(spec, mjOBJ_GEOM, "terrain");
-  std::vector<mjsElement*> rangefinders;
+  if (!terrain) Remove(spec, mjOBJ_GEOM, "terrain");
+  if (rangefinders) return;
+  std::vector<mjsElement*> rangefinders_found;
   for (mjsElement* el = mjs_firstElement(spec, mjOBJ_SENSOR); el; el = mjs_nextElement(spec, el)) {
-    if (mjs_asSensor(el)->type == mjSENS_RANGEFINDER) rangefinders.push_back(el);
+    if (mjs_asSensor(el)->type == mjSENS_RANGEFINDER) rangefinders_found.push_back(el);
   }
-  for (mjsElement* el : rangefinders) mjs_delete(spec, el);
+  for (mjsElement* el : rangefinders_found) mjs_delete(spec, el);
 }
 
 inline void AddQuadrupedTasks(std::vector<TaskDef>& defs) {
@@ -165,13 +228,22 @@ inline void AddQuadrupedTasks(std::vector<TaskDef>& defs) {
                   return std::make_unique<Quadruped>(p, speed);
                 }};
     def.variant = std::string("move-") + task;
-    def.edit = [speed = speed](mjSpec* spec) { EditQuadrupedModel(spec, 20.0 * speed, false); };
+    def.edit = [speed = speed](mjSpec* spec) { EditQuadrupedModel(spec, 20.0 * speed, false, false, false); };
     defs.push_back(def);
   }
+  TaskDef escape{"quadruped-escape", "quadruped.xml", 0.02, 20.0, true,
+                 [](const Physics& p) -> std::unique_ptr<Task> {
+                   return std::make_unique<Quadruped>(p, 0.0, Quadruped::Kind::kEscape);
+                 }};
+  escape.variant = "escape";
+  escape.edit = [](mjSpec* spec) { EditQuadrupedModel(spec, 40.0, true, true, false); };
+  defs.push_back(escape);
   TaskDef fetch{"quadruped-fetch", "quadruped.xml", 0.02, 20.0, false,
-                [](const Physics& p) -> std::unique_ptr<Task> { return std::make_unique<Quadruped>(p, 0.0, true); }};
+                [](const Physics& p) -> std::unique_ptr<Task> {
+                  return std::make_unique<Quadruped>(p, 0.0, Quadruped::Kind::kFetch);
+                }};
   fetch.variant = "fetch";
-  fetch.edit = [](mjSpec* spec) { EditQuadrupedModel(spec, 0.0, true); };
+  fetch.edit = [](mjSpec* spec) { EditQuadrupedModel(spec, 0.0, false, false, true); };
   defs.push_back(fetch);
 }
 
