@@ -1,4 +1,5 @@
-"""mtrl.envs: one batched pool over a heterogeneous set of tasks (DMC, MetaWorld v3).
+"""mtrl.envs: one batched pool over a heterogeneous set of tasks (DMC, MetaWorld v3, MyoSuite,
+Atari, any gymnasium id; see mtrl/envs/suites.py for the latter three).
 
 The contract is /work/notes/ENVS_API.md: ``make(tasks)`` returns a pool whose ``step`` takes
 (N, action_dim) float32 actions and returns padded (N, obs_dim) float32 observations plus
@@ -26,7 +27,8 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
       num_threads: worker threads (None: all cores).
       backend: "engine" (the C++ engine, DMC tasks it implements), "envpool" (every task), or
         "auto": the engine for the DMC tasks it implements, envpool for the rest (one pool
-        either way; env k keeps seed ``seed + k``).
+        either way; env k keeps seed ``seed + k``). "gym:<id>" tasks run on the gymnasium
+        backend (mtrl/envs/gym_backend.py) under "auto" and "envpool".
       max_episode_steps: override every task's time limit (None: the suite's, 1000 for DMC,
         500 for MetaWorld).
 
@@ -61,6 +63,7 @@ def _build(specs: list[TaskSpec], envs_per_task: int, seed: int, num_threads: in
            backend: str, max_episode_steps: int | None) -> TaskPool:
     from mtrl.envs.engine import EngineTaskPool, engine_tasks
     from mtrl.envs.envpool_backend import EnvpoolTaskPool
+    from mtrl.envs.gym_backend import GymTaskPool
     from mtrl.envs.mixed import MixedTaskPool
 
     on_engine = set(engine_tasks())
@@ -70,8 +73,11 @@ def _build(specs: list[TaskSpec], envs_per_task: int, seed: int, num_threads: in
             raise ValueError(f"backend='engine' does not implement {missing}; it has "
                              f"{sorted(on_engine)} (use backend='auto' or 'envpool')")
     groups = {"engine": [i for i, s in enumerate(specs) if s.name in on_engine and backend != "envpool"]}
-    groups["envpool"] = [i for i in range(len(specs)) if i not in set(groups["engine"])]
-    kinds = {"engine": EngineTaskPool, "envpool": EnvpoolTaskPool}
+    # "gym:<id>" tasks always run on the gymnasium backend (mtrl/envs/gym_backend.py).
+    groups["gym"] = [i for i, s in enumerate(specs) if s.suite == "gym"]
+    groups["envpool"] = [i for i in range(len(specs))
+                         if i not in set(groups["engine"]) | set(groups["gym"])]
+    kinds = {"engine": EngineTaskPool, "envpool": EnvpoolTaskPool, "gym": GymTaskPool}
     parts = []
     for kind, idx in groups.items():
         if not idx:

@@ -32,6 +32,8 @@ class MixedTaskPool(TaskPool):
                 steps[i] = int(pool.max_episode_steps[j])
             self._parts.append((pool, rows))
         super().__init__(specs, envs_per_task, obs_dims, act_dims, steps)
+        for pool, task_idx in parts:
+            self.discrete[task_idx] = pool.discrete
 
     def reset(self) -> np.ndarray:
         """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""

@@ -51,6 +51,10 @@ class TaskPool:
         self.action_dims = np.asarray(action_dims, dtype=np.int64)
         self.max_episode_steps = np.asarray(max_episode_steps, dtype=np.int64)
         self.task_ids = np.repeat(np.arange(len(specs), dtype=np.int64), envs_per_task)
+        # (T,) bool: the task's actions are discrete (Atari, gymnasium Discrete): the env takes
+        # the argmax of the first action_dims[t] entries of its (clipped) row, ties to the lowest
+        # index. Backends with discrete tasks set their entries after this constructor.
+        self.discrete = np.zeros(len(specs), dtype=bool)
         self.obs_dim = int(self.obs_dims.max())
         self.action_dim = int(self.action_dims.max())
         # (N, action_dim) mask of the action entries each env actually uses.

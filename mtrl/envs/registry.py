@@ -93,9 +93,10 @@ class TaskSpec:
     """A resolved task name.
 
     Attributes:
-      name: canonical name, "dmc:<domain>-<task>" or "metaworld:<task>".
-      suite: "dmc" or "metaworld".
-      envpool_id: the envpool environment id for this task.
+      name: canonical name, "dmc:<domain>-<task>", "metaworld:<task>", "myo:<id>",
+        "atari:<game>" or "gym:<gymnasium id>" (see mtrl/envs/suites.py).
+      suite: "dmc", "metaworld", "myo", "atari" or "gym".
+      envpool_id: the envpool environment id for this task ("" for "gym" tasks).
       obs_keys: for dict observations, the keys to flatten in order (empty for flat observations).
     """
 
@@ -116,7 +117,10 @@ def _camel(part: str) -> str:
 
 def available_tasks() -> list[str]:
     """All task names `mtrl.envs.make` accepts (canonical, with suite prefix)."""
-    return [f"dmc:{n}" for n in DMC_OBS_KEYS] + [f"metaworld:{n}" for n in METAWORLD_TASKS]
+    from mtrl.envs.suites import suite_tasks  # MyoSuite, Atari, gymnasium (mtrl/envs/suites.py)
+
+    return ([f"dmc:{n}" for n in DMC_OBS_KEYS] + [f"metaworld:{n}" for n in METAWORLD_TASKS]
+            + suite_tasks())
 
 
 def resolve(name: str) -> TaskSpec:
@@ -137,11 +141,18 @@ def resolve(name: str) -> TaskSpec:
                         DMC_OBS_KEYS[short])
     if suite == "metaworld" and short in METAWORLD_TASKS:
         return TaskSpec(f"metaworld:{short}", "metaworld", f"MetaWorld/{_camel(short)}-v3", ())
-    known = available_tasks()
-    close = difflib.get_close_matches(full, known, n=5, cutoff=0.5)
+    from mtrl.envs.suites import SUITE_PREFIXES, close_suite_names, resolve_suite
+
+    if suite in SUITE_PREFIXES:
+        spec = resolve_suite(suite, short)
+        if spec is not None:
+            return spec
+        close = close_suite_names(full)
+    else:
+        close = difflib.get_close_matches(full, available_tasks(), n=5, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ""
     raise ValueError(
         f"unknown task {name!r}{hint}. Known suites: 'dmc:<domain>-<task>' "
-        f"({len(DMC_OBS_KEYS)} tasks), 'metaworld:<task>' ({len(METAWORLD_TASKS)} tasks); "
-        "see mtrl.envs.available_tasks()"
+        f"({len(DMC_OBS_KEYS)} tasks), 'metaworld:<task>' ({len(METAWORLD_TASKS)} tasks), "
+        "'myo:<MyoSuite id>', 'atari:<game>', 'gym:<gymnasium id>'; see mtrl.envs.available_tasks()"
     )

@@ -1,0 +1,218 @@
+"""gymnasium backend (the slow path): any registered gymnasium id as a task, "gym:<id>".
+
+Every env is its own ``gymnasium.make(id)`` instance, stepped one after the other in a Python
+loop on the calling thread (``num_threads`` is ignored). Expect gymnasium's own per-step cost plus
+a few microseconds per env; use it for tasks no faster backend serves, not for throughput.
+
+Episode ends follow the mtrl.envs contract, not gymnasium's vector autoreset (no vector env is
+used): where ``env.step`` returns terminated or truncated, that observation goes to ``final_obs``,
+the env is reset at once (unseeded, continuing its RNG) and the reset observation goes to ``obs``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+
+from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.registry import TaskSpec
+
+
+class GymTaskPool(TaskPool):
+    """``envs_per_task`` gymnasium env instances of each "gym:<id>" task.
+
+    Env k is seeded ``seed + k`` (``env.reset(seed=...)`` at the first `reset` after construction
+    or `seed`; later resets continue the env's RNG). Spaces:
+
+    - Observations: any space ``gymnasium.spaces.flatten`` handles (Box flattened in C order,
+      Discrete one-hot, Dict/Tuple concatenated in the space's key order), cast to float32 and
+      zero-padded to ``obs_dim``.
+    - Actions: a Box space gets the row's first ``prod(shape)`` entries mapped affinely from
+      [-1, 1] onto [low, high] (entries whose bound is infinite are passed through as they are, in
+      [-1, 1]); a Discrete(n, start) space is a discrete task (``pool.discrete[t]``): action_dim
+      is n and the env takes ``start + argmax`` of the row's first n entries (ties: lowest index).
+      Other action spaces raise ValueError.
+    - ``max_episode_steps[t]``: the id's TimeLimit (the override when given), 0 when it has none.
+    - ``success``: ``info["is_success"]`` or ``info["success"]`` where the env reports one.
+
+    `get_state`/`set_state` pickle the env objects, which captures their full state for plain
+    Python envs (classic control, toy text); envs built on ``gymnasium.utils.EzPickle`` (MuJoCo,
+    Box2D) pickle as their constructor arguments only, so for those it raises NotImplementedError.
+    """
+
+    def __init__(self, specs: list[TaskSpec], *, envs_per_task: int = 1, seed: int = 0,
+                 num_threads: int | None = None, max_episode_steps: int | None = None,
+                 env_seeds: list[int] | None = None) -> None:
+        import gymnasium
+
+        self._gym = gymnasium
+        bad = [s.name for s in specs if s.suite != "gym"]
+        if bad:
+            raise ValueError(f"the gymnasium backend only runs 'gym:<id>' tasks, got {bad}")
+        n = len(specs) * envs_per_task
+        seeds = list(env_seeds) if env_seeds is not None else [seed + k for k in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"env_seeds must have {n} entries, got {len(seeds)}")
+        self._envs: list[Any] = []
+        try:
+            for spec in specs:
+                for _ in range(envs_per_task):
+                    self._envs.append(self._make_env(spec.short, max_episode_steps))
+        except BaseException:
+            for e in self._envs:
+                e.close()
+            raise
+        obs_dims, act_dims, steps, discrete = [], [], [], []
+        self._obs_space, self._act_space, self._low, self._scale = [], [], [], []
+        for t, spec in enumerate(specs):
+            env = self._envs[t * envs_per_task]
+            ospace, aspace = env.observation_space, env.action_space
+            try:
+                obs_dims.append(int(gymnasium.spaces.flatdim(ospace)))
+            except (NotImplementedError, ValueError, TypeError) as err:
+                self.close_envs()
+                raise ValueError(f"{spec.name}: observation space {ospace} cannot be flattened "
+                                 f"to a vector ({err})") from err
+            if isinstance(aspace, gymnasium.spaces.Box):
+                act_dims.append(int(np.prod(aspace.shape, dtype=np.int64)))
+                low = np.asarray(aspace.low, np.float64).reshape(-1)
+                high = np.asarray(aspace.high, np.float64).reshape(-1)
+                finite = np.isfinite(low) & np.isfinite(high)
+                self._low.append(np.where(finite, low, -1.0))
+                self._scale.append(np.where(finite, (high - low) / 2.0, 1.0))
+                discrete.append(False)
+            elif isinstance(aspace, gymnasium.spaces.Discrete):
+                act_dims.append(int(aspace.n))
+                self._low.append(None)
+                self._scale.append(None)
+                discrete.append(True)
+            else:
+                self.close_envs()
+                raise ValueError(f"{spec.name}: action space {aspace} is not supported (only Box "
+                                 "and Discrete action spaces)")
+            self._obs_space.append(ospace)
+            self._act_space.append(aspace)
+            limit = env.spec.max_episode_steps if env.spec is not None else None
+            steps.append(int(limit or 0))
+        super().__init__(specs, envs_per_task, obs_dims, act_dims, steps)
+        self.discrete[:] = discrete
+        self._pending_seeds: list[int] | None = [int(s) for s in seeds]
+
+    def _make_env(self, gym_id: str, max_episode_steps: int | None) -> Any:
+        kw = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
+        try:
+            return self._gym.make(gym_id, **kw)
+        except self._gym.error.Error as err:  # missing optional dependency, bad id, ...
+            raise ValueError(f"gymnasium cannot make {gym_id!r}: {err}") from err
+
+    def close_envs(self) -> None:
+        for e in self._envs:
+            e.close()
+        self._envs = []
+
+    def _write(self, t: int, o: Any, out: np.ndarray, k: int) -> None:
+        flat = self._gym.spaces.flatten(self._obs_space[t], o)
+        out[k, : flat.shape[0]] = np.asarray(flat, dtype=np.float64).reshape(-1)
+
+    def reset(self) -> np.ndarray:
+        """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""
+        if self._closed:
+            raise RuntimeError("the env pool is closed")
+        obs = np.zeros((self.num_envs, self.obs_dim), np.float32)
+        seeds = self._pending_seeds
+        for k, env in enumerate(self._envs):
+            o, _ = env.reset(seed=None if seeds is None else seeds[k])
+            self._write(int(self.task_ids[k]), o, obs, k)
+        self._pending_seeds = None
+        self._has_reset = True
+        return obs
+
+    def _action(self, t: int, row: np.ndarray) -> Any:
+        d = int(self.action_dims[t])
+        space = self._act_space[t]
+        if self.discrete[t]:
+            return int(space.start) + int(np.argmax(row[:d]))
+        a = self._low[t] + (row[:d].astype(np.float64) + 1.0) * self._scale[t]
+        return a.reshape(space.shape).astype(space.dtype)
+
+    def _step(self, actions: np.ndarray) -> StepOutput:
+        n = self.num_envs
+        final = np.zeros((n, self.obs_dim), np.float32)
+        reward = np.zeros(n, np.float32)
+        term = np.zeros(n, bool)
+        trunc = np.zeros(n, bool)
+        success = np.zeros(n, bool)
+        ended = []
+        for k, env in enumerate(self._envs):
+            t = int(self.task_ids[k])
+            o, r, te, tr, info = env.step(self._action(t, actions[k]))
+            self._write(t, o, final, k)
+            reward[k], term[k], trunc[k] = r, te, tr
+            success[k] = bool(info.get("is_success", info.get("success", False)))
+            if te or tr:
+                ended.append(k)
+        obs = final.copy()
+        for k in ended:  # reset now, so the next action is not spent on a reset
+            o, _ = self._envs[k].reset()
+            self._write(int(self.task_ids[k]), o, obs, k)
+        return StepOutput(obs, final, reward, term, trunc, success, np.zeros(n, bool))
+
+    def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
+        """Seed env k with ``seed + k`` (or ``env_seeds[k]``) at the next `reset` (call it)."""
+        seeds = list(env_seeds) if env_seeds is not None else [
+            int(seed) + k for k in range(self.num_envs)]
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"env_seeds must have {self.num_envs} entries, got {len(seeds)}")
+        self._pending_seeds = [int(s) for s in seeds]
+        self._has_reset = False
+
+    def _check_picklable_state(self) -> None:
+        ez = [self.task_names[int(self.task_ids[k])] for k, e in enumerate(self._envs)
+              if isinstance(e.unwrapped, self._gym.utils.EzPickle)]
+        if ez:
+            raise NotImplementedError(
+                f"get_state/set_state are not supported for {sorted(set(ez))}: these gymnasium "
+                "envs pickle as their constructor arguments only (EzPickle), not their state")
+
+    def get_state(self) -> dict[str, Any]:
+        """Picklable snapshot of every env (physics/state, RNG, TimeLimit counters).
+
+        Raises:
+          NotImplementedError: an env pickles as its constructor arguments only (EzPickle).
+        """
+        if self._closed:
+            raise RuntimeError("the env pool is closed")
+        self._check_picklable_state()
+        try:
+            blob = pickle.dumps(self._envs)
+        except Exception as err:  # an env holding an unpicklable handle
+            raise NotImplementedError(f"these gymnasium envs cannot be pickled: {err}") from err
+        return {"backend": "gym", "tasks": self.task_names, "envs_per_task": self.envs_per_task,
+                "envs": blob, "pending_seeds": self._pending_seeds}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a `get_state` snapshot taken from a pool with the same tasks.
+
+        Raises:
+          ValueError: the snapshot belongs to another backend or task layout.
+        """
+        if not isinstance(state, dict) or state.get("backend") != "gym":
+            raise ValueError("state must come from get_state() of a gymnasium pool")
+        if state["tasks"] != self.task_names or state["envs_per_task"] != self.envs_per_task:
+            raise ValueError(f"state is for tasks {state['tasks']} x{state['envs_per_task']}, "
+                             f"this pool runs {self.task_names} x{self.envs_per_task}")
+        if self._closed:
+            raise RuntimeError("the env pool is closed")
+        envs = pickle.loads(state["envs"])
+        self.close_envs()
+        self._envs = envs
+        self._pending_seeds = state["pending_seeds"]
+        self._has_reset = self._pending_seeds is None
+
+    def close(self) -> None:
+        """Close every env (idempotent)."""
+        if not self._closed:
+            self.close_envs()
+        super().close()

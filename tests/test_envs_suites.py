@@ -1,0 +1,176 @@
+"""Tests of the MyoSuite, Atari and gymnasium suites behind the mtrl.envs front (mtrl/envs/suites.py,
+gym_backend.py, the envpool backend's discrete path): layout, padding, episode ends, seeding, errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium
+import numpy as np
+import pytest
+
+import mtrl.envs as envs
+
+
+def _rand(pool, rng):
+    return rng.uniform(-1, 1, (pool.num_envs, pool.action_dim)).astype(np.float32)
+
+
+def _run(pool, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    outs = [pool.reset()]
+    for _ in range(steps):
+        o = pool.step(_rand(pool, rng))
+        outs += [o.obs, o.final_obs, o.reward, o.terminated, o.truncated]
+    return outs
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_suite_names_resolve_and_are_listed():
+    tasks = set(envs.available_tasks())
+    assert {"gym:Pendulum-v1", "atari:pong", "myo:myoElbowPose1D6MRandom-v0"} <= tasks
+    assert envs.resolve("atari:Pong-v5").name == "atari:pong"
+    assert envs.resolve("atari:space_invaders").envpool_id == "SpaceInvaders-v5"
+    assert envs.resolve("myo:MyoSuite/myoHandReachFixed-v0").name == "myo:myoHandReachFixed-v0"
+    assert envs.resolve("gym:Pendulum-v1").suite == "gym"
+    # 398 MyoSuite tasks (envpool's 796 ids count each twice, with the "MyoSuite/" alias).
+    assert sum(t.startswith("myo:") for t in tasks) == 398
+    assert sum(t.startswith("atari:") for t in tasks) == 104
+
+
+@pytest.mark.parametrize("name,close", [("gym:Pendulm-v1", "gym:Pendulum-v1"),
+                                        ("atari:pongg", "atari:pong"),
+                                        ("myo:myoElbowPose1D6MRandm-v0",
+                                         "myo:myoElbowPose1D6MRandom-v0")])
+def test_unknown_suite_names_list_close_names(name, close):
+    with pytest.raises(ValueError, match=f"unknown task '{name}'.*{close}"):
+        envs.make([name])
+
+
+def test_gym_id_that_cannot_be_made_is_a_value_error(monkeypatch):
+    from mtrl.envs import gym_backend
+
+    def boom(*a, **k):
+        raise gymnasium.error.DependencyNotInstalled("box2d is not installed")
+
+    monkeypatch.setattr(gymnasium, "make", boom)
+    with pytest.raises(ValueError, match="gymnasium cannot make 'Pendulum-v1'.*box2d"):
+        gym_backend.GymTaskPool([envs.resolve("gym:Pendulum-v1")])
+
+
+# ---------------------------------------------------------------- gymnasium
+
+
+def test_gym_layout_padding_and_action_rescaling():
+    with envs.make(["gym:Pendulum-v1", "gym:CartPole-v1", "gym:MountainCarContinuous-v0"],
+                   envs_per_task=2, seed=4) as p:
+        assert p.obs_dims.tolist() == [3, 4, 2] and p.action_dims.tolist() == [1, 2, 1]
+        assert p.discrete.tolist() == [False, True, False]
+        assert p.max_episode_steps.tolist() == [200, 500, 999]
+        assert p.task_ids.tolist() == [0, 0, 1, 1, 2, 2]
+        obs = p.reset()
+        assert obs.shape == (6, 4) and obs.dtype == np.float32
+        assert np.all(obs[[0, 1], 3] == 0) and np.all(obs[4:, 2:] == 0)
+        # Pendulum: action 1.0 in [-1, 1] is torque +2 (its Box is [-2, 2]); compare against a
+        # plain gymnasium env with the same seed.
+        ref = gymnasium.make("Pendulum-v1")
+        ref.reset(seed=4)
+        a = np.zeros((6, 2), np.float32)
+        a[:, 0] = 1.0
+        a[2] = [0.3, 0.7]  # CartPole env 2 -> argmax 1
+        a[3] = [0.9, 0.7]  # CartPole env 3 -> argmax 0
+        out = p.step(a)
+        o_ref, r_ref, *_ = ref.step(np.array([2.0], np.float32))
+        np.testing.assert_allclose(out.obs[0, :3], o_ref, rtol=1e-6)
+        assert out.reward[0] == pytest.approx(r_ref, rel=1e-6)
+        cp = [gymnasium.make("CartPole-v1") for _ in range(2)]
+        for j, (env, act) in enumerate(zip(cp, (1, 0))):
+            env.reset(seed=4 + 2 + j)
+            o_cp, *_ = env.step(act)
+            np.testing.assert_allclose(out.obs[2 + j], o_cp, rtol=1e-6)
+
+
+def test_gym_final_obs_vs_reset_obs_at_time_limit():
+    with envs.make(["gym:Pendulum-v1"], envs_per_task=2, seed=0, max_episode_steps=3) as p:
+        assert p.max_episode_steps.tolist() == [3]
+        ref = gymnasium.make("Pendulum-v1", max_episode_steps=3)
+        ref.reset(seed=0)
+        p.reset()
+        z = np.zeros((2, 1), np.float32)
+        for i in range(3):
+            out = p.step(z)
+            o_ref, _, te, tr, _ = ref.step(np.zeros(1, np.float32))
+            assert out.truncated.tolist() == [i == 2] * 2 and not out.terminated.any()
+            np.testing.assert_allclose(out.final_obs[0], o_ref, rtol=1e-6)
+        # The ended step: final_obs is the last observation, obs the reset one (ref's next reset).
+        o_reset, _ = ref.reset()
+        np.testing.assert_allclose(out.obs[0], o_reset, rtol=1e-6)
+        assert not np.allclose(out.obs, out.final_obs)
+        out = p.step(z)  # the next action is not ignored: a normal step of the new episode
+        assert not out.truncated.any()
+        o_ref, *_ = ref.step(np.zeros(1, np.float32))
+        np.testing.assert_allclose(out.final_obs[0], o_ref, rtol=1e-6)
+
+
+def test_gym_termination_and_determinism():
+    # CartPole pushed one way falls within ~10 steps: terminated (not truncated).
+    with envs.make(["gym:CartPole-v1"], envs_per_task=3, seed=7) as p:
+        p.reset()
+        a = np.tile(np.array([[1.0, 0.0]], np.float32), (3, 1))
+        ended = np.zeros(3, bool)
+        for _ in range(40):
+            out = p.step(a)
+            assert not out.truncated.any()
+            done = out.terminated
+            assert np.all(np.abs(out.final_obs[done, 2]) > 0.2)   # pole angle past the limit
+            assert np.all(np.abs(out.obs[done]) <= 0.05)            # fresh reset state
+            ended |= done
+        assert ended.all()
+    with envs.make(["gym:Pendulum-v1", "gym:CartPole-v1"], envs_per_task=2, seed=3) as p, \
+            envs.make(["gym:Pendulum-v1", "gym:CartPole-v1"], envs_per_task=2, seed=3) as q:
+        first = _run(p, 30)
+        for x, y in zip(first, _run(q, 30), strict=True):
+            np.testing.assert_array_equal(x, y)
+        p.seed(3)  # reseeding replays the same trajectories
+        for x, y in zip(_run(p, 30), first, strict=True):
+            np.testing.assert_array_equal(x, y)
+        p.seed(4)
+        assert not np.array_equal(p.reset(), first[0])
+
+
+def test_gym_get_set_state_continues_identically():
+    with envs.make(["gym:Pendulum-v1"], envs_per_task=2, seed=1, max_episode_steps=5) as p:
+        rng = np.random.default_rng(0)
+        p.reset()
+        for _ in range(3):
+            p.step(_rand(p, rng))
+        state = pickle.loads(pickle.dumps(p.get_state()))
+        acts = [_rand(p, rng) for _ in range(6)]
+        a = [p.step(x).final_obs for x in acts]
+        p.set_state(state)
+        b = [p.step(x).final_obs for x in acts]
+        np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    with envs.make(["gym:InvertedPendulum-v5"]) as p:  # MuJoCo env: EzPickle, no state
+        p.reset()
+        with pytest.raises(NotImplementedError, match="EzPickle"):
+            p.get_state()
+
+
+def test_gym_bad_actions():
+    with envs.make(["gym:Pendulum-v1", "gym:CartPole-v1"]) as p:
+        with pytest.raises(RuntimeError, match="reset"):
+            p.step(np.zeros((2, 2), np.float32))
+        p.reset()
+        with pytest.raises(ValueError, match="shape"):
+            p.step(np.zeros((2, 1), np.float32))
+        with pytest.raises(ValueError, match="float32"):
+            p.step(np.zeros((2, 2), np.float64))
+        bad = np.zeros((2, 2), np.float32)
+        bad[1, 0] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            p.step(bad)
