@@ -174,3 +174,101 @@ def test_gym_bad_actions():
         bad[1, 0] = np.nan
         with pytest.raises(ValueError, match="NaN"):
             p.step(bad)
+
+
+# ---------------------------------------------------------------- envpool suites (Atari, MyoSuite)
+
+
+def _against_raw_envpool(name, envpool_id, steps, limit, seed, actions_for):
+    """Step our pool and a raw envpool side by side (2 envs, seeds seed, seed+1) and check that
+    ours is envpool with its next-step auto-reset hidden: at an episode end ``final_obs`` is the
+    raw terminal observation and ``obs`` the raw reset observation (which raw envpool only
+    returns on the following call, ignoring that call's action)."""
+    import envpool
+
+    raw = envpool.make_gymnasium(envpool_id, num_envs=2, batch_size=2, env_seed=[seed, seed + 1],
+                                 max_episode_steps=limit)
+    rng = np.random.default_rng(seed)
+    ends = 0
+    with envs.make([name], envs_per_task=2, seed=seed, max_episode_steps=limit) as p:
+        o_raw, _ = raw.reset()
+        np.testing.assert_array_equal(p.reset(), o_raw.reshape(2, -1).astype(np.float32))
+        for _ in range(steps):
+            a, a_raw = actions_for(p, rng)
+            out = p.step(a)
+            o_raw, r_raw, te_raw, tr_raw, info = raw.step(a_raw)
+            np.testing.assert_array_equal(out.final_obs,
+                                          o_raw.reshape(2, -1).astype(np.float32))
+            np.testing.assert_array_equal(out.reward, r_raw.astype(np.float32))
+            np.testing.assert_array_equal(out.terminated, te_raw)
+            np.testing.assert_array_equal(out.truncated, tr_raw)
+            success = np.asarray(info.get("solved", np.zeros(2))) > 0
+            np.testing.assert_array_equal(out.success, success)
+            ended = te_raw | tr_raw
+            if ended.any():
+                ends += 1
+                # raw envpool: this call's action is ignored and the reset observation returned
+                o_raw, r_raw, *_ = raw.step(a_raw)
+                assert np.all(r_raw[ended] == 0)
+                np.testing.assert_array_equal(out.obs[ended],
+                                              o_raw.reshape(2, -1)[ended].astype(np.float32))
+                # only safe to keep comparing if both envs ended together (same time limit)
+                assert ended.all()
+            else:
+                np.testing.assert_array_equal(out.obs, out.final_obs)
+    raw.close()
+    return ends
+
+
+def test_atari_argmax_rule_layout_and_episode_ends():
+    def acts(p, rng):
+        a = rng.uniform(-1, 1, (2, p.action_dim)).astype(np.float32)
+        a[1] = 0.0  # an all-tie row means action 0 (NOOP)
+        return a, np.array([int(np.argmax(a[0])), 0], np.int32)
+
+    with envs.make(["atari:pong"], envs_per_task=2, seed=5) as p:
+        assert p.discrete.tolist() == [True]
+        assert p.action_dims.tolist() == [6] and p.obs_dims.tolist() == [4 * 84 * 84]
+        assert p.max_episode_steps.tolist() == [27000]
+        obs = p.reset()
+        assert obs.dtype == np.float32 and obs.min() >= 0 and obs.max() <= 255
+        assert np.array_equal(obs, np.round(obs)) and obs.max() > 1  # unscaled pixels
+    assert _against_raw_envpool("atari:pong", "Pong-v5", steps=13, limit=6, seed=5,
+                                actions_for=acts) == 2
+
+
+def test_myosuite_matches_envpool_and_ends_episodes():
+    def acts(p, rng):
+        a = rng.uniform(-1, 1, (2, p.action_dim)).astype(np.float32)
+        return a, a.astype(np.float64)
+
+    with envs.make(["myo:myoElbowPose1D6MRandom-v0"], envs_per_task=1) as p:
+        assert p.obs_dims.tolist() == [9] and p.action_dims.tolist() == [6]
+        assert not p.discrete.any()
+    assert _against_raw_envpool("myo:myoElbowPose1D6MRandom-v0", "myoElbowPose1D6MRandom-v0",
+                                steps=9, limit=4, seed=2, actions_for=acts) == 2
+
+
+def test_mixed_engine_envpool_gym_pool():
+    names = ["dmc:cartpole-balance", "atari:pong", "myo:myoElbowPose1D6MRandom-v0",
+             "gym:MountainCarContinuous-v0"]
+    with envs.make(names, envs_per_task=2, seed=0, max_episode_steps=3) as p, \
+            envs.make(names, envs_per_task=2, seed=0, max_episode_steps=3) as q:
+        assert p.task_names == names and p.num_envs == 8
+        assert p.obs_dims.tolist() == [5, 28224, 9, 2] and p.obs_dim == 28224
+        assert p.action_dims.tolist() == [1, 6, 6, 1] and p.action_dim == 6
+        assert p.discrete.tolist() == [False, True, False, False]
+        a, b = _run(p, 4), _run(q, 4)
+        for x, y in zip(a, b, strict=True):  # same seed, same trajectories
+            np.testing.assert_array_equal(x, y)
+        obs = a[0]
+        assert np.all(obs[:2, 5:] == 0) and np.all(obs[4:6, 9:] == 0) and np.all(obs[6:, 2:] == 0)
+        # outs: [reset] + per step [obs, final_obs, reward, terminated, truncated]
+        reset_obs, final, trunc = a[1 + 2 * 5], a[2 + 2 * 5], a[5 + 2 * 5]
+        assert np.all(trunc)  # every env hits the time limit at step 3
+        for o in (final, reset_obs):  # padding kept at the episode end
+            assert np.all(o[:2, 5:] == 0) and np.all(o[4:6, 9:] == 0) and np.all(o[6:, 2:] == 0)
+        assert not np.array_equal(final[6:, :2], reset_obs[6:, :2])
+        assert not np.array_equal(final[:2, :5], reset_obs[:2, :5])
+        with pytest.raises(ValueError, match=r"shape \(num_envs, action_dim\) = \(8, 6\)"):
+            p.step(np.zeros((8, 5), np.float32))

@@ -24,6 +24,15 @@ class EnvpoolTaskPool(TaskPool):
     Env k is seeded with ``seed + k`` (envpool's per-env seed). Actions in [-1, 1] are mapped
     affinely onto the task's action bounds when those are not [-1, 1]. ``get_state`` /
     ``set_state`` are not available: envpool does not expose its physics or RNG state.
+
+    Discrete-action tasks (Atari, ``pool.discrete[t]``): action_dim is the number of actions
+    (Pong: 6, full action set 18 for some games) and the env takes the argmax of the first
+    action_dim entries of its (clipped) row, ties to the lowest index, so a continuous agent
+    can drive it. Atari observations (envpool defaults, listed in mtrl/envs/suites.py) are the
+    (4, 84, 84) uint8 frame stack, oldest frame first, flattened in C order (index
+    ``frame * 7056 + row * 84 + col``, obs_dim 28224) to float32 with pixel values 0..255
+    unscaled (divide by 255 in the agent if wanted). MyoSuite observations are flat already;
+    ``success`` is ``info["success"]`` (MetaWorld) or ``info["solved"]`` (MyoSuite).
     """
 
     def __init__(self, specs: list[TaskSpec], *, envs_per_task: int = 1, seed: int = 0,
@@ -44,13 +53,19 @@ class EnvpoolTaskPool(TaskPool):
         for spec, p in zip(specs, self._pools, strict=True):
             obs_dims.append(_obs_size(p.observation_space, spec.obs_keys))
             space = p.action_space
-            act_dims.append(int(np.prod(space.shape)))
-            low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
-            unit = np.all(low == -1.0) and np.all(high == 1.0)
-            self._act_low.append(None if unit else low)
-            self._act_scale.append(None if unit else (high - low) / 2.0)
+            if hasattr(space, "n"):  # Discrete (Atari): argmax of the row, see the class doc
+                act_dims.append(int(space.n))
+                self._act_low.append(None)
+                self._act_scale.append(None)
+            else:
+                act_dims.append(int(np.prod(space.shape)))
+                low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+                unit = np.all(low == -1.0) and np.all(high == 1.0)
+                self._act_low.append(None if unit else low)
+                self._act_scale.append(None if unit else (high - low) / 2.0)
             max_steps.append(int(p.config["max_episode_steps"]))
         super().__init__(specs, envs_per_task, obs_dims, act_dims, max_steps)
+        self.discrete[:] = [hasattr(p.action_space, "n") for p in self._pools]
 
     def _make_pools(self, env_seeds: list[int]) -> list[Any]:
         kw = {} if self._max_steps_override is None else {
@@ -97,6 +112,8 @@ class EnvpoolTaskPool(TaskPool):
             a = actions[self._task_rows(t), : self.action_dims[t]].astype(np.float64)
             if self._act_low[t] is not None:
                 a = self._act_low[t] + (a + 1.0) * self._act_scale[t]
+            if self.discrete[t]:
+                a = a.argmax(axis=1).astype(np.int32)  # ties: the lowest index
             p.send(a)
         for t, p in enumerate(self._pools):
             o, r, te, tr, info = p.recv()
@@ -105,6 +122,8 @@ class EnvpoolTaskPool(TaskPool):
             reward[rows], term[rows], trunc[rows] = r, te, tr
             if "success" in info:
                 success[rows] = np.asarray(info["success"]) > 0
+            elif "solved" in info:  # MyoSuite's success flag
+                success[rows] = np.asarray(info["solved"]) > 0
         obs = final.copy()
         ended = term | trunc
         if ended.any():

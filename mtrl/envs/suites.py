@@ -7,7 +7,10 @@ Names (``mtrl.envs.available_tasks()`` lists them all):
   (envpool 1.2.5 registers 398 MyoSuite tasks, each also under a ``"MyoSuite/"`` alias, hence the
   796 ids; ``"myo:MyoSuite/<id>"`` is accepted too). Observations are envpool's flat float64
   vector cast to float32; actions are muscle activations in [-1, 1]; ``success`` is MyoSuite's
-  ``solved`` flag (envpool's ``info["solved"] > 0``); envpool's per-task time limit.
+  ``solved`` flag (envpool's ``info["solved"] > 0``); envpool's per-task time limit. Observed
+  with envpool 1.2.5: the "...Random-v0" tasks (e.g. myoElbowPose1D6MRandom-v0) return the same
+  initial observation whatever the seed and at every reset (envpool does not randomise them);
+  mtrl passes the seeds through and does not change that.
 - ``"atari:<game>"``: an Atari 2600 game of envpool's ``<Game>-v5`` family, named by its
   snake-case ROM name, e.g. ``"atari:pong"``, ``"atari:space_invaders"``, ``"atari:air_raid"``
   (``"atari:Pong-v5"`` is accepted too). ROMs are bundled with envpool. envpool's defaults are
