@@ -6,9 +6,10 @@ Same run, same tasks, uniform random actions. Configurations (issue 5):
   cheetah16 16 envs of cheetah-run;  humanoid16 16 envs of humanoid-run
 Contenders: ours (`mtrl.envs.make(backend="engine")`, one call per iteration, `--threads`
 threads); envpool (one `make_gymnasium` pool per task with min(envs, `--threads`) threads,
-stepped one after another from Python, as a user of envpool would); dm_control (`suite.load` envs stepped in a Python loop, mt30/dmc-hard
-only). The floor is the summed cost of the raw `mj_step` substeps of the same mix (timed in C
-loops of many control steps through `mujoco.mj_step(m, d, nstep)`), divided by the thread count.
+stepped one after another from Python, as a user of envpool would); dm_control (`suite.load`
+envs stepped in a Python loop; mt30/dmc-hard only). The floor is the summed cost of the raw
+`mj_step` substeps of the same mix (timed in C loops of many control steps through
+`mujoco.mj_step(m, d, nstep)`), divided by the thread count.
 Numbers are env-steps per second; ratios are medians of per-round ratios, the contenders being
 timed back to back in each round (the machine's load drifts).
 Last line: `RESULT {json}`.

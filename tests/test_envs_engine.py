@@ -84,6 +84,15 @@ def test_same_seed_any_thread_count_same_trajectories():
     assert not np.allclose(a, _trajectory(6, 2))
 
 
+def test_non_contiguous_actions_are_accepted():
+    with envs.make(["cheetah-run"], envs_per_task=3, backend="engine", seed=0) as p, \
+            envs.make(["cheetah-run"], envs_per_task=3, backend="engine", seed=0) as q:
+        p.reset()
+        q.reset()
+        a = np.random.default_rng(0).uniform(-1, 1, (6, 3)).astype(np.float32).T  # F-order
+        np.testing.assert_array_equal(p.step(a).obs, q.step(np.ascontiguousarray(a)).obs)
+
+
 def test_env_k_is_seeded_with_seed_plus_k():
     with envs.make(["cheetah-run"], envs_per_task=3, seed=10, backend="engine") as a, \
             envs.make(["cheetah-run"], envs_per_task=1, seed=11, backend="engine") as b:

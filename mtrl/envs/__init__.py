@@ -53,7 +53,8 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
         raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
     if max_episode_steps is not None and (
             int(max_episode_steps) != max_episode_steps or max_episode_steps < 1):
-        raise ValueError(f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
+        raise ValueError(
+            f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return _build(specs, int(envs_per_task), int(seed), num_threads, backend, max_episode_steps)
@@ -72,7 +73,8 @@ def _build(specs: list[TaskSpec], envs_per_task: int, seed: int, num_threads: in
         if missing:
             raise ValueError(f"backend='engine' does not implement {missing}; it has "
                              f"{sorted(on_engine)} (use backend='auto' or 'envpool')")
-    groups = {"engine": [i for i, s in enumerate(specs) if s.name in on_engine and backend != "envpool"]}
+    use_engine = backend != "envpool"
+    groups = {"engine": [i for i, s in enumerate(specs) if use_engine and s.name in on_engine]}
     # "gym:<id>" tasks always run on the gymnasium backend (mtrl/envs/gym_backend.py).
     groups["gym"] = [i for i, s in enumerate(specs) if s.suite == "gym"]
     groups["envpool"] = [i for i in range(len(specs))

@@ -28,7 +28,8 @@ def dm_control_suite_dir() -> Path:
     """
     spec = importlib.util.find_spec("dm_control")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the C++ engine reads its models from dm_control, which is not installed")
+        raise RuntimeError(
+            "the C++ engine reads its models from dm_control, which is not installed")
     return Path(list(spec.submodule_search_locations)[0]) / "suite"
 
 

@@ -75,7 +75,8 @@ class EnvpoolTaskPool(TaskPool):
             first = t * self._epts
             pools.append(self._envpool.make_gymnasium(
                 spec.envpool_id, num_envs=self._epts, batch_size=self._epts,
-                num_threads=self._threads, env_seed=[int(s) for s in env_seeds[first:first + self._epts]], **kw))
+                num_threads=self._threads,
+                env_seed=[int(s) for s in env_seeds[first:first + self._epts]], **kw))
         return pools
 
     def _flat(self, t: int, obs: Any, out: np.ndarray, rows: np.ndarray) -> None:

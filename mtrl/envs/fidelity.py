@@ -40,7 +40,8 @@ def _task_state(short: str, physics) -> list[float]:
     if short.startswith("swimmer-"):
         return [m.geom_pos["target", "x"], m.geom_pos["target", "y"]]
     if short == "quadruped-escape":
-        adr, n = physics.model.hfield_adr[0], physics.model.hfield_nrow[0] * physics.model.hfield_ncol[0]
+        model = physics.model
+        adr, n = model.hfield_adr[0], model.hfield_nrow[0] * model.hfield_ncol[0]
         return list(physics.model.hfield_data[adr:adr + n])
     if short == "point_mass-hard":
         return list(physics.model.wrap_prm[:4])
@@ -78,9 +79,9 @@ def compare_rollout(task: str, steps: int, seed: int = 0, atol: float = 1e-5,
     spec = resolve(task)
     with EngineTaskPool([spec], seed=seed, num_threads=1) as pool:
         pool.reset()
-        state = np.empty(mujoco.mj_stateSize(physics.model.ptr, mujoco.mjtState.mjSTATE_INTEGRATION))
-        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, state,
-                           mujoco.mjtState.mjSTATE_INTEGRATION)
+        sig = mujoco.mjtState.mjSTATE_INTEGRATION
+        state = np.empty(mujoco.mj_stateSize(physics.model.ptr, sig))
+        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, state, sig)
         rng = pool._pool._get_state()[0][1]
         pool._pool._set_state([(state, rng, 0, np.asarray(_task_state(spec.short, physics)))])
         rng_a = np.random.default_rng(seed)
@@ -92,7 +93,8 @@ def compare_rollout(task: str, steps: int, seed: int = 0, atol: float = 1e-5,
             ref = flat_obs(ts.observation)
             ours = out.final_obs[0, : ref.size].astype(np.float64)
             worst_obs = max(worst_obs, float(np.max(np.abs(ours - ref) / (np.abs(ref) + atol))))
-            worst_rew = max(worst_rew, abs(float(out.reward[0]) - ts.reward) / (abs(ts.reward) + atol))
+            rew_gap = abs(float(out.reward[0]) - ts.reward) / (abs(ts.reward) + atol)
+            worst_rew = max(worst_rew, rew_gap)
             if ts.last() or out.truncated[0]:
                 return RolloutDiff(worst_obs, worst_rew, t + 1)
     return RolloutDiff(worst_obs, worst_rew, steps)

@@ -113,7 +113,7 @@ class TaskPool:
                 raise ValueError(f"actions contain NaN or inf for envs {envs[:10].tolist()}"
                                  f"{' ...' if envs.size > 10 else ''}")
             a = np.where(self._act_mask, a, np.float32(0))
-        return np.clip(a, np.float32(-1), np.float32(1))
+        return np.ascontiguousarray(np.clip(a, np.float32(-1), np.float32(1)))
 
     def step(self, actions: Any) -> StepOutput:
         """Step every env once with its row of ``actions`` ((N, action_dim) float32 in [-1, 1]).

@@ -1,4 +1,4 @@
-"""Task names: the DeepMind Control and MetaWorld v3 tasks, their backends and observation layouts."""
+"""Task names: the DeepMind Control and MetaWorld v3 tasks, their envpool ids and obs layouts."""
 
 from __future__ import annotations
 
