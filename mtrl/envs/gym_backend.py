@@ -98,6 +98,7 @@ class GymTaskPool(TaskPool):
             steps.append(int(limit or 0))
         super().__init__(specs, envs_per_task, obs_dims, act_dims, steps)
         self.discrete[:] = discrete
+        self._box_obs = [isinstance(o, gymnasium.spaces.Box) for o in self._obs_space]
         self._pending_seeds: list[int] | None = [int(s) for s in seeds]
 
     def _make_env(self, gym_id: str, max_episode_steps: int | None) -> Any:
@@ -113,6 +114,9 @@ class GymTaskPool(TaskPool):
         self._envs = []
 
     def _write(self, t: int, o: Any, out: np.ndarray, k: int) -> None:
+        if self._box_obs[t]:  # fast path: a Box observation is already an array
+            out[k, : self.obs_dims[t]] = np.asarray(o).reshape(-1)
+            return
         flat = self._gym.spaces.flatten(self._obs_space[t], o)
         out[k, : flat.shape[0]] = np.asarray(flat, dtype=np.float64).reshape(-1)
 
