@@ -104,6 +104,18 @@ def _coerce(value: Any, name: str, dtype: type, kinds: str) -> np.ndarray:
     if dtype is np.bool_ and array.dtype.kind != "b":
         if np.any((array != 0) & (array != 1)):
             raise ValueError(f"`{name}` must hold only 0/1 (or be a bool array)")
+    if dtype is np.float32 and array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            out = np.ascontiguousarray(array, dtype=dtype)
+        overflow = np.isfinite(array) & ~np.isfinite(out)
+        if overflow.any():
+            pos = tuple(int(i) for i in np.argwhere(overflow)[0])
+            where = f"[{', '.join(map(str, pos))}]" if pos else ""
+            limit = float(np.finfo(np.float32).max)
+            raise ValueError(f"{name}{where} = {float(array[pos])!r} is outside the float32 "
+                             f"range (|x| <= {limit:.8g}); {array.dtype} input is cast to "
+                             f"float32")
+        return out
     return np.ascontiguousarray(array, dtype=dtype)
 
 
@@ -240,17 +252,26 @@ class ReplayBuffer:
             truncated: Any, next_obs: Any) -> None:
         """Inserts one vector-env step (one transition per env) in one call.
 
+        Storage is float32. float32 C-contiguous arrays are used as they are; float64 (or other
+        float/integer) arrays and lists are cast to float32 first (rounding to nearest, like
+        ``np.asarray(x, np.float32)``); a finite float64 value beyond the float32 range
+        (``|x| > 3.4028235e38``) is rejected with ValueError rather than stored as inf.
+        Every value of obs, action, reward and next_obs must be finite: a NaN or +/-inf raises
+        ValueError naming the field, the env row and the value (e.g. ``reward[3] = nan is not
+        finite``). A rejected call changes nothing (all checks run before any write).
+
         Args:
-            task_id: (N,) int64 task of each env.
+            task_id: (N,) int64 task of each env (any integer dtype is accepted).
             obs: (N, O) float32 observation the action was taken in.
             action: (N, A) float32 padded action.
             reward: (N,) float32 raw reward.
-            terminated: (N,) bool. truncated: (N,) bool.
+            terminated: (N,) bool. truncated: (N,) bool (0/1 integers are accepted).
             next_obs: (N, O) float32 observation after the action (the final observation when
                 the episode ended, not the reset one).
 
         Raises:
-            TypeError: an argument of an unusable dtype. ValueError: a wrong shape.
+            TypeError: an argument of an unusable dtype (e.g. strings, complex, float task ids).
+            ValueError: a wrong shape, a NaN/inf value, or a float64 value that overflows float32.
             IndexError: a task id outside [0, num_tasks).
         """
         args = (task_id, obs, action, reward, terminated, truncated, next_obs)

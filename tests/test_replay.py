@@ -487,6 +487,107 @@ def test_add_converts_friendly_dtypes():
     assert buf.sizes.tolist() == [1, 1]
 
 
+def saved_state(buf: ReplayBuffer, directory) -> dict[str, bytes]:
+    """Every file ``save`` writes (all arrays, pending rows, links, priorities, scalars)."""
+    buf.save(directory)
+    return {f.name: f.read_bytes() for f in sorted(directory.iterdir())}
+
+
+def nonfinite_step(rng, field, row, col, value, n=4, o=3, a=2):
+    """A valid random step (continuing nothing) with one non-finite entry."""
+    step = dict(task_id=np.array([0, 1, 1, 0][:n], np.int64),
+                obs=rng.standard_normal((n, o)).astype(np.float32),
+                action=rng.uniform(-1, 1, (n, a)).astype(np.float32),
+                reward=rng.standard_normal(n).astype(np.float32),
+                terminated=np.array([0, 1, 0, 0][:n], bool), truncated=np.zeros(n, bool),
+                next_obs=rng.standard_normal((n, o)).astype(np.float32))
+    if step[field].ndim == 2:
+        step[field][row, col] = value
+    else:
+        step[field][row] = value
+    return step
+
+
+@pytest.mark.parametrize("field,row,col,value,match", [
+    ("reward", 3, None, np.nan, r"^reward\[3\] = nan is not finite$"),
+    ("reward", 0, None, -np.inf, r"^reward\[0\] = -inf is not finite$"),
+    ("obs", 2, 1, np.inf, r"^obs\[2, 1\] = inf is not finite \(env 2\)$"),
+    ("obs", 3, 2, -np.nan, r"^obs\[3, 2\] = nan is not finite \(env 3\)$"),
+    ("action", 1, 0, np.nan, r"^action\[1, 0\] = nan is not finite \(env 1\)$"),
+    ("action", 3, 1, -np.inf, r"^action\[3, 1\] = -inf is not finite \(env 3\)$"),
+    ("next_obs", 3, 2, np.inf, r"^next_obs\[3, 2\] = inf is not finite \(env 3\)$"),
+    ("next_obs", 0, 0, np.nan, r"^next_obs\[0, 0\] = nan is not finite \(env 0\)$"),
+])
+def test_add_rejects_nonfinite_and_changes_nothing(tmp_path, field, row, col, value, match):
+    rng = np.random.default_rng(11)
+    buf = ReplayBuffer(2, 5, 3, 2, 4, seed=1)
+    run_envs(buf, None, 6, task_of_env=[0, 1, 1, 0], p_end=0.3)  # wrapped, with pending rows
+    before = saved_state(buf, tmp_path / "before")
+    step = nonfinite_step(rng, field, row, col, value)
+    with pytest.raises(ValueError, match=match):
+        buf.add(**step)
+    with pytest.raises(ValueError, match=match):  # the float64 (converted) path says the same
+        buf.add(**{k: v.astype(np.float64) if v.dtype == np.float32 else v
+                   for k, v in step.items()})
+    assert saved_state(buf, tmp_path / "after") == before  # no partial write of earlier rows
+    untouched = ReplayBuffer.load(tmp_path / "before")
+    got = buf.sample(16, prioritized=True, n_step=3)
+    want = untouched.sample(16, prioritized=True, n_step=3)
+    for k in ("index", "obs", "action", "reward", "next_obs", "mask", "discount", "weight"):
+        assert np.array_equal(getattr(got, k), getattr(want, k)), k
+    # The same step with the bad value replaced is accepted.
+    step[field][(row, col) if col is not None else row] = 0.5
+    buf.add(**step)
+    assert len(buf) == 10
+
+
+def test_add_reports_first_nonfinite_field_and_entry():
+    buf = ReplayBuffer(1, 8, 3, 2, 2)
+    step = good_step()
+    step["obs"][1, 2] = np.nan
+    step["obs"][1, 0] = np.inf
+    step["reward"][0] = np.nan
+    with pytest.raises(ValueError, match=r"^obs\[1, 0\] = inf is not finite"):
+        buf.add(**step)
+    assert len(buf) == 0
+
+
+def test_add_casts_float64_to_float32():
+    buf = ReplayBuffer(1, 8, 3, 2, 2)
+    rng = np.random.default_rng(5)
+    obs = rng.standard_normal((2, 3)) * 1e30  # float64, not float32-representable
+    obs[0, 0] = 3.0e38  # still within float32 range
+    action = rng.uniform(-1, 1, (2, 2))
+    reward = np.array([0.1, -1e-50])  # underflows to -0.0: finite, accepted
+    nxt = rng.standard_normal((2, 3))
+    buf.add([0, 0], obs, action, reward, [False, False], [True, False], nxt)
+    got = buf.fetch([0, 1])
+    assert got.obs.dtype == np.float32
+    assert np.array_equal(got.obs, obs.astype(np.float32))
+    assert np.array_equal(got.action, action.astype(np.float32))
+    assert np.array_equal(got.reward, reward.astype(np.float32))
+    assert np.array_equal(got.next_obs[0], nxt[0].astype(np.float32))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("obs", 1e39, r"^obs\[1, 2\] = 1e\+39 is outside the float32 range"),
+    ("next_obs", -1e300, r"^next_obs\[1, 2\] = -1e\+300 is outside the float32 range"),
+    ("action", 4e38, r"^action\[1, 1\] = 4e\+38 is outside the float32 range"),
+    ("reward", -5e38, r"^reward\[1\] = -5e\+38 is outside the float32 range"),
+])
+def test_add_rejects_float64_beyond_float32_range(field, value, match):
+    buf = ReplayBuffer(1, 8, 3, 2, 2)
+    step = {k: v.astype(np.float64) if v.dtype == np.float32 else v
+            for k, v in good_step().items()}
+    if step[field].ndim == 2:
+        step[field][1, -1] = value
+    else:
+        step[field][1] = value
+    with pytest.raises(ValueError, match=match):  # and no numpy overflow warning (an error here)
+        buf.add(**step)
+    assert len(buf) == 0
+
+
 def test_sample_bad_input():
     empty = ReplayBuffer(2, 8, 3, 2, 2)
     with pytest.raises(RuntimeError, match="empty"):

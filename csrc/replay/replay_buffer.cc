@@ -26,6 +26,41 @@ double PowAlpha(double p, double alpha) {
   return std::exp(alpha * std::log(p));
 }
 
+bool NonFiniteBits(uint32_t bits) { return (bits & 0x7f800000u) == 0x7f800000u; }
+
+// Index of the first NaN/inf among p[0..n), or -1. Tests the exponent bits (so it holds under
+// any floating-point flags); the first pass is a branch-free OR reduction that the compiler
+// vectorises, and only an array that fails it is scanned again for the position.
+int64_t FirstNonFinite(const float* p, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, p + i, sizeof(bits));
+    bad |= static_cast<uint32_t>(NonFiniteBits(bits));
+  }
+  if (bad == 0) return -1;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, p + i, sizeof(bits));
+    if (NonFiniteBits(bits)) return i;
+  }
+  return -1;
+}
+
+// Throws std::invalid_argument naming the first non-finite entry of a (rows, cols) field, e.g.
+// "obs[3, 5] = inf is not finite (env 3)" or "reward[3] = nan is not finite".
+void CheckFinite(const char* name, const float* p, int64_t rows, int64_t cols, bool matrix) {
+  const int64_t i = FirstNonFinite(p, rows * cols);
+  if (i < 0) return;
+  uint32_t bits;
+  std::memcpy(&bits, p + i, sizeof(bits));
+  const char* value = (bits & 0x007fffffu) != 0 ? "nan" : (bits >> 31 ? "-inf" : "inf");
+  const std::string row = std::to_string(i / cols);
+  throw std::invalid_argument(
+      std::string(name) + "[" + row + (matrix ? ", " + std::to_string(i % cols) : "") + "] = " +
+      value + " is not finite" + (matrix ? " (env " + row + ")" : ""));
+}
+
 }  // namespace
 
 void ReplayConfig::Validate() const {
@@ -141,6 +176,11 @@ void ReplayBuffer::Add(const StepView& step) {
                               std::to_string(c.num_tasks) + ")");
     }
   }
+  // Nothing non-finite may be stored (it would poison every sample that touches it).
+  CheckFinite("obs", step.obs, c.num_envs, c.obs_dim, true);
+  CheckFinite("action", step.action, c.num_envs, c.action_dim, true);
+  CheckFinite("reward", step.reward, c.num_envs, 1, false);
+  CheckFinite("next_obs", step.next_obs, c.num_envs, c.obs_dim, true);
   std::lock_guard<std::mutex> lock(mu_);
   // At most two pool rows per env per call (its previous stream break + its own episode end);
   // reserving first means nothing below can fail half-way.

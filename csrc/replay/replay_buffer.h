@@ -100,8 +100,9 @@ class ReplayBuffer {
   double max_priority() const;
   int64_t final_rows_in_use() const;
 
-  // Inserts one transition per env. Throws std::out_of_range for a task id outside
-  // [0, num_tasks) before changing anything.
+  // Inserts one transition per env. Before changing anything, throws std::out_of_range for a
+  // task id outside [0, num_tasks) and std::invalid_argument for a NaN or infinite value in
+  // obs, action, reward or next_obs (naming the field, env row and value).
   void Add(const StepView& step);
   // Throws std::invalid_argument for bad options, std::runtime_error when there is nothing to
   // sample from (empty buffer, an empty task when stratified, zero total priority).
