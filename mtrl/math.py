@@ -8,6 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtrl.ops.reference import (
+    categorical_cross_entropy_reference,
+    categorical_td_target_reference,
+)
+
 LOG_STD_MIN = -10.0
 LOG_STD_MAX = 2.0
 
@@ -15,35 +20,6 @@ LOG_STD_MAX = 2.0
 def atoms_support(v_min: float, v_max: float, num_atoms: int, device=None) -> Tensor:
     """Fixed categorical support z_j = linspace(v_min, v_max, num_atoms), shape (num_atoms,) (§3.2)."""
     return torch.linspace(v_min, v_max, num_atoms, device=device, dtype=torch.float32)
-
-
-def categorical_projection(
-    probs: Tensor, shifted_atoms: Tensor, v_min: float, v_max: float
-) -> Tensor:
-    """C51 projection of mass ``probs`` (B, K) sitting at ``shifted_atoms`` (B, K) onto the fixed
-    support; returns (B, K) rows summing to 1 (§3.2).
-
-    Atoms are clipped to [v_min, v_max]; b = (z - v_min) / dz, l = floor(b), u = ceil(b); bin l gets
-    p * (u - b) and bin u gets p * (b - l), and on an exact hit (l == u) bin l gets all of p
-    (spec §11.5).
-    """
-    num_atoms = probs.shape[-1]
-    delta = (v_max - v_min) / (num_atoms - 1)
-    b = (shifted_atoms.clamp(v_min, v_max) - v_min) / delta
-    # Guard float error at the top edge so u never reaches num_atoms.
-    b = b.clamp(0.0, num_atoms - 1)
-    # NaN atoms (e.g. a NaN reward) keep NaN mass but index bin 0, so the NaN shows in the target
-    # row instead of an out-of-range scatter.
-    b_index = torch.nan_to_num(b, nan=0.0)
-    lower = b_index.floor()
-    upper = b_index.ceil()
-    exact = (upper == lower).to(probs.dtype)
-    mass_lower = probs * (upper - b + exact)
-    mass_upper = probs * (b - lower)
-    out = torch.zeros_like(probs)
-    out.scatter_add_(-1, lower.long(), mass_lower)
-    out.scatter_add_(-1, upper.long(), mass_upper)
-    return out
 
 
 def categorical_td_target(
@@ -55,31 +31,22 @@ def categorical_td_target(
     v_min: float,
     v_max: float,
 ) -> tuple[Tensor, Tensor]:
-    """Soft categorical Bellman target (§2.2 step 1, §3.2).
+    """Soft categorical Bellman target of BRC (§2.2 step 1, §3.2): ensemble-mean probabilities,
+    atoms shifted to r + discount * mask * (z - entropy), clipped and C51-projected.
 
     Args:
         target_logits: (E, B, K) target-critic logits at (s', a').
-        reward: (B,) normalised reward r~.
-        mask: (B,) bootstrap mask m (§5.4).
+        reward: (B,) normalised reward r~. mask: (B,) bootstrap mask m (§5.4).
         discount: scalar gamma or (B,) gamma**k.
         entropy: (B,) entropy term alpha * log pi(a'|s'), or None for no entropy bonus.
     Returns:
         target (B, K) projected distribution (no gradient) and its expected value (B,).
+
+    The one PyTorch implementation is ``mtrl.ops.reference`` (the fused kernels' documented
+    semantics); this is its BRC configuration.
     """
-    with torch.no_grad():
-        target_logits = target_logits.float()
-        num_atoms = target_logits.shape[-1]
-        atoms = atoms_support(v_min, v_max, num_atoms, device=target_logits.device)
-        probs = torch.softmax(target_logits, dim=-1).mean(0)  # ensemble mean of probabilities
-        shifted = atoms.unsqueeze(0)
-        if entropy is not None:
-            shifted = shifted - entropy.float().unsqueeze(-1)
-        if isinstance(discount, Tensor) and discount.dim() > 0:
-            discount = discount.float().unsqueeze(-1)
-        shifted = reward.float().unsqueeze(-1) + discount * mask.float().unsqueeze(-1) * shifted
-        target = categorical_projection(probs, shifted, v_min, v_max)
-        expected = target @ atoms
-    return target, expected
+    return categorical_td_target_reference(
+        target_logits.float(), reward, mask, discount, entropy, v_min=v_min, v_max=v_max)
 
 
 def categorical_cross_entropy(
@@ -87,15 +54,9 @@ def categorical_cross_entropy(
 ) -> Tensor:
     """Sum over ensemble members of the batch-mean cross-entropy -sum_j y_j log softmax(l)_j (§3.2).
 
-    Args:
-        online_logits: (E, B, K); target: (B, K); weight: optional (B,) per-sample weights.
-    Returns: scalar loss.
+    online_logits (E, B, K), target (B, K), optional weight (B,); returns the scalar loss.
     """
-    log_probs = F.log_softmax(online_logits.float(), dim=-1)
-    ce = -(log_probs * target.unsqueeze(0)).sum(-1)  # (E, B)
-    if weight is not None:
-        ce = ce * weight.unsqueeze(0)
-    return ce.mean(-1).sum()
+    return categorical_cross_entropy_reference(online_logits.float(), target, weight)
 
 
 def expected_q(logits: Tensor, atoms: Tensor) -> Tensor:

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "envs/physics.h"
-#include "envs/rng.h"
+#include "common/rng.h"
 #include "envs/task.h"
 
 namespace mtrl {

@@ -9,7 +9,7 @@
 
 #include "replay/final_obs_pool.h"
 #include "replay/memory.h"
-#include "replay/rng.h"
+#include "common/rng.h"
 #include "replay/sum_tree.h"
 
 namespace mtrl {
@@ -147,7 +147,7 @@ class ReplayBuffer {
     PriorityTrees trees;
     std::vector<int64_t> size, position;
     double max_priority = 1.0;
-    Xoshiro256 rng;
+    Rng rng;
   };
 
   Storage MakeStorage() const;

@@ -37,7 +37,10 @@ def categorical_projection(atoms: Tensor, probs: Tensor, v_min: float, v_max: fl
     num_atoms = probs.shape[-1]
     delta = (v_max - v_min) / (num_atoms - 1)
     b = ((atoms.clamp(v_min, v_max) - v_min) / delta).clamp(0, num_atoms - 1)
-    lower, upper = b.floor(), b.ceil()
+    # A NaN position (e.g. from a NaN reward) keeps its NaN mass but indexes bin 0, so the NaN
+    # shows up in the target row instead of as an out-of-range scatter index.
+    b_index = torch.nan_to_num(b, nan=0.0)
+    lower, upper = b_index.floor(), b_index.ceil()
     mass_lower = probs * (upper - b) + probs * (lower == upper).to(probs.dtype)
     mass_upper = probs * (b - lower)
     target = torch.zeros_like(probs)

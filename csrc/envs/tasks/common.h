@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "envs/physics.h"
-#include "envs/rng.h"
+#include "common/rng.h"
 
 namespace mtrl::tasks {
 
