@@ -272,3 +272,43 @@ def test_mixed_engine_envpool_gym_pool():
         assert not np.array_equal(final[:2, :5], reset_obs[:2, :5])
         with pytest.raises(ValueError, match=r"shape \(num_envs, action_dim\) = \(8, 6\)"):
             p.step(np.zeros((8, 5), np.float32))
+
+
+class _DictEnv(gymnasium.Env):
+    """A tiny env with a Dict observation (Box + Discrete), Discrete actions and is_success."""
+
+    observation_space = gymnasium.spaces.Dict({"pos": gymnasium.spaces.Box(-5, 5, (2,)),
+                                               "mode": gymnasium.spaces.Discrete(3)})
+    action_space = gymnasium.spaces.Discrete(3, start=1)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return {"pos": self.pos.copy(), "mode": 0}, {}
+
+    def step(self, action):
+        assert self.action_space.contains(action)
+        self.pos = self.pos + np.float32(action)
+        return ({"pos": self.pos.copy(), "mode": int(action) - 1}, float(action), False, False,
+                {"is_success": action == 3})
+
+
+def test_gym_user_registered_env_dict_obs_discrete_actions():
+    gymnasium.register("MtrlTestDict-v0", entry_point=_DictEnv, max_episode_steps=2)
+    assert "gym:MtrlTestDict-v0" in envs.available_tasks()
+    with envs.make(["gym:MtrlTestDict-v0", "gym:Pendulum-v1"], seed=0) as p:
+        # Dict flattened in key order ("mode" one-hot 3, then "pos" 2); Discrete(3, start=1).
+        assert p.obs_dims.tolist() == [5, 3] and p.action_dims.tolist() == [3, 1]
+        assert p.discrete.tolist() == [True, False] and p.max_episode_steps.tolist() == [2, 200]
+        obs = p.reset()
+        np.testing.assert_array_equal(obs[0, :3], [1, 0, 0])
+        a = np.array([[0.1, 0.2, 0.9], [0.0, 0.0, 0.0]], np.float32)  # argmax 2 -> action 3
+        out = p.step(a)
+        np.testing.assert_array_equal(out.obs[0, :3], [0, 0, 1])  # mode = action - 1 = 2
+        np.testing.assert_allclose(out.obs[0, 3:], obs[0, 3:] + 3, rtol=1e-6)
+        assert out.reward[0] == 3 and out.success.tolist() == [True, False]
+        out = p.step(np.array([[1, 0, 0], [0, 0, 0]], np.float32))  # action 1, time limit 2
+        assert out.truncated.tolist() == [True, False] and not out.success[0]
+        np.testing.assert_allclose(out.final_obs[0, 3:], obs[0, 3:] + 4, rtol=1e-6)
+        np.testing.assert_array_equal(out.obs[0, :3], [1, 0, 0])  # the reset observation
+        assert np.all(np.abs(out.obs[0, 3:]) <= 1)

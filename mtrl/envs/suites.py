@@ -18,7 +18,8 @@ Names (``mtrl.envs.available_tasks()`` lists them all):
   actions (repeat_action_probability) 0.0 (gymnasium's ALE v5 uses 0.25), no reward clipping,
   episodic_life False (an episode is a whole game), 27000 agent steps (108000 frames) time limit.
   See `mtrl.envs.envpool_backend` for the observation layout and the discrete action rule.
-- ``"gym:<id>"``: any id in gymnasium's registry, e.g. ``"gym:Pendulum-v1"``; served by
+- ``"gym:<id>"``: any id in gymnasium's registry (read live: ids registered after importing
+  mtrl count), e.g. ``"gym:Pendulum-v1"``; served by
   `mtrl.envs.gym_backend.GymTaskPool` (Python loop over single envs: slow, documented there).
 """
 
@@ -54,9 +55,9 @@ def atari_games() -> dict[str, str]:
     return {v[2]["task"]: i for i, v in _envpool_specs().items() if v[1] == "AtariEnvSpec"}
 
 
-@functools.lru_cache(maxsize=1)
 def gym_ids() -> tuple[str, ...]:
-    """Every id registered in gymnasium (some need optional packages to be made)."""
+    """Every id registered in gymnasium now (some need optional packages to be made); read
+    live, so ids a user registers after importing mtrl are tasks too."""
     import gymnasium
 
     return tuple(gymnasium.registry)
@@ -84,7 +85,9 @@ def resolve_suite(suite: str, short: str) -> TaskSpec | None:
         if game is not None:
             return TaskSpec(f"atari:{game}", "atari", games[game], ())
     elif suite == "gym":
-        if short in gym_ids():
+        import gymnasium
+
+        if short in gymnasium.registry:
             return TaskSpec(f"gym:{short}", "gym", "", ())
     return None
 
