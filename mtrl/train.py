@@ -56,6 +56,10 @@ def to_batch(host: Any, device: torch.device) -> Batch:
                  task_id=t(host.task_id))
 
 
+EVAL_STEP_LIMIT = 10_000
+"""Eval episode cap for tasks that have no time limit of their own."""
+
+
 def evaluate(agent: BRCAgent, pool, tasks: list[str], device: torch.device, seed: int) -> dict:
     """Deterministic episodes (tanh(mean)) on the eval pool, one per env, ``envs_per_task`` per
     task; per-task mean return and success at any step (§6.2; no over-counting of finished envs)."""
@@ -64,7 +68,13 @@ def evaluate(agent: BRCAgent, pool, tasks: list[str], device: torch.device, seed
     n = pool.num_envs
     task_ids = torch.from_numpy(pool.task_ids).to(device)
     returns, success, done = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
-    while not done.all():
+    # Tasks without a time limit (max_episode_steps 0, e.g. some gym ids) are cut off at
+    # EVAL_STEP_LIMIT steps so that an evaluation always ends.
+    limits = np.asarray(pool.max_episode_steps)
+    limit = EVAL_STEP_LIMIT if (limits <= 0).any() else int(limits.max())
+    for _ in range(limit):
+        if done.all():
+            break
         action = agent.act(torch.from_numpy(obs).to(device), task_ids, deterministic=True)
         out = pool.step(action.cpu().numpy())
         live = ~done

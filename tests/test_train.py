@@ -14,6 +14,10 @@ import pytest
 
 pytest.importorskip("mtrl.replay", reason="needs the replay buffer component (mtrl.replay)")
 
+import gymnasium  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 import mtrl.envs  # noqa: E402
 from mtrl import checkpoint as ckpt  # noqa: E402
 from mtrl.config import AgentConfig, BufferConfig, EnvConfig, TrainConfig  # noqa: E402
@@ -172,3 +176,30 @@ def test_nan_loss_names_tasks(tmp_path):
     cfg = tiny_config(tmp_path, agent=AgentConfig(critic_width=32, actor_width=32, lr=1e30))
     with pytest.raises(FloatingPointError, match=r"non-finite loss at iteration \d+.*task\(s\)"):
         train(cfg)
+
+
+class _NeverEndingEnv(gymnasium.Env):
+    """A task with no time limit that never terminates."""
+
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 1.0, False, False, {}
+
+
+def test_evaluate_ends_on_a_task_without_time_limit():
+    from mtrl.agent import BRCAgent
+    from mtrl.train import EVAL_STEP_LIMIT, evaluate
+
+    gymnasium.register("MtrlNeverEnds-v0", entry_point=_NeverEndingEnv)
+    with mtrl.envs.make(["gym:MtrlNeverEnds-v0"]) as pool:
+        assert int(pool.max_episode_steps[0]) == 0
+        agent = BRCAgent(AgentConfig(critic_width=16, actor_width=16), pool.obs_dim,
+                         pool.action_dim, 1)
+        result = evaluate(agent, pool, pool.task_names, torch.device("cpu"), seed=0)
+    assert result["gym:MtrlNeverEnds-v0/return"] == EVAL_STEP_LIMIT
