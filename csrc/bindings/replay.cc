@@ -74,6 +74,22 @@ void Add(ReplayBuffer& buf, py::handle task_id, py::handle obs, py::handle actio
   buf.Add(step);
 }
 
+// Checked writable views of the caller's (b, ...) output arrays, one per batch field.
+BatchView OutputViews(const ReplayConfig& c, int64_t b, py::handle obs, py::handle action,
+                      py::handle reward, py::handle next_obs, py::handle mask,
+                      py::handle discount, py::handle task_id, py::handle index,
+                      py::handle weight) {
+  return BatchView{View<float>(obs, "obs", b, c.obs_dim, true),
+                   View<float>(action, "action", b, c.action_dim, true),
+                   View<float>(reward, "reward", b, -1, true),
+                   View<float>(next_obs, "next_obs", b, c.obs_dim, true),
+                   View<float>(mask, "mask", b, -1, true),
+                   View<float>(discount, "discount", b, -1, true),
+                   View<int64_t>(task_id, "task_id", b, -1, true),
+                   View<int64_t>(index, "index", b, -1, true),
+                   View<float>(weight, "weight", b, -1, true)};
+}
+
 void Sample(ReplayBuffer& buf, int64_t batch_size, bool stratified, bool prioritized,
             double beta, int64_t n_step, double gamma, py::handle obs, py::handle action,
             py::handle reward, py::handle next_obs, py::handle mask, py::handle discount,
@@ -85,15 +101,8 @@ void Sample(ReplayBuffer& buf, int64_t batch_size, bool stratified, bool priorit
                           std::to_string(batch_size));
   }
   const int64_t b = batch_size;
-  BatchView out{View<float>(obs, "obs", b, c.obs_dim, true),
-                View<float>(action, "action", b, c.action_dim, true),
-                View<float>(reward, "reward", b, -1, true),
-                View<float>(next_obs, "next_obs", b, c.obs_dim, true),
-                View<float>(mask, "mask", b, -1, true),
-                View<float>(discount, "discount", b, -1, true),
-                View<int64_t>(task_id, "task_id", b, -1, true),
-                View<int64_t>(index, "index", b, -1, true),
-                View<float>(weight, "weight", b, -1, true)};
+  BatchView out = OutputViews(c, b, obs, action, reward, next_obs, mask, discount, task_id, index,
+                              weight);
   SampleRequest request{batch_size, stratified, prioritized, beta, n_step, gamma};
   py::gil_scoped_release release;  // only plain pointers into arrays the caller keeps alive
   buf.Sample(request, out);
@@ -105,15 +114,8 @@ void Fetch(ReplayBuffer& buf, py::handle indices, int64_t n_step, double gamma, 
   const ReplayConfig& c = buf.config();
   const int64_t b = Length(indices, "index");
   const int64_t* idx = View<int64_t>(indices, "index", b);
-  BatchView out{View<float>(obs, "obs", b, c.obs_dim, true),
-                View<float>(action, "action", b, c.action_dim, true),
-                View<float>(reward, "reward", b, -1, true),
-                View<float>(next_obs, "next_obs", b, c.obs_dim, true),
-                View<float>(mask, "mask", b, -1, true),
-                View<float>(discount, "discount", b, -1, true),
-                View<int64_t>(task_id, "task_id", b, -1, true),
-                View<int64_t>(index, "index", b, -1, true),
-                View<float>(weight, "weight", b, -1, true)};
+  BatchView out = OutputViews(c, b, obs, action, reward, next_obs, mask, discount, task_id, index,
+                              weight);
   py::gil_scoped_release release;  // only plain pointers into arrays the caller keeps alive
   buf.Fetch(idx, b, n_step, gamma, out);
 }

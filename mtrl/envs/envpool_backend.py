@@ -102,12 +102,9 @@ class EnvpoolTaskPool(TaskPool):
         return obs
 
     def _step(self, actions: np.ndarray) -> StepOutput:
-        n = self.num_envs
-        final = np.zeros((n, self.obs_dim), np.float32)
-        reward = np.zeros(n, np.float32)
-        term = np.zeros(n, bool)
-        trunc = np.zeros(n, bool)
-        success = np.zeros(n, bool)
+        out = StepOutput.zeros(self.num_envs, self.obs_dim)
+        final, reward, term, trunc, success = (
+            out.final_obs, out.reward, out.terminated, out.truncated, out.success)
         # Send to every task's pool first so the pools step concurrently, then collect.
         for t, p in enumerate(self._pools):
             a = actions[self._task_rows(t), : self.action_dims[t]].astype(np.float64)
@@ -125,7 +122,8 @@ class EnvpoolTaskPool(TaskPool):
                 success[rows] = np.asarray(info["success"]) > 0
             elif "solved" in info:  # MyoSuite's success flag
                 success[rows] = np.asarray(info["solved"]) > 0
-        obs = final.copy()
+        obs = out.obs
+        obs[:] = final
         ended = term | trunc
         if ended.any():
             for t, p in enumerate(self._pools):
@@ -134,7 +132,7 @@ class EnvpoolTaskPool(TaskPool):
                     # Explicit reset now: envpool would otherwise ignore the next action.
                     o, info = p.reset(local.astype(np.int32))
                     self._flat(t, o, obs, self._task_rows(t).start + np.asarray(info["env_id"]))
-        return StepOutput(obs, final, reward, term, trunc, success, np.zeros(n, bool))
+        return out
 
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Re-create the pools with env k seeded ``seed + k`` (or ``env_seeds[k]``); call

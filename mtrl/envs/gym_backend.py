@@ -142,12 +142,9 @@ class GymTaskPool(TaskPool):
         return a.reshape(space.shape).astype(space.dtype)
 
     def _step(self, actions: np.ndarray) -> StepOutput:
-        n = self.num_envs
-        final = np.zeros((n, self.obs_dim), np.float32)
-        reward = np.zeros(n, np.float32)
-        term = np.zeros(n, bool)
-        trunc = np.zeros(n, bool)
-        success = np.zeros(n, bool)
+        out = StepOutput.zeros(self.num_envs, self.obs_dim)
+        final, reward, term, trunc, success = (
+            out.final_obs, out.reward, out.terminated, out.truncated, out.success)
         ended = []
         for k, env in enumerate(self._envs):
             t = int(self.task_ids[k])
@@ -157,11 +154,12 @@ class GymTaskPool(TaskPool):
             success[k] = bool(info.get("is_success", info.get("success", False)))
             if te or tr:
                 ended.append(k)
-        obs = final.copy()
+        obs = out.obs
+        obs[:] = final
         for k in ended:  # reset now, so the next action is not spent on a reset
             o, _ = self._envs[k].reset()
             self._write(int(self.task_ids[k]), o, obs, k)
-        return StepOutput(obs, final, reward, term, trunc, success, np.zeros(n, bool))
+        return out
 
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Seed env k with ``seed + k`` (or ``env_seeds[k]``) at the next `reset` (call it)."""

@@ -35,6 +35,15 @@ class StepOutput:
     success: np.ndarray
     diverged: np.ndarray
 
+    @classmethod
+    def zeros(cls, num_envs: int, obs_dim: int) -> StepOutput:
+        """A step output of zeros (False flags) for backends that fill it env by env."""
+        return cls(obs=np.zeros((num_envs, obs_dim), np.float32),
+                   final_obs=np.zeros((num_envs, obs_dim), np.float32),
+                   reward=np.zeros(num_envs, np.float32), terminated=np.zeros(num_envs, bool),
+                   truncated=np.zeros(num_envs, bool), success=np.zeros(num_envs, bool),
+                   diverged=np.zeros(num_envs, bool))
+
 
 class TaskPool:
     """Shared layout and checks of a pool of ``envs_per_task`` envs for each of T tasks.
