@@ -1,0 +1,117 @@
+# Type stub of the compiled core, generated from the built module with
+# `pybind11-stubgen mtrl._core -o <dir>` (regenerate after changing a binding).
+"""
+mtrl compiled core (replay buffer, TD-target kernels, environment engine)
+"""
+from __future__ import annotations
+import collections.abc
+import numpy
+import numpy.typing
+import typing
+__all__: list[str] = ['EnginePool', 'ReplayMemoryError', 'cuda_built', 'cuda_device_count', 'engine_tasks']
+class ReplayMemoryError(MemoryError):
+    pass
+class _ReplayBuffer:
+    """
+    Raw prioritized multi-task replay buffer; use mtrl.replay.ReplayBuffer.
+    """
+    max_batch_size: typing.ClassVar[int] = 1048576
+    max_n_step: typing.ClassVar[int] = 1000
+    @staticmethod
+    def estimate_nbytes(*, num_tasks: typing.SupportsInt | typing.SupportsIndex, capacity_per_task: typing.SupportsInt | typing.SupportsIndex, obs_dim: typing.SupportsInt | typing.SupportsIndex, action_dim: typing.SupportsInt | typing.SupportsIndex, num_envs: typing.SupportsInt | typing.SupportsIndex) -> int:
+        ...
+    def __init__(self, *, num_tasks: typing.SupportsInt | typing.SupportsIndex, capacity_per_task: typing.SupportsInt | typing.SupportsIndex, obs_dim: typing.SupportsInt | typing.SupportsIndex, action_dim: typing.SupportsInt | typing.SupportsIndex, num_envs: typing.SupportsInt | typing.SupportsIndex, alpha: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def add(self, arg0: typing.Any, arg1: typing.Any, arg2: typing.Any, arg3: typing.Any, arg4: typing.Any, arg5: typing.Any, arg6: typing.Any) -> None:
+        ...
+    def fetch(self, arg0: typing.Any, arg1: typing.SupportsInt | typing.SupportsIndex, arg2: typing.SupportsFloat | typing.SupportsIndex, arg3: typing.Any, arg4: typing.Any, arg5: typing.Any, arg6: typing.Any, arg7: typing.Any, arg8: typing.Any, arg9: typing.Any, arg10: typing.Any, arg11: typing.Any) -> None:
+        ...
+    def final_rows_in_use(self) -> int:
+        ...
+    def load(self, arg0: str, arg1: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg2: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg3: typing.SupportsFloat | typing.SupportsIndex, arg4: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], arg5: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def max_priority(self) -> float:
+        ...
+    def nbytes(self) -> int:
+        ...
+    def sample(self, arg0: typing.SupportsInt | typing.SupportsIndex, arg1: bool, arg2: bool, arg3: typing.SupportsFloat | typing.SupportsIndex, arg4: typing.SupportsInt | typing.SupportsIndex, arg5: typing.SupportsFloat | typing.SupportsIndex, arg6: typing.Any, arg7: typing.Any, arg8: typing.Any, arg9: typing.Any, arg10: typing.Any, arg11: typing.Any, arg12: typing.Any, arg13: typing.Any, arg14: typing.Any) -> None:
+        ...
+    def save(self, arg0: str) -> dict:
+        ...
+    def size(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:
+        ...
+    def sizes(self) -> numpy.ndarray:
+        ...
+    def top_levels(self) -> list:
+        ...
+    def total_size(self) -> int:
+        ...
+    def tree_levels(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> list:
+        ...
+    def update_priorities(self, arg0: typing.Any, arg1: typing.Any) -> None:
+        ...
+class EnginePool:
+    """
+    Batched multi-task MuJoCo env pool (see csrc/envs/pool.h).
+    """
+    def __init__(self, env_tasks: collections.abc.Sequence[str], seeds: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], suite_dir: str, num_threads: typing.SupportsInt | typing.SupportsIndex, max_episode_steps: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def _get_state(self) -> list:
+        ...
+    def _reset(self, obs: numpy.ndarray) -> None:
+        ...
+    def _set_state(self, states: list) -> None:
+        ...
+    def _step(self, actions: numpy.ndarray, obs: numpy.ndarray, final_obs: numpy.ndarray, reward: numpy.ndarray, terminated: numpy.ndarray, truncated: numpy.ndarray, diverged: numpy.ndarray) -> None:
+        ...
+    def env_info(self, k: typing.SupportsInt | typing.SupportsIndex) -> tuple[int, int, int, float]:
+        """
+        (obs_dim, action_dim, n_sub_steps, step_limit) of env k.
+        """
+    def seed(self, seeds: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def action_dim(self) -> int:
+        ...
+    @property
+    def num_envs(self) -> int:
+        ...
+    @property
+    def obs_dim(self) -> int:
+        ...
+def _cross_entropy_cpu(online_logits: numpy.ndarray, target: numpy.ndarray, weight: numpy.ndarray | None, td_error: numpy.ndarray, grad: numpy.ndarray | None, loss: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex, allow_avx2: bool = True) -> int:
+    """
+    Categorical cross-entropy (sum over members of the weighted batch mean) into `loss`, per-sample td_error [B] and optionally its gradient [E, B, K]. Returns the number of rows with non-finite inputs.
+    """
+def _cross_entropy_cuda(online_logits: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, num_members: typing.SupportsInt | typing.SupportsIndex, batch_size: typing.SupportsInt | typing.SupportsIndex, num_atoms: typing.SupportsInt | typing.SupportsIndex, target: typing.SupportsInt | typing.SupportsIndex, weight: typing.SupportsInt | typing.SupportsIndex, td_error: typing.SupportsInt | typing.SupportsIndex, grad: typing.SupportsInt | typing.SupportsIndex, loss: typing.SupportsInt | typing.SupportsIndex, nonfinite_count: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, stream: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    Enqueue the CUDA cross-entropy (+ gradient when grad != 0) on `stream`. RuntimeError when mtrl was built without CUDA.
+    """
+def _scale_cpu(src: numpy.ndarray, factor: typing.SupportsFloat | typing.SupportsIndex, dst: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    dst = src * factor (float32/float64, same size, contiguous).
+    """
+def _spline_zoom(a: numpy.ndarray, out_rows: typing.SupportsInt | typing.SupportsIndex, out_cols: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    scipy.ndimage.zoom(order=3) port used by quadruped-escape (exposed for tests).
+    """
+def _td_target_cpu(target_logits: numpy.ndarray, reward: numpy.ndarray, mask: numpy.ndarray, discount: numpy.ndarray | None, discount_value: typing.SupportsFloat | typing.SupportsIndex, entropy: numpy.ndarray | None, target: numpy.ndarray, expected_value: numpy.ndarray, v_min: typing.SupportsFloat | typing.SupportsIndex, v_max: typing.SupportsFloat | typing.SupportsIndex, combine: typing.SupportsInt | typing.SupportsIndex, projection: typing.SupportsInt | typing.SupportsIndex, sigma: typing.SupportsFloat | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex, allow_avx2: bool = True) -> int:
+    """
+    Categorical TD target on the CPU into `target` [B, K] and `expected_value` [B] (float32 or float64 buffers). Returns the number of rows with non-finite inputs.
+    """
+def _td_target_cuda(target_logits: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, num_members: typing.SupportsInt | typing.SupportsIndex, batch_size: typing.SupportsInt | typing.SupportsIndex, num_atoms: typing.SupportsInt | typing.SupportsIndex, reward: typing.SupportsInt | typing.SupportsIndex, mask: typing.SupportsInt | typing.SupportsIndex, discount: typing.SupportsInt | typing.SupportsIndex, discount_value: typing.SupportsFloat | typing.SupportsIndex, entropy: typing.SupportsInt | typing.SupportsIndex, target: typing.SupportsInt | typing.SupportsIndex, expected_value: typing.SupportsInt | typing.SupportsIndex, nonfinite_count: typing.SupportsInt | typing.SupportsIndex, v_min: typing.SupportsFloat | typing.SupportsIndex, v_max: typing.SupportsFloat | typing.SupportsIndex, combine: typing.SupportsInt | typing.SupportsIndex, projection: typing.SupportsInt | typing.SupportsIndex, sigma: typing.SupportsFloat | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, stream: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    Enqueue the CUDA TD target (device pointers as integers; 0 = absent optional input) on `stream`. RuntimeError when mtrl was built without CUDA.
+    """
+def cuda_built() -> bool:
+    """
+    True when the CUDA kernels were compiled into mtrl._core.
+    """
+def cuda_device_count() -> int:
+    """
+    Number of CUDA devices the runtime can use (0 without a driver or without CUDA).
+    """
+def engine_tasks() -> list[str]:
+    """
+    Names of the DeepMind Control tasks the C++ engine implements (sorted).
+    """
