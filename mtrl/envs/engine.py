@@ -108,11 +108,7 @@ class EngineTaskPool(TaskPool):
         Raises:
           ValueError: the snapshot belongs to another backend or task layout.
         """
-        if not isinstance(state, dict) or state.get("backend") != "engine":
-            raise ValueError("state must come from get_state() of an engine pool")
-        if state["tasks"] != self.task_names or state["envs_per_task"] != self.envs_per_task:
-            raise ValueError(f"state is for tasks {state['tasks']} x{state['envs_per_task']}, "
-                             f"this pool runs {self.task_names} x{self.envs_per_task}")
+        self._check_state(state, "engine", "an engine pool")
         self._pool._set_state(list(state["envs"]))
         self._has_reset = True
 

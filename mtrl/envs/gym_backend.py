@@ -200,11 +200,7 @@ class GymTaskPool(TaskPool):
         Raises:
           ValueError: the snapshot belongs to another backend or task layout.
         """
-        if not isinstance(state, dict) or state.get("backend") != "gym":
-            raise ValueError("state must come from get_state() of a gymnasium pool")
-        if state["tasks"] != self.task_names or state["envs_per_task"] != self.envs_per_task:
-            raise ValueError(f"state is for tasks {state['tasks']} x{state['envs_per_task']}, "
-                             f"this pool runs {self.task_names} x{self.envs_per_task}")
+        self._check_state(state, "gym", "a gymnasium pool")
         if self._closed:
             raise RuntimeError("the env pool is closed")
         envs = pickle.loads(state["envs"])

@@ -150,6 +150,15 @@ class TaskPool:
     def _step(self, actions: np.ndarray) -> StepOutput:
         raise NotImplementedError
 
+    def _check_state(self, state: Any, backend: str, label: str) -> None:
+        """Raise ValueError unless ``state`` is a ``get_state`` snapshot of a ``backend`` pool with
+        this pool's tasks and envs per task (``label`` names that kind of pool in the message)."""
+        if not isinstance(state, dict) or state.get("backend") != backend:
+            raise ValueError(f"state must come from get_state() of {label}")
+        if state["tasks"] != self.task_names or state["envs_per_task"] != self.envs_per_task:
+            raise ValueError(f"state is for tasks {state['tasks']} x{state['envs_per_task']}, "
+                             f"this pool runs {self.task_names} x{self.envs_per_task}")
+
     def close(self) -> None:
         """Release the backend's resources (idempotent)."""
         self._closed = True
