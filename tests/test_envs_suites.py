@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -42,6 +43,23 @@ def test_suite_names_resolve_and_are_listed():
     assert sum(t.startswith("myo:") for t in tasks) == 398
     assert sum(t.startswith("atari:") for t in tasks) == 104
 
+
+
+def test_task_listing_without_envpool_or_gymnasium(monkeypatch):
+    # A trimmed environment (e.g. a GPU box without envpool wheels) still lists and resolves DMC.
+    import mtrl.envs.suites as suites
+
+    monkeypatch.setitem(sys.modules, "envpool", None)
+    monkeypatch.setitem(sys.modules, "envpool.registration", None)
+    monkeypatch.setitem(sys.modules, "gymnasium", None)
+    suites._envpool_specs.cache_clear(), suites.myo_ids.cache_clear(), suites.atari_games.cache_clear()
+    try:
+        names = envs.available_tasks()
+        assert "dmc:cheetah-run" in names and "metaworld:reach" in names
+        assert not any(n.startswith(("myo:", "atari:", "gym:")) for n in names)
+        assert envs.resolve("cheetah-run").name == "dmc:cheetah-run"
+    finally:
+        suites._envpool_specs.cache_clear(), suites.myo_ids.cache_clear(), suites.atari_games.cache_clear()
 
 @pytest.mark.parametrize("name,close", [("gym:Pendulm-v1", "gym:Pendulum-v1"),
                                         ("atari:pongg", "atari:pong"),

@@ -36,8 +36,13 @@ SUITE_PREFIXES = ("myo", "atari", "gym")
 @functools.lru_cache(maxsize=1)
 def _envpool_specs() -> dict[str, tuple]:
     # envpool's registry is a plain dict id -> (module, spec class, kwargs); reading it imports
-    # envpool (about a second), so it is done once, lazily.
-    from envpool.registration import registry
+    # envpool (about a second), so it is done once, lazily. Without envpool (it is a dependency,
+    # but a trimmed environment may lack it) its suites list no tasks, so DMC names still resolve
+    # and making an envpool task raises envpool's ImportError.
+    try:
+        from envpool.registration import registry
+    except ImportError:
+        return {}
 
     return dict(registry.specs)
 
@@ -57,8 +62,11 @@ def atari_games() -> dict[str, str]:
 
 def gym_ids() -> tuple[str, ...]:
     """Every id registered in gymnasium now (some need optional packages to be made); read
-    live, so ids a user registers after importing mtrl are tasks too."""
-    import gymnasium
+    live, so ids a user registers after importing mtrl are tasks too. Empty without gymnasium."""
+    try:
+        import gymnasium
+    except ImportError:
+        return ()
 
     return tuple(gymnasium.registry)
 
