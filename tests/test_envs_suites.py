@@ -44,7 +44,6 @@ def test_suite_names_resolve_and_are_listed():
     assert sum(t.startswith("atari:") for t in tasks) == 104
 
 
-
 def test_task_listing_without_envpool_or_gymnasium(monkeypatch):
     # A trimmed environment (e.g. a GPU box without envpool wheels) still lists and resolves DMC.
     import mtrl.envs.suites as suites
