@@ -1,13 +1,14 @@
 // CUDA fused categorical TD target and cross-entropy (see td_target_cuda.h; semantics td_target.h).
 //
-// TD target: one block handles R consecutive rows (R <= 32, as many as fit two [R, K] float tiles
-// in 48 KB of shared memory). Phase 1, a warp per row: coalesced loads of each member's logits,
-// warp-shuffle max/sum, softmax combined into P (mean, or the min-expected-value member). Phase 2,
-// a thread per row: the C51 mass scatter, done serially per row so the result is deterministic
-// (no float atomics) and streamed through registers for monotone bins as on the CPU. Phase 3, a
-// warp per row: expected value and a coalesced store. HL-Gauss replaces phase 2 by a warp-parallel
-// erf histogram. Cross-entropy: a warp per sample, all members; the gradient is written in the
-// same pass; the loss is reduced by a second one-block kernel in a fixed order.
+// TD target: a warp per row from start to finish (8 rows per block, four [K + 1] shared tiles per
+// row), so warps never wait on each other and the SM hides one row's load latency behind others'
+// arithmetic. Softmax of each member with 4 loads in flight per lane, combined (mean, or the
+// min-expected-value member); then the C51 projection as a deterministic warp-parallel gather:
+// for g = discount * mask >= 0 the bins low_j are non-decreasing in j, so bin i sums the masses of
+// a contiguous range of source atoms, in the serial scatter's order (no float atomics). HL-Gauss
+// is a warp-parallel erf histogram. Cross-entropy: a warp per sample, all members, with the
+// sample's target and logits held in registers for K <= 256; the gradient is written in the same
+// pass, and the loss is reduced by a second one-block kernel in a fixed order.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -20,7 +21,7 @@ namespace mtrl {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kTargetThreads = 128;
+constexpr int kTargetRows = 8;  // rows (warps) per block of the target kernel
 constexpr int kLossThreads = 256;
 constexpr int kSharedBytes = 48 * 1024;
 
@@ -58,157 +59,200 @@ struct TargetParams {
   int32_t* nonfinite_count;
 };
 
-// Mass p_j at fractional bin b_j = low_j + frac_j, split between low_j and low_j + 1 (spec §3.2).
-// Non-decreasing bins (g >= 0): finished bins are stored once, from registers.
-__device__ void ScatterRow(const float* p, float r, float g, float ent, const TargetParams& a,
-                           float* y) {
-  const int k = a.num_atoms;
-  const float last = static_cast<float>(k - 1);
-  int cur = -1;
-  float lo = 0.0f, hi = 0.0f;
-  for (int j = 0; j < k; ++j) {
-    float zh = r + g * (a.v_min + static_cast<float>(j) * a.dz - ent);
-    zh = fminf(fmaxf(zh, a.v_min), a.v_max);
-    float b = (zh - a.v_min) / a.dz;
-    b = b > 0.0f ? b : 0.0f;  // also maps NaN to 0
-    b = b < last ? b : last;
-    const int l = static_cast<int>(b);
-    const float frac = b - static_cast<float>(l);
-    const float m_lo = p[j] * (1.0f - frac), m_hi = p[j] * frac;
-    if (g < 0.0f) {  // bins in any order: shared-memory read-modify-write
-      y[l] += m_lo;
-      y[l + 1 < k ? l + 1 : l] += m_hi;
-      continue;
-    }
-    if (l != cur) {
-      if (cur >= 0) {
-        y[cur] = lo;
-        if (l == cur + 1) {
-          lo = hi;
-        } else {
-          if (cur + 1 < k) y[cur + 1] = hi;
-          lo = 0.0f;
-        }
-      }
-      hi = 0.0f;
-      cur = l;
-    }
-    lo += m_lo;
-    hi += m_hi;
-  }
-  if (g >= 0.0f && cur >= 0) {
-    y[cur] = lo;
-    if (cur + 1 < k) y[cur + 1] = hi;
-  }
+// Fractional bin of atom j's shifted value (spec §3.2): b = (clip(r + g (z_j - ent)) - v_min) / dz,
+// split as low + frac. A NaN maps to bin 0 (the row is reported as non-finite anyway).
+__device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const TargetParams& a,
+                                      int* low, float* frac) {
+  const float last = static_cast<float>(a.num_atoms - 1);
+  float zh = r + g * (a.v_min + static_cast<float>(j) * a.dz - ent);
+  zh = fminf(fmaxf(zh, a.v_min), a.v_max);
+  float b = (zh - a.v_min) / a.dz;
+  b = b > 0.0f ? b : 0.0f;
+  b = b < last ? b : last;
+  *low = static_cast<int>(b);
+  *frac = b - static_cast<float>(*low);
 }
 
+// Shared memory of one row: four tiles of `row_stride` (>= K + 1) words.
+struct RowTiles {
+  float* lo;    // softmax values, then p_j (1 - frac_j), or the HL-Gauss erf edges
+  float* hi;    // combined distribution p, then p_j frac_j
+  int* low;     // C51: low_j
+  int* start;   // C51: start_i = first j with low_j >= i (i = 0..K); float y when g < 0
+};
+
+// Phase 1 (one warp, one row): softmax of every member, combined into t.hi (mean, or the member
+// with the lowest expected value). Loads are issued 4 per lane at a time so their latencies overlap.
+template <typename T>
+__device__ bool CombineMembers(const T* __restrict__ logits, int64_t b, const TargetParams& a,
+                               const RowTiles& t, int lane) {
+  const int k = a.num_atoms;
+  bool ok = true;
+  float best_value = 0.0f;
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    const T* x = logits + (e * a.batch_size + b) * k;
+    float m = -INFINITY;
+    for (int j0 = 0; j0 < k; j0 += 4 * kWarp) {
+      float v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = j0 + u * kWarp + lane;
+        v[u] = j < k ? Load(x, j) : -INFINITY;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = j0 + u * kWarp + lane;
+        if (j < k) t.lo[j] = v[u];
+        m = fmaxf(m, v[u]);
+      }
+    }
+    m = WarpMax(m);
+    float s = 0.0f, zs = 0.0f;
+    for (int j = lane; j < k; j += kWarp) {
+      const float v = __expf(t.lo[j] - m);
+      t.lo[j] = v;
+      s += v;
+      zs += v * (a.v_min + static_cast<float>(j) * a.dz);
+    }
+    s = WarpSum(s);
+    ok = ok && isfinite(m) && isfinite(s);
+    if (a.combine == Combine::kMean) {
+      const float scale = 1.0f / (s * static_cast<float>(a.num_members));
+      for (int j = lane; j < k; j += kWarp) t.hi[j] = (e == 0 ? 0.0f : t.hi[j]) + t.lo[j] * scale;
+    } else {
+      const float value = WarpSum(zs) / s;  // warp-uniform
+      if (e == 0 || value < best_value) {
+        best_value = value;
+        const float scale = 1.0f / s;
+        for (int j = lane; j < k; j += kWarp) t.hi[j] = t.lo[j] * scale;
+      }
+    }
+  }
+  return ok;
+}
+
+// Phase 2 (C51) for g >= 0, where low_j is non-decreasing in j (every float op of BinOf is
+// monotone): bin i receives the hi masses of the j with low_j = i - 1, then the lo masses of the
+// j with low_j = i, each summed in ascending j. That is the order of the serial CPU scatter, so
+// the warp gathers (no atomics, deterministic) instead of scattering. Returns this lane's part of
+// the expected value; the target is stored straight to `out`.
+__device__ float GatherC51(const RowTiles& t, const TargetParams& a, float* __restrict__ out,
+                           int lane) {
+  const int k = a.num_atoms;
+  for (int j = lane; j < k; j += kWarp) {  // start_i for low_{j-1} < i <= low_j
+    const int prev = j == 0 ? -1 : t.low[j - 1];
+    for (int i = prev + 1; i <= t.low[j]; ++i) t.start[i] = j;
+  }
+  for (int i = t.low[k - 1] + 1 + lane; i <= k; i += kWarp) t.start[i] = k;
+  __syncwarp();
+  float v = 0.0f;
+  for (int i = lane; i < k; i += kWarp) {
+    float acc = 0.0f;
+    if (i > 0) {
+      for (int j = t.start[i - 1]; j < t.start[i]; ++j) acc += t.hi[j];
+    }
+    for (int j = t.start[i]; j < t.start[i + 1]; ++j) acc += t.lo[j];
+    out[i] = acc;
+    v += acc * (a.v_min + static_cast<float>(i) * a.dz);
+  }
+  return v;
+}
+
+// Phase 2 (C51) for g < 0 (bins in any order; never in BRC, where g = discount * mask >= 0):
+// lane 0 scatters serially into a zeroed tile.
+__device__ float ScatterC51Serial(const RowTiles& t, const TargetParams& a, float r, float g,
+                                  float ent, float* __restrict__ out, int lane) {
+  const int k = a.num_atoms;
+  float* y = reinterpret_cast<float*>(t.start);
+  for (int i = lane; i < k; i += kWarp) y[i] = 0.0f;
+  __syncwarp();
+  if (lane == 0) {
+    for (int j = 0; j < k; ++j) {
+      int l;
+      float frac;
+      BinOf(j, r, g, ent, a, &l, &frac);
+      y[l] += t.lo[j];
+      y[l + 1 < k ? l + 1 : l] += t.hi[j];
+    }
+  }
+  __syncwarp();
+  float v = 0.0f;
+  for (int i = lane; i < k; i += kWarp) {
+    out[i] = y[i];
+    v += y[i] * (a.v_min + static_cast<float>(i) * a.dz);
+  }
+  return v;
+}
+
+// Phase 2 (HL-Gauss): Gaussian histogram around the clamped scalar target, warp-parallel erf.
+__device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, float g, float ent,
+                         float* __restrict__ out, int lane) {
+  const int k = a.num_atoms;
+  float v = 0.0f;
+  for (int j = lane; j < k; j += kWarp) v += t.hi[j] * (a.v_min + static_cast<float>(j) * a.dz);
+  v = WarpSum(v);
+  const float target = fminf(fmaxf(r + g * (v - ent), a.v_min), a.v_max);  // clamp first
+  const float inv = 1.0f / (a.sigma * 1.41421356237f);
+  for (int i = lane; i <= k; i += kWarp) {
+    t.lo[i] = erff((a.v_min - 0.5f * a.dz + static_cast<float>(i) * a.dz - target) * inv);
+  }
+  __syncwarp();
+  const float norm = 1.0f / (t.lo[k] - t.lo[0]);
+  float value = 0.0f;
+  for (int i = lane; i < k; i += kWarp) {
+    const float y = (t.lo[i + 1] - t.lo[i]) * norm;
+    out[i] = y;
+    value += y * (a.v_min + static_cast<float>(i) * a.dz);
+  }
+  return value;
+}
+
+// A warp per row, start to finish: the warps of a block never wait for each other, so the SM
+// overlaps one row's load latency with other rows' arithmetic.
 template <typename T>
 __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   extern __shared__ float smem[];
-  const int rows = a.rows_per_block, stride = a.row_stride, k = a.num_atoms;
-  float* tile_a = smem;                 // exp values, then the C51 target
-  float* tile_p = smem + rows * stride; // combined distribution, then the HL-Gauss target
-  int* bad = reinterpret_cast<int*>(smem + 2 * rows * stride);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int warps = blockDim.x / kWarp;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + warp;
+  if (warp >= a.rows_per_block || b >= a.batch_size) return;
+  const int k = a.num_atoms, stride = a.row_stride;
+  float* base = smem + static_cast<int64_t>(warp) * 4 * stride;
+  const RowTiles t{base, base + stride, reinterpret_cast<int*>(base + 2 * stride),
+                   reinterpret_cast<int*>(base + 3 * stride)};
+  float* out = a.target + b * k;
 
-  // Phase 1: a warp per row.
-  for (int r = warp; r < rows; r += warps) {
-    const int64_t b = row0 + r;
-    if (b >= a.batch_size) continue;
-    float* ex = tile_a + r * stride;
-    float* p = tile_p + r * stride;
-    bool ok = true;
-    float best_value = 0.0f;
-    for (int64_t e = 0; e < a.num_members; ++e) {
-      const T* x = logits + (e * a.batch_size + b) * k;
-      float m = -INFINITY;
-      for (int j = lane; j < k; j += kWarp) {
-        const float v = Load(x, j);
-        ex[j] = v;
-        m = fmaxf(m, v);
-      }
-      m = WarpMax(m);
-      float s = 0.0f, zs = 0.0f;
-      for (int j = lane; j < k; j += kWarp) {
-        const float v = __expf(ex[j] - m);
-        ex[j] = v;
-        s += v;
-        zs += v * (a.v_min + static_cast<float>(j) * a.dz);
-      }
-      s = WarpSum(s);
-      ok = ok && isfinite(m) && isfinite(s);
-      if (a.combine == Combine::kMean) {
-        const float scale = 1.0f / (s * static_cast<float>(a.num_members));
-        for (int j = lane; j < k; j += kWarp) p[j] = (e == 0 ? 0.0f : p[j]) + ex[j] * scale;
-      } else {
-        const float value = WarpSum(zs) / s;  // warp-uniform
-        if (e == 0 || value < best_value) {
-          best_value = value;
-          const float scale = 1.0f / s;
-          for (int j = lane; j < k; j += kWarp) p[j] = ex[j] * scale;
-        }
-      }
+  bool ok = CombineMembers(logits, b, a, t, lane);
+  const float r = a.reward[b];
+  const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
+  const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  ok = ok && isfinite(r) && isfinite(g) && isfinite(ent);
+  if (!ok) {
+    for (int j = lane; j < k; j += kWarp) out[j] = NAN;
+    if (lane == 0) {
+      a.expected_value[b] = NAN;
+      atomicAdd(a.nonfinite_count, 1);
     }
-    const float rew = a.reward[b];
-    const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
-    const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
-    ok = ok && isfinite(rew) && isfinite(g) && isfinite(ent);
-    if (a.projection == Projection::kHlGauss) {
-      float v = 0.0f;
-      for (int j = lane; j < k; j += kWarp) v += p[j] * (a.v_min + static_cast<float>(j) * a.dz);
-      v = WarpSum(v);
-      const float t = fminf(fmaxf(rew + g * (v - ent), a.v_min), a.v_max);  // clamp first
-      const float inv = 1.0f / (a.sigma * 1.41421356237f);
-      for (int i = lane; i <= k; i += kWarp) {
-        ex[i] = erff((a.v_min - 0.5f * a.dz + static_cast<float>(i) * a.dz - t) * inv);
-      }
-      __syncwarp();
-      const float norm = 1.0f / (ex[k] - ex[0]);
-      for (int i = lane; i < k; i += kWarp) p[i] = (ex[i + 1] - ex[i]) * norm;
-    } else {
-      for (int j = lane; j < k; j += kWarp) ex[j] = 0.0f;
-    }
-    if (lane == 0) bad[r] = ok ? 0 : 1;
+    return;
   }
-  __syncthreads();
-
-  // Phase 2 (C51): a thread per row, deterministic serial scatter in shared memory.
-  if (a.projection == Projection::kC51 && threadIdx.x < rows) {
-    const int r = threadIdx.x;
-    const int64_t b = row0 + r;
-    if (b < a.batch_size && !bad[r]) {
-      const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
-      const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
-      ScatterRow(tile_p + r * stride, a.reward[b], g, ent, a, tile_a + r * stride);
+  __syncwarp();
+  float v;
+  if (a.projection == Projection::kHlGauss) {
+    v = HlGauss(t, a, r, g, ent, out, lane);
+  } else {
+    for (int j = lane; j < k; j += kWarp) {  // split every atom's mass between its two bins
+      int l;
+      float frac;
+      BinOf(j, r, g, ent, a, &l, &frac);
+      const float p = t.hi[j];
+      t.lo[j] = p * (1.0f - frac);
+      t.hi[j] = p * frac;
+      t.low[j] = l;
     }
+    __syncwarp();
+    v = g >= 0.0f ? GatherC51(t, a, out, lane) : ScatterC51Serial(t, a, r, g, ent, out, lane);
   }
-  __syncthreads();
-
-  // Phase 3: a warp per row, expected value and coalesced store.
-  const float* result = a.projection == Projection::kC51 ? tile_a : tile_p;
-  for (int r = warp; r < rows; r += warps) {
-    const int64_t b = row0 + r;
-    if (b >= a.batch_size) continue;
-    float* out = a.target + b * k;
-    if (bad[r]) {
-      for (int j = lane; j < k; j += kWarp) out[j] = NAN;
-      if (lane == 0) {
-        a.expected_value[b] = NAN;
-        atomicAdd(a.nonfinite_count, 1);
-      }
-      continue;
-    }
-    const float* y = result + r * stride;
-    float v = 0.0f;
-    for (int j = lane; j < k; j += kWarp) {
-      out[j] = y[j];
-      v += y[j] * (a.v_min + static_cast<float>(j) * a.dz);
-    }
-    v = WarpSum(v);
-    if (lane == 0) a.expected_value[b] = v;
-  }
+  v = WarpSum(v);
+  if (lane == 0) a.expected_value[b] = v;
 }
 
 struct LossParams {
@@ -265,6 +309,69 @@ __global__ void CrossEntropyKernel(const T* __restrict__ logits, T* __restrict__
   }
 }
 
+// The same for K <= 32 * KPL, with the sample's target and each member's logits held in registers:
+// every input is read from global memory once (the generic kernel above reads logits three times).
+template <typename T, int KPL>
+__global__ void CrossEntropyRegKernel(const T* __restrict__ logits, T* __restrict__ grad,
+                                      LossParams a) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (b >= a.batch_size) return;
+  const int k = a.num_atoms;
+  const float* y = a.target + b * k;
+  float yv[KPL];
+  float sum_y = 0.0f;
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int j = u * kWarp + lane;
+    yv[u] = j < k ? __ldg(y + j) : 0.0f;
+    sum_y += yv[u];
+  }
+  sum_y = WarpSum(sum_y);
+  const float w = a.weight != nullptr ? a.weight[b] : 1.0f;
+  const float coef = w / static_cast<float>(a.batch_size);
+  bool ok = isfinite(w) && isfinite(sum_y);
+  float td = 0.0f;
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    const int64_t row = (e * a.batch_size + b) * k;
+    float xv[KPL];
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      const int j = u * kWarp + lane;
+      xv[u] = j < k ? Load(logits + row, j) : -INFINITY;
+      m = fmaxf(m, xv[u]);
+    }
+    m = WarpMax(m);
+    float s = 0.0f, yx = 0.0f;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      if (u * kWarp + lane < k) {
+        yx += yv[u] * xv[u];
+        xv[u] = __expf(xv[u] - m);
+        s += xv[u];
+      }
+    }
+    s = WarpSum(s);
+    yx = WarpSum(yx);
+    const float ce = (m + __logf(s)) * sum_y - yx;  // -sum_j y_j log softmax_j
+    ok = ok && isfinite(m) && isfinite(s) && isfinite(ce);
+    td += ce;
+    if (grad != nullptr) {
+      const float scale = sum_y / s * coef;
+#pragma unroll
+      for (int u = 0; u < KPL; ++u) {
+        const int j = u * kWarp + lane;
+        if (j < k) Store(grad + row, j, xv[u] * scale - yv[u] * coef);
+      }
+    }
+  }
+  if (lane == 0) {
+    a.td_error[b] = ok ? td : NAN;
+    if (!ok) atomicAdd(a.nonfinite_count, 1);
+  }
+}
+
 // loss = sum_b weight_b * td_error_b / B, one block, fixed reduction order (deterministic).
 __global__ void LossReduceKernel(const float* td_error, const float* weight, int64_t batch,
                                  float* loss) {
@@ -304,6 +411,32 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
+template <typename T>
+void LaunchTarget(const T* logits, const TargetParams& p, int64_t blocks, unsigned threads,
+                  size_t shared, cudaStream_t stream) {
+  if (shared > static_cast<size_t>(kSharedBytes)) {  // large K: opt in to more shared memory
+    Check(cudaFuncSetAttribute(TdTargetKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(shared)),
+          "cudaFuncSetAttribute(TdTargetKernel)");
+  }
+  TdTargetKernel<T><<<static_cast<unsigned>(blocks), threads, shared, stream>>>(logits, p);
+}
+
+// Register-cached kernel for K <= 256 (BRC's 101 atoms: 4 per lane), the generic one above that.
+template <typename T>
+void LaunchCrossEntropy(const T* logits, T* grad, const LossParams& p, unsigned blocks,
+                        cudaStream_t stream) {
+  if (p.num_atoms <= 2 * kWarp) {
+    CrossEntropyRegKernel<T, 2><<<blocks, kLossThreads, 0, stream>>>(logits, grad, p);
+  } else if (p.num_atoms <= 4 * kWarp) {
+    CrossEntropyRegKernel<T, 4><<<blocks, kLossThreads, 0, stream>>>(logits, grad, p);
+  } else if (p.num_atoms <= 8 * kWarp) {
+    CrossEntropyRegKernel<T, 8><<<blocks, kLossThreads, 0, stream>>>(logits, grad, p);
+  } else {
+    CrossEntropyKernel<T><<<blocks, kLossThreads, 0, stream>>>(logits, grad, p);
+  }
+}
+
 }  // namespace
 
 void TdTargetCuda(const TdTargetCudaArgs& args) {
@@ -318,9 +451,10 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   p.num_members = args.num_members;
   p.batch_size = args.batch_size;
   p.num_atoms = static_cast<int>(args.num_atoms);
-  p.row_stride = (p.num_atoms + 1) | 1;  // odd: thread-per-row accesses avoid bank conflicts
-  const int per_row = 2 * p.row_stride * static_cast<int>(sizeof(float)) + static_cast<int>(sizeof(int));
-  p.rows_per_block = kSharedBytes / per_row < kWarp ? kSharedBytes / per_row : kWarp;
+  p.row_stride = p.num_atoms + 1;
+  const int per_row = 4 * p.row_stride * static_cast<int>(sizeof(float));
+  p.rows_per_block = kTargetRows;  // one warp per row
+  while (p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) --p.rows_per_block;
   p.v_min = args.v_min;
   p.v_max = args.v_max;
   p.dz = (args.v_max - args.v_min) / static_cast<float>(args.num_atoms - 1);
@@ -333,12 +467,13 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   Check(cudaMemsetAsync(args.nonfinite_count, 0, sizeof(int32_t), stream), "cudaMemsetAsync");
   const int64_t blocks = (args.batch_size + p.rows_per_block - 1) / p.rows_per_block;
   const size_t shared = static_cast<size_t>(per_row) * p.rows_per_block;
+  const unsigned threads = static_cast<unsigned>(p.rows_per_block * kWarp);
   if (args.dtype == CudaDType::kBFloat16) {
-    TdTargetKernel<__nv_bfloat16><<<static_cast<unsigned>(blocks), kTargetThreads, shared, stream>>>(
-        static_cast<const __nv_bfloat16*>(args.target_logits), p);
+    LaunchTarget<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(args.target_logits), p, blocks,
+                                threads, shared, stream);
   } else {
-    TdTargetKernel<float><<<static_cast<unsigned>(blocks), kTargetThreads, shared, stream>>>(
-        static_cast<const float*>(args.target_logits), p);
+    LaunchTarget<float>(static_cast<const float*>(args.target_logits), p, blocks, threads, shared,
+                        stream);
   }
   Check(cudaGetLastError(), "TdTargetKernel launch");
 }
@@ -352,12 +487,11 @@ void CrossEntropyCuda(const CrossEntropyCudaArgs& args) {
   const int rows_per_block = kLossThreads / kWarp;
   const auto blocks = static_cast<unsigned>((args.batch_size + rows_per_block - 1) / rows_per_block);
   if (args.dtype == CudaDType::kBFloat16) {
-    CrossEntropyKernel<__nv_bfloat16><<<blocks, kLossThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(args.online_logits),
-        static_cast<__nv_bfloat16*>(args.grad), p);
+    LaunchCrossEntropy<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(args.online_logits),
+                                      static_cast<__nv_bfloat16*>(args.grad), p, blocks, stream);
   } else {
-    CrossEntropyKernel<float><<<blocks, kLossThreads, 0, stream>>>(
-        static_cast<const float*>(args.online_logits), static_cast<float*>(args.grad), p);
+    LaunchCrossEntropy<float>(static_cast<const float*>(args.online_logits),
+                              static_cast<float*>(args.grad), p, blocks, stream);
   }
   Check(cudaGetLastError(), "CrossEntropyKernel launch");
   LossReduceKernel<<<1, 1024, 0, stream>>>(args.td_error, args.weight, args.batch_size, args.loss);
