@@ -11,13 +11,16 @@
 namespace mtrl {
 
 uint64_t AvailableMemoryBytes() {
+  // Some VMs (a Firecracker guest, for one) report "MemAvailable: 0 kB" while the process runs
+  // fine: a zero reading is treated like a missing line, not as a full machine.
   std::ifstream meminfo("/proc/meminfo");
   std::string line;
   while (std::getline(meminfo, line)) {
     if (line.rfind("MemAvailable:", 0) == 0) {
       std::istringstream fields(line.substr(13));
       uint64_t kib = 0;
-      if (fields >> kib) return kib * 1024;
+      if (fields >> kib && kib > 0) return kib * 1024;
+      break;
     }
   }
   const long pages = sysconf(_SC_AVPHYS_PAGES);

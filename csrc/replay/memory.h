@@ -14,8 +14,8 @@ class OutOfMemoryError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Bytes the kernel says can be allocated without swapping: /proc/meminfo MemAvailable,
-// else sysconf(_SC_AVPHYS_PAGES) * page size. Thread-safe (reads the file each call).
+// Bytes the kernel says can be allocated without swapping: /proc/meminfo MemAvailable when it
+// reads above zero, else sysconf(_SC_AVPHYS_PAGES) * page size, else unknown (UINT64_MAX). Thread-safe (reads the file each call).
 uint64_t AvailableMemoryBytes();
 
 // Throws OutOfMemoryError naming `what` if `nbytes` exceeds AvailableMemoryBytes().
