@@ -261,7 +261,6 @@ struct LossParams {
   int64_t num_members, batch_size;
   int num_atoms;
   float* td_error;
-  int32_t* nonfinite_count;
 };
 
 // A warp per sample: CE of every member and, when grad != nullptr, the gradient in the same pass.
@@ -303,10 +302,7 @@ __global__ void CrossEntropyKernel(const T* __restrict__ logits, T* __restrict__
       }
     }
   }
-  if (lane == 0) {
-    a.td_error[b] = ok ? td : NAN;
-    if (!ok) atomicAdd(a.nonfinite_count, 1);
-  }
+  if (lane == 0) a.td_error[b] = ok ? td : NAN;  // counted by LossReduceKernel
 }
 
 // The same for K <= 32 * KPL, with the sample's target and each member's logits held in registers:
@@ -366,27 +362,36 @@ __global__ void CrossEntropyRegKernel(const T* __restrict__ logits, T* __restric
       }
     }
   }
-  if (lane == 0) {
-    a.td_error[b] = ok ? td : NAN;
-    if (!ok) atomicAdd(a.nonfinite_count, 1);
-  }
+  if (lane == 0) a.td_error[b] = ok ? td : NAN;  // counted by LossReduceKernel
 }
 
-// loss = sum_b weight_b * td_error_b / B, one block, fixed reduction order (deterministic).
+// loss = sum_b weight_b * td_error_b / B, one block, fixed reduction order (deterministic); also
+// the number of non-finite rows (their td_error is NaN), so no counter needs zeroing beforehand.
 __global__ void LossReduceKernel(const float* td_error, const float* weight, int64_t batch,
-                                 float* loss) {
+                                 float* loss, int32_t* nonfinite_count) {
   __shared__ double partial[1024];
+  __shared__ int bad[1024];
   double acc = 0.0;
+  int nonfinite = 0;
   for (int64_t b = threadIdx.x; b < batch; b += blockDim.x) {
-    acc += static_cast<double>(td_error[b]) * (weight != nullptr ? weight[b] : 1.0f);
+    const float td = td_error[b];
+    nonfinite += isfinite(td) ? 0 : 1;
+    acc += static_cast<double>(td) * (weight != nullptr ? weight[b] : 1.0f);
   }
   partial[threadIdx.x] = acc;
+  bad[threadIdx.x] = nonfinite;
   __syncthreads();
   for (int n = blockDim.x / 2; n > 0; n /= 2) {
-    if (threadIdx.x < n) partial[threadIdx.x] += partial[threadIdx.x + n];
+    if (threadIdx.x < n) {
+      partial[threadIdx.x] += partial[threadIdx.x + n];
+      bad[threadIdx.x] += bad[threadIdx.x + n];
+    }
     __syncthreads();
   }
-  if (threadIdx.x == 0) *loss = static_cast<float>(partial[0] / static_cast<double>(batch));
+  if (threadIdx.x == 0) {
+    *loss = static_cast<float>(partial[0] / static_cast<double>(batch));
+    *nonfinite_count = bad[0];
+  }
 }
 
 void Check(cudaError_t err, const char* what) {
@@ -482,8 +487,7 @@ void CrossEntropyCuda(const CrossEntropyCudaArgs& args) {
   DeviceGuard guard(args.device);
   auto stream = static_cast<cudaStream_t>(args.stream);
   LossParams p{args.target, args.weight, args.num_members, args.batch_size,
-               static_cast<int>(args.num_atoms), args.td_error, args.nonfinite_count};
-  Check(cudaMemsetAsync(args.nonfinite_count, 0, sizeof(int32_t), stream), "cudaMemsetAsync");
+               static_cast<int>(args.num_atoms), args.td_error};
   const int rows_per_block = kLossThreads / kWarp;
   const auto blocks = static_cast<unsigned>((args.batch_size + rows_per_block - 1) / rows_per_block);
   if (args.dtype == CudaDType::kBFloat16) {
@@ -494,7 +498,8 @@ void CrossEntropyCuda(const CrossEntropyCudaArgs& args) {
                               static_cast<float*>(args.grad), p, blocks, stream);
   }
   Check(cudaGetLastError(), "CrossEntropyKernel launch");
-  LossReduceKernel<<<1, 1024, 0, stream>>>(args.td_error, args.weight, args.batch_size, args.loss);
+  LossReduceKernel<<<1, 1024, 0, stream>>>(args.td_error, args.weight, args.batch_size, args.loss,
+                                           args.nonfinite_count);
   Check(cudaGetLastError(), "LossReduceKernel launch");
 }
 

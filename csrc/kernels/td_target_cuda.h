@@ -3,7 +3,7 @@
 // the binding can include it either way. Pointers are device pointers; per-sample vectors and the
 // target are float32, logits float32 or bfloat16 (accumulation is always float32). Kernels are
 // enqueued on `stream` (a cudaStream_t) of `device` and never synchronise, so they can be captured
-// in CUDA graphs; non-finite rows are counted into *nonfinite_count (zeroed by the launcher).
+// in CUDA graphs; the number of non-finite rows is written to *nonfinite_count.
 #pragma once
 
 #include <cstdint>
