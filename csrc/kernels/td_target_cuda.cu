@@ -1,12 +1,12 @@
 // CUDA fused categorical TD target and cross-entropy (see td_target_cuda.h; semantics td_target.h).
 //
-// TD target: a warp per row from start to finish (8 rows per block, four [K + 1] shared tiles per
+// TD target: a warp per row from start to finish (8 rows per block, three [K + 1] shared tiles per
 // row), so warps never wait on each other and the SM hides one row's load latency behind others'
 // arithmetic. Softmax of each member with 4 loads in flight per lane, combined (mean, or the
-// min-expected-value member); then the C51 projection as a deterministic warp-parallel gather:
-// for g = discount * mask >= 0 the bins low_j are non-decreasing in j, so bin i sums the masses of
-// a contiguous range of source atoms, in the serial scatter's order (no float atomics). HL-Gauss
-// is a warp-parallel erf histogram. Cross-entropy: a warp per sample, all members, with the
+// min-expected-value member); then the C51 projection, deterministic and warp-parallel: for
+// g = discount * mask >= 0 the bins low_j are non-decreasing in j, so 32 source atoms at a time a
+// segmented warp scan sums each run of atoms sharing a bin and one lane adds it (no float
+// atomics). HL-Gauss is a warp-parallel erf histogram. Cross-entropy: a warp per sample, all members, with the
 // sample's target and logits held in registers for K <= 256; the gradient is written in the same
 // pass, and the loss is reduced by a second one-block kernel in a fixed order.
 #include <cuda_bf16.h>
@@ -73,12 +73,11 @@ __device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const 
   *frac = b - static_cast<float>(*low);
 }
 
-// Shared memory of one row: four tiles of `row_stride` (>= K + 1) words.
+// Shared memory of one row: three tiles of `row_stride` (>= K + 1) floats.
 struct RowTiles {
-  float* lo;    // softmax values, then p_j (1 - frac_j), or the HL-Gauss erf edges
-  float* hi;    // combined distribution p, then p_j frac_j
-  int* low;     // C51: low_j
-  int* start;   // C51: start_i = first j with low_j >= i (i = 0..K); float y when g < 0
+  float* lo;  // softmax values; p_j (1 - frac_j) when g < 0; the HL-Gauss erf edges
+  float* hi;  // combined distribution p; p_j frac_j when g < 0
+  float* y;   // the C51 target being accumulated
 };
 
 // Phase 1 (one warp, one row): softmax of every member, combined into t.hi (mean, or the member
@@ -131,29 +130,51 @@ __device__ bool CombineMembers(const T* __restrict__ logits, int64_t b, const Ta
   return ok;
 }
 
-// Phase 2 (C51) for g >= 0, where low_j is non-decreasing in j (every float op of BinOf is
-// monotone): bin i receives the hi masses of the j with low_j = i - 1, then the lo masses of the
-// j with low_j = i, each summed in ascending j. That is the order of the serial CPU scatter, so
-// the warp gathers (no atomics, deterministic) instead of scattering. Returns this lane's part of
-// the expected value; the target is stored straight to `out`.
-__device__ float GatherC51(const RowTiles& t, const TargetParams& a, float* __restrict__ out,
-                           int lane) {
-  const int k = a.num_atoms;
-  for (int j = lane; j < k; j += kWarp) {  // start_i for low_{j-1} < i <= low_j
-    const int prev = j == 0 ? -1 : t.low[j - 1];
-    for (int i = prev + 1; i <= t.low[j]; ++i) t.start[i] = j;
+// Inclusive sum of `v` over the run of lanes up to this one whose `key` equals this lane's
+// (keys are non-decreasing across the lanes, so equal keys are contiguous).
+__device__ __forceinline__ float SegmentedSum(float v, int key, int lane) {
+#pragma unroll
+  for (int d = 1; d < kWarp; d <<= 1) {
+    const float other = __shfl_up_sync(0xffffffffu, v, d);
+    const int other_key = __shfl_up_sync(0xffffffffu, key, d);
+    if (lane >= d && other_key == key) v += other;
   }
-  for (int i = t.low[k - 1] + 1 + lane; i <= k; i += kWarp) t.start[i] = k;
+  return v;
+}
+
+// Phase 2 (C51) for g >= 0, where low_j is non-decreasing in j (every float op of BinOf is
+// monotone): 32 source atoms at a time, each run of atoms with the same bin is summed by a
+// segmented warp scan and added to that bin once by the run's last lane. Fixed order, no atomics.
+__device__ float GatherC51(const RowTiles& t, const TargetParams& a, float r, float g, float ent,
+                           float* __restrict__ out, int lane) {
+  const int k = a.num_atoms;
+  float* y = t.y;
+  for (int i = lane; i < k; i += kWarp) y[i] = 0.0f;
   __syncwarp();
+  for (int j0 = 0; j0 < k; j0 += kWarp) {
+    const int j = j0 + lane;
+    int l = 0x7fffffff;
+    float lo = 0.0f, hi = 0.0f;
+    if (j < k) {
+      float frac;
+      BinOf(j, r, g, ent, a, &l, &frac);
+      const float p = t.hi[j];
+      lo = p * (1.0f - frac);
+      hi = p * frac;
+    }
+    const int next = __shfl_down_sync(0xffffffffu, l, 1);
+    const bool run_end = j < k && (lane == kWarp - 1 || next != l);
+    lo = SegmentedSum(lo, l, lane);
+    hi = SegmentedSum(hi, l, lane);
+    if (run_end) y[l] += lo;
+    __syncwarp();
+    if (run_end && l + 1 < k) y[l + 1] += hi;
+    __syncwarp();
+  }
   float v = 0.0f;
   for (int i = lane; i < k; i += kWarp) {
-    float acc = 0.0f;
-    if (i > 0) {
-      for (int j = t.start[i - 1]; j < t.start[i]; ++j) acc += t.hi[j];
-    }
-    for (int j = t.start[i]; j < t.start[i + 1]; ++j) acc += t.lo[j];
-    out[i] = acc;
-    v += acc * (a.v_min + static_cast<float>(i) * a.dz);
+    out[i] = y[i];
+    v += y[i] * (a.v_min + static_cast<float>(i) * a.dz);
   }
   return v;
 }
@@ -163,7 +184,7 @@ __device__ float GatherC51(const RowTiles& t, const TargetParams& a, float* __re
 __device__ float ScatterC51Serial(const RowTiles& t, const TargetParams& a, float r, float g,
                                   float ent, float* __restrict__ out, int lane) {
   const int k = a.num_atoms;
-  float* y = reinterpret_cast<float*>(t.start);
+  float* y = t.y;
   for (int i = lane; i < k; i += kWarp) y[i] = 0.0f;
   __syncwarp();
   if (lane == 0) {
@@ -216,9 +237,8 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + warp;
   if (warp >= a.rows_per_block || b >= a.batch_size) return;
   const int k = a.num_atoms, stride = a.row_stride;
-  float* base = smem + static_cast<int64_t>(warp) * 4 * stride;
-  const RowTiles t{base, base + stride, reinterpret_cast<int*>(base + 2 * stride),
-                   reinterpret_cast<int*>(base + 3 * stride)};
+  float* base = smem + static_cast<int64_t>(warp) * 3 * stride;
+  const RowTiles t{base, base + stride, base + 2 * stride};
   float* out = a.target + b * k;
 
   bool ok = CombineMembers(logits, b, a, t, lane);
@@ -239,17 +259,20 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   if (a.projection == Projection::kHlGauss) {
     v = HlGauss(t, a, r, g, ent, out, lane);
   } else {
-    for (int j = lane; j < k; j += kWarp) {  // split every atom's mass between its two bins
-      int l;
-      float frac;
-      BinOf(j, r, g, ent, a, &l, &frac);
-      const float p = t.hi[j];
-      t.lo[j] = p * (1.0f - frac);
-      t.hi[j] = p * frac;
-      t.low[j] = l;
+    if (g >= 0.0f) {
+      v = GatherC51(t, a, r, g, ent, out, lane);
+    } else {
+      for (int j = lane; j < k; j += kWarp) {  // split every atom's mass between its two bins
+        int l;
+        float frac;
+        BinOf(j, r, g, ent, a, &l, &frac);
+        const float p = t.hi[j];
+        t.lo[j] = p * (1.0f - frac);
+        t.hi[j] = p * frac;
+      }
+      __syncwarp();
+      v = ScatterC51Serial(t, a, r, g, ent, out, lane);
     }
-    __syncwarp();
-    v = g >= 0.0f ? GatherC51(t, a, out, lane) : ScatterC51Serial(t, a, r, g, ent, out, lane);
   }
   v = WarpSum(v);
   if (lane == 0) a.expected_value[b] = v;
@@ -457,7 +480,7 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   p.batch_size = args.batch_size;
   p.num_atoms = static_cast<int>(args.num_atoms);
   p.row_stride = p.num_atoms + 1;
-  const int per_row = 4 * p.row_stride * static_cast<int>(sizeof(float));
+  const int per_row = 3 * p.row_stride * static_cast<int>(sizeof(float));
   p.rows_per_block = kTargetRows;  // one warp per row
   while (p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) --p.rows_per_block;
   p.v_min = args.v_min;
