@@ -414,6 +414,21 @@ def test_load_rejects_corrupt_arrays(tmp_path):
         buf.load_into(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("name,row", [("obs.npy", 1), ("action.npy", 0), ("reward.npy", 2),
+                                      ("pending_obs.npy", 1)])
+def test_load_rejects_non_finite_stored_values(tmp_path, name, row):
+    buf = ReplayBuffer(1, 8, 2, 1, 2)
+    run_envs(buf, None, 3, task_of_env=[0, 0])
+    buf.save(tmp_path)
+    arr = np.load(tmp_path / name)
+    arr[row] = np.nan
+    np.save(tmp_path / name, arr)
+    with pytest.raises(ValueError, match=f"{name}.*(NaN|infinite)"):
+        buf.load_into(tmp_path)
+    with pytest.raises(ValueError, match=name):
+        ReplayBuffer.load(tmp_path)
+
+
 # ----------------------------------------------------------------------------- threads
 
 

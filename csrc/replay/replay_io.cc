@@ -16,6 +16,13 @@ std::string Join(const std::string& dir, const char* name) { return dir + "/" + 
 
 std::string Where(int64_t g) { return "slot " + std::to_string(g); }
 
+bool AllFinite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 ReplayScalars ReplayBuffer::Save(const std::string& dir) const {
@@ -207,6 +214,16 @@ void ReplayBuffer::ValidateLoaded(Storage& s) const {
                                     "large priority (the tree sums must stay finite)");
       }
       const Slot& slot = SlotAt(s, g);
+      // Add rejects non-finite values, so a stored one means the files were altered.
+      if (!AllFinite(s.obs.as<float>() + g * config_.obs_dim, config_.obs_dim)) {
+        throw std::invalid_argument("obs.npy: " + Where(g) + " has a NaN or infinite value");
+      }
+      if (!AllFinite(ActionRow(s, g), config_.action_dim)) {
+        throw std::invalid_argument("action.npy: " + Where(g) + " has a NaN or infinite value");
+      }
+      if (!std::isfinite(slot.reward)) {
+        throw std::invalid_argument("reward.npy: " + Where(g) + " is NaN or infinite");
+      }
       const int64_t env = slot.env_flags >> 8;
       const bool done = (slot.env_flags & 0xff) != 0;
       if (slot.next >= 0) {
@@ -228,6 +245,10 @@ void ReplayBuffer::ValidateLoaded(Storage& s) const {
           throw std::invalid_argument("next.npy: " + Where(g) + " refers to final observation " +
                                       std::to_string(f) + ", which is missing or shared");
         }
+        if (!AllFinite(s.finals.Row(f), config_.obs_dim)) {
+          throw std::invalid_argument("final_obs.npy: row " + std::to_string(f) +
+                                      " has a NaN or infinite value");
+        }
         in_use[f] = 1;
       }
     }
@@ -240,6 +261,10 @@ void ReplayBuffer::ValidateLoaded(Storage& s) const {
         SlotAt(s, g).next != kPending || static_cast<int64_t>(SlotAt(s, g).env_flags >> 8) != k) {
       throw std::invalid_argument("last_slot.npy: env " + std::to_string(k) + " points at slot " +
                                   std::to_string(g) + ", which is not its pending transition");
+    }
+    if (!AllFinite(s.pending_obs.data() + k * config_.obs_dim, config_.obs_dim)) {
+      throw std::invalid_argument("pending_obs.npy: env " + std::to_string(k) +
+                                  " has a NaN or infinite value");
     }
   }
   s.finals.RebuildFreeList(in_use);
