@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtrl.ensemble_norm import ensemble_norm
 from mtrl.math import squash_log_std, tanh_gaussian_log_prob
 
 LAYER_NORM_EPS = 1e-6  # Flax default (§3.1, §11.2); PyTorch's default is 1e-5.
@@ -33,9 +34,16 @@ class EnsembleLinear(nn.Module):
                 self.weight[k].copy_(w.t())
 
     def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, self._members(x), self.weight)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """x W without the bias (E, B, out): the bias is added by the fused norm that follows."""
+        return torch.bmm(self._members(x), self.weight)
+
+    def _members(self, x: Tensor) -> Tensor:
         if x.dim() == 2:  # shared input for all members
-            x = x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
-        return torch.baddbmm(self.bias, x, self.weight)
+            return x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
+        return x
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -51,6 +59,13 @@ class EnsembleLayerNorm(nn.Module):
         x = F.layer_norm(x, (self.width,), None, None, LAYER_NORM_EPS)
         return torch.addcmul(self.bias, x, self.weight)
 
+    def after(self, linear: EnsembleLinear, x: Tensor, *, relu: bool = False,
+              residual: Tensor | None = None) -> Tensor:
+        """``[residual +] [relu](self(linear(x)))`` in one fused pass over the activation
+        (mtrl.ensemble_norm; the same formula as the separate ops)."""
+        return ensemble_norm(linear.matmul(x), linear.bias, self.weight, self.bias,
+                             eps=LAYER_NORM_EPS, relu=relu, residual=residual)
+
 
 class EnsembleBroBlock(nn.Module):
     """BroNet residual block: x + LN(Linear(ReLU(LN(Linear(x))))) (§3.1), for E members at once."""
@@ -63,8 +78,8 @@ class EnsembleBroBlock(nn.Module):
         self.ln2 = EnsembleLayerNorm(ensemble_size, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.ln1(self.fc1(x)))
-        return x + self.ln2(self.fc2(h))
+        h = self.ln1.after(self.fc1, x, relu=True)
+        return self.ln2.after(self.fc2, h, residual=x)
 
 
 class Critic(nn.Module):
@@ -113,7 +128,7 @@ class Critic(nn.Module):
         emb = self.embed(task_id)
         if emb is not None:
             parts.append(emb.to(obs.dtype))
-        x = F.relu(self.ln_in(self.fc_in(torch.cat(parts, dim=-1))))
+        x = self.ln_in.after(self.fc_in, torch.cat(parts, dim=-1), relu=True)
         for block in self.blocks:
             x = block(x)
         return self.head(x)

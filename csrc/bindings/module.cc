@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   mtrl::RegisterReplay(m);
   mtrl::RegisterEnvs(m);
   mtrl::RegisterKernels(m);
+  mtrl::RegisterNn(m);
 }

@@ -9,5 +9,6 @@ void RegisterBuildInfo(pybind11::module_& m);
 void RegisterReplay(pybind11::module_& m);
 void RegisterEnvs(pybind11::module_& m);
 void RegisterKernels(pybind11::module_& m);
+void RegisterNn(pybind11::module_& m);
 
 }  // namespace mtrl

@@ -1,0 +1,131 @@
+// Binding of the fused critic-layer kernels (csrc/nn). Tensors arrive as NumPy views of torch CPU
+// tensors (zero-copy), so every dtype, layout and size is checked here; mtrl/ensemble_norm.py is the
+// friendly Python face.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bindings/registrars.h"
+#include "nn/ensemble_norm.h"
+
+namespace py = pybind11;
+
+namespace mtrl {
+namespace {
+
+std::string Shape(const std::vector<int64_t>& dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+// float32, C-contiguous, exactly `shape`; returns the data pointer.
+float* Buffer(const py::array& a, const char* name, const std::vector<int64_t>& shape,
+              bool writeable) {
+  if (!a.dtype().is(py::dtype::of<float>())) {
+    throw std::invalid_argument(std::string(name) + " must be float32, got " +
+                                std::string(py::str(a.dtype())));
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+  }
+  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape) {
+    throw std::invalid_argument(std::string(name) + " must have shape " + Shape(shape) +
+                                ", got " + Shape(got));
+  }
+  if (writeable && !a.writeable()) throw std::invalid_argument(std::string(name) + " must be writeable");
+  return static_cast<float*>(const_cast<void*>(a.data()));
+}
+
+EnsembleNormShape ShapeOf(const py::array& y) {
+  if (y.ndim() != 3) {
+    throw std::invalid_argument("y must have shape (E, B, W), got " +
+                                Shape(std::vector<int64_t>(y.shape(), y.shape() + y.ndim())));
+  }
+  EnsembleNormShape s{y.shape(0), y.shape(1), y.shape(2)};
+  if (s.members < 1 || s.rows_per_member < 1 || s.width < 1) {
+    throw std::invalid_argument("y must have E, B, W >= 1, got " +
+                                Shape({s.members, s.rows_per_member, s.width}));
+  }
+  return s;
+}
+
+void Forward(const py::array& y, const py::array& bias, const py::array& gamma,
+             const py::array& beta, const std::optional<py::array>& residual, int epilogue,
+             double eps, py::array& out, py::array& mean, py::array& rstd, int num_threads) {
+  const EnsembleNormShape s = ShapeOf(y);
+  const std::vector<int64_t> act{s.members, s.rows_per_member, s.width}, param{s.members, s.width},
+      row{s.members, s.rows_per_member};
+  if (epilogue < 0 || epilogue > 2) {
+    throw std::invalid_argument("epilogue must be 0 (none), 1 (relu) or 2 (residual), got " +
+                                std::to_string(epilogue));
+  }
+  if (epilogue == 2 && !residual) throw std::invalid_argument("epilogue 2 (residual) needs residual");
+  if (!(eps > 0.0)) throw std::invalid_argument("eps must be > 0, got " + std::to_string(eps));
+  const float* py_y = Buffer(y, "y", act, false);
+  const float* p_bias = Buffer(bias, "bias", param, false);
+  const float* p_gamma = Buffer(gamma, "gamma", param, false);
+  const float* p_beta = Buffer(beta, "beta", param, false);
+  const float* p_res = epilogue == 2 ? Buffer(*residual, "residual", act, false) : nullptr;
+  float* p_out = Buffer(out, "out", act, true);
+  float* p_mean = Buffer(mean, "mean", row, true);
+  float* p_rstd = Buffer(rstd, "rstd", row, true);
+  // Safe without the GIL: the kernel touches only these buffers, which the caller keeps alive.
+  py::gil_scoped_release release;
+  EnsembleNormForwardUnchecked(s, py_y, p_bias, p_gamma, p_beta, p_res,
+                               static_cast<NormEpilogue>(epilogue), static_cast<float>(eps), p_out,
+                               p_mean, p_rstd, num_threads);
+}
+
+void Backward(const py::array& grad_out, const py::array& y, const py::array& bias,
+              const py::array& gamma, const py::array& beta, const py::array& mean,
+              const py::array& rstd, bool relu, py::array& grad_y,
+              std::optional<py::array>& grad_bias, std::optional<py::array>& grad_gamma,
+              std::optional<py::array>& grad_beta, int num_threads) {
+  const EnsembleNormShape s = ShapeOf(y);
+  const std::vector<int64_t> act{s.members, s.rows_per_member, s.width}, param{s.members, s.width},
+      row{s.members, s.rows_per_member};
+  if (bool(grad_bias) != bool(grad_gamma) || bool(grad_bias) != bool(grad_beta)) {
+    throw std::invalid_argument("grad_bias, grad_gamma and grad_beta must be given together");
+  }
+  const float* p_go = Buffer(grad_out, "grad_out", act, false);
+  const float* p_y = Buffer(y, "y", act, false);
+  const float* p_bias = Buffer(bias, "bias", param, false);
+  const float* p_gamma = Buffer(gamma, "gamma", param, false);
+  const float* p_beta = Buffer(beta, "beta", param, false);
+  const float* p_mean = Buffer(mean, "mean", row, false);
+  const float* p_rstd = Buffer(rstd, "rstd", row, false);
+  float* p_gy = Buffer(grad_y, "grad_y", act, true);
+  float* p_gbias = grad_bias ? Buffer(*grad_bias, "grad_bias", param, true) : nullptr;
+  float* p_ggamma = grad_gamma ? Buffer(*grad_gamma, "grad_gamma", param, true) : nullptr;
+  float* p_gbeta = grad_beta ? Buffer(*grad_beta, "grad_beta", param, true) : nullptr;
+  // Safe without the GIL: the kernel touches only these buffers, which the caller keeps alive.
+  py::gil_scoped_release release;
+  EnsembleNormBackwardUnchecked(s, p_go, p_y, p_bias, p_gamma, p_beta, p_mean, p_rstd, relu, p_gy,
+                                p_gbias, p_ggamma, p_gbeta, num_threads);
+}
+
+}  // namespace
+
+void RegisterNn(py::module_& m) {
+  m.def("_ensemble_norm_forward", &Forward, py::arg("y"), py::arg("bias"), py::arg("gamma"),
+        py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"), py::arg("out"),
+        py::arg("mean"), py::arg("rstd"), py::arg("num_threads"),
+        "out = epilogue(LayerNorm(y + bias) * gamma + beta) for (E, B, W) float32 y; writes "
+        "out (E, B, W), mean and rstd (E, B). epilogue: 0 none, 1 relu, 2 + residual.");
+  m.def("_ensemble_norm_backward", &Backward, py::arg("grad_out"), py::arg("y"), py::arg("bias"),
+        py::arg("gamma"), py::arg("beta"), py::arg("mean"), py::arg("rstd"), py::arg("relu"),
+        py::arg("grad_y"), py::arg("grad_bias"), py::arg("grad_gamma"), py::arg("grad_beta"),
+        py::arg("num_threads"),
+        "Gradients of _ensemble_norm_forward: grad_y (E, B, W) and, when given, the (E, W) "
+        "parameter gradients (summed in a fixed order, independent of num_threads).");
+}
+
+}  // namespace mtrl

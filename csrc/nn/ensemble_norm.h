@@ -1,0 +1,47 @@
+// Fused "bias + LayerNorm + per-member affine + epilogue" for the critic ensemble (brc-spec §3.1).
+//
+// The BroNet critic applies, after every hidden matmul y = x W (one batched matmul for the E
+// ensemble members), z = y + bias, LayerNorm over the width with a per-member scale and shift,
+// then either ReLU (input layer, first half of a residual block) or the residual sum (second half
+// of a block). Done with separate PyTorch ops that is 4-6 passes over an (E, B, W) activation in the
+// forward and 6-8 in the backward; here each row is read once from memory and processed in L1.
+//
+// Layout: y, out, residual, grad_out and grad_y are C-contiguous (E, B, W); bias, gamma, beta and
+// their gradients are (E, W); mean and rstd are (E, B). LayerNorm uses the biased variance and
+// rstd = 1 / sqrt(var + eps), as torch.nn.functional.layer_norm.
+//
+// Threading: rows are split across at most num_threads threads (the kernels' worker pool). The
+// per-member parameter-gradient sums use a fixed chunking that depends only on B, so every result
+// is bitwise identical for any num_threads. Thread safety: the functions only touch the buffers
+// passed in; concurrent calls on disjoint outputs are safe.
+#pragma once
+
+#include <cstdint>
+
+namespace mtrl {
+
+enum class NormEpilogue : int { kNone = 0, kRelu = 1, kResidual = 2 };
+
+struct EnsembleNormShape {
+  int64_t members;          // E
+  int64_t rows_per_member;  // B
+  int64_t width;            // W
+};
+
+// out = epilogue(LayerNorm(y + bias) * gamma + beta); mean/rstd of each row are written for the
+// backward. residual is read only for kResidual (out = residual + ...).
+void EnsembleNormForwardUnchecked(const EnsembleNormShape& shape, const float* y, const float* bias,
+                                  const float* gamma, const float* beta, const float* residual,
+                                  NormEpilogue epilogue, float eps, float* out, float* mean,
+                                  float* rstd, int num_threads);
+
+// Gradients of the forward above given grad_out (the residual's gradient is grad_out itself).
+// relu: the forward's epilogue was kRelu (gradient masked where the output was <= 0).
+// grad_bias, grad_gamma and grad_beta are all written, or all skipped when grad_bias is null.
+void EnsembleNormBackwardUnchecked(const EnsembleNormShape& shape, const float* grad_out,
+                                   const float* y, const float* bias, const float* gamma,
+                                   const float* beta, const float* mean, const float* rstd,
+                                   bool relu, float* grad_y, float* grad_bias, float* grad_gamma,
+                                   float* grad_beta, int num_threads);
+
+}  // namespace mtrl

@@ -1,0 +1,131 @@
+"""The fused critic-layer kernel (bias + LayerNorm + per-member affine + ReLU/residual) equals the
+PyTorch-ops reference and a float64 derivation, is thread-count independent, and checks inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtrl import _core
+from mtrl.ensemble_norm import ensemble_norm, ensemble_norm_reference
+
+EPS = 1e-6
+
+
+def make(members, rows, width, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.randn(members, rows, width, generator=g) * 3 + 1).to(dtype)
+    params = [(torch.randn(members, 1, width, generator=g) * 0.3 + m).to(dtype)
+              for m in (0.0, 1.0, 0.0)]
+    residual = torch.randn(members, rows, width, generator=g).to(dtype)
+    grad = torch.randn(members, rows, width, generator=g).to(dtype)
+    return y, params, residual, grad
+
+
+def run(fn, y, params, residual, grad, mode):
+    y = y.clone().requires_grad_()
+    params = [p.clone().requires_grad_() for p in params]
+    res = residual.clone().requires_grad_() if mode == "residual" else None
+    out = fn(y, *params, eps=EPS, relu=mode == "relu", residual=res)
+    out.backward(grad)
+    grads = [y.grad] + [p.grad for p in params] + ([res.grad] if res is not None else [])
+    return out.detach(), grads
+
+
+def np_forward(y, bias, gamma, beta, mode, residual):
+    """float64 NumPy derivation of the forward."""
+    z = y + bias
+    xhat = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + EPS)
+    out = xhat * gamma + beta
+    if mode == "relu":
+        return np.maximum(out, 0.0)
+    return out + residual if mode == "residual" else out
+
+
+@pytest.mark.parametrize("mode", ["relu", "residual", "none"])
+@pytest.mark.parametrize("shape", [(2, 256, 512), (2, 300, 64), (1, 7, 37), (3, 130, 21)])
+def test_fused_matches_reference(shape, mode):
+    y, params, residual, grad = make(*shape)
+    out, grads = run(ensemble_norm, y, params, residual, grad, mode)
+    ref_out, ref_grads = run(ensemble_norm_reference, y.double(), [p.double() for p in params],
+                             residual.double(), grad.double(), mode)
+    np.testing.assert_allclose(
+        out.numpy(), np_forward(y.double().numpy(), *[p.double().numpy() for p in params], mode,
+                                residual.double().numpy()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)
+    assert len(grads) == len(ref_grads)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_path_is_taken_and_saves_no_param_grads_when_not_needed():
+    y, params, _, grad = make(2, 16, 32)
+    y.requires_grad_()
+    out = ensemble_norm(y, *params, eps=EPS, relu=True)  # params do not require grad
+    assert out.grad_fn is not None and "EnsembleNorm" in type(out.grad_fn).__name__
+    out.backward(grad)
+    ref = y.detach().clone().requires_grad_()
+    ensemble_norm_reference(ref, *params, eps=EPS, relu=True).backward(grad)
+    torch.testing.assert_close(y.grad, ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_results_do_not_depend_on_thread_count():
+    y, params, residual, grad = make(2, 1024, 512, seed=3)
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(run(ensemble_norm, y, params, residual, grad, "relu"))
+    finally:
+        torch.set_num_threads(old)
+    for out, grads in results[1:]:
+        assert torch.equal(out, results[0][0])
+        for a, b in zip(grads, results[0][1]):
+            assert torch.equal(a, b)
+
+
+def test_float64_and_noncontiguous_use_the_reference_path():
+    y, params, residual, grad = make(2, 8, 16)
+    out64, _ = run(ensemble_norm, y.double(), [p.double() for p in params], residual.double(),
+                   grad.double(), "residual")
+    ref, _ = run(ensemble_norm_reference, y.double(), [p.double() for p in params],
+                 residual.double(), grad.double(), "residual")
+    torch.testing.assert_close(out64, ref)
+    y_t = y.transpose(1, 2).contiguous().transpose(1, 2)  # same values, non-contiguous
+    torch.testing.assert_close(ensemble_norm(y_t, *params, eps=EPS),
+                               ensemble_norm(y, *params, eps=EPS))
+
+
+def test_bad_inputs_raise():
+    y, params, residual, _ = make(2, 4, 8)
+    with pytest.raises(ValueError, match="y must be"):
+        ensemble_norm(y[0], *params, eps=EPS)
+    with pytest.raises(ValueError, match="gamma must be"):
+        ensemble_norm(y, params[0], params[1][:, :, :4], params[2], eps=EPS)
+    with pytest.raises(ValueError, match="residual must have"):
+        ensemble_norm(y, *params, eps=EPS, residual=residual[:, :2])
+    with pytest.raises(ValueError, match="relu and residual"):
+        ensemble_norm(y, *params, eps=EPS, relu=True, residual=residual)
+    # The binding is the last line of defence.
+    out, mean, rstd = np.empty((2, 4, 8), np.float32), np.empty((2, 4), np.float32), np.empty(
+        (2, 4), np.float32)
+    p = [t.reshape(2, 8).numpy() for t in params]
+    with pytest.raises(ValueError, match="float32"):
+        _core._ensemble_norm_forward(y.double().numpy(), *p, None, 1, EPS, out, mean, rstd, 1)
+    with pytest.raises(ValueError, match=r"bias must have shape \(2, 8\)"):
+        _core._ensemble_norm_forward(y.numpy(), p[0][:, :4].copy(), p[1], p[2], None, 1, EPS, out,
+                                     mean, rstd, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core._ensemble_norm_forward(y.numpy().transpose(0, 2, 1), *p, None, 1, EPS, out, mean,
+                                     rstd, 1)
+    with pytest.raises(ValueError, match="needs residual"):
+        _core._ensemble_norm_forward(y.numpy(), *p, None, 2, EPS, out, mean, rstd, 1)
+    with pytest.raises(ValueError, match="epilogue must be"):
+        _core._ensemble_norm_forward(y.numpy(), *p, None, 5, EPS, out, mean, rstd, 1)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        _core._ensemble_norm_forward(y.numpy(), *p, None, 1, 0.0, out, mean, rstd, 1)
+    with pytest.raises(ValueError, match="given together"):
+        _core._ensemble_norm_backward(y.numpy(), y.numpy(), *p, mean, rstd, True, out, p[0].copy(),
+                                      None, None, 1)
