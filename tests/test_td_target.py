@@ -480,3 +480,44 @@ def test_backward_twice_with_retain_graph_and_accumulation():
     (expect,) = torch.autograd.grad(
         categorical_cross_entropy_reference(base * 2.0, target) + (base ** 2).sum(), base)
     torch.testing.assert_close(base.grad, expect, atol=1e-6, rtol=1e-5)
+
+
+def test_fast_binding_declines_inputs_not_in_kernel_form():
+    # The DLPack entry points compute only on dense CPU buffers of the logits' dtype with exact
+    # shapes; anything else answers None (the Python general path then converts or explains).
+    from torch.utils.dlpack import to_dlpack as dl
+
+    logits, reward, mask, discount, entropy = make_inputs(2, 8, 11, seed=73)
+    target, value = torch.empty(8, 11), torch.empty(8)
+
+    def run(lg=logits, r=reward, m=mask, d=discount, t=target, v_min=-10.0, combine=0):
+        return _core._td_target_cpu_fast(dl(lg), dl(r), dl(m), None if d is None else dl(d), 0.99,
+                                         dl(entropy), dl(t), dl(value), v_min, 10.0, combine, 0,
+                                         0.0, 1)
+
+    assert run() == 0
+    np_t, _ = np_td_target(logits, reward, mask, discount, entropy, -10, 10)
+    np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+    assert run(d=None) == 0
+    declined = [
+        dict(m=mask.bool()), dict(r=reward.double()), dict(r=reward[:7]),
+        dict(lg=logits.transpose(0, 1).contiguous().transpose(0, 1)),
+        dict(d=torch.stack([discount, discount], 1)[:, 0]), dict(d=torch.tensor(0.9)),
+        dict(t=torch.empty(11, 8).t()), dict(t=torch.empty(8, 11, dtype=torch.float64)),
+        dict(lg=logits[..., :1]), dict(v_min=10.0), dict(combine=2),
+    ]
+    for kwargs in declined:
+        assert run(**kwargs) is None, kwargs
+    assert _core._td_target_cpu_fast(logits.numpy(), dl(reward), dl(mask), None, 0.99, None,
+                                     dl(target), dl(value), -10.0, 10.0, 0, 0, 0.0, 1) is None
+    online = torch.randn(2, 8, 11)
+    td, grad, loss = torch.empty(8), torch.empty(2, 8, 11), torch.empty(())
+    assert _core._cross_entropy_cpu_fast(dl(online), dl(target), None, dl(td), dl(grad), dl(loss),
+                                         2) == 0
+    np_loss, np_td, np_grad = np_cross_entropy(online, target)
+    np.testing.assert_allclose(loss.item(), np_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), np_grad, atol=1e-7, rtol=1e-4)
+    assert _core._cross_entropy_cpu_fast(dl(online), dl(target.double()), None, dl(td), None,
+                                         dl(loss), 1) is None
+    assert _core._cross_entropy_cpu_fast(dl(online), dl(target), None, dl(td), None,
+                                         dl(torch.empty(1)), 1) is None

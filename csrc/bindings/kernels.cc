@@ -1,11 +1,14 @@
 // Binding of the fused TD-target kernels (csrc/kernels). The CPU entry points take NumPy-compatible
 // buffers (torch CPU tensors via .numpy(), zero-copy), so every size, dtype and contiguity is checked
-// here; the CUDA entry points take raw device pointers as integers (the core does not link libtorch)
-// and can only check sizes. The Python wrapper mtrl/ops/td_target.py does the friendly validation.
+// here; the *_fast CPU entry points take DLPack capsules and check the same (answering None, not an
+// error, so the caller can take its general path that converts or explains); the CUDA entry points
+// take raw device pointers as integers (the core does not link libtorch) and can only check sizes.
+// The Python wrapper mtrl/ops/td_target.py does the friendly validation.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -56,6 +59,176 @@ T* Output(py::array& a, const char* name, std::initializer_list<int64_t> shape) 
   Input<T>(a, name, shape);
   if (!a.writeable()) throw std::invalid_argument(std::string(name) + " must be writeable");
   return static_cast<T*>(a.mutable_data());
+}
+
+// ---- DLPack fast path ---------------------------------------------------------------------------
+// The eager CPU path of mtrl/ops/td_target.py hands tensors over as DLPack capsules
+// (torch.utils.dlpack.to_dlpack: ~0.3 us each, against ~0.9 us for Tensor.numpy()). The capsules
+// are read, never consumed: each keeps its tensor alive and frees its DLManagedTensor when Python
+// drops it, after this call. The structs are the DLPack ABI (dlpack.h, "dltensor" capsules).
+struct DlDevice {
+  int32_t device_type;  // 1 = kDLCPU
+  int32_t device_id;
+};
+struct DlDataType {
+  uint8_t code;  // 2 = kDLFloat
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DlTensor {
+  void* data;
+  DlDevice device;
+  int32_t ndim;
+  DlDataType dtype;
+  int64_t* shape;
+  int64_t* strides;  // in elements; nullptr = compact row-major
+  uint64_t byte_offset;
+};
+struct DlManagedTensor {
+  DlTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DlManagedTensor*);
+};
+
+// The tensor of an unconsumed "dltensor" capsule, or nullptr when obj is anything else.
+const DlTensor* DlView(py::handle obj) {
+  if (!PyCapsule_IsValid(obj.ptr(), "dltensor")) return nullptr;
+  auto* managed = static_cast<DlManagedTensor*>(PyCapsule_GetPointer(obj.ptr(), "dltensor"));
+  return managed == nullptr ? nullptr : &managed->dl_tensor;
+}
+
+// Data of a dense row-major CPU tensor of T with exactly `shape`; nullptr when t is absent or
+// differs in any of these (the caller then takes the general path, which converts or explains).
+template <typename T>
+T* DenseCpu(const DlTensor* t, std::initializer_list<int64_t> shape) {
+  if (t == nullptr || t->device.device_type != 1 || t->dtype.code != 2 ||
+      t->dtype.bits != 8 * sizeof(T) || t->dtype.lanes != 1 ||
+      t->ndim != static_cast<int32_t>(shape.size())) {
+    return nullptr;
+  }
+  int64_t expected_stride = 1;
+  for (int32_t i = t->ndim - 1; i >= 0; --i) {
+    const int64_t size = shape.begin()[i];
+    if (t->shape[i] != size) return nullptr;
+    if (t->strides != nullptr && size > 1 && t->strides[i] != expected_stride) return nullptr;
+    expected_stride *= size;
+  }
+  char* base = static_cast<char*>(t->data) + t->byte_offset;
+  if (reinterpret_cast<uintptr_t>(base) % alignof(T) != 0) return nullptr;
+  return reinterpret_cast<T*>(base);
+}
+
+template <typename T>
+py::object TdTargetCpuFastTyped(const DlTensor* logits, py::handle reward, py::handle mask,
+                                py::handle discount, double discount_value, py::handle entropy,
+                                py::handle target, py::handle expected_value, double v_min,
+                                double v_max, int combine, int projection, double sigma,
+                                int num_threads) {
+  TdTargetArgs<T> a;
+  a.num_members = logits->shape[0];
+  a.batch_size = logits->shape[1];
+  a.num_atoms = logits->shape[2];
+  const int64_t e = a.num_members, b = a.batch_size, k = a.num_atoms;
+  a.target_logits = DenseCpu<T>(logits, {e, b, k});
+  a.reward = DenseCpu<T>(DlView(reward), {b});
+  a.mask = DenseCpu<T>(DlView(mask), {b});
+  a.discount = discount.is_none() ? nullptr : DenseCpu<T>(DlView(discount), {b});
+  a.entropy = entropy.is_none() ? nullptr : DenseCpu<T>(DlView(entropy), {b});
+  a.target = DenseCpu<T>(DlView(target), {b, k});
+  a.expected_value = DenseCpu<T>(DlView(expected_value), {b});
+  if (a.target_logits == nullptr || a.reward == nullptr || a.mask == nullptr ||
+      (!discount.is_none() && a.discount == nullptr) || (!entropy.is_none() && a.entropy == nullptr) ||
+      a.target == nullptr || a.expected_value == nullptr) {
+    return py::none();
+  }
+  a.discount_value = discount_value;
+  a.v_min = v_min;
+  a.v_max = v_max;
+  a.combine = static_cast<Combine>(combine);
+  a.projection = static_cast<Projection>(projection);
+  a.sigma = sigma;
+  int64_t bad = 0;
+  {
+    // The capsules (held by the caller) keep every buffer alive.
+    py::gil_scoped_release release;
+    bad = TdTargetCpuUnchecked<T>(a, num_threads);
+  }
+  return py::int_(bad);
+}
+
+// None unless every input is already in kernel form (CPU, dense, the logits' float dtype, exact
+// shapes, valid sizes, support, codes and sigma); otherwise the number of non-finite rows.
+py::object TdTargetCpuFast(py::handle logits, py::handle reward, py::handle mask,
+                           py::handle discount, double discount_value, py::handle entropy,
+                           py::handle target, py::handle expected_value, double v_min,
+                           double v_max, int combine, int projection, double sigma,
+                           int num_threads) {
+  const DlTensor* t = DlView(logits);
+  if (t == nullptr || t->ndim != 3 || (combine != 0 && combine != 1) ||
+      (projection != 0 && projection != 1) || (projection == 1 && !(sigma > 0.0)) ||
+      !std::isfinite(discount_value)) {
+    return py::none();
+  }
+  try {
+    CheckTdTargetSizes(t->shape[0], t->shape[1], t->shape[2], v_min, v_max, sigma);
+  } catch (const std::invalid_argument&) {
+    return py::none();
+  }
+  if (t->dtype.code == 2 && t->dtype.bits == 64) {
+    return TdTargetCpuFastTyped<double>(t, reward, mask, discount, discount_value, entropy, target,
+                                        expected_value, v_min, v_max, combine, projection, sigma,
+                                        num_threads);
+  }
+  return TdTargetCpuFastTyped<float>(t, reward, mask, discount, discount_value, entropy, target,
+                                     expected_value, v_min, v_max, combine, projection, sigma,
+                                     num_threads);
+}
+
+template <typename T>
+py::object CrossEntropyCpuFastTyped(const DlTensor* logits, py::handle target, py::handle weight,
+                                    py::handle td_error, py::handle grad, py::handle loss,
+                                    int num_threads) {
+  CrossEntropyArgs<T> a;
+  a.num_members = logits->shape[0];
+  a.batch_size = logits->shape[1];
+  a.num_atoms = logits->shape[2];
+  const int64_t e = a.num_members, b = a.batch_size, k = a.num_atoms;
+  a.online_logits = DenseCpu<T>(logits, {e, b, k});
+  a.target = DenseCpu<T>(DlView(target), {b, k});
+  a.weight = weight.is_none() ? nullptr : DenseCpu<T>(DlView(weight), {b});
+  a.td_error = DenseCpu<T>(DlView(td_error), {b});
+  a.grad = grad.is_none() ? nullptr : DenseCpu<T>(DlView(grad), {e, b, k});
+  T* loss_out = DenseCpu<T>(DlView(loss), {});
+  if (a.online_logits == nullptr || a.target == nullptr ||
+      (!weight.is_none() && a.weight == nullptr) || a.td_error == nullptr ||
+      (!grad.is_none() && a.grad == nullptr) || loss_out == nullptr) {
+    return py::none();
+  }
+  double total = 0.0;
+  int64_t bad = 0;
+  {
+    // The capsules (held by the caller) keep every buffer alive.
+    py::gil_scoped_release release;
+    bad = CrossEntropyCpuUnchecked<T>(a, num_threads, &total);
+  }
+  *loss_out = static_cast<T>(total);
+  return py::int_(bad);
+}
+
+py::object CrossEntropyCpuFast(py::handle logits, py::handle target, py::handle weight,
+                               py::handle td_error, py::handle grad, py::handle loss,
+                               int num_threads) {
+  const DlTensor* t = DlView(logits);
+  if (t == nullptr || t->ndim != 3) return py::none();
+  try {
+    CheckTdTargetSizes(t->shape[0], t->shape[1], t->shape[2], -1.0, 1.0, 0.0);
+  } catch (const std::invalid_argument&) {
+    return py::none();
+  }
+  if (t->dtype.code == 2 && t->dtype.bits == 64) {
+    return CrossEntropyCpuFastTyped<double>(t, target, weight, td_error, grad, loss, num_threads);
+  }
+  return CrossEntropyCpuFastTyped<float>(t, target, weight, td_error, grad, loss, num_threads);
 }
 
 template <typename T>
@@ -291,6 +464,20 @@ void RegisterKernels(py::module_& m) {
         "Categorical cross-entropy (sum over members of the weighted batch mean) into `loss`, "
         "per-sample td_error [B] and optionally its gradient [E, B, K]. Returns the number of "
         "rows with non-finite inputs.");
+  m.def("_td_target_cpu_fast", &TdTargetCpuFast, py::arg("target_logits"), py::arg("reward"),
+        py::arg("mask"), py::arg("discount"), py::arg("discount_value"), py::arg("entropy"),
+        py::arg("target"), py::arg("expected_value"), py::arg("v_min"), py::arg("v_max"),
+        py::arg("combine"), py::arg("projection"), py::arg("sigma"), py::arg("num_threads"),
+        "_td_target_cpu on DLPack capsules (torch.utils.dlpack.to_dlpack; optional inputs None). "
+        "Returns None, computing nothing, unless every buffer is a dense CPU tensor of the "
+        "logits' float dtype with the exact shape and the sizes, support, codes and sigma are "
+        "valid; else the number of rows with non-finite inputs.");
+  m.def("_cross_entropy_cpu_fast", &CrossEntropyCpuFast, py::arg("online_logits"),
+        py::arg("target"), py::arg("weight"), py::arg("td_error"), py::arg("grad"),
+        py::arg("loss"), py::arg("num_threads"),
+        "_cross_entropy_cpu on DLPack capsules (weight and grad may be None; loss 0-d). Returns "
+        "None, computing nothing, unless every buffer is a dense CPU tensor of the logits' float "
+        "dtype with the exact shape and the sizes are valid; else the non-finite row count.");
   m.def("_td_target_cuda", &TdTargetCudaBinding, py::arg("target_logits"), py::arg("dtype"),
         py::arg("num_members"), py::arg("batch_size"), py::arg("num_atoms"), py::arg("reward"),
         py::arg("mask"), py::arg("discount"), py::arg("discount_value"), py::arg("entropy"),

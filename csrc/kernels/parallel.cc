@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -12,9 +13,41 @@
 namespace mtrl {
 namespace {
 
+// Spin budgets. A worker that finished a job polls for the next one this long before it sleeps on
+// the condition variable: on a virtual machine waking a sleeping thread (futex + inter-processor
+// interrupt to a halted vCPU) takes tens of microseconds, as long as a whole TD-target call, while
+// back-to-back kernel calls (target, then loss) are a few tens of microseconds apart. The caller
+// polls for the last chunks a bounded time too, then sleeps (a preempted worker must not make the
+// caller burn its core). Both are short next to OpenMP's default spin (~0.3 ms in libgomp).
+constexpr auto kWorkerSpin = std::chrono::microseconds(300);
+constexpr auto kCallerSpin = std::chrono::microseconds(200);
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Polls pred() with a pause between tries for at most `budget`; true once pred() holds.
+template <typename Pred>
+bool SpinUntil(Pred pred, std::chrono::microseconds budget) {
+  const auto deadline = std::chrono::steady_clock::now() + budget;
+  for (int i = 1;; ++i) {
+    if (pred()) return true;
+    CpuRelax();
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() > deadline) return pred();
+  }
+}
+
 // Chunks are claimed through one atomic word (generation << 32 | next chunk), so a worker that
 // wakes late for an old generation can never claim a chunk of a newer one: its compare-exchange
 // fails on the generation. The caller waits only for claimed chunks, never for sleeping workers.
+// Jobs are published under mu_ (a worker copies job_ and generation_ together under it); workers
+// and the caller spin briefly before sleeping (see kWorkerSpin), so back-to-back calls cost no
+// system call. No wake-up is lost: a worker decides to sleep and counts itself in sleepers_ under
+// mu_, and Run reads sleepers_ under mu_ after publishing.
 class WorkerPool {
  public:
   void Run(int num_threads, int64_t n, int64_t num_chunks, ChunkFn fn, void* ctx) {
@@ -25,6 +58,7 @@ class WorkerPool {
     }
     const int num_workers = num_threads - 1;
     Job job{0, n, num_chunks, fn, ctx};
+    bool wake = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       while (static_cast<int>(workers_.size()) < num_workers) {
@@ -36,9 +70,15 @@ class WorkerPool {
       active_workers_ = num_workers;
       done_.store(0);
       state_.store(job.generation << 32);
+      published_.store(job.generation, std::memory_order_release);
+      wake = sleepers_ > 0;
     }
-    work_cv_.notify_all();
+    if (wake) work_cv_.notify_all();
     ClaimAndRun(job);
+    if (SpinUntil([&] { return done_.load(std::memory_order_acquire) == num_chunks; },
+                  kCallerSpin)) {
+      return;
+    }
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [&] { return done_.load() == num_chunks; });
   }
@@ -73,11 +113,17 @@ class WorkerPool {
   void WorkerLoop(int index) {
     uint64_t seen = 0;
     for (;;) {
+      SpinUntil([&] { return published_.load(std::memory_order_acquire) != seen; }, kWorkerSpin);
       Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        work_cv_.wait(lock, [&] { return generation_ != seen && index < active_workers_; });
+        if (generation_ == seen) {
+          ++sleepers_;
+          work_cv_.wait(lock, [&] { return generation_ != seen; });
+          --sleepers_;
+        }
         seen = generation_;
+        if (index >= active_workers_) continue;  // this job does not need this worker
         job = job_;
       }
       ClaimAndRun(job);
@@ -89,9 +135,11 @@ class WorkerPool {
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
   std::vector<std::thread> workers_;
-  uint64_t generation_ = 0;
-  int active_workers_ = 0;
+  uint64_t generation_ = 0;  // guarded by mu_
+  int active_workers_ = 0;   // guarded by mu_
+  int sleepers_ = 0;         // guarded by mu_: workers waiting on work_cv_
   Job job_{0, 0, 0, nullptr, nullptr};
+  std::atomic<uint64_t> published_{0};  // generation_, readable without mu_ (for spinning)
   std::atomic<uint64_t> state_{0};
   std::atomic<int64_t> done_{0};
 };

@@ -10,9 +10,12 @@ dtype (``mtrl.ops.td_target`` does that).
 from __future__ import annotations
 
 import torch
+import torch.utils.dlpack
 from torch import Tensor
 
 from mtrl import _core
+
+_dlpack = torch.utils.dlpack.to_dlpack
 
 
 def _np(t: Tensor | None):
@@ -91,6 +94,67 @@ def td_target_cuda(target_logits, reward, mask, discount, discount_value, entrop
                  "discount": discount, "entropy": entropy}
         raise nonfinite_error("categorical_td_target", bad, batch, named)
     return target, value
+
+
+def td_target_cpu_fast(target_logits, reward, mask, discount, discount_value, entropy, v_min,
+                       v_max, combine, projection, sigma, check_finite):
+    """td_target_cpu for eager CPU tensors already in kernel form, or None (nothing computed)
+    when any input is not: a non-Tensor or non-CPU logits, another dtype or shape, a
+    non-contiguous or 0-d vector, bad sizes, support, codes or sigma. The binding checks all of
+    that on DLPack views; the caller then takes the general path (validation + conversion)."""
+    if type(target_logits) is not Tensor or not target_logits.is_cpu or target_logits.dim() != 3:
+        return None
+    _, batch, num_atoms = target_logits.shape
+    dtype = target_logits.dtype
+    if dtype is torch.float32:
+        target, value = torch.empty(batch, num_atoms), torch.empty(batch)
+    else:
+        target, value = torch.empty(batch, num_atoms, dtype=dtype), torch.empty(batch, dtype=dtype)
+    try:
+        capsules = (_dlpack(target_logits), _dlpack(reward), _dlpack(mask),
+                    None if discount is None else _dlpack(discount),
+                    None if entropy is None else _dlpack(entropy))
+    except (TypeError, RuntimeError, BufferError):  # not a (plain, exportable) tensor
+        return None
+    bad = _core._td_target_cpu_fast(*capsules[:4], discount_value, capsules[4], _dlpack(target),
+                                    _dlpack(value), v_min, v_max, combine, projection, sigma,
+                                    torch.get_num_threads())
+    if bad is None:
+        return None
+    if bad and check_finite:
+        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
+                 "discount": discount, "entropy": entropy}
+        raise nonfinite_error("categorical_td_target", bad, batch, named)
+    return target, value
+
+
+def cross_entropy_cpu_fast(online_logits, target, weight, need_grad, check_finite):
+    """cross_entropy_cpu for eager CPU tensors already in kernel form (logits (E, B, K), target
+    (B, K) and weight (B,) dense in the logits' float dtype), or None (nothing computed)."""
+    if type(online_logits) is not Tensor or online_logits.dim() != 3:
+        return None
+    members, batch, num_atoms = online_logits.shape
+    dtype = online_logits.dtype
+    if dtype is torch.float32:
+        loss, td_error = torch.empty(()), torch.empty(batch)
+        grad = torch.empty(members, batch, num_atoms) if need_grad else None
+    else:
+        loss, td_error = torch.empty((), dtype=dtype), torch.empty(batch, dtype=dtype)
+        grad = torch.empty(members, batch, num_atoms, dtype=dtype) if need_grad else None
+    try:
+        capsules = (_dlpack(online_logits), _dlpack(target),
+                    None if weight is None else _dlpack(weight))
+    except (TypeError, RuntimeError, BufferError):
+        return None
+    bad = _core._cross_entropy_cpu_fast(*capsules, _dlpack(td_error),
+                                        None if grad is None else _dlpack(grad), _dlpack(loss),
+                                        torch.get_num_threads())
+    if bad is None:
+        return None
+    if bad and check_finite:
+        named = {"online_logits": online_logits, "target": target, "weight": weight}
+        raise nonfinite_error("categorical_cross_entropy", bad, batch, named)
+    return loss, td_error, grad
 
 
 def cross_entropy_cpu(online_logits, target, weight, need_grad, check_finite):

@@ -14,7 +14,9 @@ eager mode the public functions call the same kernels directly (and a ``torch.au
 for the loss), skipping the dispatcher's Python round trip; while compiling or under a dispatch
 mode they go through the registered ops. The semantics are those of :mod:`mtrl.ops.reference`.
 Inputs are validated here with clear errors; non-contiguous inputs are made contiguous (a copy),
-never rejected.
+never rejected. Eager CPU calls whose inputs are already in kernel form (dense, the logits' float
+dtype, exact shapes) skip the Python checks: the C++ binding checks them on DLPack views and
+answers None for anything else, which then takes the general path (conversion or the clear error).
 """
 
 from __future__ import annotations
@@ -144,20 +146,38 @@ def _eager() -> bool:
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
-    """Eager twin of mtrl::categorical_cross_entropy + its registered autograd (same kernels)."""
+    """Eager twin of mtrl::categorical_cross_entropy + its registered autograd (same kernels).
+    ``forward`` runs the CPU kernels on inputs already in kernel form without further Python
+    checks (``_kernels.cross_entropy_cpu_fast``), else validates and converts them first."""
 
     @staticmethod
     def forward(ctx, online_logits, target, weight, need_grad, check_finite):
-        impl = _kernels.cross_entropy_cuda if online_logits.is_cuda else _kernels.cross_entropy_cpu
-        loss, td_error, grad = impl(online_logits, target, weight, need_grad, check_finite)
-        _save_for_backward(ctx, need_grad, td_error, grad)
+        out = None
+        if type(online_logits) is Tensor and online_logits.is_cpu:
+            out = _kernels.cross_entropy_cpu_fast(online_logits, target, weight, need_grad,
+                                                  check_finite)
+        if out is None:
+            args = _cross_entropy_args(online_logits, target, weight)
+            impl = _kernels.cross_entropy_cuda if online_logits.is_cuda else _kernels.cross_entropy_cpu
+            out = impl(*args, need_grad, check_finite)
+        loss, td_error, grad = out
+        ctx.need_grad = need_grad
+        if need_grad:
+            ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(td_error)
+        ctx.set_materialize_grads(False)
         return loss, td_error
 
     @staticmethod
     def backward(ctx, grad_loss, grad_td_error):
-        if ctx.saved_tensors[0].is_cuda:
-            return _saved_grad_times(ctx, grad_loss, _kernels.scale_cuda), None, None, None, None
-        return _saved_grad_times(ctx, grad_loss, _scale_cpu_unless_one), None, None, None, None
+        if grad_loss is None:
+            return None, None, None, None, None
+        if not ctx.need_grad:
+            raise RuntimeError("categorical_cross_entropy was called with need_grad=False")
+        (saved_grad,) = ctx.saved_tensors
+        if saved_grad.is_cuda:
+            return _kernels.scale_cuda(saved_grad, grad_loss), None, None, None, None
+        return _scale_cpu_unless_one(saved_grad, grad_loss), None, None, None, None
 
 
 def _scale_cpu_unless_one(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
@@ -257,6 +277,21 @@ def categorical_td_target(
         ValueError: bad shapes, K outside [2, 4096], v_min >= v_max, mismatched devices,
             unknown combine/projection, non-finite inputs. TypeError: unsupported dtypes.
     """
+    v_min, v_max = float(v_min), float(v_max)
+    if projection == "c51" and combine in _COMBINE and _eager():
+        # Inputs already in kernel form go straight to the C++ kernel (which checks them); any
+        # other input takes the general path below, which converts it or raises a clear error.
+        if type(discount) is Tensor:
+            out = _kernels.td_target_cpu_fast(target_logits, reward, mask, discount, 0.0, entropy,
+                                              v_min, v_max, _COMBINE[combine], 0, 0.0, check_finite)
+        elif type(discount) in (float, int):
+            out = _kernels.td_target_cpu_fast(target_logits, reward, mask, None, float(discount),
+                                              entropy, v_min, v_max, _COMBINE[combine], 0, 0.0,
+                                              check_finite)
+        else:
+            out = None
+        if out is not None:
+            return out
     _, batch, num_atoms = _check_logits("target_logits", target_logits)
     v_min, v_max = _check_support(v_min, v_max)
     if combine not in _COMBINE:
@@ -312,6 +347,22 @@ def categorical_cross_entropy(
     Returns:
         The scalar loss, or (loss, td_error).
     """
+    need_grad = online_logits.requires_grad and torch.is_grad_enabled() \
+        if isinstance(online_logits, Tensor) else False
+    if _eager():
+        loss, td_error = _CrossEntropyFunction.apply(online_logits, target, weight, need_grad,
+                                                     check_finite)
+    else:
+        loss, td_error, _ = _cross_entropy_op(*_cross_entropy_args(online_logits, target, weight),
+                                              need_grad, check_finite)
+        td_error = td_error.detach()
+    if return_td_error:
+        return loss, td_error
+    return loss
+
+
+def _cross_entropy_args(online_logits, target, weight):
+    """Validated (logits, target, weight), contiguous and in the compute dtype (the general path)."""
     _, batch, num_atoms = _check_logits("online_logits", online_logits)
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -326,16 +377,8 @@ def categorical_cross_entropy(
     if not target.is_floating_point():
         raise TypeError(f"target must be a floating-point tensor, got {target.dtype}")
     weight = _check_vector("weight", weight, batch, device, dtype)
-    need_grad = online_logits.requires_grad and torch.is_grad_enabled()
-    args = (online_logits.contiguous(), target.detach().to(dtype).contiguous(),
-            None if weight is None else weight.detach(), need_grad, check_finite)
-    if _eager():
-        loss, td_error = _CrossEntropyFunction.apply(*args)
-    else:
-        loss, td_error, _ = _cross_entropy_op(*args)
-    if return_td_error:
-        return loss, td_error.detach()
-    return loss
+    return (online_logits.contiguous(), target.detach().to(dtype).contiguous(),
+            None if weight is None else weight.detach())
 
 
 def hl_gauss_target(
