@@ -84,6 +84,24 @@ def test_same_seed_any_thread_count_same_trajectories():
     assert not np.allclose(a, _trajectory(6, 2))
 
 
+def test_engine_keeps_mujoco_timers_for_other_users():
+    # The engine's threads skip MuJoCo's stage-timer callback (csrc/envs/physics.h); MuJoCo used
+    # from Python outside the engine's steps must still fill mjData.timer.
+    import mujoco
+
+    m = mujoco.MjModel.from_xml_string(
+        "<mujoco><worldbody><body><freejoint/><geom size='.1'/></body></worldbody></mujoco>")
+    d = mujoco.MjData(m)
+    with envs.make(["cheetah-run"], envs_per_task=2, backend="engine", num_threads=2) as p:
+        p.reset()
+        p.step(np.zeros((2, 6), np.float32))
+        for _ in range(20):
+            mujoco.mj_step(m, d)
+        p.step(np.zeros((2, 6), np.float32))
+    assert d.timer[mujoco.mjtTimer.mjTIMER_STEP].number == 20
+    assert d.timer[mujoco.mjtTimer.mjTIMER_STEP].duration > 0
+
+
 def test_non_contiguous_actions_are_accepted():
     with envs.make(["cheetah-run"], envs_per_task=3, backend="engine", seed=0) as p, \
             envs.make(["cheetah-run"], envs_per_task=3, backend="engine", seed=0) as q:

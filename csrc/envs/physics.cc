@@ -1,9 +1,36 @@
 // Implementation of Physics (see physics.h); mirrors dm_control/mujoco/engine.py.
 #include "envs/physics.h"
 
+#include <atomic>
+#include <mutex>
 #include <stdexcept>
 
 namespace mtrl {
+namespace {
+
+// Default TLS model (a __tls_get_addr call per read, ~0.7% of a step): initial-exec fails to load
+// ("cannot allocate memory in static TLS block") once _core is dlopened next to torch.
+thread_local bool t_timer_off = false;
+std::atomic<mjfTime> g_replaced_timer{nullptr};  // the callback the hook chains to
+
+mjtNum HookedTime() {
+  if (t_timer_off) return 0;
+  const mjfTime replaced = g_replaced_timer.load(std::memory_order_acquire);
+  return replaced != nullptr ? replaced() : 0;
+}
+
+}  // namespace
+
+void Physics::InstallTimerHook() {
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  if (mjcb_time == &HookedTime) return;
+  g_replaced_timer.store(mjcb_time, std::memory_order_release);
+  mjcb_time = &HookedTime;
+}
+
+Physics::TimerOff::TimerOff() : saved_(t_timer_off) { t_timer_off = true; }
+Physics::TimerOff::~TimerOff() { t_timer_off = saved_; }
 
 void Physics::Step(int nstep) {
   if (m->opt.integrator != mjINT_RK4) {

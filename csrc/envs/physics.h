@@ -42,6 +42,28 @@ class Physics {
   // Whether a shared model's plain mj_forward equals a forward with actuation disabled.
   static bool ActuationFreeAtZeroControl(const mjModel* m);
 
+  // MuJoCo reads its stage timers (mjData.timer) through the process-wide `mjcb_time` callback,
+  // which the mujoco Python package sets on import to a steady-clock reader: each mj_step then
+  // makes ~20 clock calls, about 15% of a DeepMind Control step on the 2-core sandbox. The
+  // engine never reads mjData.timer, so InstallTimerHook() replaces the callback with one that
+  // returns 0 on a thread inside a TimerOff scope and otherwise calls the callback it replaced:
+  // other MuJoCo users in the process (other threads, code outside the engine's steps) keep
+  // their timers. Idempotent; a callback set later (mujoco.set_mjcb_time) replaces the hook
+  // and the engine then simply pays for the clock again. Thread-safety: call while no other
+  // thread changes mjcb_time (pool construction, with the GIL held).
+  static void InstallTimerHook();
+  // RAII: MuJoCo's stage timers read 0 on this thread while the scope is alive (nestable).
+  class TimerOff {
+   public:
+    TimerOff();
+    ~TimerOff();
+    TimerOff(const TimerOff&) = delete;
+    TimerOff& operator=(const TimerOff&) = delete;
+
+   private:
+    bool saved_;
+  };
+
   mjModel* m;
   mjData* d;
 

@@ -12,6 +12,31 @@
 namespace mtrl {
 namespace {
 
+// A new split of envs over threads replaces the current one only when its predicted step time is
+// this much shorter: small cost fluctuations must not move envs between cores every step.
+constexpr double kRebalanceGain = 0.05;
+
+// Longest-processing-time-first: envs by decreasing cost, each to the least-loaded thread.
+std::vector<int> SplitByCost(const std::vector<double>& cost, int threads) {
+  std::vector<int> order(cost.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return cost[a] > cost[b]; });
+  std::vector<double> load(threads, 0.0);
+  std::vector<int> owner(cost.size(), 0);
+  for (int k : order) {
+    const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[k] = t;
+    load[t] += cost[k];
+  }
+  return owner;
+}
+
+double Makespan(const std::vector<double>& cost, const std::vector<int>& owner, int threads) {
+  std::vector<double> load(threads, 0.0);
+  for (size_t k = 0; k < cost.size(); ++k) load[owner[k]] += cost[k];
+  return *std::max_element(load.begin(), load.end());
+}
+
 // Loads def.xml from the suite directory (its <include>s and assets resolve relative to it),
 // applying def.edit to the parsed spec when the task uses an edited model.
 mjModel* LoadModel(const TaskDef& def, const std::string& suite_dir) {
@@ -53,6 +78,7 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
   if (num_threads < 1) {
     throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(num_threads));
   }
+  Physics::InstallTimerHook();
   std::map<std::string, mjModel*> loaded;
   try {
     for (size_t k = 0; k < env_tasks.size(); ++k) {
@@ -78,9 +104,8 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
     const Env& e = *envs_[k];
     cost_[k] = 1e-9 * e.n_sub_steps() * (1 + e.action_dim());
   }
-  order_.resize(envs_.size());
-  std::iota(order_.begin(), order_.end(), 0);
   threads_ = std::make_unique<ThreadPool>(std::min<int>(num_threads, envs_.size()));
+  owner_ = SplitByCost(cost_, threads_->num_threads());
 }
 
 EnvPool::~EnvPool() {
@@ -90,14 +115,35 @@ EnvPool::~EnvPool() {
 }
 
 void EnvPool::ResetUnchecked(float* obs) {
-  threads_->Run(num_envs(), [&](int k) { envs_[k]->Reset(obs + size_t(k) * obs_dim_, obs_dim_); });
+  threads_->Run(num_envs(), [&](int k) {
+    Physics::TimerOff timer_off;
+    envs_[k]->Reset(obs + size_t(k) * obs_dim_, obs_dim_);
+  });
+}
+
+void EnvPool::Schedule() {
+  const int threads = threads_->num_threads();
+  if (threads > 1) {
+    std::vector<int> split = SplitByCost(cost_, threads);
+    if (Makespan(cost_, split, threads) < (1.0 - kRebalanceGain) * Makespan(cost_, owner_, threads)) {
+      owner_ = std::move(split);
+    }
+  }
+  jobs_.resize(envs_.size());
+  std::iota(jobs_.begin(), jobs_.end(), 0);
+  std::stable_sort(jobs_.begin(), jobs_.end(), [&](int a, int b) {
+    return owner_[a] != owner_[b] ? owner_[a] < owner_[b] : cost_[a] > cost_[b];
+  });
+  offsets_.assign(threads + 1, 0);
+  for (int k : jobs_) ++offsets_[owner_[k] + 1];
+  for (int t = 0; t < threads; ++t) offsets_[t + 1] += offsets_[t];
 }
 
 void EnvPool::StepUnchecked(const float* actions, float* obs, float* final_obs, float* reward,
                             uint8_t* terminated, uint8_t* truncated, uint8_t* diverged) {
-  std::sort(order_.begin(), order_.end(), [&](int a, int b) { return cost_[a] > cost_[b]; });
-  threads_->Run(num_envs(), [&](int i) {
-    const int k = order_[i];
+  Schedule();
+  threads_->Run(jobs_, offsets_, [&](int k) {
+    Physics::TimerOff timer_off;
     const auto start = std::chrono::steady_clock::now();
     const size_t o = size_t(k) * obs_dim_;
     StepRow row{obs + o, final_obs + o, reward + k, terminated + k, truncated + k, diverged + k};

@@ -46,8 +46,15 @@ class EnvPool {
  private:
   std::vector<mjModel*> models_;  // one per distinct task, owned
   std::vector<std::unique_ptr<Env>> envs_;
+  // Recomputes owner_ when a fresh longest-processing-time-first split of the measured costs
+  // beats the current split's predicted finishing time by kRebalanceGain; then lays out each
+  // thread's envs by decreasing cost in jobs_/offsets_ (owners start with their costliest env,
+  // thieves take the cheapest).
+  void Schedule();
+
   std::vector<double> cost_;  // moving average of each env's step time (seconds)
-  std::vector<int> order_;    // envs by decreasing cost: the costliest are claimed first
+  std::vector<int> owner_;    // thread that steps env k (sticky: its data stays in that core's caches)
+  std::vector<int> jobs_, offsets_;  // per-thread lists of envs handed to ThreadPool::Run
   int obs_dim_ = 0;
   int action_dim_ = 0;
   std::unique_ptr<ThreadPool> threads_;
