@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -133,6 +134,8 @@ def main() -> int:
           f"{'GF/it':>6} {'floor it/s':>10} {'fraction':>8}")
     for key, t, b, o, a, s, r, f, fl in table:
         print(f"{key:6} {t:2d} {b:5d} {o:4d} {a:3d} {s:7.2f} {r:9.1f} {f:6.2f} {fl:10.2f} {s / fl:8.2f}")
+    results["threads"] = torch.get_num_threads()
+    results["load_avg_1min"] = round(os.getloadavg()[0], 2)  # the machine may be shared
     print("RESULT " + json.dumps(results), flush=True)
     return 0
 

@@ -150,8 +150,8 @@ class BRCAgent(nn.Module):
         embedding = self.critic.embed(batch.task_id)
         embedding = None if embedding is None else embedding.detach()
         action, log_prob = self.actor.sample(batch.obs, embedding)
-        with self._autocast():
-            logits = self._critic_fwd(batch.obs, action, batch.task_id)
+        with self._autocast():  # critic parameters detached: dQ/da only, no weight gradients
+            logits = self._critic_fwd(batch.obs, action, batch.task_id, param_grads=False)
         q = brc_math.expected_q(logits, self.atoms)
         loss = (alpha * log_prob - q).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)

@@ -36,17 +36,23 @@ def _param(t: Tensor, members: int, width: int):
     return t.detach().reshape(members, width).numpy()
 
 
+def _forward_kernel(y, bias, gamma, beta, residual, epilogue, eps):
+    """(out (E, B, W), mean (E, B), rstd (E, B)) from the C++ kernel."""
+    members, rows, width = y.shape
+    out = torch.empty_like(y)
+    mean = y.new_empty(members, rows)
+    rstd = y.new_empty(members, rows)
+    _core._ensemble_norm_forward(
+        y.detach().numpy(), _param(bias, members, width), _param(gamma, members, width),
+        _param(beta, members, width), None if residual is None else residual.detach().numpy(),
+        epilogue, eps, out.numpy(), mean.numpy(), rstd.numpy(), torch.get_num_threads())
+    return out, mean, rstd
+
+
 class _EnsembleNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, bias, gamma, beta, residual, epilogue, eps):
-        members, rows, width = y.shape
-        out = torch.empty_like(y)
-        mean = y.new_empty(members, rows)
-        rstd = y.new_empty(members, rows)
-        _core._ensemble_norm_forward(
-            y.detach().numpy(), _param(bias, members, width), _param(gamma, members, width),
-            _param(beta, members, width), None if residual is None else residual.detach().numpy(),
-            epilogue, eps, out.numpy(), mean.numpy(), rstd.numpy(), torch.get_num_threads())
+        out, mean, rstd = _forward_kernel(y, bias, gamma, beta, residual, epilogue, eps)
         ctx.save_for_backward(y, bias, gamma, beta, mean, rstd)
         ctx.relu = epilogue == _EPILOGUE_RELU
         ctx.has_residual = residual is not None
@@ -108,4 +114,7 @@ def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: 
     if not _fast_path(y, bias, gamma, beta, residual):
         return ensemble_norm_reference(y, bias, gamma, beta, eps=eps, relu=relu, residual=residual)
     epilogue = _EPILOGUE_RELU if relu else (_EPILOGUE_NONE if residual is None else _EPILOGUE_RESIDUAL)
+    if not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in (y, bias, gamma, beta, residual)):
+        return _forward_kernel(y, bias, gamma, beta, residual, epilogue, eps)[0]  # no graph
     return _EnsembleNormFunction.apply(y, bias, gamma, beta, residual, epilogue, eps)

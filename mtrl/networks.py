@@ -16,6 +16,10 @@ LAYER_NORM_EPS = 1e-6  # Flax default (§3.1, §11.2); PyTorch's default is 1e-5
 ORTHOGONAL_GAIN = math.sqrt(2.0)
 
 
+def _p(param: Tensor, param_grads: bool) -> Tensor:
+    return param if param_grads else param.detach()
+
+
 class EnsembleLinear(nn.Module):
     """E independent Linear layers applied as one batched matmul: (E, B, in) -> (E, B, out).
 
@@ -33,12 +37,14 @@ class EnsembleLinear(nn.Module):
                 nn.init.orthogonal_(w, gain=gain)
                 self.weight[k].copy_(w.t())
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias, self._members(x), self.weight)
+    def forward(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
+        """x W + b; ``param_grads=False`` uses detached weights (gradients reach x only)."""
+        return torch.baddbmm(_p(self.bias, param_grads), self._members(x),
+                             _p(self.weight, param_grads))
 
-    def matmul(self, x: Tensor) -> Tensor:
+    def matmul(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
         """x W without the bias (E, B, out): the bias is added by the fused norm that follows."""
-        return torch.bmm(self._members(x), self.weight)
+        return torch.bmm(self._members(x), _p(self.weight, param_grads))
 
     def _members(self, x: Tensor) -> Tensor:
         if x.dim() == 2:  # shared input for all members
@@ -60,11 +66,13 @@ class EnsembleLayerNorm(nn.Module):
         return torch.addcmul(self.bias, x, self.weight)
 
     def after(self, linear: EnsembleLinear, x: Tensor, *, relu: bool = False,
-              residual: Tensor | None = None) -> Tensor:
+              residual: Tensor | None = None, param_grads: bool = True) -> Tensor:
         """``[residual +] [relu](self(linear(x)))`` in one fused pass over the activation
         (mtrl.ensemble_norm; the same formula as the separate ops)."""
-        return ensemble_norm(linear.matmul(x), linear.bias, self.weight, self.bias,
-                             eps=LAYER_NORM_EPS, relu=relu, residual=residual)
+        return ensemble_norm(linear.matmul(x, param_grads=param_grads),
+                             _p(linear.bias, param_grads), _p(self.weight, param_grads),
+                             _p(self.bias, param_grads), eps=LAYER_NORM_EPS, relu=relu,
+                             residual=residual)
 
 
 class EnsembleBroBlock(nn.Module):
@@ -77,9 +85,9 @@ class EnsembleBroBlock(nn.Module):
         self.fc2 = EnsembleLinear(ensemble_size, width, width, ORTHOGONAL_GAIN)
         self.ln2 = EnsembleLayerNorm(ensemble_size, width)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.ln1.after(self.fc1, x, relu=True)
-        return self.ln2.after(self.fc2, h, residual=x)
+    def forward(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
+        h = self.ln1.after(self.fc1, x, relu=True, param_grads=param_grads)
+        return self.ln2.after(self.fc2, h, residual=x, param_grads=param_grads)
 
 
 class Critic(nn.Module):
@@ -123,15 +131,20 @@ class Critic(nn.Module):
         e = self.task_embedding[task_id]
         return e / e.norm(dim=-1, keepdim=True)
 
-    def forward(self, obs: Tensor, action: Tensor, task_id: Tensor) -> Tensor:
+    def forward(self, obs: Tensor, action: Tensor, task_id: Tensor, *,
+                param_grads: bool = True) -> Tensor:
+        """Logits (E, B, num_atoms). ``param_grads=False``: every parameter (embedding included)
+        enters detached, so a backward reaches only the inputs (the actor loss, §2.2 step 3)
+        and builds no weight-gradient graph."""
         parts = [obs, action]
         emb = self.embed(task_id)
         if emb is not None:
-            parts.append(emb.to(obs.dtype))
-        x = self.ln_in.after(self.fc_in, torch.cat(parts, dim=-1), relu=True)
+            parts.append(_p(emb, param_grads).to(obs.dtype))
+        x = self.ln_in.after(self.fc_in, torch.cat(parts, dim=-1), relu=True,
+                             param_grads=param_grads)
         for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+            x = block(x, param_grads=param_grads)
+        return self.head(x, param_grads=param_grads)
 
     def trunk_parameters(self) -> list[nn.Parameter]:
         """All parameters except the task embedding table."""

@@ -129,3 +129,12 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="given together"):
         _core._ensemble_norm_backward(y.numpy(), y.numpy(), *p, mean, rstd, True, out, p[0].copy(),
                                       None, None, 1)
+
+
+def test_no_grad_call_matches_and_builds_no_graph():
+    y, params, residual, _ = make(2, 8, 16)
+    with torch.no_grad():
+        out = ensemble_norm(y, *[p.requires_grad_() for p in params], eps=EPS, residual=residual)
+    assert out.grad_fn is None and not out.requires_grad
+    torch.testing.assert_close(out, ensemble_norm_reference(y, *params, eps=EPS,
+                                                            residual=residual).detach())

@@ -90,3 +90,19 @@ def test_actor():
     w = actor.mean.weight
     torch.testing.assert_close(w @ w.t(), 2 * torch.eye(3), atol=1e-5, rtol=0)
     assert math.isclose(actor.ln_in.eps, 1e-6)
+
+
+def test_critic_without_param_grads_matches_and_reaches_inputs_only():
+    torch.manual_seed(0)
+    critic = Critic(5, 2, 3, width=32, depth=2)
+    obs, task = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    act_a = torch.randn(6, 2, requires_grad=True)
+    act_b = act_a.detach().clone().requires_grad_()
+    out_a = critic(obs, act_a, task)
+    out_b = critic(obs, act_b, task, param_grads=False)
+    torch.testing.assert_close(out_a, out_b)
+    assert out_b.requires_grad
+    out_b.sum().backward()
+    assert all(p.grad is None for p in critic.parameters())
+    out_a.sum().backward()
+    torch.testing.assert_close(act_a.grad, act_b.grad)
