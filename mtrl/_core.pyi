@@ -79,7 +79,7 @@ class EnginePool:
     @property
     def obs_dim(self) -> int:
         ...
-def _cross_entropy_cpu(online_logits: numpy.ndarray, target: numpy.ndarray, weight: numpy.ndarray | None, td_error: numpy.ndarray, grad: numpy.ndarray | None, loss: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex, allow_avx2: bool = True) -> int:
+def _cross_entropy_cpu(online_logits: numpy.ndarray, target: numpy.ndarray, weight: numpy.ndarray | None, td_error: numpy.ndarray, grad: numpy.ndarray | None, loss: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> int:
     """
     Categorical cross-entropy (sum over members of the weighted batch mean) into `loss`, per-sample td_error [B] and optionally its gradient [E, B, K]. Returns the number of rows with non-finite inputs.
     """
@@ -107,9 +107,9 @@ def _spline_zoom(a: numpy.ndarray, out_rows: typing.SupportsInt | typing.Support
     """
     scipy.ndimage.zoom(order=3) port used by quadruped-escape (exposed for tests).
     """
-def _td_target_cpu(target_logits: numpy.ndarray, reward: numpy.ndarray, mask: numpy.ndarray, discount: numpy.ndarray | None, discount_value: typing.SupportsFloat | typing.SupportsIndex, entropy: numpy.ndarray | None, target: numpy.ndarray, expected_value: numpy.ndarray, v_min: typing.SupportsFloat | typing.SupportsIndex, v_max: typing.SupportsFloat | typing.SupportsIndex, combine: typing.SupportsInt | typing.SupportsIndex, projection: typing.SupportsInt | typing.SupportsIndex, sigma: typing.SupportsFloat | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex, allow_avx2: bool = True) -> int:
+def _td_target_cpu(target_logits: numpy.ndarray, reward: numpy.ndarray, mask: numpy.ndarray, discount: numpy.ndarray | None, discount_value: typing.SupportsFloat | typing.SupportsIndex, entropy: numpy.ndarray | None, target: numpy.ndarray, expected_value: numpy.ndarray, v_min: typing.SupportsFloat | typing.SupportsIndex, v_max: typing.SupportsFloat | typing.SupportsIndex, combine: typing.SupportsInt | typing.SupportsIndex, projection: typing.SupportsInt | typing.SupportsIndex, sigma: typing.SupportsFloat | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> int:
     """
-    Categorical TD target on the CPU into `target` [B, K] and `expected_value` [B] (float32 or float64 buffers). Returns the number of rows with non-finite inputs.
+    Categorical TD target on the CPU into `target` [B, K] and `expected_value` [B] (float32 or float64 buffers). max_isa caps the float build: 0 baseline, 1 AVX2, 2 AVX-512 (the best the CPU runs). Returns the number of rows with non-finite inputs.
     """
 def _td_target_cpu_fast(target_logits: typing.Any, reward: typing.Any, mask: typing.Any, discount: typing.Any, discount_value: typing.SupportsFloat | typing.SupportsIndex, entropy: typing.Any, target: typing.Any, expected_value: typing.Any, v_min: typing.SupportsFloat | typing.SupportsIndex, v_max: typing.SupportsFloat | typing.SupportsIndex, combine: typing.SupportsInt | typing.SupportsIndex, projection: typing.SupportsInt | typing.SupportsIndex, sigma: typing.SupportsFloat | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex) -> typing.Any:
     """

@@ -133,22 +133,25 @@ def test_float64_target_matches_numpy_tightly():
         np.testing.assert_allclose(value.numpy(), np_v, atol=1e-11, rtol=0)
 
 
-def test_baseline_and_avx2_builds_agree():
-    logits, reward, mask, discount, entropy = make_inputs(2, 513, 101, seed=11)
+@pytest.mark.parametrize("discount", [0.99, 0.5, 1.3, -0.9])
+def test_baseline_avx2_and_avx512_builds_agree(discount):
+    # max_isa 2 (AVX-512) projects by a gather for gamma * mask > 0 with short windows, the others
+    # (and every build for other discounts) by the scatter; all match the NumPy derivation.
+    logits, reward, mask, _, entropy = make_inputs(2, 513, 101, seed=11)
     outs = []
-    for allow_avx2 in (True, False):
+    for max_isa in (2, 1, 0):
         target, value = torch.empty(513, 101), torch.empty(513)
-        bad = _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), discount.numpy(),
-                                   0.0, entropy.numpy(), target.numpy(), value.numpy(), -10.0,
-                                   10.0, 0, 0, 0.0, 2, allow_avx2)
+        bad = _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), None, discount,
+                                   entropy.numpy(), target.numpy(), value.numpy(), -10.0, 10.0,
+                                   0, 0, 0.0, 2, max_isa)
         assert bad == 0
         outs.append(target)
     np_t, _ = np_td_target(logits, reward, mask, discount, entropy, -10, 10)
     for target in outs:
         np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+        torch.testing.assert_close(target.sum(-1), torch.ones(513), atol=1e-6, rtol=0)
 
 
-# --------------------------------------------------------------------------- projection details
 def test_exact_hits_put_all_mass_on_the_hit_atom():
     # dz = 1 and integer shifts: every shifted atom lands exactly on an atom (l == u).
     logits, _, _, _, _ = make_inputs(1, 64, 51, seed=5)
@@ -439,14 +442,14 @@ def test_eager_path_equals_the_registered_ops():
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 8, 9, 16, 17, 33])
-@pytest.mark.parametrize("allow_avx2", [True, False])
-def test_small_and_odd_atom_counts_in_both_builds(k, allow_avx2):
-    # Exercises the vector tails (K below, at and just above the 4/8-lane widths).
+@pytest.mark.parametrize("max_isa", [2, 1, 0])
+def test_small_and_odd_atom_counts_in_every_build(k, max_isa):
+    # Exercises the vector tails (K below, at and just above the 4/8/16-lane widths).
     logits, reward, mask, discount, entropy = make_inputs(2, 37, k, seed=67 + k, spread=4.0)
     target, value = torch.empty(37, k), torch.empty(37)
     assert _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), discount.numpy(),
                                 0.0, entropy.numpy(), target.numpy(), value.numpy(), -5.0, 5.0, 0,
-                                0, 0.0, 1, allow_avx2) == 0
+                                0, 0.0, 1, max_isa) == 0
     np_t, np_v = np_td_target(logits, reward, mask, discount, entropy, -5, 5)
     np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
     np.testing.assert_allclose(value.numpy(), np_v, atol=5e-5, rtol=1e-5)
@@ -454,7 +457,7 @@ def test_small_and_odd_atom_counts_in_both_builds(k, allow_avx2):
     weight = torch.rand(37) + 0.1
     td, grad, loss = torch.empty(37), torch.empty(2, 37, k), torch.empty(())
     assert _core._cross_entropy_cpu(online.numpy(), target.numpy(), weight.numpy(), td.numpy(),
-                                    grad.numpy(), loss.numpy(), 1, allow_avx2) == 0
+                                    grad.numpy(), loss.numpy(), 1, max_isa) == 0
     np_loss, np_td, np_grad = np_cross_entropy(online, target, weight)
     np.testing.assert_allclose(loss.item(), np_loss, rtol=1e-5)
     np.testing.assert_allclose(td.numpy(), np_td, atol=1e-4, rtol=1e-5)

@@ -236,7 +236,7 @@ int64_t TdTargetCpuTyped(const py::array& logits, const py::array& reward, const
                          const std::optional<py::array>& discount, double discount_value,
                          const std::optional<py::array>& entropy, py::array& target,
                          py::array& expected_value, double v_min, double v_max, int combine,
-                         int projection, double sigma, int num_threads, bool allow_avx2) {
+                         int projection, double sigma, int num_threads, int max_isa) {
   TdTargetArgs<T> a;
   a.num_members = logits.shape(0);
   a.batch_size = logits.shape(1);
@@ -263,14 +263,14 @@ int64_t TdTargetCpuTyped(const py::array& logits, const py::array& reward, const
   a.sigma = sigma;
   // The kernel reads and writes only the buffers above, which the caller keeps alive.
   py::gil_scoped_release release;
-  return TdTargetCpuUnchecked<T>(a, num_threads, allow_avx2);
+  return TdTargetCpuUnchecked<T>(a, num_threads, max_isa);
 }
 
 int64_t TdTargetCpu(const py::array& logits, const py::array& reward, const py::array& mask,
                     const std::optional<py::array>& discount, double discount_value,
                     const std::optional<py::array>& entropy, py::array& target,
                     py::array& expected_value, double v_min, double v_max, int combine,
-                    int projection, double sigma, int num_threads, bool allow_avx2) {
+                    int projection, double sigma, int num_threads, int max_isa) {
   if (logits.ndim() != 3) {
     throw std::invalid_argument("target_logits must have shape (E, B, K), got " +
                                 ShapeString(logits));
@@ -278,18 +278,18 @@ int64_t TdTargetCpu(const py::array& logits, const py::array& reward, const py::
   if (logits.dtype().is(py::dtype::of<double>())) {
     return TdTargetCpuTyped<double>(logits, reward, mask, discount, discount_value, entropy,
                                     target, expected_value, v_min, v_max, combine, projection,
-                                    sigma, num_threads, allow_avx2);
+                                    sigma, num_threads, max_isa);
   }
   return TdTargetCpuTyped<float>(logits, reward, mask, discount, discount_value, entropy, target,
                                  expected_value, v_min, v_max, combine, projection, sigma,
-                                 num_threads, allow_avx2);
+                                 num_threads, max_isa);
 }
 
 template <typename T>
 int64_t CrossEntropyCpuTyped(const py::array& logits, const py::array& target,
                              const std::optional<py::array>& weight, py::array& td_error,
                              std::optional<py::array>& grad, py::array& loss, int num_threads,
-                             bool allow_avx2) {
+                             int max_isa) {
   CrossEntropyArgs<T> a;
   a.num_members = logits.shape(0);
   a.batch_size = logits.shape(1);
@@ -311,7 +311,7 @@ int64_t CrossEntropyCpuTyped(const py::array& logits, const py::array& target,
   {
     // The kernel reads and writes only the buffers above, which the caller keeps alive.
     py::gil_scoped_release release;
-    bad = CrossEntropyCpuUnchecked<T>(a, num_threads, &total, allow_avx2);
+    bad = CrossEntropyCpuUnchecked<T>(a, num_threads, &total, max_isa);
   }
   *loss_out = static_cast<T>(total);
   return bad;
@@ -320,17 +320,17 @@ int64_t CrossEntropyCpuTyped(const py::array& logits, const py::array& target,
 int64_t CrossEntropyCpu(const py::array& logits, const py::array& target,
                         const std::optional<py::array>& weight, py::array& td_error,
                         std::optional<py::array>& grad, py::array& loss, int num_threads,
-                        bool allow_avx2) {
+                        int max_isa) {
   if (logits.ndim() != 3) {
     throw std::invalid_argument("online_logits must have shape (E, B, K), got " +
                                 ShapeString(logits));
   }
   if (logits.dtype().is(py::dtype::of<double>())) {
     return CrossEntropyCpuTyped<double>(logits, target, weight, td_error, grad, loss, num_threads,
-                                        allow_avx2);
+                                        max_isa);
   }
   return CrossEntropyCpuTyped<float>(logits, target, weight, td_error, grad, loss, num_threads,
-                                     allow_avx2);
+                                     max_isa);
 }
 
 template <typename T>
@@ -455,12 +455,13 @@ void RegisterKernels(py::module_& m) {
         py::arg("mask"), py::arg("discount"), py::arg("discount_value"), py::arg("entropy"),
         py::arg("target"), py::arg("expected_value"), py::arg("v_min"), py::arg("v_max"),
         py::arg("combine"), py::arg("projection"), py::arg("sigma"), py::arg("num_threads"),
-        py::arg("allow_avx2") = true,
+        py::arg("max_isa") = 2,
         "Categorical TD target on the CPU into `target` [B, K] and `expected_value` [B] "
-        "(float32 or float64 buffers). Returns the number of rows with non-finite inputs.");
+        "(float32 or float64 buffers). max_isa caps the float build: 0 baseline, 1 AVX2, 2 "
+        "AVX-512 (the best the CPU runs). Returns the number of rows with non-finite inputs.");
   m.def("_cross_entropy_cpu", &CrossEntropyCpu, py::arg("online_logits"), py::arg("target"),
         py::arg("weight"), py::arg("td_error"), py::arg("grad"), py::arg("loss"),
-        py::arg("num_threads"), py::arg("allow_avx2") = true,
+        py::arg("num_threads"), py::arg("max_isa") = 2,
         "Categorical cross-entropy (sum over members of the weighted batch mean) into `loss`, "
         "per-sample td_error [B] and optionally its gradient [E, B, K]. Returns the number of "
         "rows with non-finite inputs.");

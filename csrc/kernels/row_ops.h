@@ -16,7 +16,12 @@ namespace {
 // overlapping full-width load whose already-counted lanes are masked off. Auto-vectorised lane
 // arrays were kept on the stack, and their final combine and scalar tails hit store-forwarding
 // stalls that cost more than the loops themselves.
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+constexpr int kW = 16;
+typedef float FV __attribute__((vector_size(64)));
+typedef int32_t IV __attribute__((vector_size(64)));
+#define MTRL_IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+#elif defined(__AVX__)
 constexpr int kW = 8;
 typedef float FV __attribute__((vector_size(32)));
 typedef int32_t IV __attribute__((vector_size(32)));
@@ -55,7 +60,12 @@ inline FV LoadLast(const float* x, int64_t k, int64_t j, float fill) {
 #endif
 template <typename Op>
 inline float Horizontal(FV v, Op op) {
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+  v = op(v, MTRL_SHUFFLE(v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  v = op(v, MTRL_SHUFFLE(v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+  v = op(v, MTRL_SHUFFLE(v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  v = op(v, MTRL_SHUFFLE(v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+#elif defined(__AVX__)
   v = op(v, MTRL_SHUFFLE(v, 4, 5, 6, 7, 0, 1, 2, 3));
   v = op(v, MTRL_SHUFFLE(v, 2, 3, 0, 1, 6, 7, 4, 5));
   v = op(v, MTRL_SHUFFLE(v, 1, 0, 3, 2, 5, 4, 7, 6));
@@ -66,6 +76,11 @@ inline float Horizontal(FV v, Op op) {
   return v[0];
 }
 #undef MTRL_SHUFFLE
+// 0, 1, ..., kW - 1 as floats.
+inline FV LaneIndex() {
+  const IV i = MTRL_IOTA;
+  return __builtin_convertvector(i, FV);
+}
 #undef MTRL_IOTA
 inline FV AddV(FV a, FV b) { return a + b; }
 
@@ -161,6 +176,112 @@ inline float Sum(const float* x, int64_t k) {
   return s;
 }
 
+// Two independent rows at once. One row's max -> exp -> sum chain is latency-bound (each step
+// waits for the previous reduction); interleaving two rows fills the pipeline. Per row, the
+// arithmetic and its order are exactly those of the one-row functions above (same results).
+inline void RowMax2(const float* x0, const float* x1, int64_t k, float* m0, float* m1) {
+  if (k < kW) {
+    *m0 = RowMax(x0, k);
+    *m1 = RowMax(x1, k);
+    return;
+  }
+  const float ninf = -__builtin_inff();
+  FV a0 = Splat(ninf), b0 = Splat(ninf), a1 = Splat(ninf), b1 = Splat(ninf);
+  int64_t j = 0;
+  for (; j + 2 * kW <= k; j += 2 * kW) {
+    a0 = MaxV(a0, LoadV(x0 + j));
+    b0 = MaxV(b0, LoadV(x0 + j + kW));
+    a1 = MaxV(a1, LoadV(x1 + j));
+    b1 = MaxV(b1, LoadV(x1 + j + kW));
+  }
+  if (j + kW <= k) {
+    a0 = MaxV(a0, LoadV(x0 + j));
+    a1 = MaxV(a1, LoadV(x1 + j));
+    j += kW;
+  }
+  float r0 = Horizontal(MaxV(a0, b0), MaxV), r1 = Horizontal(MaxV(a1, b1), MaxV);
+  if (j < k) {
+    r0 = Horizontal(MaxV(Splat(r0), LoadLast(x0, k, j, ninf)), MaxV);
+    r1 = Horizontal(MaxV(Splat(r1), LoadLast(x1, k, j, ninf)), MaxV);
+  }
+  *m0 = r0;
+  *m1 = r1;
+}
+
+// out0_j = exp(x0_j - m0), out1_j = exp(x1_j - m1); the sums go to *s0, *s1.
+inline void ExpSum2(const float* x0, const float* x1, int64_t k, float m0, float m1, float* out0,
+                    float* out1, float* s0, float* s1) {
+  if (k < kW) {
+    *s0 = ExpSum(x0, k, m0, out0);
+    *s1 = ExpSum(x1, k, m1, out1);
+    return;
+  }
+  FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
+  int64_t j = 0;
+  for (; j + 2 * kW <= k; j += 2 * kW) {
+    const FV e0 = FastExpV(LoadV(x0 + j) - m0), e1 = FastExpV(LoadV(x0 + j + kW) - m0);
+    const FV f0 = FastExpV(LoadV(x1 + j) - m1), f1 = FastExpV(LoadV(x1 + j + kW) - m1);
+    StoreV(out0 + j, e0);
+    StoreV(out0 + j + kW, e1);
+    StoreV(out1 + j, f0);
+    StoreV(out1 + j + kW, f1);
+    a0 += e0;
+    b0 += e1;
+    a1 += f0;
+    b1 += f1;
+  }
+  if (j + kW <= k) {
+    const FV e = FastExpV(LoadV(x0 + j) - m0), f = FastExpV(LoadV(x1 + j) - m1);
+    StoreV(out0 + j, e);
+    StoreV(out1 + j, f);
+    a0 += e;
+    a1 += f;
+    j += kW;
+  }
+  if (j < k) {  // recomputes the overlapping lanes bit-identically
+    const FV e = FastExpV(LoadV(x0 + k - kW) - m0), f = FastExpV(LoadV(x1 + k - kW) - m1);
+    StoreV(out0 + k - kW, e);
+    StoreV(out1 + k - kW, f);
+    const IV tail = TailMask(k, j);
+    b0 += Select(tail, e, Splat(0.0f));
+    b1 += Select(tail, f, Splat(0.0f));
+  }
+  *s0 = Horizontal(a0 + b0, AddV);
+  *s1 = Horizontal(a1 + b1, AddV);
+}
+
+// (y . x0, y . x1).
+inline void Dot2(const float* y, const float* x0, const float* x1, int64_t k, float* d0,
+                 float* d1) {
+  if (k < kW) {
+    *d0 = Dot(y, x0, k);
+    *d1 = Dot(y, x1, k);
+    return;
+  }
+  FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
+  int64_t j = 0;
+  for (; j + 2 * kW <= k; j += 2 * kW) {
+    const FV ya = LoadV(y + j), yb = LoadV(y + j + kW);
+    a0 += ya * LoadV(x0 + j);
+    b0 += yb * LoadV(x0 + j + kW);
+    a1 += ya * LoadV(x1 + j);
+    b1 += yb * LoadV(x1 + j + kW);
+  }
+  if (j + kW <= k) {
+    const FV ya = LoadV(y + j);
+    a0 += ya * LoadV(x0 + j);
+    a1 += ya * LoadV(x1 + j);
+    j += kW;
+  }
+  if (j < k) {
+    const FV yl = LoadLast(y, k, j, 0.0f);
+    b0 += yl * LoadV(x0 + k - kW);
+    b1 += yl * LoadV(x1 + k - kW);
+  }
+  *d0 = Horizontal(a0 + b0, AddV);
+  *d1 = Horizontal(a1 + b1, AddV);
+}
+
 // float64 (validation and gradcheck path): plain loops, libm exp.
 inline double RowMax(const double* x, int64_t k) {
   double m = -__builtin_inf();
@@ -184,6 +305,20 @@ inline double Sum(const double* x, int64_t k) {
   double s = 0.0;
   for (int64_t j = 0; j < k; ++j) s += x[j];
   return s;
+}
+inline void RowMax2(const double* x0, const double* x1, int64_t k, double* m0, double* m1) {
+  *m0 = RowMax(x0, k);
+  *m1 = RowMax(x1, k);
+}
+inline void ExpSum2(const double* x0, const double* x1, int64_t k, double m0, double m1,
+                    double* out0, double* out1, double* s0, double* s1) {
+  *s0 = ExpSum(x0, k, m0, out0);
+  *s1 = ExpSum(x1, k, m1, out1);
+}
+inline void Dot2(const double* y, const double* x0, const double* x1, int64_t k, double* d0,
+                 double* d1) {
+  *d0 = Dot(y, x0, k);
+  *d1 = Dot(y, x1, k);
 }
 
 }  // namespace

@@ -67,10 +67,11 @@ void CheckTdTargetSizes(int64_t num_members, int64_t batch_size, int64_t num_ato
 // Computes the target distribution and its expected value for every sample. Rows whose inputs are
 // not finite (NaN/Inf logits, reward, mask, discount or entropy) are filled with NaN and counted;
 // the return value is that count (0 on success). Sizes must already be checked. Threads: up to
-// num_threads workers over the batch; the result does not depend on num_threads. allow_avx2=false
-// forces the baseline-ISA build of the float kernel (tests hold both builds to the reference).
+// num_threads workers over the batch; the result does not depend on num_threads. max_isa caps the
+// build of the float kernel: 0 baseline x86-64, 1 AVX2 + FMA, 2 AVX-512 (default: the best the CPU
+// runs; tests hold every build to the reference).
 template <typename T>
-int64_t TdTargetCpuUnchecked(const TdTargetArgs<T>& args, int num_threads, bool allow_avx2 = true);
+int64_t TdTargetCpuUnchecked(const TdTargetArgs<T>& args, int num_threads, int max_isa = 2);
 
 // Loss = sum_e mean_b weight_b * CE(target_b, softmax(online_logits[e, b])), written to *loss; the
 // per-sample sum over members of CE goes to td_error, and when grad is set the gradient
@@ -78,7 +79,7 @@ int64_t TdTargetCpuUnchecked(const TdTargetArgs<T>& args, int num_threads, bool 
 // pass. Returns the number of rows with non-finite logits, targets or weights (their td_error is NaN).
 template <typename T>
 int64_t CrossEntropyCpuUnchecked(const CrossEntropyArgs<T>& args, int num_threads, double* loss,
-                                 bool allow_avx2 = true);
+                                 int max_isa = 2);
 
 // dst = src * factor over n elements (the backward of the fused loss: the saved gradient times the
 // incoming scalar gradient), on up to num_threads threads.

@@ -8,6 +8,9 @@
 #ifdef MTRL_KERNELS_AVX2
 #include "kernels/td_target_cpu_avx2.h"
 #endif
+#ifdef MTRL_KERNELS_AVX512
+#include "kernels/td_target_cpu_avx512.h"
+#endif
 
 namespace mtrl {
 #ifdef MTRL_KERNELS_AVX2
@@ -17,6 +20,15 @@ bool CpuHasAvx2() {
   static const bool kSupported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return kSupported;
 }
+#ifdef MTRL_KERNELS_AVX512
+bool CpuHasAvx512() {  // libgcc also checks that the OS saves the AVX-512 state
+  static const bool kSupported = CpuHasAvx2() && __builtin_cpu_supports("avx512f") &&
+                                 __builtin_cpu_supports("avx512vl") &&
+                                 __builtin_cpu_supports("avx512bw") &&
+                                 __builtin_cpu_supports("avx512dq");
+  return kSupported;
+}
+#endif
 
 }  // namespace
 #endif
@@ -45,34 +57,38 @@ void CheckTdTargetSizes(int64_t num_members, int64_t batch_size, int64_t num_ato
 
 template <>
 int64_t TdTargetCpuUnchecked<float>(const TdTargetArgs<float>& args, int num_threads,
-                                    bool allow_avx2) {
-#ifdef MTRL_KERNELS_AVX2
-  if (allow_avx2 && CpuHasAvx2()) return TdTargetCpuAvx2(args, num_threads);
-#else
-  (void)allow_avx2;
+                                    int max_isa) {
+#ifdef MTRL_KERNELS_AVX512
+  if (max_isa >= 2 && CpuHasAvx512()) return TdTargetCpuAvx512(args, num_threads);
 #endif
+#ifdef MTRL_KERNELS_AVX2
+  if (max_isa >= 1 && CpuHasAvx2()) return TdTargetCpuAvx2(args, num_threads);
+#endif
+  (void)max_isa;
   return TdTargetImpl<float>(args, num_threads);
 }
 
 template <>
-int64_t TdTargetCpuUnchecked<double>(const TdTargetArgs<double>& args, int num_threads, bool) {
+int64_t TdTargetCpuUnchecked<double>(const TdTargetArgs<double>& args, int num_threads, int) {
   return TdTargetImpl<double>(args, num_threads);
 }
 
 template <>
 int64_t CrossEntropyCpuUnchecked<float>(const CrossEntropyArgs<float>& args, int num_threads,
-                                        double* loss, bool allow_avx2) {
-#ifdef MTRL_KERNELS_AVX2
-  if (allow_avx2 && CpuHasAvx2()) return CrossEntropyCpuAvx2(args, num_threads, loss);
-#else
-  (void)allow_avx2;
+                                        double* loss, int max_isa) {
+#ifdef MTRL_KERNELS_AVX512
+  if (max_isa >= 2 && CpuHasAvx512()) return CrossEntropyCpuAvx512(args, num_threads, loss);
 #endif
+#ifdef MTRL_KERNELS_AVX2
+  if (max_isa >= 1 && CpuHasAvx2()) return CrossEntropyCpuAvx2(args, num_threads, loss);
+#endif
+  (void)max_isa;
   return CrossEntropyImpl<float>(args, num_threads, loss);
 }
 
 template <>
 int64_t CrossEntropyCpuUnchecked<double>(const CrossEntropyArgs<double>& args, int num_threads,
-                                         double* loss, bool) {
+                                         double* loss, int) {
   return CrossEntropyImpl<double>(args, num_threads, loss);
 }
 
