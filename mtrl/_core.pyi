@@ -79,6 +79,10 @@ class EnginePool:
     @property
     def obs_dim(self) -> int:
         ...
+def _clip_actions(actions: numpy.ndarray, used: numpy.ndarray, out: numpy.ndarray) -> None:
+    """
+    TaskPool.check_actions' rule: out = actions clipped to [-1, 1] (NaN/inf padding past used[k] entries -> 0); ValueError naming the envs with NaN/inf in a used entry.
+    """
 def _cross_entropy_cpu(online_logits: numpy.ndarray, target: numpy.ndarray, weight: numpy.ndarray | None, td_error: numpy.ndarray, grad: numpy.ndarray | None, loss: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> int:
     """
     Categorical cross-entropy (sum over members of the weighted batch mean) into `loss`, per-sample td_error [B] and optionally its gradient [E, B, K]. Returns the number of rows with non-finite inputs.

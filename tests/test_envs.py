@@ -148,6 +148,23 @@ def test_bad_actions_raise_and_out_of_range_clips():
     assert not np.array_equal(after(0.5), after(1.0))
 
 
+def test_check_actions_rule():
+    with envs.make(["cheetah-run", "pendulum-swingup"], envs_per_task=6, seed=0) as p:
+        p.reset()
+        a = np.zeros((12, 6), np.float32)
+        a[0, :3] = [2.0, -3.5, 0.25]
+        a[6, 0], a[6, 1], a[7, 5] = -7.0, np.nan, -np.inf  # padding of pendulum envs 6, 7
+        c = p.check_actions(a)
+        assert c.dtype == np.float32 and c.flags.c_contiguous and c is not a
+        assert c[0, :3].tolist() == [1.0, -1.0, 0.25]
+        assert c[6, :2].tolist() == [-1.0, 0.0] and c[7, 5] == 0.0
+        assert np.array_equal(c[1:6], a[1:6])
+        np.testing.assert_array_equal(p.check_actions(np.asfortranarray(a)), c)
+        a[:, 0] = np.inf
+        with pytest.raises(ValueError, match=r"for envs \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] \.\.\.$"):
+            p.check_actions(a)
+
+
 def test_envpool_backend_has_no_state():
     with envs.make(["pendulum-swingup"], backend="envpool") as p:
         with pytest.raises(NotImplementedError, match="envpool"):
@@ -207,4 +224,19 @@ def test_gym_vector_env_view():
     again, _ = env.reset(seed=4)
     with pytest.raises(ValueError, match="options"):
         env.reset(options={"x": 1})
+    assert env.discrete.tolist() == [False, False]
+    env.close()
+
+
+def test_gym_vector_env_exposes_discrete_tasks():
+    from mtrl.envs.gym import GymVectorEnv
+
+    env = GymVectorEnv(envs.make(["cheetah-run", "gym:CartPole-v1"], seed=0))
+    assert env.discrete.tolist() == [False, True]
+    assert env.discrete is env.pool.discrete
+    env.reset(seed=0)
+    a = np.zeros((2, 6), np.float32)
+    a[1, 1] = 0.5  # CartPole (2 actions) steps through the same Box action space
+    _, reward, *_ = env.step(a)
+    assert reward[1] == 1.0
     env.close()

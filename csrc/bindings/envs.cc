@@ -7,6 +7,7 @@
 #include <string>
 
 #include "bindings/registrars.h"
+#include "envs/actions.h"
 #include "envs/pool.h"
 #include "envs/registry.h"
 #include "envs/tasks/spline_zoom.h"
@@ -25,19 +26,20 @@ T* CheckedData(py::array& a, const char* name, std::initializer_list<py::ssize_t
                                 std::string(py::str(py::dtype::of<T>())) + ", got " +
                                 std::string(py::str(a.dtype())));
   }
-  std::string want = "(", got = "(";
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   int i = 0;
-  for (py::ssize_t s : shape) {
-    want += std::to_string(s) + (shape.size() == 1 ? ",)" : i + 1 < int(shape.size()) ? ", " : ")");
-    ok = ok && a.shape(i) == s;
-    ++i;
+  for (py::ssize_t s : shape) ok = ok && a.shape(i++) == s;
+  if (!ok) {  // messages are built only here: this check runs on every step
+    auto fmt = [](const std::vector<py::ssize_t>& dims) {
+      std::string out = "(";
+      for (size_t j = 0; j < dims.size(); ++j) {
+        out += std::to_string(dims[j]) + (dims.size() == 1 ? ",)" : j + 1 < dims.size() ? ", " : ")");
+      }
+      return dims.empty() ? std::string("()") : out;
+    };
+    throw std::invalid_argument(std::string("`") + name + "` must have shape " + fmt(shape) +
+                                ", got " + fmt({a.shape(), a.shape() + a.ndim()}));
   }
-  for (int j = 0; j < a.ndim(); ++j) {
-    got += std::to_string(a.shape(j)) + (a.ndim() == 1 ? ",)" : j + 1 < a.ndim() ? ", " : ")");
-  }
-  if (a.ndim() == 0) got = "()";
-  if (!ok) throw std::invalid_argument(std::string("`") + name + "` must have shape " + want + ", got " + got);
   if (!(a.flags() & py::array::c_style)) {
     throw std::invalid_argument(std::string("`") + name + "` must be C-contiguous");
   }
@@ -100,6 +102,23 @@ void RegisterEnvs(py::module_& m) {
     return result;
   }, py::arg("a"), py::arg("out_rows"), py::arg("out_cols"),
      "scipy.ndimage.zoom(order=3) port used by quadruped-escape (exposed for tests).");
+
+  m.def("_clip_actions", [](py::array actions, py::array used, py::array out) {
+    if (actions.ndim() != 2) throw std::invalid_argument("`actions` must be 2-D");
+    const py::ssize_t n = actions.shape(0), dim = actions.shape(1);
+    const float* a = CheckedData<float>(actions, "actions", {n, dim}, false);
+    const int64_t* u = CheckedData<int64_t>(used, "used", {n}, false);
+    float* o = CheckedData<float>(out, "out", {n, dim}, true);
+    const std::vector<int> bad = ClipActions(a, n, dim, u, o);
+    if (!bad.empty()) {
+      std::string envs = "[";
+      for (size_t i = 0; i < bad.size() && i < 10; ++i) envs += (i ? ", " : "") + std::to_string(bad[i]);
+      throw std::invalid_argument("actions contain NaN or inf for envs " + envs + "]" +
+                                  (bad.size() > 10 ? " ..." : ""));
+    }
+  }, py::arg("actions"), py::arg("used"), py::arg("out"),
+     "TaskPool.check_actions' rule: out = actions clipped to [-1, 1] (NaN/inf padding past used[k] "
+     "entries -> 0); ValueError naming the envs with NaN/inf in a used entry.");
 
   py::class_<EnvPool>(m, "EnginePool", "Batched multi-task MuJoCo env pool (see csrc/envs/pool.h).")
       .def(py::init<const std::vector<std::string>&, const std::vector<uint64_t>&, const std::string&, int,

@@ -14,7 +14,9 @@ from mtrl.envs.pool import TaskPool
 class GymVectorEnv(gymnasium.vector.VectorEnv):
     """Wraps a pool as a gymnasium vector env over padded observations and actions.
 
-    Spaces: observations ``Box(-inf, inf, (obs_dim,))``, actions ``Box(-1, 1, (action_dim,))``.
+    Spaces: observations ``Box(-inf, inf, (obs_dim,))``, actions ``Box(-1, 1, (action_dim,))``,
+    also for discrete-action tasks: ``discrete`` ((T,) bool, the pool's ``discrete``) says which
+    tasks take the argmax of their env's row instead (ties to the lowest index; see README).
     ``info`` holds ``task_id`` (N,), ``final_obs`` (N, obs_dim), ``success`` (N,) and
     ``diverged`` (N,). Seeding: ``reset(seed=s)`` reseeds env k with ``s + k``.
     """
@@ -31,6 +33,11 @@ class GymVectorEnv(gymnasium.vector.VectorEnv):
             self.single_observation_space, self.num_envs)
         self.action_space = gymnasium.vector.utils.batch_space(
             self.single_action_space, self.num_envs)
+
+    @property
+    def discrete(self) -> np.ndarray:
+        """(T,) bool: task t's actions are discrete (``pool.discrete``)."""
+        return self.pool.discrete
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:

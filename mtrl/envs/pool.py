@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from mtrl import _core
 from mtrl.envs.registry import TaskSpec
 
 
@@ -66,8 +67,8 @@ class TaskPool:
         self.discrete = np.zeros(len(specs), dtype=bool)
         self.obs_dim = int(self.obs_dims.max())
         self.action_dim = int(self.action_dims.max())
-        # (N, action_dim) mask of the action entries each env actually uses.
-        self._act_mask = np.arange(self.action_dim)[None, :] < self.action_dims[self.task_ids, None]
+        # (N,) action entries each env actually uses.
+        self._env_action_dims = np.ascontiguousarray(self.action_dims[self.task_ids])
         self._closed = False
         self._has_reset = False
 
@@ -115,14 +116,11 @@ class TaskPool:
             raise ValueError(
                 f"actions must have shape (num_envs, action_dim) = "
                 f"({self.num_envs}, {self.action_dim}), got {a.shape}")
-        if not np.isfinite(a.sum(dtype=np.float64)):  # rare: find the offending used entries
-            bad = ~np.isfinite(a) & self._act_mask
-            if bad.any():
-                envs = np.flatnonzero(bad.any(axis=1))
-                raise ValueError(f"actions contain NaN or inf for envs {envs[:10].tolist()}"
-                                 f"{' ...' if envs.size > 10 else ''}")
-            a = np.where(self._act_mask, a, np.float32(0))
-        return np.ascontiguousarray(np.clip(a, np.float32(-1), np.float32(1)))
+        out = np.empty_like(a, order="C")
+        # One C++ pass (csrc/envs/actions.h): clip, zero non-finite padding, and raise
+        # ValueError("actions contain NaN or inf for envs [...]") for a non-finite used entry.
+        _core._clip_actions(np.ascontiguousarray(a), self._env_action_dims, out)
+        return out
 
     def step(self, actions: Any) -> StepOutput:
         """Step every env once with its row of ``actions`` ((N, action_dim) float32 in [-1, 1]).
