@@ -15,6 +15,11 @@ namespace {
 // A new split of envs over threads replaces the current one only when its predicted step time is
 // this much shorter: small cost fluctuations must not move envs between cores every step.
 constexpr double kRebalanceGain = 0.05;
+// Steps between two looks at the split (and re-sorts of the per-thread lists): costs drift slowly.
+constexpr int kScheduleEvery = 8;
+// A step time above this multiple of an env's average (the thread was preempted on a busy
+// machine) enters the average at that multiple, so one preemption does not move envs around.
+constexpr double kCostClamp = 3.0;
 
 // Longest-processing-time-first: envs by decreasing cost, each to the least-loaded thread.
 std::vector<int> SplitByCost(const std::vector<double>& cost, int threads) {
@@ -99,6 +104,7 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
     throw;
   }
   cost_.resize(envs_.size());
+  measured_.assign(envs_.size(), 0);
   for (size_t k = 0; k < envs_.size(); ++k) {
     // Initial guess until measured: physics steps per control step times model size.
     const Env& e = *envs_[k];
@@ -122,6 +128,11 @@ void EnvPool::ResetUnchecked(float* obs) {
 }
 
 void EnvPool::Schedule() {
+  if (steps_since_schedule_ > 0 && steps_since_schedule_ < kScheduleEvery) {
+    ++steps_since_schedule_;
+    return;
+  }
+  steps_since_schedule_ = 1;
   const int threads = threads_->num_threads();
   if (threads > 1) {
     std::vector<int> split = SplitByCost(cost_, threads);
@@ -150,7 +161,9 @@ void EnvPool::StepUnchecked(const float* actions, float* obs, float* final_obs, 
     envs_[k]->Step(actions + size_t(k) * action_dim_, row, obs_dim_);
     const double dt =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    cost_[k] = 0.9 * cost_[k] + 0.1 * dt;  // only env k's job writes cost_[k]
+    // Only env k's job writes cost_[k] and measured_[k]; the first measurement replaces the guess.
+    cost_[k] = measured_[k] ? 0.9 * cost_[k] + 0.1 * std::min(dt, kCostClamp * cost_[k]) : dt;
+    measured_[k] = 1;
   });
 }
 

@@ -51,8 +51,10 @@ class EnvPool {
   // thread's envs by decreasing cost in jobs_/offsets_ (owners start with their costliest env,
   // thieves take the cheapest).
   void Schedule();
+  int steps_since_schedule_ = 0;  // 0: schedule at the next step
 
   std::vector<double> cost_;  // moving average of each env's step time (seconds)
+  std::vector<uint8_t> measured_;  // cost_[k] holds a measurement, not the initial guess
   std::vector<int> owner_;    // thread that steps env k (sticky: its data stays in that core's caches)
   std::vector<int> jobs_, offsets_;  // per-thread lists of envs handed to ThreadPool::Run
   int obs_dim_ = 0;
