@@ -8,6 +8,10 @@
 
 #include "kernels/fast_math.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace mtrl {
 namespace {
 
@@ -85,6 +89,25 @@ inline FV LaneIndex() {
 inline FV AddV(FV a, FV b) { return a + b; }
 
 // exp of kW lanes (the vector form of FastExp in fast_math.h; same constants).
+#if defined(__AVX512F__)
+// AVX-512: round with vrndscaleps and build 2^n with vscalefps, and reduce with one ln2 constant
+// (its rounding, 1.9e-9, times |n| <= 125 adds <= 2.4e-7 relative error at the clamp, ~5e-8 for
+// x >= -20): 10 operations per 16 lanes instead of 12, same polynomial.
+inline FV FastExpV(FV x) {
+  const FV lo = Splat(-86.5f);
+  x = x < lo ? lo : x;  // NaN passes through
+  const FV n = __builtin_bit_cast(FV, _mm512_roundscale_ps(__builtin_bit_cast(__m512, x * 1.44269504088896341f),
+                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const FV r = x - n * 0.693147180559945309f;
+  FV p = Splat(8.291716687e-3f);
+  p = p * r + 4.191502929e-2f;
+  p = p * r + 1.666766256e-1f;
+  p = p * r + 4.999890030e-1f;
+  p = p * r + 9.999996424e-1f;
+  p = p * r + 1.000000119f;
+  return __builtin_bit_cast(FV, _mm512_scalef_ps(__builtin_bit_cast(__m512, p), __builtin_bit_cast(__m512, n)));
+}
+#else
 inline FV FastExpV(FV x) {
   const FV lo = Splat(-86.5f);
   x = x < lo ? lo : x;  // NaN passes through
@@ -101,6 +124,7 @@ inline FV FastExpV(FV x) {
   const IV bits = __builtin_bit_cast(IV, t) << 23;  // (n + 127) << 23 = 2^n
   return p * __builtin_bit_cast(FV, bits);
 }
+#endif
 
 inline float RowMax(const float* x, int64_t k) {
   const float ninf = -__builtin_inff();

@@ -100,8 +100,8 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   if (taps > kPad - kW) return false;  // g far from 1: long windows, the scatter is cheaper
   const float last = static_cast<float>(k - 1);
   const FV zero = Splat(0.0f), vlast = Splat(last), sentinel = Splat(-4.0f);
-  FV n_lo = zero, n_hi = zero, m_lo = zero, m_hi = zero;  // counts and masses of clipped atoms
-  // b_j for kW atoms starting at j; counts only the lanes selected by `fresh`.
+  FV m_lo = zero, m_hi = zero;  // masses of the clipped atoms
+  // b_j for kW atoms starting at j; adds the clipped masses of the lanes selected by `fresh`.
   auto bins = [&](int64_t j, IV fresh) {
     const FV z = r + g * (LoadV(atoms + j) - ent);  // spec §2.2: r + gamma * m * (z - alpha log pi)
     const IV low = z <= v_min, high = z >= v_max;  // clipped (NaN-free: the row is finite)
@@ -109,8 +109,6 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
     bj = bj > zero ? bj : zero;
     bj = bj < vlast ? bj : vlast;
     const FV pj = LoadV(p + j);
-    n_lo += Select(low & fresh, Splat(1.0f), zero);
-    n_hi += Select(high & fresh, Splat(1.0f), zero);
     m_lo += Select(low & fresh, pj, zero);
     m_hi += Select(high & fresh, pj, zero);
     StoreV(bpos + j, Select(low | high, sentinel, bj));  // clipped: weight 0 in the windows
@@ -119,13 +117,12 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   int64_t j = 0;
   for (; j + kW <= k; j += kW) bins(j, all);
   if (j < k) bins(k - kW, TailMask(k, j));  // overlapping last vector: same b_j, counted once
-  const int64_t j_lo = static_cast<int64_t>(Horizontal(n_lo, AddV));  // unclipped: [j_lo, j_hi)
-  const int64_t j_hi = k - static_cast<int64_t>(Horizontal(n_hi, AddV));
   // b_j = c + g j, c = (r + g (v_min - ent) - v_min) / dz (double: the window position only).
   const double c = (static_cast<double>(r) + gd * (static_cast<double>(v_min) - ent) - v_min) *
                    static_cast<double>(inv_dz);
   const double u0 = (gd <= 1.0 ? (-1.0 - c) * inv_g : (w1 - 1.0 - c) * inv_g - w1) - 0.05;
-  const int64_t jb_min = j_lo - (kW - 1), jb_max = j_hi - 1;  // no unclipped atom is cut off
+  // Windows stay inside the padded rows; clipped atoms and the padding weigh 0 wherever they fall.
+  const int64_t jb_min = -(kW - 1), jb_max = k - 1;
   const FV iota = LaneIndex();
   for (int64_t i0 = 0;; i0 += kW) {
     if (i0 + kW > k) i0 = k - kW;  // last vector overlaps the previous one (same values)
