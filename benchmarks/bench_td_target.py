@@ -10,7 +10,11 @@ is ours without Python: the raw ``mtrl._core`` calls with preallocated outputs (
 costs beyond it is validation, allocation and autograd). Prints a table; the last line is
 ``RESULT {json}`` with ratios ours-speed / theirs-speed (> 1: mtrl is faster).
 
-    python benchmarks/bench_td_target.py [--quick] [--threads N]
+    python benchmarks/bench_td_target.py [--quick] [--threads N] [--cpu-time]
+
+``--cpu-time`` times every call with the calling thread's CPU time (``time.thread_time``) and
+forces one thread: on a machine shared with other jobs that reading leaves out the time slices
+other processes take, so its ratios hold where wall-clock ones swing with the load.
 """
 
 from __future__ import annotations
@@ -109,24 +113,25 @@ def make_tasks(x, compiled_target, compiled_loss):
     }
 
 
-def time_interleaved(fns: dict, rounds: int, budget_s: float) -> dict[str, list[float]]:
+def time_interleaved(fns: dict, rounds: int, budget_s: float,
+                     clock=time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each fn in every round; each round times each fn once, in turn."""
     for fn in fns.values():  # warm-up (and compile)
         for _ in range(3):
             fn()
     inner = {}
     for name, fn in fns.items():  # calls per measurement: about budget_s / rounds / len(fns)
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        once = max(time.perf_counter() - t0, 1e-6)
+        once = max(clock() - t0, 1e-6)
         inner[name] = max(1, int(budget_s / rounds / len(fns) / once))
     samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(inner[name]):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / inner[name])
+            samples[name].append((clock() - t0) / inner[name])
     return samples
 
 
@@ -139,7 +144,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="K = 101, B = 1024 only (< 60 s)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch intra-op threads, also used by the mtrl kernels")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the thread's CPU time (load-robust); forces --threads 1")
     args = parser.parse_args()
+    if args.cpu_time:
+        args.threads = 1
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     shapes = [(101, 1024)] if args.quick else [(k, b) for k in (101, 51) for b in (256, 1024, 4096)]
     rounds, budget = (7, 1.5) if args.quick else (15, 3.0)
@@ -147,14 +157,16 @@ def main() -> None:
     compiled_loss = torch.compile(ref_loss, dynamic=False)
     load = os.getloadavg()[0]
     print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {args.threads}, E = {E}; {rounds} interleaved rounds; load average {load:.1f}")
+          f"threads {args.threads}, E = {E}; {rounds} interleaved rounds; load average {load:.1f}; "
+          f"{'thread CPU time' if args.cpu_time else 'wall time'}")
     print(f"{'task':>7} {'K':>4} {'B':>5} | {'ours ms':>8} {'kernels':>8} {'eager ms':>9} "
           f"{'compile ms':>10} | {'vs eager':>8} {'vs compile':>10}")
-    result: dict[str, float | int | str] = {"threads": args.threads, "load_avg": round(load, 1)}
+    result: dict[str, float | int | str] = {"threads": args.threads, "load_avg": round(load, 1),
+                                            "clock": "thread_cpu" if args.cpu_time else "wall"}
     for k, b in shapes:
         x = make_inputs(b, k)
         for task, fns in make_tasks(x, compiled_target, compiled_loss).items():
-            samples = time_interleaved(fns, rounds, budget)
+            samples = time_interleaved(fns, rounds, budget, clock)
             t = {name: statistics.median(v) for name, v in samples.items()}
             vs_eager = ratio(samples["eager"], samples["ours"])
             vs_compile = ratio(samples["compile"], samples["ours"])
