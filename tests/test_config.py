@@ -57,3 +57,26 @@ def test_task_errors():
         resolve_tasks(("chetah-run",), avail)
     with pytest.raises(ValueError, match="more than once"):
         resolve_tasks(("cheetah-run", "dmc:cheetah-run"), avail)
+
+
+def _flat(obj, prefix=""):
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flat(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def test_laptop_preset_changes_only_scale_and_schedule_fields():
+    # The laptop preset may pick tasks, size and schedule (README "Quick start"), never the method:
+    # gamma, tau, learning rates of actor/critic, weight decay, support, temperature init/beta1
+    # and the update count per iteration stay the released values (spec §2.1).
+    paper, laptop = _flat(paper_preset()), _flat(laptop_preset())
+    changed = {k for k in paper if paper[k] != laptop[k]}
+    allowed = {"env.tasks", "agent.critic_width", "agent.temperature_lr", "buffer.capacity_per_task",
+               "buffer.batch_size", "iterations", "random_iterations", "eval_interval",
+               "eval_episodes", "log_interval", "checkpoint_interval", "run_dir", "torch_threads"}
+    assert changed <= allowed, sorted(changed - allowed)
