@@ -69,6 +69,11 @@ class BRCAgent(nn.Module):
         self.register_buffer("atoms", brc_math.atoms_support(config.v_min, config.v_max, config.num_atoms))
         self.target_entropy = -action_dim / 2.0  # padded |A| (§2.4, §5.2)
         self.use_fused = bool(config.fused_ops and fused_ops_available())
+        # Parameter lists walked twice per update (Polyak, actor backward), built once: the
+        # Parameter objects persist through .to(device) and load_state_dict (in-place copies).
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.target_critic.parameters())
+        self._actor_params = list(self.actor.parameters())
         self._build_optimizers()
         # Plain attributes (not submodules) so state_dict keys stay the same with compile on.
         object.__setattr__(self, "_critic_fwd", self.critic)
@@ -155,7 +160,7 @@ class BRCAgent(nn.Module):
         q = brc_math.expected_q(logits, self.atoms)
         loss = (alpha * log_prob - q).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=list(self.actor.parameters()))
+        loss.backward(inputs=self._actor_params)
         self.actor_optimizer.step()
         return loss.detach(), -log_prob.detach().mean(), q.detach().mean()
 
@@ -175,8 +180,7 @@ class BRCAgent(nn.Module):
         reward = batch.reward / denominator[batch.task_id]
         critic_loss, q_target, finite = self.critic_step(batch, reward, alpha)
         # 2. Target: Polyak tau = 0.005 on every critic parameter incl. embedding and LayerNorm.
-        brc_math.polyak_update(list(self.target_critic.parameters()),
-                               list(self.critic.parameters()), self.config.tau)
+        brc_math.polyak_update(self._target_params, self._critic_params, self.config.tau)
         # 3. Actor on the just-updated critic, embedding detached, alpha constant.
         actor_loss, entropy, q_mean = self.actor_step(batch, alpha)
         # 4. Temperature from the same actor forward's entropy.
