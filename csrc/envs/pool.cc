@@ -42,20 +42,34 @@ double Makespan(const std::vector<double>& cost, const std::vector<int>& owner, 
   return *std::max_element(load.begin(), load.end());
 }
 
+// The engine never renders: every texture becomes a 1x1 flat colour. dm_control's skybox alone is
+// 800x800x6 RGB (11.5 MB in every model, generated with random marks at each load); physics
+// reads no texture data, so observations and rewards are unchanged (the fidelity tests compare
+// them against dm_control's full models).
+void DropTextures(mjSpec* spec) {
+  for (mjsElement* el = mjs_firstElement(spec, mjOBJ_TEXTURE); el != nullptr;
+       el = mjs_nextElement(spec, el)) {
+    mjsTexture* t = mjs_asTexture(el);
+    t->builtin = mjBUILTIN_FLAT;
+    t->mark = mjMARK_NONE;
+    t->width = 1;
+    t->height = 1;
+    t->gridsize[0] = t->gridsize[1] = 1;
+    mjs_setString(t->file, "");
+    mjs_setStringVec(t->cubefiles, "");
+  }
+}
+
 // Loads def.xml from the suite directory (its <include>s and assets resolve relative to it),
-// applying def.edit to the parsed spec when the task uses an edited model.
+// applying def.edit to the parsed spec when the task uses an edited model, without textures.
 mjModel* LoadModel(const TaskDef& def, const std::string& suite_dir) {
   const std::string path = suite_dir + "/" + def.xml;
   char error[1024] = "";
-  if (!def.edit) {
-    mjModel* m = mj_loadXML(path.c_str(), nullptr, error, sizeof(error));
-    if (m == nullptr) throw std::runtime_error("cannot load MuJoCo model " + path + ": " + error);
-    return m;
-  }
   mjSpec* spec = mj_parseXML(path.c_str(), nullptr, error, sizeof(error));
   if (spec == nullptr) throw std::runtime_error("cannot load MuJoCo model " + path + ": " + error);
   try {
-    def.edit(spec);
+    if (def.edit) def.edit(spec);
+    DropTextures(spec);
   } catch (...) {
     mj_deleteSpec(spec);
     throw;
@@ -64,7 +78,8 @@ mjModel* LoadModel(const TaskDef& def, const std::string& suite_dir) {
   const std::string compile_error = m == nullptr ? mjs_getError(spec) : "";
   mj_deleteSpec(spec);
   if (m == nullptr) {
-    throw std::runtime_error("cannot compile edited model " + path + " (" + def.variant + "): " +
+    throw std::runtime_error("cannot compile model " + path +
+                             (def.variant.empty() ? "" : " (" + def.variant + ")") + ": " +
                              compile_error);
   }
   return m;
