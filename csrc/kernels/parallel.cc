@@ -1,6 +1,7 @@
 #include "kernels/parallel.h"
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,6 +22,12 @@ namespace {
 // caller burn its core). Both are short next to OpenMP's default spin (~0.3 ms in libgomp).
 constexpr auto kWorkerSpin = std::chrono::microseconds(300);
 constexpr auto kCallerSpin = std::chrono::microseconds(200);
+// Stall guard: when the caller waits for the workers more than its own chunks took plus this slack,
+// a worker was preempted mid-chunk (the machine is oversubscribed: every core runs other work), and
+// the next kBackoffCalls calls run on the calling thread alone before the workers are tried again.
+// Results do not depend on it (chunking never changes them).
+constexpr auto kStallSlack = std::chrono::microseconds(500);
+constexpr int kBackoffCalls = 64;
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -30,14 +37,20 @@ inline void CpuRelax() {
 #endif
 }
 
-// Polls pred() with a pause between tries for at most `budget`; true once pred() holds.
+// Polls pred() with a pause between tries for at most `budget`; true once pred() holds. With
+// `yield`, every 64th try also offers the core to other runnable threads (sched_yield returns at
+// once on an idle core): on a loaded machine a polling worker then does not push other processes
+// onto the core of the thread that calls the kernels.
 template <typename Pred>
-bool SpinUntil(Pred pred, std::chrono::microseconds budget) {
+bool SpinUntil(Pred pred, std::chrono::microseconds budget, bool yield = false) {
   const auto deadline = std::chrono::steady_clock::now() + budget;
   for (int i = 1;; ++i) {
     if (pred()) return true;
     CpuRelax();
-    if ((i & 63) == 0 && std::chrono::steady_clock::now() > deadline) return pred();
+    if ((i & 63) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) return pred();
+      if (yield) sched_yield();
+    }
   }
 }
 
@@ -74,13 +87,27 @@ class WorkerPool {
       wake = sleepers_ > 0;
     }
     if (wake) work_cv_.notify_all();
+    const auto start = std::chrono::steady_clock::now();
     ClaimAndRun(job, false);
-    if (SpinUntil([&] { return done_.load(std::memory_order_acquire) == num_chunks; },
-                  kCallerSpin)) {
-      return;
+    const auto own_done = std::chrono::steady_clock::now();
+    if (!SpinUntil([&] { return done_.load(std::memory_order_acquire) == num_chunks; },
+                   kCallerSpin)) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_cv_.wait(lock, [&] { return done_.load() == num_chunks; });
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return done_.load() == num_chunks; });
+    // A worker preempted in the middle of a chunk (an oversubscribed machine) makes the caller
+    // wait far longer than its own share took; then the next calls run on the caller alone.
+    const auto waited = std::chrono::steady_clock::now() - own_done;
+    if (waited > (own_done - start) + kStallSlack) backoff_.store(kBackoffCalls);
+  }
+
+  // True (and one call fewer to go) while calls should skip the workers after a stall.
+  bool TakeBackoff() {
+    int left = backoff_.load(std::memory_order_relaxed);
+    while (left > 0) {
+      if (backoff_.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
   }
 
  private:
@@ -117,7 +144,8 @@ class WorkerPool {
   void WorkerLoop(int index) {
     uint64_t seen = 0;
     for (;;) {
-      SpinUntil([&] { return published_.load(std::memory_order_acquire) != seen; }, kWorkerSpin);
+      SpinUntil([&] { return published_.load(std::memory_order_acquire) != seen; }, kWorkerSpin,
+                /*yield=*/true);
       Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -146,6 +174,7 @@ class WorkerPool {
   std::atomic<uint64_t> published_{0};  // generation_, readable without mu_ (for spinning)
   std::atomic<uint64_t> state_{0};
   std::atomic<int64_t> done_{0};
+  std::atomic<int> backoff_{0};  // calls left to run on the caller alone (see Run)
 };
 
 // Deliberately leaked: joining workers during static destruction (Python finalisation) is unsafe,
@@ -177,7 +206,12 @@ void ParallelFor(int64_t n, int num_threads, int64_t min_rows_per_chunk, ChunkFn
   // A few chunks per thread so a late-waking worker costs little (the caller takes its share).
   const int64_t num_chunks =
       std::min<int64_t>({max_chunks, 4 * static_cast<int64_t>(threads), 0xffff});  // 16-bit claims
-  Pool().Run(threads, n, num_chunks, fn, ctx);
+  WorkerPool& pool = Pool();
+  if (pool.TakeBackoff()) {
+    fn(ctx, 0, n);
+    return;
+  }
+  pool.Run(threads, n, num_chunks, fn, ctx);
 }
 
 }  // namespace mtrl

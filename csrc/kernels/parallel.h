@@ -8,6 +8,10 @@
 // condition variable.
 // After fork() the child starts with a fresh pool (the parent's workers do not exist there).
 //
+// On an oversubscribed machine a worker can be preempted in the middle of a chunk and the caller
+// then waits for it (milliseconds); after such a stall the next 64 calls run on the calling thread
+// alone (see kStallSlack in parallel.cc).
+//
 // Thread safety: ParallelFor may be called from several threads; one call uses the workers at a
 // time and a concurrent call simply runs all its chunks on its own thread. Chunk boundaries depend
 // only on n and the requested chunk count, and each chunk must write disjoint outputs, so results
