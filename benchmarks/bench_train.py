@@ -7,15 +7,12 @@ Configs (issue 4): width 512 / batch 256 / single task cheetah-run, and width 51
 4 tasks (cheetah-run, walker-walk, cartpole-swingup, reacher-easy). The loop is `mtrl.train.train`
 itself; its per-window it/s (eval and checkpoint time excluded) is read back from train.csv and the
 median over the post-warm-up windows is reported. Floor = measured bmm GFLOP/s at the critic's
-layer shapes / analytic FLOPs per iteration. With 1 torch thread it also reports, as a
-supplement for shared machines, the same fraction in thread-CPU time for the updates alone
-(`*_update_cpu_floor_fraction`). Last line: RESULT {json}.
+layer shapes / analytic FLOPs per iteration. Last line: RESULT {json}.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -26,7 +23,6 @@ import time
 
 import torch
 
-from mtrl.agent import BRCAgent
 from mtrl.config import AgentConfig, BufferConfig, EnvConfig, TrainConfig
 from mtrl.train import train
 
@@ -51,11 +47,8 @@ def iteration_flops(obs: int, act: int, tasks: int, width: int, batch: int, upda
     return updates * batch * (6 * critic + 4 * actor)
 
 
-def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int,
-                seconds: float) -> tuple[float, float]:
-    """Measured GFLOP/s of the critic forward's batched matmuls (E=2) at this batch size:
-    (per wall second, per CPU second of this thread; the latter only means something with 1
-    torch thread)."""
+def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds: float) -> float:
+    """Measured GFLOP/s of the critic forward's batched matmuls (E=2) at this batch size."""
     emb = 32 if tasks > 1 else 0
     shapes = [(obs + act + emb, width)] + [(width, width)] * 4 + [(width, 101)]
     xs = [torch.randn(2, batch, i) for i, _ in shapes]
@@ -67,14 +60,13 @@ def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int,
             torch.bmm(x, w)
     for _ in range(3):
         run()
-    reps, cpu_reps = [], []
+    reps = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(reps) < 5:
-        t, c = time.perf_counter(), time.thread_time()
+        t = time.perf_counter()
         run()
         reps.append(time.perf_counter() - t)
-        cpu_reps.append(time.thread_time() - c)
-    return flops / statistics.median(reps) / 1e9, flops / statistics.median(cpu_reps) / 1e9
+    return flops / statistics.median(reps) / 1e9
 
 
 def dims(tasks) -> tuple[int, int]:
@@ -84,26 +76,8 @@ def dims(tasks) -> tuple[int, int]:
         return pool.obs_dim, pool.action_dim
 
 
-@contextlib.contextmanager
-def update_cpu_times():
-    """Records the thread-CPU seconds of every BRCAgent.update call made inside the block."""
-    times: list[float] = []
-    original = BRCAgent.update
-
-    def timed(self, *args, **kwargs):
-        c = time.thread_time()
-        out = original(self, *args, **kwargs)
-        times.append(time.thread_time() - c)
-        return out
-    BRCAgent.update = timed
-    try:
-        yield times
-    finally:
-        BRCAgent.update = original
-
-
 def loop_rate(tasks, width, batch, iters, window, compile_, threads, device="cpu",
-              bf16=False, cpu_times=None) -> tuple[float, int, int]:
+              bf16=False) -> tuple[float, int, int]:
     obs, act = dims(tasks)
     warm = max(window, -(-batch // len(tasks)))
     warm = -(-warm // window) * window
@@ -115,12 +89,7 @@ def loop_rate(tasks, width, batch, iters, window, compile_, threads, device="cpu
             iterations=warm + iters, random_iterations=warm, eval_interval=10**9, eval_episodes=1,
             log_interval=window, checkpoint_interval=0, run_dir=run_dir, tensorboard=False,
             progress="lines", torch_threads=threads, seed=0, device=device)
-        if cpu_times is None:
-            train(cfg)
-        else:
-            with update_cpu_times() as recorded:
-                train(cfg)
-            cpu_times.extend(recorded)
+        train(cfg)
         with open(f"{run_dir}/train.csv") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iteration"]) > warm]
     speeds = [float(r["train/it_per_s"]) for r in rows]
@@ -151,26 +120,15 @@ def main() -> int:
         secs = 3.0 if args.quick else 8.0
         obs, act = dims(tasks)
         before = matmul_rate(obs, act, len(tasks), 512, batch, secs)
-        update_cpu: list[float] = []
-        speed, _, _ = loop_rate(tasks, 512, batch, iters, window, args.compile, args.threads,
-                                cpu_times=update_cpu)
+        speed, _, _ = loop_rate(tasks, 512, batch, iters, window, args.compile, args.threads)
         after = matmul_rate(obs, act, len(tasks), 512, batch, secs)
-        rate = (before[0] + after[0]) / 2  # the machine is shared: bracket the loop
-        cpu_rate = (before[1] + after[1]) / 2
+        rate = (before + after) / 2  # the machine is shared: bracket the loop
         flops = iteration_flops(obs, act, len(tasks), 512, batch)
         floor = rate * 1e9 / flops
         results[f"it_per_s_w512_{key}"] = round(speed, 3)
         results[f"w512_{key}_floor_it_per_s"] = round(floor, 3)
         results[f"w512_{key}_floor_fraction"] = round(speed / floor, 3)
         results[f"w512_{key}_matmul_gflops"] = round(rate, 1)
-        if torch.get_num_threads() == 1:
-            # Supplementary, for shared machines: thread-CPU time of the updates alone (no env
-            # step etc.) against the matmul floor in thread-CPU time. Descheduling drops out;
-            # cache contention from other processes does not. The wall-time numbers above are
-            # the headline.
-            per_iteration = statistics.median(update_cpu[2 * window:] or update_cpu) * 2
-            results[f"w512_{key}_update_cpu_floor_fraction"] = round(
-                flops / (cpu_rate * 1e9) / per_iteration, 3)
         table.append((key, len(tasks), batch, obs, act, speed, rate, flops / 1e9, floor))
     print(f"{'config':6} {'T':>2} {'B':>5} {'obs':>4} {'act':>3} {'it/s':>7} {'bmm GF/s':>9} "
           f"{'GF/it':>6} {'floor it/s':>10} {'fraction':>8}")
