@@ -88,6 +88,16 @@ inline FV LaneIndex() {
 #undef MTRL_IOTA
 inline FV AddV(FV a, FV b) { return a + b; }
 
+// e^r for |r| <= ln2 / 2: FastExp's degree-5 polynomial (fast_math.h), on kW lanes.
+inline FV ExpPolynomial(FV r) {
+  FV p = Splat(8.291716687e-3f);
+  p = p * r + 4.191502929e-2f;
+  p = p * r + 1.666766256e-1f;
+  p = p * r + 4.999890030e-1f;
+  p = p * r + 9.999996424e-1f;
+  return p * r + 1.000000119f;
+}
+
 // exp of kW lanes (the vector form of FastExp in fast_math.h; same constants).
 #if defined(__AVX512F__)
 // AVX-512: round with vrndscaleps and build 2^n with vscalefps, and reduce with one ln2 constant
@@ -99,12 +109,7 @@ inline FV FastExpV(FV x) {
   const FV n = __builtin_bit_cast(FV, _mm512_roundscale_ps(__builtin_bit_cast(__m512, x * 1.44269504088896341f),
                                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const FV r = x - n * 0.693147180559945309f;
-  FV p = Splat(8.291716687e-3f);
-  p = p * r + 4.191502929e-2f;
-  p = p * r + 1.666766256e-1f;
-  p = p * r + 4.999890030e-1f;
-  p = p * r + 9.999996424e-1f;
-  p = p * r + 1.000000119f;
+  const FV p = ExpPolynomial(r);
   return __builtin_bit_cast(FV, _mm512_scalef_ps(__builtin_bit_cast(__m512, p), __builtin_bit_cast(__m512, n)));
 }
 #else
@@ -115,12 +120,7 @@ inline FV FastExpV(FV x) {
   const FV t = x * 1.44269504088896341f + shift;
   const FV n = t - shift;
   const FV r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  FV p = Splat(8.291716687e-3f);
-  p = p * r + 4.191502929e-2f;
-  p = p * r + 1.666766256e-1f;
-  p = p * r + 4.999890030e-1f;
-  p = p * r + 9.999996424e-1f;
-  p = p * r + 1.000000119f;
+  const FV p = ExpPolynomial(r);
   const IV bits = __builtin_bit_cast(IV, t) << 23;  // (n + 127) << 23 = 2^n
   return p * __builtin_bit_cast(FV, bits);
 }

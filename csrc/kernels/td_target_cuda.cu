@@ -75,8 +75,8 @@ __device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const 
 
 // Shared memory of one row: three tiles of `row_stride` (>= K + 1) floats.
 struct RowTiles {
-  float* lo;  // softmax values; p_j (1 - frac_j) when g < 0; the HL-Gauss erf edges
-  float* hi;  // combined distribution p; p_j frac_j when g < 0
+  float* lo;  // one member's softmax values; the HL-Gauss erf edges
+  float* hi;  // the combined distribution p
   float* y;   // the C51 target being accumulated
 };
 
@@ -145,12 +145,10 @@ __device__ __forceinline__ float SegmentedSum(float v, int key, int lane) {
 // Phase 2 (C51) for g >= 0, where low_j is non-decreasing in j (every float op of BinOf is
 // monotone): 32 source atoms at a time, each run of atoms with the same bin is summed by a
 // segmented warp scan and added to that bin once by the run's last lane. Fixed order, no atomics.
-__device__ float GatherC51(const RowTiles& t, const TargetParams& a, float r, float g, float ent,
-                           float* __restrict__ out, int lane) {
+__device__ void AccumulateC51Monotone(const RowTiles& t, const TargetParams& a, float r, float g,
+                                      float ent, int lane) {
   const int k = a.num_atoms;
   float* y = t.y;
-  for (int i = lane; i < k; i += kWarp) y[i] = 0.0f;
-  __syncwarp();
   for (int j0 = 0; j0 < k; j0 += kWarp) {
     const int j = j0 + lane;
     int l = 0x7fffffff;
@@ -171,34 +169,29 @@ __device__ float GatherC51(const RowTiles& t, const TargetParams& a, float r, fl
     if (run_end && l + 1 < k) y[l + 1] += hi;
     __syncwarp();
   }
-  float v = 0.0f;
-  for (int i = lane; i < k; i += kWarp) {
-    out[i] = y[i];
-    v += y[i] * (a.v_min + static_cast<float>(i) * a.dz);
-  }
-  return v;
 }
 
 // Phase 2 (C51) for g < 0 (bins in any order; never in BRC, where g = discount * mask >= 0):
-// lane 0 scatters serially into a zeroed tile.
-__device__ float ScatterC51Serial(const RowTiles& t, const TargetParams& a, float r, float g,
-                                  float ent, float* __restrict__ out, int lane) {
+// lane 0 scatters serially.
+__device__ void AccumulateC51Serial(const RowTiles& t, const TargetParams& a, float r, float g,
+                                    float ent, int lane) {
+  if (lane != 0) return;
   const int k = a.num_atoms;
-  float* y = t.y;
-  for (int i = lane; i < k; i += kWarp) y[i] = 0.0f;
-  __syncwarp();
-  if (lane == 0) {
-    for (int j = 0; j < k; ++j) {
-      int l;
-      float frac;
-      BinOf(j, r, g, ent, a, &l, &frac);
-      y[l] += t.lo[j];
-      y[l + 1 < k ? l + 1 : l] += t.hi[j];
-    }
+  for (int j = 0; j < k; ++j) {
+    int l;
+    float frac;
+    BinOf(j, r, g, ent, a, &l, &frac);
+    const float p = t.hi[j];
+    t.y[l] += p * (1.0f - frac);
+    t.y[l + 1 < k ? l + 1 : l] += p * frac;
   }
-  __syncwarp();
+}
+
+// Stores a row's target from shared memory; returns this lane's part of its expected value.
+__device__ float StoreRow(const float* y, const TargetParams& a, float* __restrict__ out,
+                          int lane) {
   float v = 0.0f;
-  for (int i = lane; i < k; i += kWarp) {
+  for (int i = lane; i < a.num_atoms; i += kWarp) {
     out[i] = y[i];
     v += y[i] * (a.v_min + static_cast<float>(i) * a.dz);
   }
@@ -259,20 +252,15 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   if (a.projection == Projection::kHlGauss) {
     v = HlGauss(t, a, r, g, ent, out, lane);
   } else {
+    for (int i = lane; i < k; i += kWarp) t.y[i] = 0.0f;
+    __syncwarp();
     if (g >= 0.0f) {
-      v = GatherC51(t, a, r, g, ent, out, lane);
+      AccumulateC51Monotone(t, a, r, g, ent, lane);
     } else {
-      for (int j = lane; j < k; j += kWarp) {  // split every atom's mass between its two bins
-        int l;
-        float frac;
-        BinOf(j, r, g, ent, a, &l, &frac);
-        const float p = t.hi[j];
-        t.lo[j] = p * (1.0f - frac);
-        t.hi[j] = p * frac;
-      }
+      AccumulateC51Serial(t, a, r, g, ent, lane);
       __syncwarp();
-      v = ScatterC51Serial(t, a, r, g, ent, out, lane);
     }
+    v = StoreRow(t.y, a, out, lane);
   }
   v = WarpSum(v);
   if (lane == 0) a.expected_value[b] = v;
