@@ -33,6 +33,17 @@ def nonfinite_error(op: str, bad: int, batch: int, named: dict[str, Tensor | Non
     return ValueError(f"{op}: {bad} of {batch} samples have non-finite values (NaN/Inf) in {where}")
 
 
+def _target_nonfinite(bad, target_logits, reward, mask, discount, entropy) -> ValueError:
+    named = {"target_logits": target_logits, "reward": reward, "mask": mask,
+             "discount": discount, "entropy": entropy}
+    return nonfinite_error("categorical_td_target", bad, target_logits.shape[1], named)
+
+
+def _cross_entropy_nonfinite(bad, online_logits, target, weight) -> ValueError:
+    named = {"online_logits": online_logits, "target": target, "weight": weight}
+    return nonfinite_error("categorical_cross_entropy", bad, online_logits.shape[1], named)
+
+
 def _check_cuda_buffers(device: torch.device, **named: Tensor | None) -> None:
     # The CUDA binding receives raw pointers and cannot check these itself.
     for name, t in named.items():
@@ -66,9 +77,7 @@ def td_target_cpu(target_logits, reward, mask, discount, discount_value, entropy
         torch.get_num_threads(),
     )
     if bad and check_finite:
-        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
-                 "discount": discount, "entropy": entropy}
-        raise nonfinite_error("categorical_td_target", bad, batch, named)
+        raise _target_nonfinite(bad, target_logits, reward, mask, discount, entropy)
     return target, value
 
 
@@ -90,9 +99,7 @@ def td_target_cuda(target_logits, reward, mask, discount, discount_value, entrop
     )
     bad = _cuda_nonfinite(count, check_finite)
     if bad:
-        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
-                 "discount": discount, "entropy": entropy}
-        raise nonfinite_error("categorical_td_target", bad, batch, named)
+        raise _target_nonfinite(bad, target_logits, reward, mask, discount, entropy)
     return target, value
 
 
@@ -106,10 +113,7 @@ def td_target_cpu_fast(target_logits, reward, mask, discount, discount_value, en
         return None
     _, batch, num_atoms = target_logits.shape
     dtype = target_logits.dtype
-    if dtype is torch.float32:
-        target, value = torch.empty(batch, num_atoms), torch.empty(batch)
-    else:
-        target, value = torch.empty(batch, num_atoms, dtype=dtype), torch.empty(batch, dtype=dtype)
+    target, value = torch.empty(batch, num_atoms, dtype=dtype), torch.empty(batch, dtype=dtype)
     try:
         capsules = (_dlpack(target_logits), _dlpack(reward), _dlpack(mask),
                     None if discount is None else _dlpack(discount),
@@ -122,9 +126,7 @@ def td_target_cpu_fast(target_logits, reward, mask, discount, discount_value, en
     if bad is None:
         return None
     if bad and check_finite:
-        named = {"target_logits": target_logits, "reward": reward, "mask": mask,
-                 "discount": discount, "entropy": entropy}
-        raise nonfinite_error("categorical_td_target", bad, batch, named)
+        raise _target_nonfinite(bad, target_logits, reward, mask, discount, entropy)
     return target, value
 
 
@@ -135,12 +137,8 @@ def cross_entropy_cpu_fast(online_logits, target, weight, need_grad, check_finit
         return None
     members, batch, num_atoms = online_logits.shape
     dtype = online_logits.dtype
-    if dtype is torch.float32:
-        loss, td_error = torch.empty(()), torch.empty(batch)
-        grad = torch.empty(members, batch, num_atoms) if need_grad else None
-    else:
-        loss, td_error = torch.empty((), dtype=dtype), torch.empty(batch, dtype=dtype)
-        grad = torch.empty(members, batch, num_atoms, dtype=dtype) if need_grad else None
+    loss, td_error = torch.empty((), dtype=dtype), torch.empty(batch, dtype=dtype)
+    grad = torch.empty(members, batch, num_atoms, dtype=dtype) if need_grad else None
     try:
         capsules = (_dlpack(online_logits), _dlpack(target),
                     None if weight is None else _dlpack(weight))
@@ -152,8 +150,7 @@ def cross_entropy_cpu_fast(online_logits, target, weight, need_grad, check_finit
     if bad is None:
         return None
     if bad and check_finite:
-        named = {"online_logits": online_logits, "target": target, "weight": weight}
-        raise nonfinite_error("categorical_cross_entropy", bad, batch, named)
+        raise _cross_entropy_nonfinite(bad, online_logits, target, weight)
     return loss, td_error, grad
 
 
@@ -169,8 +166,7 @@ def cross_entropy_cpu(online_logits, target, weight, need_grad, check_finite):
         grad.numpy() if need_grad else None, loss.numpy(), torch.get_num_threads(),
     )
     if bad and check_finite:
-        named = {"online_logits": online_logits, "target": target, "weight": weight}
-        raise nonfinite_error("categorical_cross_entropy", bad, batch, named)
+        raise _cross_entropy_nonfinite(bad, online_logits, target, weight)
     return loss, td_error, grad
 
 
@@ -192,8 +188,7 @@ def cross_entropy_cuda(online_logits, target, weight, need_grad, check_finite):
     )
     bad = _cuda_nonfinite(count, check_finite)
     if bad:
-        named = {"online_logits": online_logits, "target": target, "weight": weight}
-        raise nonfinite_error("categorical_cross_entropy", bad, batch, named)
+        raise _cross_entropy_nonfinite(bad, online_logits, target, weight)
     return loss, td_error, grad
 
 
