@@ -80,10 +80,12 @@ inline void ProjectC51(const int32_t* low, const T* mass_lo, const T* mass_hi, i
 // [i0, i0 + kW) are a window [jb + lane, jb + lane + T) located from c and g (with a margin: atoms
 // outside the hat get weight exactly 0, so a wider window changes nothing, not even the rounding).
 // Returns false, writing nothing, when it does not apply (K < kW, or g so far from 1 that the
-// windows get long); the caller then scatters.
+// windows get long); the caller then scatters. On success *expected_value = sum_i z_i y_i, summed
+// from the output vectors still in registers and the clipped shares (reading y back right after
+// its overlapping stores and scalar updates would stall on store forwarding).
 inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, float r, float g,
                              float ent, float v_min, float v_max, float inv_dz, float* bpos,
-                             float* y) {
+                             float* y, float* expected_value) {
   // With 8 lanes (AVX2) or 4 (SSE2) the windows cost more than the scatter they replace (measured:
   // ~1.15x slower at K = 101 with AVX2); with 16 (AVX-512) bins + projection take ~1.3x less time.
   if (kW < 16 || k < kW || !(g > 0.0f)) return false;
@@ -124,22 +126,50 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   // Windows stay inside the padded rows; clipped atoms and the padding weigh 0 wherever they fall.
   const int64_t jb_min = -(kW - 1), jb_max = k - 1;
   const FV iota = LaneIndex();
-  for (int64_t i0 = 0;; i0 += kW) {
-    if (i0 + kW > k) i0 = k - kW;  // last vector overlaps the previous one (same values)
+  auto window_start = [&](int64_t i0) {
     int64_t jb = static_cast<int64_t>(__builtin_floor(u0 + static_cast<double>(i0) * inv_g));
     jb = jb < jb_min ? jb_min : jb;
-    jb = jb > jb_max ? jb_max : jb;
-    const FV bins_i = iota + static_cast<float>(i0);
-    FV acc = zero;
-    for (int64_t t = 0; t < taps; ++t) {
-      const FV d = LoadV(bpos + jb + t) - bins_i;
-      FV w = Splat(1.0f) - __builtin_bit_cast(FV, __builtin_bit_cast(IV, d) & 0x7fffffff);
-      w = w > zero ? w : zero;
-      acc += LoadV(p + jb + t) * w;
-    }
+    return jb > jb_max ? jb_max : jb;
+  };
+  auto tap = [&](int64_t jb, FV bins_i, FV acc) {
+    const FV d = LoadV(bpos + jb) - bins_i;
+    FV w = Splat(1.0f) - __builtin_bit_cast(FV, __builtin_bit_cast(IV, d) & 0x7fffffff);
+    w = w > zero ? w : zero;
+    return acc + LoadV(p + jb) * w;
+  };
+  // Output vectors two at a time (independent accumulators: the taps' add chains interleave);
+  // the last vector overlaps the previous one when kW does not divide K (same values; its lanes
+  // already stored are left out of the expected value).
+  const int64_t num_vectors = (k + kW - 1) / kW;
+  FV ev_a = zero, ev_b = zero;
+  auto store = [&](int64_t v, int64_t i0, FV acc, FV& ev) {
     StoreV(y + i0, acc);
-    if (i0 + kW >= k) break;
+    const FV z = LoadV(atoms + i0) * acc;
+    ev += i0 == v * kW ? z : Select(iota + static_cast<float>(i0) >= static_cast<float>(v * kW),
+                                     z, zero);
+  };
+  int64_t v = 0;
+  for (; v + 2 <= num_vectors; v += 2) {
+    const int64_t i0 = v * kW, i1 = (v + 1) * kW + kW > k ? k - kW : (v + 1) * kW;
+    const int64_t jb0 = window_start(i0), jb1 = window_start(i1);
+    const FV bins0 = iota + static_cast<float>(i0), bins1 = iota + static_cast<float>(i1);
+    FV acc0 = zero, acc1 = zero;
+    for (int64_t t = 0; t < taps; ++t) {
+      acc0 = tap(jb0 + t, bins0, acc0);
+      acc1 = tap(jb1 + t, bins1, acc1);
+    }
+    store(v, i0, acc0, ev_a);
+    store(v + 1, i1, acc1, ev_b);
   }
+  if (v < num_vectors) {
+    const int64_t i0 = v * kW + kW > k ? k - kW : v * kW;
+    const int64_t jb0 = window_start(i0);
+    const FV bins0 = iota + static_cast<float>(i0);
+    FV acc0 = zero;
+    for (int64_t t = 0; t < taps; ++t) acc0 = tap(jb0 + t, bins0, acc0);
+    store(v, i0, acc0, ev_a);
+  }
+  float ev = Horizontal(ev_a + ev_b, AddV);
   // The clipped atoms all sit at the bin of v_min (0) or of v_max (K - 1 up to rounding): their
   // total masses are split there as one atom each, exactly as the scatter splits every one.
   auto add_clipped = [&](float v, float mass) {
@@ -148,15 +178,22 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
     bj = bj < last ? bj : last;
     const int64_t l = static_cast<int64_t>(bj);
     const float frac = bj - static_cast<float>(l);
-    y[l] += mass * (1.0f - frac);
-    if (l + 1 < k) y[l + 1] += mass * frac;
+    const float lo_share = mass * (1.0f - frac);
+    y[l] += lo_share;
+    ev += atoms[l] * lo_share;
+    if (l + 1 < k) {
+      const float hi_share = mass * frac;
+      y[l + 1] += hi_share;
+      ev += atoms[l + 1] * hi_share;
+    }
   };
   add_clipped(v_min, Horizontal(m_lo, AddV));
   add_clipped(v_max, Horizontal(m_hi, AddV));
+  *expected_value = ev;
   return true;
 }
 inline bool ProjectC51Gather(const double*, const double*, int64_t, double, double, double, double,
-                             double, double, double*, double*) {
+                             double, double, double*, double*, double*) {
   return false;  // float64 (validation path): the scatter
 }
 
@@ -280,8 +317,9 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
       y[l] = total * (1 - frac);
       if (l + 1 < k) y[l + 1] = total * frac;
     } else if (a.projection == Projection::kC51 &&
-               ProjectC51Gather(p, s.atoms, k, r, g, ent, v_min, v_max, inv_dz, s.bpos, y)) {
-      // done: gathered
+               ProjectC51Gather(p, s.atoms, k, r, g, ent, v_min, v_max, inv_dz, s.bpos, y,
+                                &a.expected_value[b])) {
+      continue;  // gathered, expected value included
     } else if (a.projection == Projection::kC51) {
       for (int64_t j = 0; j < k; ++j) {
         T zh = r + g * (s.atoms[j] - ent);  // spec §2.2: z_hat = r + gamma * m * (z - alpha log pi)
@@ -344,9 +382,10 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
   for (int64_t b = begin; b < end; ++b) {
     const T* y = a.target + b * k;
     const T w = a.weight != nullptr ? a.weight[b] : T(1);
-    const T sum_y = Sum(y, k);
+    // sum(y) comes with the first member pair's max/dot sweep (MaxDotSum2) when there is one.
+    T sum_y = a.num_members >= 2 ? T(0) : Sum(y, k);
     const T coef = w / static_cast<T>(a.batch_size);
-    bool ok = Finite(w) && Finite(sum_y);
+    bool ok = Finite(w);
     T td = 0;
     int64_t e = 0;
     for (; e + 2 <= a.num_members; e += 2) {  // two members at a time (see ExpSum2)
@@ -356,9 +395,13 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
       T* ex0 = a.grad != nullptr ? a.grad + row : scratch;
       T* ex1 = a.grad != nullptr ? a.grad + row1 : scratch1;
       T m0, m1, s0, s1, d0, d1;
-      RowMax2(x0, x1, k, &m0, &m1);
+      if (e == 0) {
+        MaxDotSum2(x0, x1, y, k, &m0, &m1, &d0, &d1, &sum_y);
+      } else {
+        RowMax2(x0, x1, k, &m0, &m1);
+        Dot2(y, x0, x1, k, &d0, &d1);
+      }
       ExpSum2(x0, x1, k, m0, m1, ex0, ex1, &s0, &s1);
-      Dot2(y, x0, x1, k, &d0, &d1);
       const T ce0 = (m0 + Log(s0)) * sum_y - d0, ce1 = (m1 + Log(s1)) * sum_y - d1;
       ok = ok && Finite(m0) && Finite(s0) && Finite(ce0) && Finite(m1) && Finite(s1) &&
            Finite(ce1);
@@ -389,7 +432,7 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
         for (int64_t j = 0; j < k; ++j) ex[j] = ex[j] * scale - y[j] * coef;
       }
     }
-    if (!ok) {
+    if (!ok || !Finite(sum_y)) {
       td = NaN<T>();
       ++bad;
     }

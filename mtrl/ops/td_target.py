@@ -148,36 +148,52 @@ def _eager() -> bool:
 class _CrossEntropyFunction(torch.autograd.Function):
     """Eager twin of mtrl::categorical_cross_entropy + its registered autograd (same kernels).
     ``forward`` runs the CPU kernels on inputs already in kernel form without further Python
-    checks (``_kernels.cross_entropy_cpu_fast``), else validates and converts them first."""
+    checks (``_kernels.cross_entropy_cpu_fast``), else validates and converts them first.
+
+    The loss is the only autograd output: td_error (detached by definition) is handed back
+    through ``td_error_out`` (a list the caller passes in), which spares autograd a second output
+    to wrap and mark non-differentiable on every call."""
 
     @staticmethod
-    def forward(ctx, online_logits, target, weight, need_grad, check_finite):
-        out = None
-        if type(online_logits) is Tensor and online_logits.is_cpu:
-            out = _kernels.cross_entropy_cpu_fast(online_logits, target, weight, need_grad,
-                                                  check_finite)
-        if out is None:
-            args = _cross_entropy_args(online_logits, target, weight)
-            impl = _kernels.cross_entropy_cuda if online_logits.is_cuda else _kernels.cross_entropy_cpu
-            out = impl(*args, need_grad, check_finite)
-        loss, td_error, grad = out
-        ctx.need_grad = need_grad
-        if need_grad:
-            ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(td_error)
+    def forward(ctx, online_logits, target, weight, check_finite, td_error_out):
+        loss, td_error, grad = _cross_entropy_eager(online_logits, target, weight, True,
+                                                    check_finite)
+        td_error_out.append(td_error)
+        ctx.save_for_backward(grad)
         ctx.set_materialize_grads(False)
-        return loss, td_error
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_td_error):
+    def backward(ctx, grad_loss):
         if grad_loss is None:
             return None, None, None, None, None
-        if not ctx.need_grad:
-            raise RuntimeError("categorical_cross_entropy was called with need_grad=False")
         (saved_grad,) = ctx.saved_tensors
         if saved_grad.is_cuda:
             return _kernels.scale_cuda(saved_grad, grad_loss), None, None, None, None
         return _scale_cpu_unless_one(saved_grad, grad_loss), None, None, None, None
+
+
+# Function.apply without its Python wrapper (the C++ _FunctionBase.apply it ends in): the
+# wrapper binds default arguments only for setup_context-style Functions (not this one) and
+# otherwise just unwraps dead functorch wrappers before calling it (done in
+# categorical_cross_entropy) -- ~2 us of a fused loss call. Used only while no functorch
+# transform is active (those need the wrapper's custom_function_call).
+_cross_entropy_apply = super(torch.autograd.Function, _CrossEntropyFunction).apply
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+
+
+def _cross_entropy_eager(online_logits, target, weight, need_grad, check_finite):
+    """(loss, td_error, grad or None) from the kernels, in eager mode: the CPU fast path for
+    inputs already in kernel form, else validation + conversion and the device kernel."""
+    out = None
+    if type(online_logits) is Tensor and online_logits.is_cpu:
+        out = _kernels.cross_entropy_cpu_fast(online_logits, target, weight, need_grad,
+                                              check_finite)
+    if out is None:
+        args = _cross_entropy_args(online_logits, target, weight)
+        impl = _kernels.cross_entropy_cuda if online_logits.is_cuda else _kernels.cross_entropy_cpu
+        out = impl(*args, need_grad, check_finite)
+    return out
 
 
 def _scale_cpu_unless_one(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
@@ -350,8 +366,21 @@ def categorical_cross_entropy(
     need_grad = online_logits.requires_grad and torch.is_grad_enabled() \
         if isinstance(online_logits, Tensor) else False
     if _eager():
-        loss, td_error = _CrossEntropyFunction.apply(online_logits, target, weight, need_grad,
+        if not need_grad:  # nothing to differentiate: no autograd node, no gradient computed
+            loss, td_error, _ = _cross_entropy_eager(online_logits, target, weight, False,
                                                      check_finite)
+        else:
+            box: list[Tensor] = []
+            if torch._C._are_functorch_transforms_active():
+                loss = _CrossEntropyFunction.apply(online_logits, target, weight, check_finite,
+                                                   box)
+            else:
+                loss = _cross_entropy_apply(_unwrap_if_dead(online_logits),
+                                            _unwrap_if_dead(target) if isinstance(target, Tensor)
+                                            else target,
+                                            _unwrap_if_dead(weight) if isinstance(weight, Tensor)
+                                            else weight, check_finite, box)
+            td_error = box[0]
     else:
         loss, td_error, _ = _cross_entropy_op(*_cross_entropy_args(online_logits, target, weight),
                                               need_grad, check_finite)
