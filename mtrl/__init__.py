@@ -6,6 +6,10 @@ from __future__ import annotations
 # regular install the RUNPATH finds it; in an editable install the extension lives
 # in the build tree, so importing mujoco first loads the library into the process.
 import mujoco as _mujoco  # noqa: F401
+# The CPU kernels run on the OpenMP runtime (libgomp) and so do PyTorch's CPU ops. A process loads
+# one libgomp.so.1, so importing torch first makes the kernels use the copy torch ships with and
+# share its worker threads (two thread pools on the same cores would take turns preempting each other).
+import torch as _torch  # noqa: F401
 
 
 def _find_core():

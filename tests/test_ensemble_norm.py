@@ -138,3 +138,33 @@ def test_no_grad_call_matches_and_builds_no_graph():
     assert out.grad_fn is None and not out.requires_grad
     torch.testing.assert_close(out, ensemble_norm_reference(y, *params, eps=EPS,
                                                             residual=residual).detach())
+
+
+def _forward_in_child(conn, arrays, threads):
+    out = np.empty_like(arrays[0])
+    mean, rstd = np.empty(arrays[0].shape[:2], np.float32), np.empty(arrays[0].shape[:2], np.float32)
+    _core._ensemble_norm_forward(*arrays, None, 1, EPS, out, mean, rstd, threads)
+    conn.send(out)
+
+
+def test_kernels_run_in_a_forked_child_after_the_parent_used_threads():
+    """The CPU kernels share PyTorch's OpenMP threads, whose team does not survive fork(): a forked
+    child must still run them (on one thread) and get the parent's result, not hang."""
+    import multiprocessing as mp
+
+    y, params, _, _ = make(2, 256, 512, seed=5)
+    arrays = [y.numpy()] + [p.reshape(2, 512).numpy() for p in params]
+    out = np.empty_like(arrays[0])
+    mean, rstd = np.empty((2, 256), np.float32), np.empty((2, 256), np.float32)
+    _core._ensemble_norm_forward(*arrays, None, 1, EPS, out, mean, rstd, 2)  # parent team exists
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_forward_in_child, args=(child, arrays, 2))
+    proc.start()
+    try:
+        assert parent.poll(60), "the kernel hung in a forked child"
+        np.testing.assert_array_equal(parent.recv(), out)
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()

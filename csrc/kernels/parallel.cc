@@ -1,5 +1,9 @@
 #include "kernels/parallel.h"
 
+#if defined(MTRL_WITH_OPENMP)
+#include <omp.h>
+#endif
+
 #include <pthread.h>
 #include <sched.h>
 
@@ -192,6 +196,15 @@ WorkerPool& Pool() {
   return *g_pool;
 }
 
+#if defined(MTRL_WITH_OPENMP)
+bool ForkedChild() {
+  static std::atomic<bool> forked{false};
+  static const int registered = pthread_atfork(nullptr, nullptr, [] { forked.store(true); });
+  (void)registered;
+  return forked.load(std::memory_order_relaxed);
+}
+#endif
+
 }  // namespace
 
 void ParallelFor(int64_t n, int num_threads, int64_t min_rows_per_chunk, ChunkFn fn, void* ctx) {
@@ -206,6 +219,25 @@ void ParallelFor(int64_t n, int num_threads, int64_t min_rows_per_chunk, ChunkFn
   // A few chunks per thread so a late-waking worker costs little (the caller takes its share).
   const int64_t num_chunks =
       std::min<int64_t>({max_chunks, 4 * static_cast<int64_t>(threads), 0xffff});  // 16-bit claims
+#if defined(MTRL_WITH_OPENMP)
+  // libgomp's team does not survive fork(): a forked child runs the kernels on one thread.
+  if (ForkedChild()) {
+    fn(ctx, 0, n);
+    return;
+  }
+  if (!omp_in_parallel()) {
+    // Contiguous runs of chunks per team member (thread t of nt takes chunks
+    // [t * num_chunks / nt, (t + 1) * num_chunks / nt)): the same rows as the last call.
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+      for (int64_t c = t * num_chunks / nt; c < (t + 1) * num_chunks / nt; ++c) {
+        fn(ctx, n * c / num_chunks, n * (c + 1) / num_chunks);
+      }
+    }
+    return;
+  }
+#endif
   WorkerPool& pool = Pool();
   if (pool.TakeBackoff()) {
     fn(ctx, 0, n);

@@ -1,6 +1,14 @@
-// A small persistent worker pool for the CPU kernels: split [0, n) into chunks and run them on the
-// calling thread plus up to num_threads - 1 workers.
+// Threads for the CPU kernels: split [0, n) into chunks and run them on the calling thread plus up
+// to num_threads - 1 workers.
 //
+// Where the compiler has OpenMP (MTRL_WITH_OPENMP), the chunks run on an OpenMP team. PyTorch's CPU
+// ops use libgomp too and a process loads one libgomp.so.1 (mtrl imports torch before the core), so
+// the kernels use the same worker threads as the matmuls around them. A second pool on the same
+// cores measured 2x slower per kernel inside a training update: its workers and torch's spinning
+// OpenMP workers preempt each other. libgomp's team does not survive fork(), so a forked child runs
+// the kernels on its calling thread alone. Calls from inside an OpenMP parallel region use the pool.
+//
+// Without OpenMP, a small persistent worker pool (below) does the same job.
 // Why a pool and not std::thread per call: spawning costs tens of microseconds and allocates, which
 // is the whole budget of a TD-target call. The pool is created on first use and grows to the largest
 // thread count ever requested (a one-time allocation); after a job a worker polls for the next one
