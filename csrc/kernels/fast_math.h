@@ -53,6 +53,40 @@ inline float FastErf(float x) {
   return x < 0.0f ? -y : y;
 }
 
+// Natural log for float (Cephes logf: mantissa in [sqrt(1/2), sqrt(2)), degree-8 polynomial of
+// x - 1, ln 2 split in two; error ~1 ulp), inline instead of a libm call (the loss takes two per
+// sample). Non-normal, huge, zero, negative or non-finite x go to libm (same special values).
+inline float FastLog(float x) {
+  if (!(x >= 1e-30f && x <= 1e30f)) return __builtin_logf(x);
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  int32_t e = ((bits >> 23) & 0xff) - 126;  // x = m 2^e with m in [0.5, 1)
+  bits = (bits & 0x007fffff) | 0x3f000000;
+  float m;
+  std::memcpy(&m, &bits, sizeof(m));
+  if (m < 0.707106781186547524f) {
+    e -= 1;
+    m = m + m - 1.0f;
+  } else {
+    m = m - 1.0f;
+  }
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = static_cast<float>(e);
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return (m + y) + 0.693359375f * fe;
+}
+
 // The float64 path (used for gradcheck and validation) calls libm: exactness over speed.
 inline double FastExp(double x) { return std::exp(x); }
 inline double FastErf(double x) { return std::erf(x); }

@@ -44,8 +44,24 @@ inline FV LoadV(const float* p) {
   return v;
 }
 inline void StoreV(float* p, FV v) { std::memcpy(p, &v, sizeof(v)); }
-inline FV MaxV(FV a, FV b) { return b > a ? b : a; }  // NaN in b is skipped
+// b > a ? b : a: NaN in b is skipped. With AVX-512 one vmaxps (its second operand is returned on
+// ties and NaN, so max(b, a) is exactly the ternary); the ternary compiles to compare + blend.
+inline FV MaxV(FV a, FV b) {
+#if defined(__AVX512F__)
+  return __builtin_bit_cast(FV, _mm512_max_ps(__builtin_bit_cast(__m512, b), __builtin_bit_cast(__m512, a)));
+#else
+  return b > a ? b : a;
+#endif
+}
 inline FV Select(IV mask, FV a, FV b) { return mask ? a : b; }
+// a > b ? a : b (b when a is NaN): one vmaxps with AVX-512 (the ternary becomes compare + blend).
+inline FV MaxOrSecond(FV a, FV b) {
+#if defined(__AVX512F__)
+  return __builtin_bit_cast(FV, _mm512_max_ps(__builtin_bit_cast(__m512, a), __builtin_bit_cast(__m512, b)));
+#else
+  return a > b ? a : b;
+#endif
+}
 
 // Lanes of the last full vector x[k - kW .. k - 1] whose index is >= j (not yet processed).
 inline IV TailMask(int64_t k, int64_t j) {
@@ -104,8 +120,9 @@ inline FV ExpPolynomial(FV r) {
 // (its rounding, 1.9e-9, times |n| <= 125 adds <= 2.4e-7 relative error at the clamp, ~5e-8 for
 // x >= -20): 10 operations per 16 lanes instead of 12, same polynomial.
 inline FV FastExpV(FV x) {
-  const FV lo = Splat(-86.5f);
-  x = x < lo ? lo : x;  // NaN passes through
+  // max(lo, x) with lo first is exactly x < lo ? lo : x (NaN passes through) in one vmaxps; the
+  // compiler emits a compare and a blend for the ternary.
+  x = __builtin_bit_cast(FV, _mm512_max_ps(_mm512_set1_ps(-86.5f), __builtin_bit_cast(__m512, x)));
   const FV n = __builtin_bit_cast(FV, _mm512_roundscale_ps(__builtin_bit_cast(__m512, x * 1.44269504088896341f),
                                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const FV r = x - n * 0.693147180559945309f;
@@ -135,9 +152,11 @@ inline float RowMax(const float* x, int64_t k) {
     b = MaxV(b, LoadV(x + j + kW));
   }
   if (j + kW <= k) a = MaxV(a, LoadV(x + j)), j += kW;
+  // The tail as the last full vector, unmasked: max is exact and idempotent, so lanes counted
+  // twice change nothing, and one horizontal reduction ends the (latency-bound) row.
+  if (j < k && k >= kW) b = MaxV(b, LoadV(x + k - kW)), j = k;
   float m = Horizontal(MaxV(a, b), MaxV);
-  if (j < k && k >= kW) m = Horizontal(MaxV(Splat(m), LoadLast(x, k, j, ninf)), MaxV);
-  for (; j < k && k < kW; ++j) m = x[j] > m ? x[j] : m;
+  for (; j < k; ++j) m = x[j] > m ? x[j] : m;
   return m;
 }
 
@@ -223,13 +242,12 @@ inline void RowMax2(const float* x0, const float* x1, int64_t k, float* m0, floa
     a1 = MaxV(a1, LoadV(x1 + j));
     j += kW;
   }
-  float r0 = Horizontal(MaxV(a0, b0), MaxV), r1 = Horizontal(MaxV(a1, b1), MaxV);
-  if (j < k) {
-    r0 = Horizontal(MaxV(Splat(r0), LoadLast(x0, k, j, ninf)), MaxV);
-    r1 = Horizontal(MaxV(Splat(r1), LoadLast(x1, k, j, ninf)), MaxV);
+  if (j < k) {  // unmasked last full vector (see RowMax)
+    b0 = MaxV(b0, LoadV(x0 + k - kW));
+    b1 = MaxV(b1, LoadV(x1 + k - kW));
   }
-  *m0 = r0;
-  *m1 = r1;
+  *m0 = Horizontal(MaxV(a0, b0), MaxV);
+  *m1 = Horizontal(MaxV(a1, b1), MaxV);
 }
 
 // out0_j = exp(x0_j - m0), out1_j = exp(x1_j - m1); the sums go to *s0, *s1.
@@ -346,19 +364,18 @@ inline void MaxDotSum2(const float* x0, const float* x1, const float* y, int64_t
     sa += ya;
     j += kW;
   }
-  float r0 = Horizontal(MaxV(ma0, mb0), MaxV), r1 = Horizontal(MaxV(ma1, mb1), MaxV);
   if (j < k) {
     const FV xl0 = LoadV(x0 + k - kW), xl1 = LoadV(x1 + k - kW);
     const IV tail = TailMask(k, j);
-    r0 = Horizontal(MaxV(Splat(r0), Select(tail, xl0, Splat(ninf))), MaxV);
-    r1 = Horizontal(MaxV(Splat(r1), Select(tail, xl1, Splat(ninf))), MaxV);
+    mb0 = MaxV(mb0, xl0);  // unmasked (see RowMax)
+    mb1 = MaxV(mb1, xl1);
     const FV yl = Select(tail, LoadV(y + k - kW), Splat(0.0f));
     db0 += yl * xl0;
     db1 += yl * xl1;
     sb += yl;
   }
-  *m0 = r0;
-  *m1 = r1;
+  *m0 = Horizontal(MaxV(ma0, mb0), MaxV);
+  *m1 = Horizontal(MaxV(ma1, mb1), MaxV);
   *d0 = Horizontal(da0 + db0, AddV);
   *d1 = Horizontal(da1 + db1, AddV);
   *sum_y = Horizontal(sa + sb, AddV);

@@ -19,7 +19,7 @@
 namespace mtrl {
 namespace {
 
-inline float Log(float x) { return __builtin_logf(x); }
+inline float Log(float x) { return FastLog(x); }
 inline double Log(double x) { return __builtin_log(x); }
 inline float Sqrt(float x) { return __builtin_sqrtf(x); }
 inline double Sqrt(double x) { return __builtin_sqrt(x); }
@@ -134,7 +134,7 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   auto tap = [&](int64_t jb, FV bins_i, FV acc) {
     const FV d = LoadV(bpos + jb) - bins_i;
     FV w = Splat(1.0f) - __builtin_bit_cast(FV, __builtin_bit_cast(IV, d) & 0x7fffffff);
-    w = w > zero ? w : zero;
+    w = MaxOrSecond(w, zero);  // w > 0 ? w : 0
     return acc + LoadV(p + jb) * w;
   };
   // Output vectors two at a time (independent accumulators: the taps' add chains interleave);
