@@ -95,10 +95,12 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   // [u_lo, u_hi] with u_lo from L = 0 (g <= 1) or L = kW - 1 (g > 1), u_hi from the other end,
   // plus a margin of 0.05 atoms (b_j deviates from c + g j by float rounding only, ~1e-5 bins).
   // Its length does not depend on i0: every vector runs the same `taps` iterations (a fixed trip
-  // count; surplus atoms get weight exactly 0).
+  // count; surplus atoms get weight exactly 0, and adding those +0 terms changes no bit).
   const double w1 = kW - 1;
   const double span = (gd <= 1.0 ? (w1 + 2.0) * inv_g - w1 : (2.0 - w1) * inv_g + w1) + 0.1;
-  const int64_t taps = static_cast<int64_t>(span) + 2;
+  // The window starts at the first whole atom at or above its lower end (ceil below), so it
+  // holds at most floor(span) + 1 atoms: ceil(u) + floor(span) >= floor(u + span) for any u.
+  const int64_t taps = static_cast<int64_t>(span) + 1;
   if (taps > kPad - kW) return false;  // g far from 1: long windows, the scatter is cheaper
   const float last = static_cast<float>(k - 1);
   const FV zero = Splat(0.0f), vlast = Splat(last), sentinel = Splat(-4.0f);
@@ -127,7 +129,7 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   const int64_t jb_min = -(kW - 1), jb_max = k - 1;
   const FV iota = LaneIndex();
   auto window_start = [&](int64_t i0) {
-    int64_t jb = static_cast<int64_t>(__builtin_floor(u0 + static_cast<double>(i0) * inv_g));
+    int64_t jb = static_cast<int64_t>(__builtin_ceil(u0 + static_cast<double>(i0) * inv_g));
     jb = jb < jb_min ? jb_min : jb;
     return jb > jb_max ? jb_max : jb;
   };
