@@ -1,5 +1,5 @@
 """Iterations per second of the full training loop (every task steps once + 2 updates) vs this
-machine's matmul floor at the critic's shapes, measured in the same run.
+machine's matmul floor at the critic's shapes and layouts, measured in the same run.
 
   python benchmarks/bench_train.py [--quick] [--threads N] [--compile]
 
@@ -7,7 +7,9 @@ Configs (issue 4): width 512 / batch 256 / single task cheetah-run, and width 51
 4 tasks (cheetah-run, walker-walk, cartpole-swingup, reacher-easy). The loop is `mtrl.train.train`
 itself; its per-window it/s (eval and checkpoint time excluded) is read back from train.csv and the
 median over the post-warm-up windows is reported. Floor = measured bmm GFLOP/s at the critic's
-layer shapes / analytic FLOPs per iteration. Last line: RESULT {json}.
+layer shapes, in the mix of layouts an update runs (forwards, input gradients, weight gradients;
+see matmul_rate) / analytic FLOPs per iteration. The forward-only rate and the fraction against it
+are reported too. Last line: RESULT {json}.
 """
 
 from __future__ import annotations
@@ -47,17 +49,30 @@ def iteration_flops(obs: int, act: int, tasks: int, width: int, batch: int, upda
     return updates * batch * (6 * critic + 4 * actor)
 
 
-def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds: float) -> float:
-    """Measured GFLOP/s of the critic forward's batched matmuls (E=2) at this batch size."""
+def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds: float,
+                mix: bool = True) -> float:
+    """Measured GFLOP/s of the critic's batched matmuls (E=2) at this batch size.
+
+    mix=True times the layouts one update runs, per layer: 3 forwards x @ W (target, online, actor
+    step), 2 input gradients dy @ W^T (online, actor step) and 1 weight gradient x^T @ dy (online),
+    each as autograd issues it (transposed views, no copies). mix=False times the forwards only."""
     emb = 32 if tasks > 1 else 0
     shapes = [(obs + act + emb, width)] + [(width, width)] * 4 + [(width, 101)]
     xs = [torch.randn(2, batch, i) for i, _ in shapes]
     ws = [torch.randn(2, i, o) for i, o in shapes]
-    flops = sum(2 * 2 * batch * i * o for i, o in shapes)
+    dys = [torch.randn(2, batch, o) for _, o in shapes]
+    per_layer = 6 if mix else 1
+    flops = sum(per_layer * 2 * 2 * batch * i * o for i, o in shapes)
 
     def run():
-        for x, w in zip(xs, ws):
+        for x, w, dy in zip(xs, ws, dys):
             torch.bmm(x, w)
+            if mix:
+                torch.bmm(x, w)
+                torch.bmm(x, w)
+                torch.bmm(dy, w.transpose(1, 2))
+                torch.bmm(dy, w.transpose(1, 2))
+                torch.bmm(x.transpose(1, 2), dy)
     for _ in range(3):
         run()
     reps = []
@@ -120,6 +135,7 @@ def main() -> int:
         secs = 3.0 if args.quick else 8.0
         obs, act = dims(tasks)
         before = matmul_rate(obs, act, len(tasks), 512, batch, secs)
+        fwd_rate = matmul_rate(obs, act, len(tasks), 512, batch, secs / 2, mix=False)
         speed, _, _ = loop_rate(tasks, 512, batch, iters, window, args.compile, args.threads)
         after = matmul_rate(obs, act, len(tasks), 512, batch, secs)
         rate = (before + after) / 2  # the machine is shared: bracket the loop
@@ -129,11 +145,15 @@ def main() -> int:
         results[f"w512_{key}_floor_it_per_s"] = round(floor, 3)
         results[f"w512_{key}_floor_fraction"] = round(speed / floor, 3)
         results[f"w512_{key}_matmul_gflops"] = round(rate, 1)
-        table.append((key, len(tasks), batch, obs, act, speed, rate, flops / 1e9, floor))
+        # The forward-only rate (this benchmark's floor before the update mix was timed).
+        results[f"w512_{key}_fwd_matmul_gflops"] = round(fwd_rate, 1)
+        results[f"w512_{key}_floor_fraction_fwd_rate"] = round(speed * flops / (fwd_rate * 1e9), 3)
+        table.append((key, len(tasks), batch, obs, act, speed, rate, fwd_rate, flops / 1e9, floor))
     print(f"{'config':6} {'T':>2} {'B':>5} {'obs':>4} {'act':>3} {'it/s':>7} {'bmm GF/s':>9} "
-          f"{'GF/it':>6} {'floor it/s':>10} {'fraction':>8}")
-    for key, t, b, o, a, s, r, f, fl in table:
-        print(f"{key:6} {t:2d} {b:5d} {o:4d} {a:3d} {s:7.2f} {r:9.1f} {f:6.2f} {fl:10.2f} {s / fl:8.2f}")
+          f"{'fwd GF/s':>9} {'GF/it':>6} {'floor it/s':>10} {'fraction':>8}")
+    for key, t, b, o, a, s, r, fr, f, fl in table:
+        print(f"{key:6} {t:2d} {b:5d} {o:4d} {a:3d} {s:7.2f} {r:9.1f} {fr:9.1f} {f:6.2f} {fl:10.2f} "
+              f"{s / fl:8.2f}")
     results["threads"] = torch.get_num_threads()
     results["load_avg_1min"] = round(os.getloadavg()[0], 2)  # the machine may be shared
     print("RESULT " + json.dumps(results), flush=True)
