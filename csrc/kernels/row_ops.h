@@ -292,6 +292,53 @@ inline void ExpSum2(const float* x0, const float* x1, int64_t k, float m0, float
   *s1 = Horizontal(a1 + b1, AddV);
 }
 
+// ExpSum2 and the loss gradient of a member pair with the exps kept in registers, for rows of
+// NV vectors (kW (NV - 1) < k <= kW NV): no store and reload of the exp rows between the sum and
+// the gradient. Sums in ExpSum2's order (bitwise the same); then scales(s0, s1, &c0, &c1) and
+// grad_i = exp_i * c_i - y * coef, stored full width (the overlapping last vector rewrites the
+// same values). Returns the sums in *s0, *s1.
+template <int NV, typename Scales>
+__attribute__((always_inline)) inline void ExpSumGrad2(const float* x0, const float* x1,
+                                                      const float* y, int64_t k, float m0,
+                                                      float m1, float coef, Scales scales,
+                                                      float* g0, float* g1, float* s0,
+                                                      float* s1) {
+  FV e[NV], f[NV];
+  const int64_t full = k / kW;
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const int64_t j = v < full ? v * kW : k - kW;
+    e[v] = FastExpV(LoadV(x0 + j) - m0);
+    f[v] = FastExpV(LoadV(x1 + j) - m1);
+  }
+  FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    if (v >= full) {  // the tail: only its lanes not yet counted
+      const IV tail = TailMask(k, full * kW);
+      b0 += Select(tail, e[v], Splat(0.0f));
+      b1 += Select(tail, f[v], Splat(0.0f));
+    } else if (v % 2 == 0) {
+      a0 += e[v];
+      a1 += f[v];
+    } else {
+      b0 += e[v];
+      b1 += f[v];
+    }
+  }
+  *s0 = Horizontal(a0 + b0, AddV);
+  *s1 = Horizontal(a1 + b1, AddV);
+  float c0, c1;
+  scales(*s0, *s1, &c0, &c1);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const int64_t j = v < full ? v * kW : k - kW;
+    const FV yc = LoadV(y + j) * coef;
+    StoreV(g0 + j, e[v] * c0 - yc);
+    StoreV(g1 + j, f[v] * c1 - yc);
+  }
+}
+
 // (y . x0, y . x1).
 inline void Dot2(const float* y, const float* x0, const float* x1, int64_t k, float* d0,
                  float* d1) {
