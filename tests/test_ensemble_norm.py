@@ -168,3 +168,35 @@ def test_kernels_run_in_a_forked_child_after_the_parent_used_threads():
         proc.join(5)
         if proc.is_alive():
             proc.kill()
+
+
+def test_fast_entry_points_answer_none_unless_in_kernel_form():
+    from torch.utils.dlpack import to_dlpack as dl
+
+    y, params, _, grad = make(2, 8, 16, seed=6)
+    out, stats = torch.empty_like(y), torch.empty(2, 2, 8)
+    args = [dl(y), *[dl(p) for p in params], None, 1, EPS, dl(out), dl(stats), 1]
+    assert _core._ensemble_norm_forward_fast(*args) is True
+    bad_cases = {
+        "float64 y": 0, "params (E, W)": 1, "stats wrong shape": 8, "non-contiguous out": 7}
+    for name, index in bad_cases.items():
+        bad = list(args)
+        if name == "float64 y":
+            bad[0] = dl(y.double())
+        elif name == "params (E, W)":
+            bad[1] = dl(params[0].reshape(2, 16))
+        elif name == "stats wrong shape":
+            bad[8] = dl(torch.empty(2, 8))
+        else:
+            bad[7] = dl(torch.empty(2, 16, 8).transpose(1, 2))
+        assert _core._ensemble_norm_forward_fast(*bad) is None, name
+    # (E, W) parameters are accepted by ensemble_norm itself (its NumPy path reshapes them).
+    flat = [p.reshape(2, 16) for p in params]
+    torch.testing.assert_close(ensemble_norm(y, *flat, eps=EPS, relu=True),
+                               ensemble_norm(y, *params, eps=EPS, relu=True), rtol=0, atol=0)
+    grads = torch.empty(3, 2, 1, 16)
+    gy = torch.empty_like(y)
+    assert _core._ensemble_norm_backward_fast(
+        dl(grad), dl(y), *[dl(p) for p in params], dl(stats), True, dl(gy), dl(grads), 1) is True
+    assert _core._ensemble_norm_backward_fast(
+        dl(grad), dl(y), *[dl(p) for p in params], dl(stats), True, dl(gy), dl(grads[:2]), 1) is None

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/dlpack.h"
 #include "bindings/registrars.h"
 #include "nn/ensemble_norm.h"
 
@@ -112,9 +113,89 @@ void Backward(const py::array& grad_out, const py::array& y, const py::array& bi
                                 p_gbias, p_ggamma, p_gbeta, num_threads);
 }
 
+// ---- DLPack fast path: the eager training path (mtrl/ensemble_norm.py) passes capsules; None
+// when any input is not already in kernel form (float32, dense, exact shapes), and the caller then
+// takes the NumPy entry points above, which explain. Parameters come as (E, 1, W); stats is the
+// forward's (2, E, B) mean and rstd.
+using dlpack::DenseCpu;
+using dlpack::DlTensor;
+using dlpack::DlView;
+
+bool ShapeFromDl(const DlTensor* y, EnsembleNormShape* s) {
+  if (y == nullptr || y->ndim != 3) return false;
+  *s = EnsembleNormShape{y->shape[0], y->shape[1], y->shape[2]};
+  return s->members >= 1 && s->rows_per_member >= 1 && s->width >= 1;
+}
+
+py::object ForwardFast(py::handle y, py::handle bias, py::handle gamma, py::handle beta,
+                       py::handle residual, int epilogue, double eps, py::handle out,
+                       py::handle stats, int num_threads) {
+  EnsembleNormShape s;
+  if (!ShapeFromDl(DlView(y), &s) || epilogue < 0 || epilogue > 2 || !(eps > 0.0)) return py::none();
+  const int64_t e = s.members, b = s.rows_per_member, w = s.width;
+  const float* p_y = DenseCpu<float>(DlView(y), {e, b, w});
+  const float* p_bias = DenseCpu<float>(DlView(bias), {e, 1, w});
+  const float* p_gamma = DenseCpu<float>(DlView(gamma), {e, 1, w});
+  const float* p_beta = DenseCpu<float>(DlView(beta), {e, 1, w});
+  const float* p_res = epilogue == 2 ? DenseCpu<float>(DlView(residual), {e, b, w}) : nullptr;
+  float* p_out = DenseCpu<float>(DlView(out), {e, b, w});
+  float* p_stats = DenseCpu<float>(DlView(stats), {2, e, b});
+  if (p_y == nullptr || p_bias == nullptr || p_gamma == nullptr || p_beta == nullptr ||
+      (epilogue == 2 && p_res == nullptr) || p_out == nullptr || p_stats == nullptr) {
+    return py::none();
+  }
+  {
+    // The capsules (held by the caller) keep every buffer alive.
+    py::gil_scoped_release release;
+    EnsembleNormForwardUnchecked(s, p_y, p_bias, p_gamma, p_beta, p_res,
+                                 static_cast<NormEpilogue>(epilogue), static_cast<float>(eps), p_out,
+                                 p_stats, p_stats + e * b, num_threads);
+  }
+  return py::bool_(true);
+}
+
+py::object BackwardFast(py::handle grad_out, py::handle y, py::handle bias, py::handle gamma,
+                        py::handle beta, py::handle stats, bool relu, py::handle grad_y,
+                        py::handle grad_params, int num_threads) {
+  EnsembleNormShape s;
+  if (!ShapeFromDl(DlView(y), &s)) return py::none();
+  const int64_t e = s.members, b = s.rows_per_member, w = s.width;
+  const float* p_go = DenseCpu<float>(DlView(grad_out), {e, b, w});
+  const float* p_y = DenseCpu<float>(DlView(y), {e, b, w});
+  const float* p_bias = DenseCpu<float>(DlView(bias), {e, 1, w});
+  const float* p_gamma = DenseCpu<float>(DlView(gamma), {e, 1, w});
+  const float* p_beta = DenseCpu<float>(DlView(beta), {e, 1, w});
+  const float* p_stats = DenseCpu<float>(DlView(stats), {2, e, b});
+  float* p_gy = DenseCpu<float>(DlView(grad_y), {e, b, w});
+  float* p_gp = grad_params.is_none() ? nullptr : DenseCpu<float>(DlView(grad_params), {3, e, 1, w});
+  if (p_go == nullptr || p_y == nullptr || p_bias == nullptr || p_gamma == nullptr ||
+      p_beta == nullptr || p_stats == nullptr || p_gy == nullptr ||
+      (!grad_params.is_none() && p_gp == nullptr)) {
+    return py::none();
+  }
+  {
+    py::gil_scoped_release release;
+    // grad_params rows: d bias, d gamma, d beta.
+    EnsembleNormBackwardUnchecked(s, p_go, p_y, p_bias, p_gamma, p_beta, p_stats, p_stats + e * b,
+                                  relu, p_gy, p_gp, p_gp == nullptr ? nullptr : p_gp + e * w,
+                                  p_gp == nullptr ? nullptr : p_gp + 2 * e * w, num_threads);
+  }
+  return py::bool_(true);
+}
+
 }  // namespace
 
 void RegisterNn(py::module_& m) {
+  m.def("_ensemble_norm_forward_fast", &ForwardFast, py::arg("y"), py::arg("bias"),
+        py::arg("gamma"), py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"),
+        py::arg("out"), py::arg("stats"), py::arg("num_threads"),
+        "_ensemble_norm_forward on DLPack capsules (parameters (E, 1, W), stats (2, E, B) = mean, "
+        "rstd). True when done; None when an input is not float32 dense with the exact shape.");
+  m.def("_ensemble_norm_backward_fast", &BackwardFast, py::arg("grad_out"), py::arg("y"),
+        py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("stats"), py::arg("relu"),
+        py::arg("grad_y"), py::arg("grad_params"), py::arg("num_threads"),
+        "_ensemble_norm_backward on DLPack capsules; grad_params (3, E, 1, W) = d bias, d gamma, "
+        "d beta, or None. True when done; None when an input is not in kernel form.");
   m.def("_ensemble_norm_forward", &Forward, py::arg("y"), py::arg("bias"), py::arg("gamma"),
         py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"), py::arg("out"),
         py::arg("mean"), py::arg("rstd"), py::arg("num_threads"),

@@ -197,6 +197,27 @@ WorkerPool& Pool() {
 }
 
 #if defined(MTRL_WITH_OPENMP)
+// Calls left to run on the caller alone after an OpenMP region stalled (see ParallelFor).
+class Backoff {
+ public:
+  void Start() { left_.store(kBackoffCalls, std::memory_order_relaxed); }
+  bool TakeOne() {
+    int left = left_.load(std::memory_order_relaxed);
+    while (left > 0) {
+      if (left_.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::atomic<int> left_{0};
+};
+
+Backoff& OmpBackoff() {
+  static Backoff backoff;
+  return backoff;
+}
+
 bool ForkedChild() {
   static std::atomic<bool> forked{false};
   static const int registered = pthread_atfork(nullptr, nullptr, [] { forked.store(true); });
@@ -226,15 +247,26 @@ void ParallelFor(int64_t n, int num_threads, int64_t min_rows_per_chunk, ChunkFn
     return;
   }
   if (!omp_in_parallel()) {
-    // Contiguous runs of chunks per team member (thread t of nt takes chunks
-    // [t * num_chunks / nt, (t + 1) * num_chunks / nt)): the same rows as the last call.
+    if (OmpBackoff().TakeOne()) {
+      fn(ctx, 0, n);
+      return;
+    }
+    // Chunks are claimed through one counter, so when a team thread starts late the others take
+    // its chunks; boundaries depend only on n and num_chunks, so results do not change.
+    std::atomic<int64_t> next{0};
+    const auto start = std::chrono::steady_clock::now();
+    auto own_done = start;
 #pragma omp parallel num_threads(threads)
     {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      for (int64_t c = t * num_chunks / nt; c < (t + 1) * num_chunks / nt; ++c) {
+      for (int64_t c = next.fetch_add(1); c < num_chunks; c = next.fetch_add(1)) {
         fn(ctx, n * c / num_chunks, n * (c + 1) / num_chunks);
       }
+      if (omp_get_thread_num() == 0) own_done = std::chrono::steady_clock::now();
     }
+    // The region ends at a barrier that waits for every team thread, also one that the OS has not
+    // scheduled yet (another process holds its core): then the next calls run on the caller alone.
+    const auto waited = std::chrono::steady_clock::now() - own_done;
+    if (waited > (own_done - start) + kStallSlack) OmpBackoff().Start();
     return;
   }
 #endif
