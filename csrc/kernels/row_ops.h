@@ -292,17 +292,15 @@ inline void ExpSum2(const float* x0, const float* x1, int64_t k, float m0, float
   *s1 = Horizontal(a1 + b1, AddV);
 }
 
-// ExpSum2 and the loss gradient of a member pair with the exps kept in registers, for rows of
-// NV vectors (kW (NV - 1) < k <= kW NV): no store and reload of the exp rows between the sum and
-// the gradient. Sums in ExpSum2's order (bitwise the same); then scales(s0, s1, &c0, &c1) and
-// grad_i = exp_i * c_i - y * coef, stored full width (the overlapping last vector rewrites the
-// same values). Returns the sums in *s0, *s1.
-template <int NV, typename Scales>
-__attribute__((always_inline)) inline void ExpSumGrad2(const float* x0, const float* x1,
-                                                      const float* y, int64_t k, float m0,
-                                                      float m1, float coef, Scales scales,
-                                                      float* g0, float* g1, float* s0,
-                                                      float* s1) {
+// ExpSum2 with the exps kept in registers, for rows of NV vectors (kW (NV - 1) < k <= kW NV):
+// the sums in ExpSum2's order (bitwise the same), then after(s0, s1) once and emit(j, e, f) for
+// every vector (j = its first atom; the last vector overlaps the previous one when kW does not
+// divide k). The caller consumes the exps (loss gradient, member mix) without storing and
+// reloading the exp rows in between.
+template <int NV, typename After, typename Emit>
+__attribute__((always_inline)) inline void ExpSumRegs2(const float* x0, const float* x1,
+                                                      int64_t k, float m0, float m1, float* s0,
+                                                      float* s1, After after, Emit emit) {
   FV e[NV], f[NV];
   const int64_t full = k / kW;
 #pragma GCC unroll 8
@@ -328,14 +326,26 @@ __attribute__((always_inline)) inline void ExpSumGrad2(const float* x0, const fl
   }
   *s0 = Horizontal(a0 + b0, AddV);
   *s1 = Horizontal(a1 + b1, AddV);
-  float c0, c1;
-  scales(*s0, *s1, &c0, &c1);
+  after(*s0, *s1);
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    const int64_t j = v < full ? v * kW : k - kW;
-    const FV yc = LoadV(y + j) * coef;
-    StoreV(g0 + j, e[v] * c0 - yc);
-    StoreV(g1 + j, f[v] * c1 - yc);
+  for (int v = 0; v < NV; ++v) emit(v < full ? v * kW : k - kW, e[v], f[v]);
+}
+
+// Rows short enough for ExpSumRegs2: the AVX-512 float build, kW < k <= 8 kW.
+inline bool RegisterRows(int64_t k) { return kW == 16 && k > kW && k <= 8 * kW; }
+
+// ExpSumRegs2 with NV picked from k (RegisterRows(k) must hold).
+template <typename After, typename Emit>
+inline void ExpSumRegs(const float* x0, const float* x1, int64_t k, float m0, float m1, float* s0,
+                       float* s1, After after, Emit emit) {
+  switch ((k + kW - 1) / kW) {
+    case 2: return ExpSumRegs2<2>(x0, x1, k, m0, m1, s0, s1, after, emit);
+    case 3: return ExpSumRegs2<3>(x0, x1, k, m0, m1, s0, s1, after, emit);
+    case 4: return ExpSumRegs2<4>(x0, x1, k, m0, m1, s0, s1, after, emit);
+    case 5: return ExpSumRegs2<5>(x0, x1, k, m0, m1, s0, s1, after, emit);
+    case 6: return ExpSumRegs2<6>(x0, x1, k, m0, m1, s0, s1, after, emit);
+    case 7: return ExpSumRegs2<7>(x0, x1, k, m0, m1, s0, s1, after, emit);
+    default: return ExpSumRegs2<8>(x0, x1, k, m0, m1, s0, s1, after, emit);
   }
 }
 

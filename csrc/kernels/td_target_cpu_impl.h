@@ -214,6 +214,20 @@ inline bool CombineMembers(const TdTargetArgs<T>& a, int64_t b, Scratch<T>& s, c
       T* ex0 = e == 0 ? p : s.buf1;
       T m0, m1, sum0, sum1;
       RowMax2(x0, x1, k, &m0, &m1);
+      if constexpr (sizeof(T) == sizeof(float)) {
+        if (e_count == 2 && RegisterRows(k)) {  // exps in registers up to the member mix
+          FV c0{}, c1{};
+          auto after = [&](float t0, float t1) {
+            c0 = Splat(1.0f / (t0 * 2.0f));
+            c1 = Splat(1.0f / (t1 * 2.0f));
+          };
+          auto emit = [&](int64_t j, FV e0, FV e1) { StoreV(p + j, e0 * c0 + e1 * c1); };
+          ExpSumRegs(x0, x1, k, m0, m1, &sum0, &sum1, after, emit);
+          ok = ok && Finite(m0) && Finite(sum0) && Finite(m1) && Finite(sum1);
+          *p_out = p;
+          return ok;
+        }
+      }
       ExpSum2(x0, x1, k, m0, m1, ex0, s.buf2, &sum0, &sum1);
       ok = ok && Finite(m0) && Finite(sum0) && Finite(m1) && Finite(sum1);
       const T scale0 = T(1) / (sum0 * static_cast<T>(e_count));
@@ -367,30 +381,6 @@ int64_t TdTargetImpl(const TdTargetArgs<T>& args, int num_threads) {
   return job.bad_rows;
 }
 
-// Rows short enough for ExpSumGrad2 (exps in registers): AVX-512 float, kW < K <= 8 kW.
-template <typename T>
-inline bool RegisterRows(int64_t k) {
-  return sizeof(T) == sizeof(float) && kW == 16 && k > kW && k <= 8 * kW;
-}
-
-template <typename Scales>
-inline void ExpSumGradRegs(const float* x0, const float* x1, const float* y, int64_t k, float m0,
-                           float m1, float coef, Scales scales, float* g0, float* g1, float* s0,
-                           float* s1) {
-  switch ((k + kW - 1) / kW) {
-    case 2: return ExpSumGrad2<2>(x0, x1, y, k, m0, m1, coef, scales, g0, g1, s0, s1);
-    case 3: return ExpSumGrad2<3>(x0, x1, y, k, m0, m1, coef, scales, g0, g1, s0, s1);
-    case 4: return ExpSumGrad2<4>(x0, x1, y, k, m0, m1, coef, scales, g0, g1, s0, s1);
-    case 5: return ExpSumGrad2<5>(x0, x1, y, k, m0, m1, coef, scales, g0, g1, s0, s1);
-    case 6: return ExpSumGrad2<6>(x0, x1, y, k, m0, m1, coef, scales, g0, g1, s0, s1);
-    case 7: return ExpSumGrad2<7>(x0, x1, y, k, m0, m1, coef, scales, g0, g1, s0, s1);
-    default: return ExpSumGrad2<8>(x0, x1, y, k, m0, m1, coef, scales, g0, g1, s0, s1);
-  }
-}
-template <typename Scales>
-inline void ExpSumGradRegs(const double*, const double*, const double*, int64_t, double, double,
-                           double, Scales, double*, double*, double*, double*) {}
-
 template <typename T>
 struct CrossEntropyJob {
   const CrossEntropyArgs<T>* args;
@@ -427,13 +417,24 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
         RowMax2(x0, x1, k, &m0, &m1);
         Dot2(y, x0, x1, k, &d0, &d1);
       }
-      if (RegisterRows<T>(k) && a.grad != nullptr) {
-        auto scales = [&](T t0, T t1, T* c0, T* c1) {
-          *c0 = sum_y / t0 * coef;
-          *c1 = sum_y / t1 * coef;
-        };
-        ExpSumGradRegs(x0, x1, y, k, m0, m1, coef, scales, ex0, ex1, &s0, &s1);
-      } else {
+      bool grad_done = false;
+      if constexpr (sizeof(T) == sizeof(float)) {
+        if (a.grad != nullptr && RegisterRows(k)) {  // exps in registers up to the gradient
+          FV c0{}, c1{};
+          auto after = [&](float t0, float t1) {
+            c0 = Splat(sum_y / t0 * coef);
+            c1 = Splat(sum_y / t1 * coef);
+          };
+          auto emit = [&](int64_t j, FV e0, FV e1) {
+            const FV yc = LoadV(y + j) * coef;
+            StoreV(ex0 + j, e0 * c0 - yc);
+            StoreV(ex1 + j, e1 * c1 - yc);
+          };
+          ExpSumRegs(x0, x1, k, m0, m1, &s0, &s1, after, emit);
+          grad_done = true;
+        }
+      }
+      if (!grad_done) {
         ExpSum2(x0, x1, k, m0, m1, ex0, ex1, &s0, &s1);
       }
       const T ce0 = (m0 + Log(s0)) * sum_y - d0, ce1 = (m1 + Log(s1)) * sum_y - d1;
@@ -441,7 +442,7 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
            Finite(ce1);
       td += ce0;
       td += ce1;
-      if (a.grad != nullptr && !RegisterRows<T>(k)) {
+      if (a.grad != nullptr && !grad_done) {
         const T scale0 = sum_y / s0 * coef, scale1 = sum_y / s1 * coef;
         for (int64_t j = 0; j < k; ++j) {
           const T yc = y[j] * coef;
