@@ -1,7 +1,7 @@
 """Iterations per second of the full training loop (every task steps once + 2 updates) vs this
 machine's matmul floor at the critic's shapes and layouts, measured in the same run.
 
-  python benchmarks/bench_train.py [--quick] [--threads N] [--compile]
+  python benchmarks/bench_train.py [--quick] [--threads N] [--compile] [--breakdown]
 
 Configs (issue 4): width 512 / batch 256 / single task cheetah-run, and width 512 / batch 1024 /
 4 tasks (cheetah-run, walker-walk, cartpole-swingup, reacher-easy). The loop is `mtrl.train.train`
@@ -84,6 +84,42 @@ def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds:
     return flops / statistics.median(reps) / 1e9
 
 
+def update_breakdown(obs: int, act: int, tasks: int, width: int, batch: int, updates: int = 20):
+    """Where one update's time goes (torch profiler, synthetic batches, this process's threads):
+    ms per update for matmuls, the fused critic-layer / TD ops, AdamW + Polyak, and the rest
+    (Python, autograd, small ops), plus the matmuls' in-update GFLOP/s."""
+    from torch.profiler import profile
+
+    from mtrl.agent import Batch, BRCAgent
+    torch.manual_seed(0)
+    agent = BRCAgent(AgentConfig(critic_width=width), obs, act, tasks)
+    batch_ = Batch(obs=torch.randn(batch, obs), action=torch.rand(batch, act) * 2 - 1,
+                   reward=torch.rand(batch), next_obs=torch.randn(batch, obs),
+                   mask=torch.ones(batch), discount=torch.full((batch,), 0.99),
+                   task_id=torch.randint(0, tasks, (batch,)))
+    denominator = torch.ones(tasks)
+    for _ in range(5):
+        agent.update(batch_, denominator)
+    with profile() as prof:
+        start = time.perf_counter()
+        for _ in range(updates):
+            agent.update(batch_, denominator)
+        wall = (time.perf_counter() - start) / updates * 1e3
+    groups = {"matmul": ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm"),
+              "fused layers/TD": ("_EnsembleNorm", "_CrossEntropy", "_TdTarget", "mtrl::"),
+              "AdamW+Polyak": ("aten::_fused_adamw_", "aten::_foreach_lerp_", "aten::lerp_")}
+    ms = dict.fromkeys(groups, 0.0)
+    for event in prof.key_averages():
+        for name, prefixes in groups.items():
+            if event.key.startswith(prefixes):
+                ms[name] += event.self_cpu_time_total / 1e3 / updates
+    ms = {k: round(v, 2) for k, v in ms.items()}
+    ms["rest"] = round(wall - sum(ms.values()), 2)
+    flops = iteration_flops(obs, act, tasks, width, batch, updates=1)
+    return {"update_ms": round(wall, 2), **ms,
+            "matmul_gflops_in_update": round(flops / (ms["matmul"] * 1e-3) / 1e9, 1)}
+
+
 def dims(tasks) -> tuple[int, int]:
     import mtrl.envs
 
@@ -118,6 +154,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer iterations (a few minutes)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the critic")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile one update per config: matmul / fused kernels / AdamW+Polyak / rest")
     p.add_argument("--paper", action="store_true",
                    help="CUDA only: paper configuration (width 4096, batch 1024, 4 tasks), bf16 off/on")
     args = p.parse_args()
@@ -149,6 +187,10 @@ def main() -> int:
         results[f"w512_{key}_fwd_matmul_gflops"] = round(fwd_rate, 1)
         results[f"w512_{key}_floor_fraction_fwd_rate"] = round(speed * flops / (fwd_rate * 1e9), 3)
         table.append((key, len(tasks), batch, obs, act, speed, rate, fwd_rate, flops / 1e9, floor))
+        if args.breakdown:
+            parts = update_breakdown(obs, act, len(tasks), 512, batch)
+            results[f"w512_{key}_update_breakdown_ms"] = parts
+            print(f"{key}: one update (profiled) {parts}", flush=True)
     print(f"{'config':6} {'T':>2} {'B':>5} {'obs':>4} {'act':>3} {'it/s':>7} {'bmm GF/s':>9} "
           f"{'fwd GF/s':>9} {'GF/it':>6} {'floor it/s':>10} {'fraction':>8}")
     for key, t, b, o, a, s, r, fr, f, fl in table:
