@@ -58,6 +58,23 @@ bool SpinUntil(Pred pred, std::chrono::microseconds budget, bool yield = false) 
   }
 }
 
+// Calls left to run on the caller alone after a stall (a worker or team thread that the OS did not
+// schedule in time; see WorkerPool::Run and ParallelFor).
+class Backoff {
+ public:
+  void Start() { left_.store(kBackoffCalls, std::memory_order_relaxed); }
+  bool TakeOne() {
+    int left = left_.load(std::memory_order_relaxed);
+    while (left > 0) {
+      if (left_.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::atomic<int> left_{0};
+};
+
 // Chunks are claimed through one atomic word (generation << 32 | front << 16 | back: the unclaimed
 // chunks are [front, back)), so a worker that wakes late for an old generation can never claim a
 // chunk of a newer one: its compare-exchange fails on the generation (its low 32 bits). The caller waits only for claimed chunks, never for sleeping workers.
@@ -102,17 +119,11 @@ class WorkerPool {
     // A worker preempted in the middle of a chunk (an oversubscribed machine) makes the caller
     // wait far longer than its own share took; then the next calls run on the caller alone.
     const auto waited = std::chrono::steady_clock::now() - own_done;
-    if (waited > (own_done - start) + kStallSlack) backoff_.store(kBackoffCalls);
+    if (waited > (own_done - start) + kStallSlack) backoff_.Start();
   }
 
   // True (and one call fewer to go) while calls should skip the workers after a stall.
-  bool TakeBackoff() {
-    int left = backoff_.load(std::memory_order_relaxed);
-    while (left > 0) {
-      if (backoff_.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) return true;
-    }
-    return false;
-  }
+  bool TakeBackoff() { return backoff_.TakeOne(); }
 
  private:
   struct Job {
@@ -178,7 +189,7 @@ class WorkerPool {
   std::atomic<uint64_t> published_{0};  // generation_, readable without mu_ (for spinning)
   std::atomic<uint64_t> state_{0};
   std::atomic<int64_t> done_{0};
-  std::atomic<int> backoff_{0};  // calls left to run on the caller alone (see Run)
+  Backoff backoff_;  // calls left to run on the caller alone (see Run)
 };
 
 // Deliberately leaked: joining workers during static destruction (Python finalisation) is unsafe,
@@ -197,22 +208,6 @@ WorkerPool& Pool() {
 }
 
 #if defined(MTRL_WITH_OPENMP)
-// Calls left to run on the caller alone after an OpenMP region stalled (see ParallelFor).
-class Backoff {
- public:
-  void Start() { left_.store(kBackoffCalls, std::memory_order_relaxed); }
-  bool TakeOne() {
-    int left = left_.load(std::memory_order_relaxed);
-    while (left > 0) {
-      if (left_.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) return true;
-    }
-    return false;
-  }
-
- private:
-  std::atomic<int> left_{0};
-};
-
 Backoff& OmpBackoff() {
   static Backoff backoff;
   return backoff;
