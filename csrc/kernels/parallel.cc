@@ -28,10 +28,13 @@ constexpr auto kWorkerSpin = std::chrono::microseconds(300);
 constexpr auto kCallerSpin = std::chrono::microseconds(200);
 // Stall guard: when the caller waits for the workers more than its own chunks took plus this slack,
 // a worker was preempted mid-chunk (the machine is oversubscribed: every core runs other work), and
-// the next kBackoffCalls calls run on the calling thread alone before the workers are tried again.
+// the next kBackoffCalls calls run on the calling thread alone before the workers are tried again;
+// each further stall in a row doubles that, up to kMaxBackoffCalls (a machine that stays busy costs
+// one stall per thousands of calls), and a call without a stall resets it.
 // Results do not depend on it (chunking never changes them).
 constexpr auto kStallSlack = std::chrono::microseconds(500);
 constexpr int kBackoffCalls = 64;
+constexpr int kMaxBackoffCalls = 8192;
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -62,7 +65,17 @@ bool SpinUntil(Pred pred, std::chrono::microseconds budget, bool yield = false) 
 // schedule in time; see WorkerPool::Run and ParallelFor).
 class Backoff {
  public:
-  void Start() { left_.store(kBackoffCalls, std::memory_order_relaxed); }
+  // After each parallel call: whether it stalled.
+  void Record(bool stalled) {
+    if (!stalled) {
+      length_.store(kBackoffCalls, std::memory_order_relaxed);
+      return;
+    }
+    const int length = length_.load(std::memory_order_relaxed);
+    left_.store(length, std::memory_order_relaxed);
+    length_.store(std::min(2 * length, kMaxBackoffCalls), std::memory_order_relaxed);
+  }
+  // True (and one call fewer to go) while calls should run on the caller alone.
   bool TakeOne() {
     int left = left_.load(std::memory_order_relaxed);
     while (left > 0) {
@@ -73,6 +86,7 @@ class Backoff {
 
  private:
   std::atomic<int> left_{0};
+  std::atomic<int> length_{kBackoffCalls};
 };
 
 // Chunks are claimed through one atomic word (generation << 32 | front << 16 | back: the unclaimed
@@ -119,7 +133,7 @@ class WorkerPool {
     // A worker preempted in the middle of a chunk (an oversubscribed machine) makes the caller
     // wait far longer than its own share took; then the next calls run on the caller alone.
     const auto waited = std::chrono::steady_clock::now() - own_done;
-    if (waited > (own_done - start) + kStallSlack) backoff_.Start();
+    backoff_.Record(waited > (own_done - start) + kStallSlack);
   }
 
   // True (and one call fewer to go) while calls should skip the workers after a stall.
@@ -261,7 +275,7 @@ void ParallelFor(int64_t n, int num_threads, int64_t min_rows_per_chunk, ChunkFn
     // The region ends at a barrier that waits for every team thread, also one that the OS has not
     // scheduled yet (another process holds its core): then the next calls run on the caller alone.
     const auto waited = std::chrono::steady_clock::now() - own_done;
-    if (waited > (own_done - start) + kStallSlack) OmpBackoff().Start();
+    OmpBackoff().Record(waited > (own_done - start) + kStallSlack);
     return;
   }
 #endif

@@ -8,7 +8,8 @@
 // OpenMP workers preempt each other. libgomp's team does not survive fork(), so a forked child runs
 // the kernels on its calling thread alone. An OpenMP region ends at a barrier that waits for every
 // team thread, also one the OS has not scheduled (another process holds its core): after such a
-// stall the next 64 calls run on the calling thread alone, as with the pool below. Calls from inside
+// stall the next 64 calls run on the calling thread alone (doubling, up to 8192, while stalls follow
+// one another), as with the pool below. Calls from inside
 // an OpenMP parallel region use the pool.
 //
 // Without OpenMP, a small persistent worker pool (below) does the same job.
