@@ -44,17 +44,9 @@ inline FV LoadV(const float* p) {
   return v;
 }
 inline void StoreV(float* p, FV v) { std::memcpy(p, &v, sizeof(v)); }
-// b > a ? b : a: NaN in b is skipped. With AVX-512 one vmaxps (its second operand is returned on
-// ties and NaN, so max(b, a) is exactly the ternary); the ternary compiles to compare + blend.
-inline FV MaxV(FV a, FV b) {
-#if defined(__AVX512F__)
-  return __builtin_bit_cast(FV, _mm512_max_ps(__builtin_bit_cast(__m512, b), __builtin_bit_cast(__m512, a)));
-#else
-  return b > a ? b : a;
-#endif
-}
 inline FV Select(IV mask, FV a, FV b) { return mask ? a : b; }
-// a > b ? a : b (b when a is NaN): one vmaxps with AVX-512 (the ternary becomes compare + blend).
+// a > b ? a : b (b when a is NaN): one vmaxps with AVX-512 (its second operand is returned on ties
+// and NaN, so it is exactly the ternary, which otherwise compiles to compare + blend).
 inline FV MaxOrSecond(FV a, FV b) {
 #if defined(__AVX512F__)
   return __builtin_bit_cast(FV, _mm512_max_ps(__builtin_bit_cast(__m512, a), __builtin_bit_cast(__m512, b)));
@@ -62,6 +54,8 @@ inline FV MaxOrSecond(FV a, FV b) {
   return a > b ? a : b;
 #endif
 }
+// b > a ? b : a: NaN in b is skipped.
+inline FV MaxV(FV a, FV b) { return MaxOrSecond(b, a); }
 
 // Lanes of the last full vector x[k - kW .. k - 1] whose index is >= j (not yet processed).
 inline IV TailMask(int64_t k, int64_t j) {
