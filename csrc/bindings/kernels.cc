@@ -13,6 +13,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "bindings/dlpack.h"
 #include "bindings/registrars.h"
@@ -67,6 +68,15 @@ using dlpack::DenseCpu;
 using dlpack::DlTensor;
 using dlpack::DlView;
 
+// Members, batch and atoms of (E, B, K) logits, also set on the kernel's argument struct.
+template <typename Args>
+std::tuple<int64_t, int64_t, int64_t> SetSizes(const DlTensor* logits, Args* a) {
+  a->num_members = logits->shape[0];
+  a->batch_size = logits->shape[1];
+  a->num_atoms = logits->shape[2];
+  return {a->num_members, a->batch_size, a->num_atoms};
+}
+
 template <typename T>
 py::object TdTargetCpuFastTyped(const DlTensor* logits, py::handle reward, py::handle mask,
                                 py::handle discount, double discount_value, py::handle entropy,
@@ -74,10 +84,7 @@ py::object TdTargetCpuFastTyped(const DlTensor* logits, py::handle reward, py::h
                                 double v_max, int combine, int projection, double sigma,
                                 int num_threads) {
   TdTargetArgs<T> a;
-  a.num_members = logits->shape[0];
-  a.batch_size = logits->shape[1];
-  a.num_atoms = logits->shape[2];
-  const int64_t e = a.num_members, b = a.batch_size, k = a.num_atoms;
+  const auto [e, b, k] = SetSizes(logits, &a);
   a.target_logits = DenseCpu<T>(logits, {e, b, k});
   a.reward = DenseCpu<T>(DlView(reward), {b});
   a.mask = DenseCpu<T>(DlView(mask), {b});
@@ -138,10 +145,7 @@ py::object CrossEntropyCpuFastTyped(const DlTensor* logits, py::handle target, p
                                     py::handle td_error, py::handle grad, py::handle loss,
                                     int num_threads) {
   CrossEntropyArgs<T> a;
-  a.num_members = logits->shape[0];
-  a.batch_size = logits->shape[1];
-  a.num_atoms = logits->shape[2];
-  const int64_t e = a.num_members, b = a.batch_size, k = a.num_atoms;
+  const auto [e, b, k] = SetSizes(logits, &a);
   a.online_logits = DenseCpu<T>(logits, {e, b, k});
   a.target = DenseCpu<T>(DlView(target), {b, k});
   a.weight = weight.is_none() ? nullptr : DenseCpu<T>(DlView(weight), {b});

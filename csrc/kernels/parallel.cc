@@ -250,13 +250,10 @@ void ParallelFor(int64_t n, int num_threads, int64_t min_rows_per_chunk, ChunkFn
   const int64_t num_chunks =
       std::min<int64_t>({max_chunks, 4 * static_cast<int64_t>(threads), 0xffff});  // 16-bit claims
 #if defined(MTRL_WITH_OPENMP)
-  // libgomp's team does not survive fork(): a forked child runs the kernels on one thread.
-  if (ForkedChild()) {
-    fn(ctx, 0, n);
-    return;
-  }
   if (!omp_in_parallel()) {
-    if (OmpBackoff().TakeOne()) {
+    // libgomp's team does not survive fork(): a forked child runs the kernels on one thread, as
+    // does a call while the back-off after a stall lasts.
+    if (ForkedChild() || OmpBackoff().TakeOne()) {
       fn(ctx, 0, n);
       return;
     }
