@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from mtrl import _core
 
-_EPILOGUE_NONE, _EPILOGUE_RELU, _EPILOGUE_RESIDUAL = 0, 1, 2
+EPILOGUE_NONE, EPILOGUE_RELU, EPILOGUE_RESIDUAL = 0, 1, 2
 
 
 def ensemble_norm_reference(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: float,
@@ -39,8 +39,11 @@ def _param(t: Tensor, members: int, width: int):
     return t.detach().reshape(members, width).numpy()
 
 
-def _forward_kernel(y, bias, gamma, beta, residual, epilogue, eps):
-    """(out (E, B, W), stats (2, E, B): mean and rstd) from the C++ kernel."""
+def forward_kernel(y, bias, gamma, beta, residual, epilogue, eps):
+    """(out (E, B, W), stats (2, E, B): mean and rstd) from the C++ kernel; no autograd.
+
+    Inputs as :func:`ensemble_norm` checks them (CPU float32, contiguous); epilogue is one of
+    EPILOGUE_NONE / EPILOGUE_RELU / EPILOGUE_RESIDUAL."""
     members, rows, width = y.shape
     out = torch.empty_like(y)
     stats = y.new_empty(2, members, rows)
@@ -59,9 +62,9 @@ def _forward_kernel(y, bias, gamma, beta, residual, epilogue, eps):
 class _EnsembleNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, bias, gamma, beta, residual, epilogue, eps):
-        out, stats = _forward_kernel(y, bias, gamma, beta, residual, epilogue, eps)
+        out, stats = forward_kernel(y, bias, gamma, beta, residual, epilogue, eps)
         ctx.save_for_backward(y, bias, gamma, beta, stats)
-        ctx.relu = epilogue == _EPILOGUE_RELU
+        ctx.relu = epilogue == EPILOGUE_RELU
         ctx.has_residual = residual is not None
         return out
 
@@ -69,26 +72,36 @@ class _EnsembleNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         y, bias, gamma, beta, stats = ctx.saved_tensors
-        members, _, width = y.shape
-        grad_out = grad_out.contiguous()
-        grad_y = torch.empty_like(y)
-        need_params = any(ctx.needs_input_grad[1:4])
-        grads = y.new_empty(3, members, 1, width) if need_params else None  # d bias, gamma, beta
-        threads = torch.get_num_threads()
-        if _core._ensemble_norm_backward_fast(
-                _dl(grad_out), _dl(y), _dl(bias), _dl(gamma), _dl(beta), _dl(stats), ctx.relu,
-                _dl(grad_y), None if grads is None else _dl(grads), threads) is None:
-            flat = [None] * 3 if grads is None else [g.view(members, width).numpy() for g in grads]
-            _core._ensemble_norm_backward(
-                grad_out.numpy(), y.detach().numpy(), _param(bias, members, width),
-                _param(gamma, members, width), _param(beta, members, width), stats[0].numpy(),
-                stats[1].numpy(), ctx.relu, grad_y.numpy(), *flat, threads)
+        grad_y, grads = backward_kernel(grad_out.contiguous(), y, bias, gamma, beta, stats,
+                                        ctx.relu, any(ctx.needs_input_grad[1:4]))
         grad_bias, grad_gamma, grad_beta = (None, None, None) if grads is None else grads.unbind(0)
         grad_residual = grad_out if ctx.has_residual and ctx.needs_input_grad[4] else None
         return grad_y, grad_bias, grad_gamma, grad_beta, grad_residual, None, None
 
 
-def _fast_path(*tensors: Tensor | None) -> bool:
+def backward_kernel(grad_out, y, bias, gamma, beta, stats, relu: bool, need_params: bool):
+    """(grad_y (E, B, W), parameter gradients (3, E, 1, W) = d bias, d gamma, d beta, or None
+    when not ``need_params``) from the C++ kernel, for the forward that gave ``stats``.
+
+    grad_out must be contiguous; the residual's gradient is grad_out itself."""
+    members, _, width = y.shape
+    grad_y = torch.empty_like(y)
+    grads = y.new_empty(3, members, 1, width) if need_params else None
+    threads = torch.get_num_threads()
+    if _core._ensemble_norm_backward_fast(
+            _dl(grad_out), _dl(y), _dl(bias), _dl(gamma), _dl(beta), _dl(stats), relu,
+            _dl(grad_y), None if grads is None else _dl(grads), threads) is None:
+        flat = [None] * 3 if grads is None else [g.view(members, width).numpy() for g in grads]
+        _core._ensemble_norm_backward(
+            grad_out.numpy(), y.detach().numpy(), _param(bias, members, width),
+            _param(gamma, members, width), _param(beta, members, width), stats[0].numpy(),
+            stats[1].numpy(), relu, grad_y.numpy(), *flat, threads)
+    return grad_y, grads
+
+
+def kernel_applies(*tensors: Tensor | None) -> bool:
+    """Whether the C++ kernels take these tensors (CPU float32 contiguous, plain eager mode:
+    not compiling, no dispatch mode); None entries are ignored."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() != 0:
         return False
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32
@@ -121,10 +134,10 @@ def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: 
                          f"{tuple(residual.shape)}")
     if relu and residual is not None:
         raise ValueError("ensemble_norm: relu and residual cannot be combined")
-    if not _fast_path(y, bias, gamma, beta, residual):
+    if not kernel_applies(y, bias, gamma, beta, residual):
         return ensemble_norm_reference(y, bias, gamma, beta, eps=eps, relu=relu, residual=residual)
-    epilogue = _EPILOGUE_RELU if relu else (_EPILOGUE_NONE if residual is None else _EPILOGUE_RESIDUAL)
+    epilogue = EPILOGUE_RELU if relu else (EPILOGUE_NONE if residual is None else EPILOGUE_RESIDUAL)
     if not torch.is_grad_enabled() or not any(
             t is not None and t.requires_grad for t in (y, bias, gamma, beta, residual)):
-        return _forward_kernel(y, bias, gamma, beta, residual, epilogue, eps)[0]  # no graph
+        return forward_kernel(y, bias, gamma, beta, residual, epilogue, eps)[0]  # no graph
     return _EnsembleNormFunction.apply(y, bias, gamma, beta, residual, epilogue, eps)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtrl.ensemble_norm import ensemble_norm
+from mtrl.ensemble_norm import ensemble_norm, kernel_applies
+from mtrl.fused_critic import critic_forward
 from mtrl.math import squash_log_std, tanh_gaussian_log_prob
 
 LAYER_NORM_EPS = 1e-6  # Flax default (§3.1, §11.2); PyTorch's default is 1e-5.
@@ -140,11 +141,32 @@ class Critic(nn.Module):
         emb = self.embed(task_id)
         if emb is not None:
             parts.append(_p(emb, param_grads).to(obs.dtype))
-        x = self.ln_in.after(self.fc_in, torch.cat(parts, dim=-1), relu=True,
-                             param_grads=param_grads)
+        x = torch.cat(parts, dim=-1)
+        params = self.layer_parameters()
+        # (The norm kernels check every parameter again, and convert or explain any mismatch.)
+        if kernel_applies(x, params[0], params[-1]) and not torch.is_autocast_enabled("cpu"):
+            # CPU float32 eager: the same layers as one autograd node (mtrl.fused_critic).
+            return critic_forward(x, params, len(self.blocks), LAYER_NORM_EPS, param_grads)
+        return self.forward_layers(x, param_grads=param_grads)
+
+    def forward_layers(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
+        """Logits (E, B, num_atoms) from the concatenated input x (B, D), layer by layer (the
+        composed ops that mtrl.fused_critic computes as one node)."""
+        x = self.ln_in.after(self.fc_in, x, relu=True, param_grads=param_grads)
         for block in self.blocks:
             x = block(x, param_grads=param_grads)
         return self.head(x, param_grads=param_grads)
+
+    def layer_parameters(self) -> list[nn.Parameter]:
+        """Weights and biases of every layer, input to head: fc_in weight/bias, ln_in
+        gamma/beta, per block fc1, ln1, fc2, ln2 (weight then bias each), head weight/bias."""
+        # Read from the registries directly: nn.Module.__getattr__ would cost ~50 lookups of
+        # ~1 us on every forward. Registration order is the order above.
+        layers = [self._modules["fc_in"], self._modules["ln_in"]]
+        for block in self._modules["blocks"]._modules.values():
+            layers.extend(block._modules.values())
+        layers.append(self._modules["head"])
+        return [p for layer in layers for p in layer._parameters.values()]
 
     def trunk_parameters(self) -> list[nn.Parameter]:
         """All parameters except the task embedding table."""

@@ -1,0 +1,95 @@
+"""mtrl.fused_critic: the critic ensemble as one autograd node equals the composed layers."""
+
+import pytest
+import torch
+
+from mtrl.fused_critic import critic_forward
+from mtrl.networks import LAYER_NORM_EPS, Critic
+
+
+def _inputs(critic, batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.randn(batch, 5, generator=gen)
+    action = torch.rand(batch, 2, generator=gen) * 2 - 1
+    task = torch.randint(0, max(critic.num_tasks, 1), (batch,), generator=gen)
+    return obs, action, task
+
+
+def _grads(critic, out, seed, inputs):
+    critic.zero_grad(set_to_none=True)
+    for t in inputs:
+        t.grad = None
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    (out * weights).sum().backward()
+    return [p.grad for p in critic.parameters()] + [t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_matches_composed_layers_bitwise(depth, tasks):
+    torch.manual_seed(depth + 10 * tasks)
+    critic = Critic(5, 2, tasks, width=48, depth=depth)
+    with torch.no_grad():  # non-trivial LayerNorm and bias parameters
+        for p in critic.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    obs, action, task = _inputs(critic, 37, seed=1)
+    action.requires_grad_()
+    out = critic(obs, action, task)
+    assert out.grad_fn is not None and "CriticFunction" in type(out.grad_fn).__name__
+    grads = _grads(critic, out, 2, [action])
+    parts = [obs, action] + ([critic.embed(task)] if tasks > 1 else [])
+    ref = critic.forward_layers(torch.cat(parts, -1))
+    ref_grads = _grads(critic, ref, 2, [action])
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            assert torch.equal(g, r)
+
+
+def test_without_param_grads_reaches_inputs_only():
+    torch.manual_seed(0)
+    critic = Critic(5, 2, 3, width=32, depth=2)
+    obs, action, task = _inputs(critic, 9, seed=3)
+    action.requires_grad_()
+    out = critic(obs, action, task, param_grads=False)
+    grads = _grads(critic, out, 4, [action])
+    assert all(g is None for g in grads[:-1]) and grads[-1] is not None
+    action_ref = action.detach().clone().requires_grad_()
+    parts = [obs, action_ref, critic.embed(task).detach()]
+    ref = critic.forward_layers(torch.cat(parts, -1), param_grads=False)
+    ref.backward(torch.randn(ref.shape, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(out, ref) and torch.equal(grads[-1], action_ref.grad)
+
+
+def test_float64_gradcheck_of_the_composed_path_and_fallbacks():
+    # float64 takes the composed layers (the kernels are float32); check the fused path against
+    # it in float64 precision up to float32 rounding.
+    torch.manual_seed(0)
+    critic = Critic(5, 2, 1, width=16, depth=1)
+    obs, action, task = _inputs(critic, 6, seed=5)
+    out32 = critic(obs, action, task)
+    critic64 = critic.double()
+    out64 = critic64(obs.double(), action.double(), task)
+    assert out64.grad_fn is not None and "CriticFunction" not in type(out64.grad_fn).__name__
+    torch.testing.assert_close(out32.double(), out64, atol=1e-5, rtol=1e-5)
+
+
+def test_no_graph_without_gradients():
+    critic = Critic(5, 2, 1, width=16, depth=1).requires_grad_(False)
+    obs, action, task = _inputs(critic, 4, seed=6)
+    out = critic(obs, action, task)
+    assert out.grad_fn is None
+    with torch.no_grad():
+        assert critic_forward(torch.cat([obs, action], -1), critic.layer_parameters(), 1,
+                              LAYER_NORM_EPS, True).grad_fn is None
+
+
+def test_in_place_weight_change_before_backward_is_caught():
+    critic = Critic(5, 2, 1, width=16, depth=1)
+    obs, action, task = _inputs(critic, 4, seed=7)
+    out = critic(obs, action, task)
+    with torch.no_grad():
+        critic.head.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
