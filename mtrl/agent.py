@@ -91,7 +91,8 @@ class BRCAgent(nn.Module):
         self.actor_optimizer = torch.optim.AdamW(
             self.actor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.temperature_optimizer = torch.optim.Adam(
-            [self.log_alpha], lr=cfg.temperature_lr, betas=(cfg.temperature_beta1, 0.999))
+            [self.log_alpha], lr=cfg.temperature_lr, betas=(cfg.temperature_beta1, 0.999),
+            fused=True)
 
     # ---------------------------------------------------------------- acting
     @property
@@ -166,11 +167,13 @@ class BRCAgent(nn.Module):
 
     def temperature_step(self, entropy: Tensor) -> Tensor:
         """One Adam step on alpha * (H - H_target) w.r.t. log alpha (§2.4)."""
-        loss = self.log_alpha.exp() * (entropy - self.target_entropy)
-        self.temperature_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.no_grad():
+            loss = self.log_alpha.exp() * (entropy - self.target_entropy)
+            # d loss / d log alpha = exp(log alpha) * (H - H_target) = loss itself: the value
+            # autograd computes (the same two factors), without a backward pass for one scalar.
+            self.log_alpha.grad = loss.clone()
         self.temperature_optimizer.step()
-        return loss.detach()
+        return loss
 
     def update(self, batch: Batch, denominator: Tensor) -> dict[str, Tensor]:
         """One BRC gradient step (§2.2) on ``batch``; rewards are divided by ``denominator`` (T,)

@@ -89,6 +89,19 @@ def test_temperature_moves_toward_target_entropy():
     assert agent.temperature_optimizer.param_groups[0]["betas"] == (0.5, 0.999)
 
 
+def test_temperature_gradient_is_autograds():
+    agent = make_agent()
+    with torch.no_grad():
+        agent.log_alpha.fill_(-1.3)
+    entropy = torch.tensor(0.37)
+    log_alpha = agent.log_alpha.detach().clone().requires_grad_()
+    (log_alpha.exp() * (entropy - agent.target_entropy)).backward()
+    grads = []
+    agent.temperature_optimizer.step = lambda: grads.append(agent.log_alpha.grad.clone())
+    agent.temperature_step(entropy)
+    assert torch.equal(grads[0], log_alpha.grad)
+
+
 def test_optimizers_cover_all_params_with_weight_decay():
     agent = make_agent()
     g = agent.critic_optimizer.param_groups
