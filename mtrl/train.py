@@ -56,6 +56,26 @@ def to_batch(host: Any, device: torch.device) -> Batch:
                  task_id=t(host.task_id))
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    By default glibc serves blocks over 128 KB with fresh mappings and trims the heap top above
+    256 KB, so the 0.25-1 MB activations of every update are mapped, zero-filled and faulted in
+    again each time (measured at width 512, one thread: ~200 page faults and ~0.5 ms of kernel
+    time per update). Raising both thresholds (64 MB / 256 MB) keeps them in the heap. Affects
+    this process's allocator only; returns False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc malloc.h
+    return bool(mallopt(m_trim_threshold, 256 << 20)) and bool(mallopt(m_mmap_threshold, 64 << 20))
+
+
 EVAL_STEP_LIMIT = 10_000
 """Eval episode cap for tasks that have no time limit of their own."""
 
@@ -182,6 +202,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    keep_freed_memory()
     random.seed(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -203,3 +203,11 @@ def test_evaluate_ends_on_a_task_without_time_limit():
                          pool.action_dim, 1)
         result = evaluate(agent, pool, pool.task_names, torch.device("cpu"), seed=0)
     assert result["gym:MtrlNeverEnds-v0/return"] == EVAL_STEP_LIMIT
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_keep_freed_memory_sets_glibc_thresholds():
+    import platform
+
+    from mtrl.train import keep_freed_memory
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
