@@ -44,7 +44,8 @@ def np_forward(y, bias, gamma, beta, mode, residual):
 
 
 @pytest.mark.parametrize("mode", ["relu", "residual", "none"])
-@pytest.mark.parametrize("shape", [(2, 256, 512), (2, 300, 64), (1, 7, 37), (3, 130, 21)])
+@pytest.mark.parametrize("shape", [(2, 256, 512), (2, 300, 64), (1, 7, 37), (3, 130, 21),
+                                   (1, 1, 5), (2, 1, 16), (2, 67, 1), (1, 65, 200)])
 def test_fused_matches_reference(shape, mode):
     y, params, residual, grad = make(*shape)
     out, grads = run(ensemble_norm, y, params, residual, grad, mode)
@@ -70,20 +71,58 @@ def test_fused_path_is_taken_and_saves_no_param_grads_when_not_needed():
     torch.testing.assert_close(y.grad, ref.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_results_do_not_depend_on_thread_count():
-    y, params, residual, grad = make(2, 1024, 512, seed=3)
+@pytest.mark.parametrize("mode,shape", [("relu", (2, 1024, 512)), ("residual", (3, 130, 37)),
+                                        ("none", (2, 131, 19))])
+def test_results_do_not_depend_on_thread_count(mode, shape):
+    y, params, residual, grad = make(*shape, seed=3)
     old = torch.get_num_threads()
     try:
         results = []
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            results.append(run(ensemble_norm, y, params, residual, grad, "relu"))
+            results.append(run(ensemble_norm, y, params, residual, grad, mode))
     finally:
         torch.set_num_threads(old)
     for out, grads in results[1:]:
         assert torch.equal(out, results[0][0])
         for a, b in zip(grads, results[0][1]):
             assert torch.equal(a, b)
+
+
+def _numpy_kernels(y, params, residual, grad, epilogue, with_params, threads, max_isa):
+    """Forward and backward through the NumPy entry points on one instruction-set build."""
+    members, rows, width = y.shape
+    p = [t.reshape(members, width).numpy() for t in params]
+    out, mean, rstd = np.empty(y.shape, np.float32), np.empty((members, rows), np.float32), \
+        np.empty((members, rows), np.float32)
+    _core._ensemble_norm_forward(y.numpy(), *p, residual.numpy() if epilogue == 2 else None,
+                                 epilogue, EPS, out, mean, rstd, threads, max_isa=max_isa)
+    grad_y = np.empty(y.shape, np.float32)
+    sums = [np.empty((members, width), np.float32) for _ in range(3)] if with_params else [None] * 3
+    _core._ensemble_norm_backward(grad.numpy(), y.numpy(), *p, mean, rstd, epilogue == 1, grad_y,
+                                  *sums, threads, max_isa=max_isa)
+    return [out, mean, rstd, grad_y] + ([] if sums[0] is None else sums)
+
+
+@pytest.mark.parametrize("max_isa", [0, 1, 2])
+@pytest.mark.parametrize("epilogue,with_params", [(1, True), (2, True), (1, False), (0, True)])
+@pytest.mark.parametrize("shape", [(2, 131, 515), (1, 5, 7), (2, 64, 48)])
+def test_every_instruction_set_build_matches_the_reference(shape, epilogue, with_params, max_isa):
+    """The baseline, AVX2 and AVX-512 builds (capped by max_isa; a build the CPU lacks falls back to
+    the next one down) each match the float64 reference and do not depend on the thread count."""
+    y, params, residual, grad = make(*shape, seed=7)
+    mode = {0: "none", 1: "relu", 2: "residual"}[epilogue]
+    got = _numpy_kernels(y, params, residual, grad, epilogue, with_params, 2, max_isa)
+    for a, b in zip(_numpy_kernels(y, params, residual, grad, epilogue, with_params, 1, max_isa),
+                    got):
+        np.testing.assert_array_equal(a, b)
+    ref_out, ref_grads = run(ensemble_norm_reference, y.double(), [p.double() for p in params],
+                             residual.double(), grad.double(), mode)
+    np.testing.assert_allclose(got[0], ref_out.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[3], ref_grads[0].numpy(), rtol=1e-4, atol=1e-4)
+    if with_params:  # (E, W) d bias, d gamma, d beta against the (E, 1, W) reference gradients
+        for g, want in zip(got[4:], ref_grads[1:4]):
+            np.testing.assert_allclose(g, want.reshape(g.shape).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_float64_and_noncontiguous_use_the_reference_path():

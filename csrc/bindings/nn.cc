@@ -60,7 +60,8 @@ EnsembleNormShape ShapeOf(const py::array& y) {
 
 void Forward(const py::array& y, const py::array& bias, const py::array& gamma,
              const py::array& beta, const std::optional<py::array>& residual, int epilogue,
-             double eps, py::array& out, py::array& mean, py::array& rstd, int num_threads) {
+             double eps, py::array& out, py::array& mean, py::array& rstd, int num_threads,
+             int max_isa) {
   const EnsembleNormShape s = ShapeOf(y);
   const std::vector<int64_t> act{s.members, s.rows_per_member, s.width}, param{s.members, s.width},
       row{s.members, s.rows_per_member};
@@ -82,14 +83,14 @@ void Forward(const py::array& y, const py::array& bias, const py::array& gamma,
   py::gil_scoped_release release;
   EnsembleNormForwardUnchecked(s, py_y, p_bias, p_gamma, p_beta, p_res,
                                static_cast<NormEpilogue>(epilogue), static_cast<float>(eps), p_out,
-                               p_mean, p_rstd, num_threads);
+                               p_mean, p_rstd, num_threads, max_isa);
 }
 
 void Backward(const py::array& grad_out, const py::array& y, const py::array& bias,
               const py::array& gamma, const py::array& beta, const py::array& mean,
               const py::array& rstd, bool relu, py::array& grad_y,
               std::optional<py::array>& grad_bias, std::optional<py::array>& grad_gamma,
-              std::optional<py::array>& grad_beta, int num_threads) {
+              std::optional<py::array>& grad_beta, int num_threads, int max_isa) {
   const EnsembleNormShape s = ShapeOf(y);
   const std::vector<int64_t> act{s.members, s.rows_per_member, s.width}, param{s.members, s.width},
       row{s.members, s.rows_per_member};
@@ -110,7 +111,7 @@ void Backward(const py::array& grad_out, const py::array& y, const py::array& bi
   // Safe without the GIL: the kernel touches only these buffers, which the caller keeps alive.
   py::gil_scoped_release release;
   EnsembleNormBackwardUnchecked(s, p_go, p_y, p_bias, p_gamma, p_beta, p_mean, p_rstd, relu, p_gy,
-                                p_gbias, p_ggamma, p_gbeta, num_threads);
+                                p_gbias, p_ggamma, p_gbeta, num_threads, max_isa);
 }
 
 // ---- DLPack fast path: the eager training path (mtrl/ensemble_norm.py) passes capsules; None
@@ -198,15 +199,17 @@ void RegisterNn(py::module_& m) {
         "d beta, or None. True when done; None when an input is not in kernel form.");
   m.def("_ensemble_norm_forward", &Forward, py::arg("y"), py::arg("bias"), py::arg("gamma"),
         py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"), py::arg("out"),
-        py::arg("mean"), py::arg("rstd"), py::arg("num_threads"),
+        py::arg("mean"), py::arg("rstd"), py::arg("num_threads"), py::arg("max_isa") = 2,
         "out = epilogue(LayerNorm(y + bias) * gamma + beta) for (E, B, W) float32 y; writes "
-        "out (E, B, W), mean and rstd (E, B). epilogue: 0 none, 1 relu, 2 + residual.");
+        "out (E, B, W), mean and rstd (E, B). epilogue: 0 none, 1 relu, 2 + residual. max_isa "
+        "caps the build: 0 baseline, 1 AVX2, 2 AVX-512 (the best the CPU runs).");
   m.def("_ensemble_norm_backward", &Backward, py::arg("grad_out"), py::arg("y"), py::arg("bias"),
         py::arg("gamma"), py::arg("beta"), py::arg("mean"), py::arg("rstd"), py::arg("relu"),
         py::arg("grad_y"), py::arg("grad_bias"), py::arg("grad_gamma"), py::arg("grad_beta"),
-        py::arg("num_threads"),
+        py::arg("num_threads"), py::arg("max_isa") = 2,
         "Gradients of _ensemble_norm_forward: grad_y (E, B, W) and, when given, the (E, W) "
-        "parameter gradients (summed in a fixed order, independent of num_threads).");
+        "parameter gradients (summed in a fixed order, independent of num_threads). max_isa as "
+        "for _ensemble_norm_forward.");
 }
 
 }  // namespace mtrl

@@ -12,7 +12,7 @@
 //
 // Threading: rows are split across at most num_threads threads (the kernels' worker pool). The
 // per-member parameter-gradient sums use a fixed chunking that depends only on B, so every result
-// is bitwise identical for any num_threads. Thread safety: the functions only touch the buffers
+// is bitwise identical for any num_threads (for a given instruction-set build, see max_isa). Thread safety: the functions only touch the buffers
 // passed in; concurrent calls on disjoint outputs are safe.
 #pragma once
 
@@ -29,11 +29,13 @@ struct EnsembleNormShape {
 };
 
 // out = epilogue(LayerNorm(y + bias) * gamma + beta); mean/rstd of each row are written for the
-// backward. residual is read only for kResidual (out = residual + ...).
+// backward. residual is read only for kResidual (out = residual + ...). max_isa caps the build
+// that runs (0 baseline, 1 AVX2 + FMA, 2 AVX-512: the best the CPU has); results may differ in the
+// last bits between builds (vector widths, FMA), never between thread counts.
 void EnsembleNormForwardUnchecked(const EnsembleNormShape& shape, const float* y, const float* bias,
                                   const float* gamma, const float* beta, const float* residual,
                                   NormEpilogue epilogue, float eps, float* out, float* mean,
-                                  float* rstd, int num_threads);
+                                  float* rstd, int num_threads, int max_isa = 2);
 
 // Gradients of the forward above given grad_out (the residual's gradient is grad_out itself).
 // relu: the forward's epilogue was kRelu (gradient masked where the output was <= 0).
@@ -42,6 +44,6 @@ void EnsembleNormBackwardUnchecked(const EnsembleNormShape& shape, const float* 
                                    const float* y, const float* bias, const float* gamma,
                                    const float* beta, const float* mean, const float* rstd,
                                    bool relu, float* grad_y, float* grad_bias, float* grad_gamma,
-                                   float* grad_beta, int num_threads);
+                                   float* grad_beta, int num_threads, int max_isa = 2);
 
 }  // namespace mtrl

@@ -1,0 +1,390 @@
+// Row kernels of the fused critic layer (ensemble_norm.h), included by ensemble_norm.cc (baseline
+// x86-64 or any other target), ensemble_norm_avx2.cc and ensemble_norm_avx512.cc; everything has
+// internal linkage, so each file gets its own build for its instruction set (as
+// kernels/td_target_cpu_impl.h).
+//
+// The row loops use explicit vector types (kernels/row_ops.h: kW lanes, FV) rather than the
+// auto-vectoriser, which left the masked loads of the backward scalar and kept lane sums on the
+// stack. Forward, kForwardRows rows at a time (independent dependency chains): z = y + b and its
+// sum, the sum of squares about the mean (two passes over rows still in L1: no cancellation when
+// |mean| >> std), then the affine and the epilogue. Backward: a first pass per row gives xhat, the
+// ReLU-masked grad, dxhat and the two row means; the second pass and the parameter-gradient sums
+// then go over kGroupRows rows at a time with the sums in registers, so the (3, W) sums of a chunk
+// are loaded and stored once per group instead of once per row.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/parallel.h"
+#include "kernels/row_ops.h"
+#include "nn/ensemble_norm.h"
+
+namespace mtrl {
+namespace {
+
+// Rows of one chunk of the parameter-gradient sums: fixed and independent of num_threads, so the
+// sums (chunks added in a fixed order) are too. 64 rows give 8 chunks at B = 256, E = 2.
+constexpr int64_t kRowsPerGradChunk = 64;
+// Rows whose parameter-gradient terms are summed in registers before the chunk's sums are updated;
+// their xhat and masked grad rows (2 * kGroupRows * W floats) stay in L1.
+constexpr int kGroupRows = 4;
+
+inline float HSum(FV v) { return Horizontal(v, AddV); }
+
+// Sum over j = 0, kW, ..., full - kW of body(j), with four accumulators (vector add latency);
+// body is called in order of j.
+template <typename Body>
+inline FV SumVectors(int64_t full, Body body) {
+  FV a0{}, a1{}, a2{}, a3{};
+  int64_t j = 0;
+  for (; j + 4 * kW <= full; j += 4 * kW) {
+    a0 += body(j);
+    a1 += body(j + kW);
+    a2 += body(j + 2 * kW);
+    a3 += body(j + 3 * kW);
+  }
+  for (; j < full; j += kW) a0 += body(j);
+  return (a0 + a1) + (a2 + a3);
+}
+
+// A 64-byte aligned block of at least n floats owned by the calling thread (grown, never shrunk:
+// no allocation per call once warm).
+inline float* ThreadScratch(std::vector<float>& buf, int64_t n) {
+  const size_t need = static_cast<size_t>(n) + 16;
+  if (buf.size() < need) buf.resize(need);
+  const auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t{63});
+}
+
+// kRows consecutive rows of one member (stride w): out = epilogue((y + b - mean) * rstd * g + be).
+// Several rows at a time: each row is a chain of dependent steps (sum -> mean -> sum of squares ->
+// rstd -> output), and interleaving independent rows hides those latencies. The same expression
+// order for xhat and xhat * g + be as in the backward, so its ReLU mask is exactly the forward's.
+template <NormEpilogue kEpilogue, int kRows>
+inline void ForwardRows(const float* __restrict y, const float* __restrict b,
+                        const float* __restrict g, const float* __restrict be,
+                        const float* __restrict res, float eps, int64_t w, float* __restrict out,
+                        float* mean_out, float* rstd_out) {
+  const int64_t full = w - w % kW;
+  // Pass 1: z = y + b, kept in out (the rows stay in L1 for the next passes), and its sum.
+  FV s[kRows] = {};
+  for (int64_t j = 0; j < full; j += kW) {
+    const FV bv = LoadV(b + j);
+    for (int i = 0; i < kRows; ++i) {
+      const FV z = LoadV(y + i * w + j) + bv;
+      StoreV(out + i * w + j, z);
+      s[i] += z;
+    }
+  }
+  float mean[kRows];
+  for (int i = 0; i < kRows; ++i) {
+    float tail = 0.0f;
+    for (int64_t j = full; j < w; ++j) {
+      out[i * w + j] = y[i * w + j] + b[j];
+      tail += out[i * w + j];
+    }
+    mean[i] = (HSum(s[i]) + tail) / static_cast<float>(w);
+  }
+  // Pass 2: sum of squares about the mean (two passes: no cancellation when |mean| >> std).
+  FV q[kRows] = {};
+  for (int64_t j = 0; j < full; j += kW) {
+    for (int i = 0; i < kRows; ++i) {
+      const FV d = LoadV(out + i * w + j) - mean[i];
+      q[i] += d * d;
+    }
+  }
+  float rstd[kRows];
+  for (int i = 0; i < kRows; ++i) {
+    float tail = 0.0f;
+    for (int64_t j = full; j < w; ++j) tail += (out[i * w + j] - mean[i]) * (out[i * w + j] - mean[i]);
+    rstd[i] = 1.0f / std::sqrt((HSum(q[i]) + tail) / static_cast<float>(w) + eps);
+  }
+  // Pass 3: affine and epilogue.
+  for (int64_t j = 0; j < full; j += kW) {
+    const FV gv = LoadV(g + j), bev = LoadV(be + j);
+    for (int i = 0; i < kRows; ++i) {
+      const FV xhat = (LoadV(out + i * w + j) - mean[i]) * rstd[i];
+      FV v = xhat * gv + bev;
+      if (kEpilogue == NormEpilogue::kRelu) v = MaxOrSecond(v, FV{});  // v > 0 ? v : 0
+      if (kEpilogue == NormEpilogue::kResidual) v = LoadV(res + i * w + j) + v;
+      StoreV(out + i * w + j, v);
+    }
+  }
+  for (int i = 0; i < kRows; ++i) {
+    for (int64_t j = full; j < w; ++j) {
+      const float xhat = (out[i * w + j] - mean[i]) * rstd[i];
+      float v = xhat * g[j] + be[j];
+      if (kEpilogue == NormEpilogue::kRelu) v = v > 0.0f ? v : 0.0f;
+      if (kEpilogue == NormEpilogue::kResidual) v = res[i * w + j] + v;
+      out[i * w + j] = v;
+    }
+    mean_out[i] = mean[i];
+    rstd_out[i] = rstd[i];
+  }
+}
+
+struct ForwardCtx {
+  EnsembleNormShape shape;
+  const float *y, *bias, *gamma, *beta, *residual;
+  NormEpilogue epilogue;
+  float eps;
+  float *out, *mean, *rstd;
+};
+
+// Rows interleaved per step of the forward (see ForwardRows).
+constexpr int kForwardRows = 4;
+
+template <NormEpilogue kEpilogue>
+void ForwardRange(const ForwardCtx& c, int64_t begin, int64_t end) {
+  const int64_t w = c.shape.width, rows = c.shape.rows_per_member;
+  for (int64_t r = begin; r < end;) {
+    const int64_t e = r / rows;
+    const int64_t stop = std::min(end, (e + 1) * rows);  // this member's rows
+    const float *b = c.bias + e * w, *g = c.gamma + e * w, *be = c.beta + e * w;
+    auto res = [&] { return kEpilogue == NormEpilogue::kResidual ? c.residual + r * w : nullptr; };
+    for (; r + kForwardRows <= stop; r += kForwardRows) {
+      ForwardRows<kEpilogue, kForwardRows>(c.y + r * w, b, g, be, res(), c.eps, w, c.out + r * w,
+                                           c.mean + r, c.rstd + r);
+    }
+    for (; r < stop; ++r) {
+      ForwardRows<kEpilogue, 1>(c.y + r * w, b, g, be, res(), c.eps, w, c.out + r * w, c.mean + r,
+                                c.rstd + r);
+    }
+  }
+}
+
+void ForwardChunk(void* raw, int64_t begin, int64_t end) {
+  const auto& c = *static_cast<const ForwardCtx*>(raw);
+  switch (c.epilogue) {
+    case NormEpilogue::kRelu:
+      return ForwardRange<NormEpilogue::kRelu>(c, begin, end);
+    case NormEpilogue::kResidual:
+      return ForwardRange<NormEpilogue::kResidual>(c, begin, end);
+    default:
+      return ForwardRange<NormEpilogue::kNone>(c, begin, end);
+  }
+}
+
+// Backward of one row, first pass: xhat -> xs; dxhat = d * g -> gy (the second pass turns it into
+// dz in place), where d is grad_out masked by the forward's ReLU (kRelu), also kept in ds when
+// kStoreD (for the parameter gradients). Returns the row's a = mean(dxhat) and
+// c = mean(dxhat * xhat), with which dz = (dxhat - (xhat * c + a)) * rstd: the difference first,
+// so that it cancels exactly where it should (a constant row, W = 1) before the large rstd.
+template <bool kRelu, bool kStoreD>
+inline void BackwardFirstPass(const float* __restrict go, const float* __restrict y,
+                              const float* __restrict b, const float* __restrict g,
+                              const float* __restrict be, float mean, float rstd, int64_t w,
+                              float* __restrict xs, float* __restrict ds, float* __restrict gy,
+                              float* a_out, float* c_out) {
+  const int64_t full = w - w % kW;
+  const FV vm = Splat(mean), vr = Splat(rstd);
+  FV a0{}, a1{}, c0{}, c1{};
+  auto step = [&](int64_t j, FV& acc_a, FV& acc_c) {
+    const FV gv = LoadV(g + j);
+    const FV xhat = (LoadV(y + j) + LoadV(b + j) - vm) * vr;
+    FV d = LoadV(go + j);
+    if (kRelu) d = Select(xhat * gv + LoadV(be + j) > FV{}, d, FV{});
+    const FV dxhat = d * gv;
+    StoreV(xs + j, xhat);
+    if (kStoreD) StoreV(ds + j, d);
+    StoreV(gy + j, dxhat);
+    acc_a += dxhat;
+    acc_c += dxhat * xhat;
+  };
+  int64_t j = 0;
+  for (; j + 2 * kW <= full; j += 2 * kW) {
+    step(j, a0, c0);
+    step(j + kW, a1, c1);
+  }
+  if (j < full) step(j, a0, c0);
+  float tail_a = 0.0f, tail_c = 0.0f;
+  for (j = full; j < w; ++j) {
+    const float xhat = (y[j] + b[j] - mean) * rstd;
+    float d = go[j];
+    if (kRelu) d = xhat * g[j] + be[j] > 0.0f ? d : 0.0f;
+    const float dxhat = d * g[j];
+    xs[j] = xhat;
+    if (kStoreD) ds[j] = d;
+    gy[j] = dxhat;
+    tail_a += dxhat;
+    tail_c += dxhat * xhat;
+  }
+  const float inv_w = 1.0f / static_cast<float>(w);
+  *a_out = (HSum(a0 + a1) + tail_a) * inv_w;
+  *c_out = (HSum(c0 + c1) + tail_c) * inv_w;
+}
+
+struct BackwardCtx {
+  EnsembleNormShape shape;
+  const float *grad_out, *y, *bias, *gamma, *beta, *mean, *rstd;
+  bool relu;
+  float* grad_y;
+  float* partial;  // (num_chunks, 3, W) sums d beta, d gamma, d bias per chunk, or null
+  int64_t chunks_per_member;
+};
+
+// kRows consecutive rows r0.. of member e (first passes done: xhat in xs, masked grad in ds, row
+// stride ws, dxhat in grad_y): writes their grad_y and adds their terms to the chunk sums (d beta,
+// d gamma, d bias).
+template <bool kRelu, int kRows>
+inline void BackwardGroup(const BackwardCtx& c, int64_t r0, const float* __restrict xs,
+                          const float* __restrict ds, int64_t ws, const float* rstd,
+                          const float* ka, const float* kc, float* __restrict sums) {
+  const int64_t w = c.shape.width, full = w - w % kW;
+  const float* __restrict go = c.grad_out + r0 * w;
+  float* __restrict gy = c.grad_y + r0 * w;
+  float* __restrict s_beta = sums;
+  float* __restrict s_gamma = sums + w;
+  float* __restrict s_bias = sums + 2 * w;
+  for (int64_t j = 0; j < full; j += kW) {
+    FV sb = LoadV(s_beta + j), sg = LoadV(s_gamma + j), sz = LoadV(s_bias + j);
+    for (int i = 0; i < kRows; ++i) {
+      const FV d = kRelu ? LoadV(ds + i * ws + j) : LoadV(go + i * w + j);
+      const FV xhat = LoadV(xs + i * ws + j);
+      const FV dz = (LoadV(gy + i * w + j) - (xhat * kc[i] + ka[i])) * rstd[i];
+      StoreV(gy + i * w + j, dz);
+      sb += d;
+      sg += d * xhat;
+      sz += dz;
+    }
+    StoreV(s_beta + j, sb);
+    StoreV(s_gamma + j, sg);
+    StoreV(s_bias + j, sz);
+  }
+  for (int64_t j = full; j < w; ++j) {
+    for (int i = 0; i < kRows; ++i) {
+      const float d = kRelu ? ds[i * ws + j] : go[i * w + j];
+      const float xhat = xs[i * ws + j];
+      const float dz = (gy[i * w + j] - (xhat * kc[i] + ka[i])) * rstd[i];
+      gy[i * w + j] = dz;
+      s_beta[j] += d;
+      s_gamma[j] += d * xhat;
+      s_bias[j] += dz;
+    }
+  }
+}
+
+template <bool kRelu, int kRows>
+inline void BackwardRowsWithSums(const BackwardCtx& c, int64_t r0, int64_t e, float* xs, float* ds,
+                                 int64_t ws, float* sums) {
+  const int64_t w = c.shape.width;
+  const float *b = c.bias + e * w, *g = c.gamma + e * w, *be = c.beta + e * w;
+  float ka[kRows], kc[kRows];
+  for (int i = 0; i < kRows; ++i) {
+    const int64_t r = r0 + i;
+    BackwardFirstPass<kRelu, kRelu>(c.grad_out + r * w, c.y + r * w, b, g, be, c.mean[r],
+                                    c.rstd[r], w, xs + i * ws, ds + i * ws, c.grad_y + r * w, &ka[i],
+                                    &kc[i]);
+  }
+  BackwardGroup<kRelu, kRows>(c, r0, xs, ds, ws, c.rstd + r0, ka, kc, sums);
+}
+
+// Chunk `chunk` (member e, i-th of chunks_per_member) covers a fixed row range of that member.
+template <bool kRelu>
+void BackwardChunkWithSums(const BackwardCtx& c, int64_t chunk) {
+  const int64_t w = c.shape.width, rows = c.shape.rows_per_member;
+  const int64_t e = chunk / c.chunks_per_member, i = chunk % c.chunks_per_member;
+  const int64_t first = e * rows + rows * i / c.chunks_per_member;
+  const int64_t last = e * rows + rows * (i + 1) / c.chunks_per_member;
+  float* sums = c.partial + chunk * 3 * w;
+  for (int64_t k = 0; k < 3 * w; ++k) sums[k] = 0.0f;
+  const int64_t ws = (w + 15) / 16 * 16;  // 64-byte aligned scratch rows
+  thread_local std::vector<float> buf;
+  float* xs = ThreadScratch(buf, 2 * kGroupRows * ws);
+  float* ds = xs + kGroupRows * ws;
+  int64_t r = first;
+  for (; r + kGroupRows <= last; r += kGroupRows) {
+    BackwardRowsWithSums<kRelu, kGroupRows>(c, r, e, xs, ds, ws, sums);
+  }
+  for (; r < last; ++r) BackwardRowsWithSums<kRelu, 1>(c, r, e, xs, ds, ws, sums);
+}
+
+// Rows [begin, end) without parameter gradients: dxhat goes to grad_y in the first pass and is
+// rescaled in place.
+template <bool kRelu>
+void BackwardRowsNoSums(const BackwardCtx& c, int64_t begin, int64_t end) {
+  const int64_t w = c.shape.width, rows = c.shape.rows_per_member, full = w - w % kW;
+  thread_local std::vector<float> buf;
+  float* xs = ThreadScratch(buf, w);
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t e = r / rows;
+    float* gy = c.grad_y + r * w;
+    float ka, kc;
+    BackwardFirstPass<kRelu, false>(c.grad_out + r * w, c.y + r * w, c.bias + e * w,
+                                    c.gamma + e * w, c.beta + e * w, c.mean[r], c.rstd[r], w, xs,
+                                    nullptr, gy, &ka, &kc);
+    const float rstd = c.rstd[r];
+    for (int64_t j = 0; j < full; j += kW) {
+      StoreV(gy + j, (LoadV(gy + j) - (LoadV(xs + j) * kc + ka)) * rstd);
+    }
+    for (int64_t j = full; j < w; ++j) gy[j] = (gy[j] - (xs[j] * kc + ka)) * rstd;
+  }
+}
+
+void BackwardChunks(void* raw, int64_t begin, int64_t end) {
+  const auto& c = *static_cast<const BackwardCtx*>(raw);
+  if (c.partial == nullptr) {
+    return c.relu ? BackwardRowsNoSums<true>(c, begin, end)
+                  : BackwardRowsNoSums<false>(c, begin, end);
+  }
+  for (int64_t chunk = begin; chunk < end; ++chunk) {
+    if (c.relu) {
+      BackwardChunkWithSums<true>(c, chunk);
+    } else {
+      BackwardChunkWithSums<false>(c, chunk);
+    }
+  }
+}
+
+inline void EnsembleNormForwardImpl(const EnsembleNormShape& shape, const float* y,
+                                    const float* bias, const float* gamma, const float* beta,
+                                    const float* residual, NormEpilogue epilogue, float eps,
+                                    float* out, float* mean, float* rstd, int num_threads) {
+  ForwardCtx ctx{shape, y, bias, gamma, beta, residual, epilogue, eps, out, mean, rstd};
+  ParallelFor(shape.members * shape.rows_per_member, num_threads, 64, ForwardChunk, &ctx);
+}
+
+inline void EnsembleNormBackwardImpl(const EnsembleNormShape& shape, const float* grad_out,
+                                     const float* y, const float* bias, const float* gamma,
+                                     const float* beta, const float* mean, const float* rstd,
+                                     bool relu, float* grad_y, float* grad_bias,
+                                     float* grad_gamma, float* grad_beta, int num_threads) {
+  const int64_t w = shape.width;
+  BackwardCtx ctx{shape, grad_out, y, bias, gamma, beta, mean, rstd, relu, grad_y, nullptr, 0};
+  if (grad_bias == nullptr) {
+    ParallelFor(shape.members * shape.rows_per_member, num_threads, 64, BackwardChunks, &ctx);
+    return;
+  }
+  const int64_t per_member =
+      std::max<int64_t>(1, (shape.rows_per_member + kRowsPerGradChunk - 1) / kRowsPerGradChunk);
+  const int64_t num_chunks = shape.members * per_member;
+  thread_local std::vector<float> partial_buf;  // the caller's: workers only write their chunks
+  ctx.partial = ThreadScratch(partial_buf, num_chunks * 3 * w);
+  ctx.chunks_per_member = per_member;
+  ParallelFor(num_chunks, num_threads, 1, BackwardChunks, &ctx);
+  // Chunks are summed in a fixed order: the result does not depend on num_threads.
+  float* outs[3] = {grad_beta, grad_gamma, grad_bias};
+  for (int64_t e = 0; e < shape.members; ++e) {
+    for (int p = 0; p < 3; ++p) {
+      const float* first = ctx.partial + (e * per_member * 3 + p) * w;
+      float* dst = outs[p] + e * w;
+      int64_t k = 0;
+      for (; k + kW <= w; k += kW) {
+        FV s = LoadV(first + k);
+        for (int64_t i = 1; i < per_member; ++i) s += LoadV(first + i * 3 * w + k);
+        StoreV(dst + k, s);
+      }
+      for (; k < w; ++k) {
+        float s = first[k];
+        for (int64_t i = 1; i < per_member; ++i) s += first[i * 3 * w + k];
+        dst[k] = s;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mtrl
