@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtrl.ensemble_norm import ensemble_norm, kernel_applies
-from mtrl.fused_critic import critic_forward
+from mtrl.fused_bronet import bronet_forward
 from mtrl.math import squash_log_std, tanh_gaussian_log_prob
 
 LAYER_NORM_EPS = 1e-6  # Flax default (§3.1, §11.2); PyTorch's default is 1e-5.
@@ -91,7 +91,53 @@ class EnsembleBroBlock(nn.Module):
         return self.ln2.after(self.fc2, h, residual=x, param_grads=param_grads)
 
 
-class Critic(nn.Module):
+class EnsembleBroNet(nn.Module):
+    """E independent BroNets (§3.1) as batched matmuls: Linear(D -> W) -> LayerNorm -> ReLU,
+    ``depth`` residual blocks, Linear(W -> K) head; x (B, D) -> (E, B, K). The critic (E = 2,
+    categorical head) and the actor (E = 1, mean / log-std head) are both this network.
+
+    On CPU float32 in eager mode the whole network is one autograd node (mtrl.fused_bronet, the
+    same kernels and gradients); elsewhere it runs layer by layer (:meth:`forward_layers`).
+    Subclasses call :meth:`_add_layers` once, after registering any parameters of their own.
+    """
+
+    def _add_layers(self, ensemble_size: int, in_features: int, width: int, depth: int,
+                    out_features: int) -> None:
+        self.fc_in = EnsembleLinear(ensemble_size, in_features, width, ORTHOGONAL_GAIN)
+        self.ln_in = EnsembleLayerNorm(ensemble_size, width)
+        self.blocks = nn.ModuleList(EnsembleBroBlock(ensemble_size, width) for _ in range(depth))
+        self.head = EnsembleLinear(ensemble_size, width, out_features, ORTHOGONAL_GAIN)
+
+    def forward_network(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
+        """(E, B, K) outputs for the input x (B, D) shared by the members. ``param_grads=False``:
+        the parameters enter as constants, so a backward reaches x only."""
+        params = self.layer_parameters()
+        # (The norm kernels check every parameter again, and convert or explain any mismatch.)
+        if kernel_applies(x, params[0], params[-1]) and not torch.is_autocast_enabled("cpu"):
+            return bronet_forward(x, params, len(self.blocks), LAYER_NORM_EPS, param_grads)
+        return self.forward_layers(x, param_grads=param_grads)
+
+    def forward_layers(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
+        """:meth:`forward_network` layer by layer (the composed ops that mtrl.fused_bronet
+        computes as one node)."""
+        x = self.ln_in.after(self.fc_in, x, relu=True, param_grads=param_grads)
+        for block in self.blocks:
+            x = block(x, param_grads=param_grads)
+        return self.head(x, param_grads=param_grads)
+
+    def layer_parameters(self) -> list[nn.Parameter]:
+        """Weights and biases of every layer, input to head: fc_in weight/bias, ln_in
+        gamma/beta, per block fc1, ln1, fc2, ln2 (weight then bias each), head weight/bias."""
+        # Read from the registries directly: nn.Module.__getattr__ would cost ~50 lookups of
+        # ~1 us on every forward. Registration order is the order above.
+        layers = [self._modules["fc_in"], self._modules["ln_in"]]
+        for block in self._modules["blocks"]._modules.values():
+            layers.extend(block._modules.values())
+        layers.append(self._modules["head"])
+        return [p for layer in layers for p in layer._parameters.values()]
+
+
+class Critic(EnsembleBroNet):
     """Ensemble of BroNet critics with a ``num_atoms``-logit categorical head (§3.1) and, for
     ``num_tasks > 1``, the unit-norm task embedding table that it owns (§5.1).
 
@@ -120,10 +166,7 @@ class Critic(nn.Module):
         else:
             self.register_parameter("task_embedding", None)  # single-task: no embedding (§5.1)
         in_features = obs_dim + action_dim + self.embedding_dim
-        self.fc_in = EnsembleLinear(ensemble_size, in_features, width, ORTHOGONAL_GAIN)
-        self.ln_in = EnsembleLayerNorm(ensemble_size, width)
-        self.blocks = nn.ModuleList(EnsembleBroBlock(ensemble_size, width) for _ in range(depth))
-        self.head = EnsembleLinear(ensemble_size, width, num_atoms, ORTHOGONAL_GAIN)
+        self._add_layers(ensemble_size, in_features, width, depth, num_atoms)
 
     def embed(self, task_id: Tensor) -> Tensor | None:
         """Unit-norm task embeddings (B, embedding_dim) (no learnable scale, no epsilon; §5.1)."""
@@ -141,47 +184,17 @@ class Critic(nn.Module):
         emb = self.embed(task_id)
         if emb is not None:
             parts.append(_p(emb, param_grads).to(obs.dtype))
-        x = torch.cat(parts, dim=-1)
-        params = self.layer_parameters()
-        # (The norm kernels check every parameter again, and convert or explain any mismatch.)
-        if kernel_applies(x, params[0], params[-1]) and not torch.is_autocast_enabled("cpu"):
-            # CPU float32 eager: the same layers as one autograd node (mtrl.fused_critic).
-            return critic_forward(x, params, len(self.blocks), LAYER_NORM_EPS, param_grads)
-        return self.forward_layers(x, param_grads=param_grads)
-
-    def forward_layers(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
-        """Logits (E, B, num_atoms) from the concatenated input x (B, D), layer by layer (the
-        composed ops that mtrl.fused_critic computes as one node)."""
-        x = self.ln_in.after(self.fc_in, x, relu=True, param_grads=param_grads)
-        for block in self.blocks:
-            x = block(x, param_grads=param_grads)
-        return self.head(x, param_grads=param_grads)
-
-    def layer_parameters(self) -> list[nn.Parameter]:
-        """Weights and biases of every layer, input to head: fc_in weight/bias, ln_in
-        gamma/beta, per block fc1, ln1, fc2, ln2 (weight then bias each), head weight/bias."""
-        # Read from the registries directly: nn.Module.__getattr__ would cost ~50 lookups of
-        # ~1 us on every forward. Registration order is the order above.
-        layers = [self._modules["fc_in"], self._modules["ln_in"]]
-        for block in self._modules["blocks"]._modules.values():
-            layers.extend(block._modules.values())
-        layers.append(self._modules["head"])
-        return [p for layer in layers for p in layer._parameters.values()]
+        return self.forward_network(torch.cat(parts, dim=-1), param_grads=param_grads)
 
     def trunk_parameters(self) -> list[nn.Parameter]:
         """All parameters except the task embedding table."""
         return [p for n, p in self.named_parameters() if n != "task_embedding"]
 
 
-def _linear(in_features: int, out_features: int, gain: float) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    nn.init.orthogonal_(layer.weight, gain=gain)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-class Actor(nn.Module):
-    """BroNet (width 256, 1 block) tanh-Gaussian policy (§2.3).
+class Actor(EnsembleBroNet):
+    """BroNet (width 256, 1 block) tanh-Gaussian policy (§2.3): the trunk of the critic with one
+    member, and one head whose first |A| outputs are the mean and last |A| the raw log-std
+    (initialised as two orthogonal heads, gain sqrt(2) and 1.0).
 
     Input: padded observation (B, O) and, in multi-task mode, the critic's task embedding
     (B, embedding_dim), which the caller passes detached (§5.1).
@@ -192,24 +205,19 @@ class Actor(nn.Module):
         depth: int = 1,
     ):
         super().__init__()
-        self.fc_in = _linear(obs_dim + embedding_dim, width, ORTHOGONAL_GAIN)
-        self.ln_in = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
-        self.blocks = nn.ModuleList()
-        for _ in range(depth):
-            self.blocks.append(nn.ModuleList([
-                _linear(width, width, ORTHOGONAL_GAIN), nn.LayerNorm(width, eps=LAYER_NORM_EPS),
-                _linear(width, width, ORTHOGONAL_GAIN), nn.LayerNorm(width, eps=LAYER_NORM_EPS),
-            ]))
-        self.mean = _linear(width, action_dim, ORTHOGONAL_GAIN)
-        self.log_std = _linear(width, action_dim, 1.0)  # gain 1.0 for the log-std head (§2.3)
+        self.action_dim = action_dim
+        self._add_layers(1, obs_dim + embedding_dim, width, depth, 2 * action_dim)
+        with torch.no_grad():  # §2.3: mean head gain sqrt(2), log-std head gain 1.0
+            for first, gain in ((0, ORTHOGONAL_GAIN), (action_dim, 1.0)):
+                w = torch.empty(action_dim, width)
+                nn.init.orthogonal_(w, gain=gain)
+                self.head.weight[0, :, first:first + action_dim].copy_(w.t())
 
     def forward(self, obs: Tensor, embedding: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Returns the pre-tanh mean and log sigma, each (B, A)."""
         x = obs if embedding is None else torch.cat([obs, embedding], dim=-1)
-        x = F.relu(self.ln_in(self.fc_in(x)))
-        for fc1, ln1, fc2, ln2 in self.blocks:
-            x = x + ln2(fc2(F.relu(ln1(fc1(x)))))
-        return self.mean(x), squash_log_std(self.log_std(x))
+        mean, raw_log_std = self.forward_network(x)[0].split(self.action_dim, dim=-1)
+        return mean, squash_log_std(raw_log_std)
 
     def sample(
         self, obs: Tensor, embedding: Tensor | None = None, std_scale: float = 1.0

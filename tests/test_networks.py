@@ -84,12 +84,16 @@ def test_actor():
     mean, log_std = actor(obs, emb)
     assert (log_std >= -10).all() and (log_std <= 2).all()
     torch.testing.assert_close(actor.act(obs, emb, deterministic=True), torch.tanh(mean))
-    # log-std head orthogonal gain 1.0, mean head gain sqrt(2) (§2.3)
-    w = actor.log_std.weight
+    # One head (W, 2|A|): mean columns orthogonal gain sqrt(2), log-std columns gain 1.0 (§2.3)
+    head = actor.head.weight[0]
+    w = head[:, 3:].t()
     torch.testing.assert_close(w @ w.t(), torch.eye(3), atol=1e-5, rtol=0)
-    w = actor.mean.weight
+    w = head[:, :3].t()
     torch.testing.assert_close(w @ w.t(), 2 * torch.eye(3), atol=1e-5, rtol=0)
-    assert math.isclose(actor.ln_in.eps, 1e-6)
+    assert actor.head.bias.abs().sum() == 0
+    torch.testing.assert_close(mean, actor.forward_layers(torch.cat([obs, emb], -1))[0, :, :3])
+    # trunk: Linear -> LayerNorm -> ReLU, one residual block, width 256 (§2.3)
+    assert actor.fc_in.weight.shape == (1, 6 + 32, 256) and len(actor.blocks) == 1
 
 
 def test_critic_without_param_grads_matches_and_reaches_inputs_only():

@@ -1,15 +1,17 @@
-"""The BroNet critic ensemble (brc-spec §3.1) as one autograd node on the CPU.
+"""A BroNet ensemble (brc-spec §3.1) as one autograd node on the CPU.
 
-A critic forward is 2 + 2 * depth batched matmuls, each followed by the fused bias + LayerNorm +
-affine + ReLU/residual kernel of ``csrc/nn`` (mtrl.ensemble_norm), then the linear head. Composed
-of separate differentiable ops that is about 15 autograd nodes, five of them Python nodes, and
-costs ~0.9 ms of Python and autograd-engine time per forward + backward whatever the width
-(measured at width 16, batch 4, one thread): a few percent of a CPU update at width 512, on the
-one thread that the second core waits for. Here the forward is one ``torch.autograd.Function``
-whose backward calls the same bmm and norm kernels by hand, in the order and with the formulas
-autograd uses for the composed ops (so the gradients are the same, bit for bit).
+The critic (E = 2 members, categorical head) and the actor (E = 1, mean / log-std head) are both
+mtrl.networks.EnsembleBroNet: 2 + 2 * depth batched matmuls, each followed by the fused bias +
+LayerNorm + affine + ReLU/residual kernel of ``csrc/nn`` (mtrl.ensemble_norm), then a linear
+head. Composed of separate differentiable ops that is about 15 autograd nodes, five of them
+Python nodes for the critic, and costs ~0.9 ms of Python and autograd-engine time per forward +
+backward whatever the width (measured at width 16, batch 4, one thread): a few percent of a CPU
+update at width 512, on the one thread that the second core waits for. Here the forward is one
+``torch.autograd.Function`` whose backward calls the same bmm and norm kernels by hand, in the
+order and with the formulas autograd uses for the composed ops (so the gradients are the same,
+bit for bit).
 
-Used by :class:`mtrl.networks.Critic` when every tensor is CPU float32 in plain eager mode
+Used by EnsembleBroNet.forward_network when every tensor is CPU float32 in plain eager mode
 (:func:`mtrl.ensemble_norm.kernel_applies`); the composed ops remain the path everywhere else
 (CUDA, float64, torch.compile, autocast).
 """
@@ -31,9 +33,9 @@ from mtrl.ensemble_norm import (
 _BLOCK = 8
 
 
-def critic_forward(x: Tensor, params: list[Tensor], depth: int, eps: float,
+def bronet_forward(x: Tensor, params: list[Tensor], depth: int, eps: float,
                    param_grads: bool) -> Tensor:
-    """Logits (E, B, K) of the critic ensemble for inputs x (B, D) shared by the E members.
+    """Outputs (E, B, K) of the ensemble for the input x (B, D) shared by the E members.
 
     params, in order: fc_in weight (E, D, W) and bias (E, 1, W), ln_in gamma and beta (E, 1, W),
     per block fc1 / ln1 / fc2 / ln2 likewise (W x W weights), head weight (E, W, K) and bias
@@ -42,7 +44,7 @@ def critic_forward(x: Tensor, params: list[Tensor], depth: int, eps: float,
     if torch.is_grad_enabled() and (x.requires_grad or (
             param_grads and any(p.requires_grad for p in params))):
         if torch._C._are_functorch_transforms_active():
-            return _CriticFunction.apply(x, depth, eps, param_grads, *params)
+            return _BroNetFunction.apply(x, depth, eps, param_grads, *params)
         return _apply(x, depth, eps, param_grads, *params)
     return _forward(x, params, depth, eps)[0]
 
@@ -71,7 +73,7 @@ def _members(x: Tensor, members: int) -> Tensor:
     return x.unsqueeze(0).expand(members, -1, -1)  # one input for all members (no copy)
 
 
-class _CriticFunction(torch.autograd.Function):
+class _BroNetFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, depth, eps, param_grads, *params):
         logits, inputs, norms = _forward(x, list(params), depth, eps)
@@ -120,4 +122,4 @@ class _CriticFunction(torch.autograd.Function):
 # Function.apply without its Python wrapper, which only unwraps functorch tensors (checked for
 # above) and binds arguments for setup_context-style Functions (not this one): ~15 us per call
 # with 27 arguments.
-_apply = super(torch.autograd.Function, _CriticFunction).apply
+_apply = super(torch.autograd.Function, _BroNetFunction).apply

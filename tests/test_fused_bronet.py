@@ -1,10 +1,10 @@
-"""mtrl.fused_critic: the critic ensemble as one autograd node equals the composed layers."""
+"""mtrl.fused_bronet: a BroNet ensemble (critic, actor) as one autograd node equals its composed layers."""
 
 import pytest
 import torch
 
-from mtrl.fused_critic import critic_forward
-from mtrl.networks import LAYER_NORM_EPS, Critic
+from mtrl.fused_bronet import bronet_forward
+from mtrl.networks import LAYER_NORM_EPS, Actor, Critic
 
 
 def _inputs(critic, batch, seed):
@@ -35,10 +35,11 @@ def test_matches_composed_layers_bitwise(depth, tasks):
     obs, action, task = _inputs(critic, 37, seed=1)
     action.requires_grad_()
     out = critic(obs, action, task)
-    assert out.grad_fn is not None and "CriticFunction" in type(out.grad_fn).__name__
+    assert out.grad_fn is not None and "BroNetFunction" in type(out.grad_fn).__name__
     grads = _grads(critic, out, 2, [action])
     parts = [obs, action] + ([critic.embed(task)] if tasks > 1 else [])
     ref = critic.forward_layers(torch.cat(parts, -1))
+    assert "BroNetFunction" not in type(ref.grad_fn).__name__
     ref_grads = _grads(critic, ref, 2, [action])
     assert torch.equal(out, ref)
     for g, r in zip(grads, ref_grads):
@@ -71,7 +72,7 @@ def test_float64_gradcheck_of_the_composed_path_and_fallbacks():
     out32 = critic(obs, action, task)
     critic64 = critic.double()
     out64 = critic64(obs.double(), action.double(), task)
-    assert out64.grad_fn is not None and "CriticFunction" not in type(out64.grad_fn).__name__
+    assert out64.grad_fn is not None and "BroNetFunction" not in type(out64.grad_fn).__name__
     torch.testing.assert_close(out32.double(), out64, atol=1e-5, rtol=1e-5)
 
 
@@ -81,7 +82,7 @@ def test_no_graph_without_gradients():
     out = critic(obs, action, task)
     assert out.grad_fn is None
     with torch.no_grad():
-        assert critic_forward(torch.cat([obs, action], -1), critic.layer_parameters(), 1,
+        assert bronet_forward(torch.cat([obs, action], -1), critic.layer_parameters(), 1,
                               LAYER_NORM_EPS, True).grad_fn is None
 
 
@@ -93,3 +94,20 @@ def test_in_place_weight_change_before_backward_is_caught():
         critic.head.weight.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+def test_actor_trunk_matches_composed_layers_bitwise():
+    torch.manual_seed(3)
+    actor = Actor(7, 3, 32, width=64)
+    obs, emb = torch.randn(11, 7, requires_grad=True), torch.randn(11, 32)
+    assert "BroNetFunction" in type(actor.forward_network(torch.cat([obs, emb], -1)).grad_fn).__name__
+    mean, log_std = actor(obs, emb)
+    grads = _grads(actor, torch.cat([mean, log_std], -1), 8, [obs])
+    out = actor.forward_layers(torch.cat([obs, emb], -1))[0]
+    ref_mean, ref_raw = out.split(3, -1)
+    from mtrl.math import squash_log_std
+    ref = torch.cat([ref_mean, squash_log_std(ref_raw)], -1)
+    ref_grads = _grads(actor, ref, 8, [obs])
+    assert torch.equal(torch.cat([mean, log_std], -1), ref)
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
