@@ -7,10 +7,14 @@
 // auto-vectoriser, which left the masked loads of the backward scalar and kept lane sums on the
 // stack. Forward, kForwardRows rows at a time (independent dependency chains): z = y + b and its
 // sum, the sum of squares about the mean (two passes over rows still in L1: no cancellation when
-// |mean| >> std), then the affine and the epilogue. Backward: a first pass per row gives xhat, the
-// ReLU-masked grad, dxhat and the two row means; the second pass and the parameter-gradient sums
-// then go over kGroupRows rows at a time with the sums in registers, so the (3, W) sums of a chunk
-// are loaded and stored once per group instead of once per row.
+// |mean| >> std), then the affine and the epilogue. Backward, row by row: a first pass gives xhat,
+// the ReLU-masked grad, dxhat and the two row means, a second pass dz and the row's terms of the
+// parameter-gradient sums of its chunk. Both prefetch the rows they will work on next.
+//
+// What limits them at the critic's shapes (W = 512, a few hundred rows per thread, data in L2) is
+// the L1 <-> L2 traffic more than the arithmetic: tried and measured slower were longer row groups
+// in the backward (sums kept in registers over 2-8 rows: their scratch rows pushed the streamed
+// rows out of L1), 8 forward rows at a time, and no prefetching.
 #pragma once
 
 #include <algorithm>
@@ -28,9 +32,8 @@ namespace {
 // Rows of one chunk of the parameter-gradient sums: fixed and independent of num_threads, so the
 // sums (chunks added in a fixed order) are too. 64 rows give 8 chunks at B = 256, E = 2.
 constexpr int64_t kRowsPerGradChunk = 64;
-// Rows whose parameter-gradient terms are summed in registers before the chunk's sums are updated;
-// their xhat and masked grad rows (2 * kGroupRows * W floats) stay in L1.
-constexpr int kGroupRows = 4;
+// The backward with parameter gradients prefetches the row this many rows ahead (BackwardRow).
+constexpr int64_t kRowsAhead = 1;
 
 inline float HSum(FV v) { return Horizontal(v, AddV); }
 
@@ -61,13 +64,16 @@ inline float* ThreadScratch(std::vector<float>& buf, int64_t n) {
 
 // kRows consecutive rows of one member (stride w): out = epilogue((y + b - mean) * rstd * g + be).
 // Several rows at a time: each row is a chain of dependent steps (sum -> mean -> sum of squares ->
-// rstd -> output), and interleaving independent rows hides those latencies. The same expression
+// rstd -> output), and interleaving independent rows hides those latencies. Passes 2 and 3 work on
+// L1 data only, so they prefetch the next next_rows rows' y (read) and out (write) into L1, and
+// pass 1 the residual rows that pass 3 reads: the loads and store misses of the next rows then
+// overlap this group's arithmetic (~10% at W = 512, more with the residual). The same expression
 // order for xhat and xhat * g + be as in the backward, so its ReLU mask is exactly the forward's.
 template <NormEpilogue kEpilogue, int kRows>
 inline void ForwardRows(const float* __restrict y, const float* __restrict b,
                         const float* __restrict g, const float* __restrict be,
                         const float* __restrict res, float eps, int64_t w, float* __restrict out,
-                        float* mean_out, float* rstd_out) {
+                        float* mean_out, float* rstd_out, int64_t next_rows) {
   const int64_t full = w - w % kW;
   // Pass 1: z = y + b, kept in out (the rows stay in L1 for the next passes), and its sum.
   FV s[kRows] = {};
@@ -77,6 +83,7 @@ inline void ForwardRows(const float* __restrict y, const float* __restrict b,
       const FV z = LoadV(y + i * w + j) + bv;
       StoreV(out + i * w + j, z);
       s[i] += z;
+      if (kEpilogue == NormEpilogue::kResidual) __builtin_prefetch(res + i * w + j);  // pass 3
     }
   }
   float mean[kRows];
@@ -95,6 +102,7 @@ inline void ForwardRows(const float* __restrict y, const float* __restrict b,
       const FV d = LoadV(out + i * w + j) - mean[i];
       q[i] += d * d;
     }
+    for (int64_t i = 0; i < next_rows; ++i) __builtin_prefetch(y + (kRows + i) * w + j);
   }
   float rstd[kRows];
   for (int i = 0; i < kRows; ++i) {
@@ -112,6 +120,7 @@ inline void ForwardRows(const float* __restrict y, const float* __restrict b,
       if (kEpilogue == NormEpilogue::kResidual) v = LoadV(res + i * w + j) + v;
       StoreV(out + i * w + j, v);
     }
+    for (int64_t i = 0; i < next_rows; ++i) __builtin_prefetch(out + (kRows + i) * w + j, 1);
   }
   for (int i = 0; i < kRows; ++i) {
     for (int64_t j = full; j < w; ++j) {
@@ -147,11 +156,12 @@ void ForwardRange(const ForwardCtx& c, int64_t begin, int64_t end) {
     auto res = [&] { return kEpilogue == NormEpilogue::kResidual ? c.residual + r * w : nullptr; };
     for (; r + kForwardRows <= stop; r += kForwardRows) {
       ForwardRows<kEpilogue, kForwardRows>(c.y + r * w, b, g, be, res(), c.eps, w, c.out + r * w,
-                                           c.mean + r, c.rstd + r);
+                                           c.mean + r, c.rstd + r,
+                                           std::min<int64_t>(kForwardRows, end - r - kForwardRows));
     }
     for (; r < stop; ++r) {
       ForwardRows<kEpilogue, 1>(c.y + r * w, b, g, be, res(), c.eps, w, c.out + r * w, c.mean + r,
-                                c.rstd + r);
+                                c.rstd + r, std::min<int64_t>(1, end - r - 1));
     }
   }
 }
@@ -226,115 +236,85 @@ struct BackwardCtx {
   int64_t chunks_per_member;
 };
 
-// kRows consecutive rows r0.. of member e (first passes done: xhat in xs, masked grad in ds, row
-// stride ws, dxhat in grad_y): writes their grad_y and adds their terms to the chunk sums (d beta,
-// d gamma, d bias).
-template <bool kRelu, int kRows>
-inline void BackwardGroup(const BackwardCtx& c, int64_t r0, const float* __restrict xs,
-                          const float* __restrict ds, int64_t ws, const float* rstd,
-                          const float* ka, const float* kc, float* __restrict sums) {
-  const int64_t w = c.shape.width, full = w - w % kW;
-  const float* __restrict go = c.grad_out + r0 * w;
-  float* __restrict gy = c.grad_y + r0 * w;
+// Row r of the backward: the first pass, then dz = (dxhat - (xhat * c + a)) * rstd in place in
+// grad_y and (kSums) the row's terms of d beta (d), d gamma (d * xhat) and d bias (dz) added to
+// sums (3, W). Meanwhile y, grad_out (read) and grad_y (write) of row `ahead` are prefetched into
+// L1 when ahead >= 0: this second pass is arithmetic on L1 data, and without the prefetch the next
+// row's loads (from L2) and store misses would wait until that row starts (~1.6x slower).
+template <bool kRelu, bool kSums>
+inline void BackwardRow(const BackwardCtx& c, int64_t r, int64_t ahead, float* __restrict xs,
+                        float* __restrict ds, float* __restrict sums) {
+  const int64_t w = c.shape.width, full = w - w % kW, e = r / c.shape.rows_per_member;
+  const float* __restrict go = c.grad_out + r * w;
+  float* __restrict gy = c.grad_y + r * w;
+  float a, k;
+  BackwardFirstPass<kRelu, kRelu && kSums>(go, c.y + r * w, c.bias + e * w, c.gamma + e * w,
+                                            c.beta + e * w, c.mean[r], c.rstd[r], w, xs, ds, gy,
+                                            &a, &k);
+  const float rstd = c.rstd[r];
   float* __restrict s_beta = sums;
-  float* __restrict s_gamma = sums + w;
-  float* __restrict s_bias = sums + 2 * w;
+  float* __restrict s_gamma = kSums ? sums + w : nullptr;
+  float* __restrict s_bias = kSums ? sums + 2 * w : nullptr;
   for (int64_t j = 0; j < full; j += kW) {
-    FV sb = LoadV(s_beta + j), sg = LoadV(s_gamma + j), sz = LoadV(s_bias + j);
-    for (int i = 0; i < kRows; ++i) {
-      const FV d = kRelu ? LoadV(ds + i * ws + j) : LoadV(go + i * w + j);
-      const FV xhat = LoadV(xs + i * ws + j);
-      const FV dz = (LoadV(gy + i * w + j) - (xhat * kc[i] + ka[i])) * rstd[i];
-      StoreV(gy + i * w + j, dz);
-      sb += d;
-      sg += d * xhat;
-      sz += dz;
+    const FV xhat = LoadV(xs + j);
+    const FV dz = (LoadV(gy + j) - (xhat * k + a)) * rstd;
+    StoreV(gy + j, dz);
+    if (kSums) {
+      const FV d = kRelu ? LoadV(ds + j) : LoadV(go + j);
+      StoreV(s_beta + j, LoadV(s_beta + j) + d);
+      StoreV(s_gamma + j, LoadV(s_gamma + j) + d * xhat);
+      StoreV(s_bias + j, LoadV(s_bias + j) + dz);
     }
-    StoreV(s_beta + j, sb);
-    StoreV(s_gamma + j, sg);
-    StoreV(s_bias + j, sz);
+    if (ahead >= 0) {
+      __builtin_prefetch(c.y + ahead * w + j);
+      __builtin_prefetch(c.grad_out + ahead * w + j);
+      __builtin_prefetch(c.grad_y + ahead * w + j, 1);
+    }
   }
   for (int64_t j = full; j < w; ++j) {
-    for (int i = 0; i < kRows; ++i) {
-      const float d = kRelu ? ds[i * ws + j] : go[i * w + j];
-      const float xhat = xs[i * ws + j];
-      const float dz = (gy[i * w + j] - (xhat * kc[i] + ka[i])) * rstd[i];
-      gy[i * w + j] = dz;
+    const float dz = (gy[j] - (xs[j] * k + a)) * rstd;
+    gy[j] = dz;
+    if (kSums) {
+      const float d = kRelu ? ds[j] : go[j];
       s_beta[j] += d;
-      s_gamma[j] += d * xhat;
+      s_gamma[j] += d * xs[j];
       s_bias[j] += dz;
     }
   }
 }
 
-template <bool kRelu, int kRows>
-inline void BackwardRowsWithSums(const BackwardCtx& c, int64_t r0, int64_t e, float* xs, float* ds,
-                                 int64_t ws, float* sums) {
-  const int64_t w = c.shape.width;
-  const float *b = c.bias + e * w, *g = c.gamma + e * w, *be = c.beta + e * w;
-  float ka[kRows], kc[kRows];
-  for (int i = 0; i < kRows; ++i) {
-    const int64_t r = r0 + i;
-    BackwardFirstPass<kRelu, kRelu>(c.grad_out + r * w, c.y + r * w, b, g, be, c.mean[r],
-                                    c.rstd[r], w, xs + i * ws, ds + i * ws, c.grad_y + r * w, &ka[i],
-                                    &kc[i]);
-  }
-  BackwardGroup<kRelu, kRows>(c, r0, xs, ds, ws, c.rstd + r0, ka, kc, sums);
-}
-
-// Chunk `chunk` (member e, i-th of chunks_per_member) covers a fixed row range of that member.
-template <bool kRelu>
-void BackwardChunkWithSums(const BackwardCtx& c, int64_t chunk) {
-  const int64_t w = c.shape.width, rows = c.shape.rows_per_member;
-  const int64_t e = chunk / c.chunks_per_member, i = chunk % c.chunks_per_member;
-  const int64_t first = e * rows + rows * i / c.chunks_per_member;
-  const int64_t last = e * rows + rows * (i + 1) / c.chunks_per_member;
-  float* sums = c.partial + chunk * 3 * w;
-  for (int64_t k = 0; k < 3 * w; ++k) sums[k] = 0.0f;
-  const int64_t ws = (w + 15) / 16 * 16;  // 64-byte aligned scratch rows
+// Rows [begin, end), in order, adding into sums (kSums). With the sums, each row prefetches the one
+// kRowsAhead rows later (inside the range: never another thread's rows); without them the second
+// pass is too short to hide anything (measured: the prefetches only cost load slots there).
+template <bool kRelu, bool kSums>
+void BackwardRange(const BackwardCtx& c, int64_t begin, int64_t end, float* sums) {
+  const int64_t ws = (c.shape.width + 15) / 16 * 16;  // 64-byte aligned scratch rows
   thread_local std::vector<float> buf;
-  float* xs = ThreadScratch(buf, 2 * kGroupRows * ws);
-  float* ds = xs + kGroupRows * ws;
-  int64_t r = first;
-  for (; r + kGroupRows <= last; r += kGroupRows) {
-    BackwardRowsWithSums<kRelu, kGroupRows>(c, r, e, xs, ds, ws, sums);
-  }
-  for (; r < last; ++r) BackwardRowsWithSums<kRelu, 1>(c, r, e, xs, ds, ws, sums);
-}
-
-// Rows [begin, end) without parameter gradients: dxhat goes to grad_y in the first pass and is
-// rescaled in place.
-template <bool kRelu>
-void BackwardRowsNoSums(const BackwardCtx& c, int64_t begin, int64_t end) {
-  const int64_t w = c.shape.width, rows = c.shape.rows_per_member, full = w - w % kW;
-  thread_local std::vector<float> buf;
-  float* xs = ThreadScratch(buf, w);
+  float* xs = ThreadScratch(buf, 2 * ws);
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t e = r / rows;
-    float* gy = c.grad_y + r * w;
-    float ka, kc;
-    BackwardFirstPass<kRelu, false>(c.grad_out + r * w, c.y + r * w, c.bias + e * w,
-                                    c.gamma + e * w, c.beta + e * w, c.mean[r], c.rstd[r], w, xs,
-                                    nullptr, gy, &ka, &kc);
-    const float rstd = c.rstd[r];
-    for (int64_t j = 0; j < full; j += kW) {
-      StoreV(gy + j, (LoadV(gy + j) - (LoadV(xs + j) * kc + ka)) * rstd);
-    }
-    for (int64_t j = full; j < w; ++j) gy[j] = (gy[j] - (xs[j] * kc + ka)) * rstd;
+    const int64_t ahead = kSums && r + kRowsAhead < end ? r + kRowsAhead : -1;
+    BackwardRow<kRelu, kSums>(c, r, ahead, xs, xs + ws, sums);
   }
 }
 
 void BackwardChunks(void* raw, int64_t begin, int64_t end) {
   const auto& c = *static_cast<const BackwardCtx*>(raw);
-  if (c.partial == nullptr) {
-    return c.relu ? BackwardRowsNoSums<true>(c, begin, end)
-                  : BackwardRowsNoSums<false>(c, begin, end);
+  if (c.partial == nullptr) {  // [begin, end) are rows
+    return c.relu ? BackwardRange<true, false>(c, begin, end, nullptr)
+                  : BackwardRange<false, false>(c, begin, end, nullptr);
   }
+  // [begin, end) are gradient chunks: chunk i of member e covers a fixed range of its rows.
+  const int64_t w = c.shape.width, rows = c.shape.rows_per_member;
   for (int64_t chunk = begin; chunk < end; ++chunk) {
+    const int64_t e = chunk / c.chunks_per_member, i = chunk % c.chunks_per_member;
+    const int64_t first = e * rows + rows * i / c.chunks_per_member;
+    const int64_t last = e * rows + rows * (i + 1) / c.chunks_per_member;
+    float* sums = c.partial + chunk * 3 * w;
+    for (int64_t k = 0; k < 3 * w; ++k) sums[k] = 0.0f;
     if (c.relu) {
-      BackwardChunkWithSums<true>(c, chunk);
+      BackwardRange<true, true>(c, first, last, sums);
     } else {
-      BackwardChunkWithSums<false>(c, chunk);
+      BackwardRange<false, true>(c, first, last, sums);
     }
   }
 }
