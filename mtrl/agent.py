@@ -13,6 +13,7 @@ from mtrl import math as brc_math
 from mtrl.config import AgentConfig
 from mtrl.networks import Actor, Critic
 from mtrl.normalizer import reward_denominator
+from mtrl.optim import FusedAdamW
 
 try:  # fused kernels of the kernel component (issue 3); mtrl.math is the reference path
     from mtrl import ops as _ops
@@ -69,9 +70,8 @@ class BRCAgent(nn.Module):
         self.register_buffer("atoms", brc_math.atoms_support(config.v_min, config.v_max, config.num_atoms))
         self.target_entropy = -action_dim / 2.0  # padded |A| (§2.4, §5.2)
         self.use_fused = bool(config.fused_ops and fused_ops_available())
-        # Parameter lists walked twice per update (Polyak, actor backward), built once: the
+        # Parameter lists walked every update (Polyak targets, actor backward), built once: the
         # Parameter objects persist through .to(device) and load_state_dict (in-place copies).
-        self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.target_critic.parameters())
         self._actor_params = list(self.actor.parameters())
         self._build_optimizers()
@@ -85,11 +85,11 @@ class BRCAgent(nn.Module):
     def _build_optimizers(self) -> None:
         cfg = self.config
         # §11.1: AdamW weight decay 1e-4 on every parameter (biases, LayerNorm, embedding too).
-        # fused=True: one multi-tensor kernel per step (CPU and CUDA), same math as the loop.
-        self.critic_optimizer = torch.optim.AdamW(
-            self.critic.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-        self.actor_optimizer = torch.optim.AdamW(
-            self.actor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        # FusedAdamW: one C++ pass on CPU (torch's fused AdamW elsewhere), same state and math.
+        self.critic_optimizer = FusedAdamW(
+            self.critic.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.actor_optimizer = FusedAdamW(
+            self.actor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.temperature_optimizer = torch.optim.Adam(
             [self.log_alpha], lr=cfg.temperature_lr, betas=(cfg.temperature_beta1, 0.999),
             fused=True)
@@ -129,7 +129,9 @@ class BRCAgent(nn.Module):
         return brc_math.categorical_cross_entropy(logits, target)
 
     def critic_step(self, batch: Batch, reward: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One AdamW step on the critic CE loss against the projected soft target (§2.2.1, §3.2).
+        """One AdamW step on the critic CE loss against the projected soft target (§2.2.1, §3.2),
+        then the Polyak update of the target critic, tau = 0.005 on every parameter including
+        the embedding and LayerNorm (§2.2 step 2; both in one pass over the parameters).
 
         Returns (loss, expected target value (B,), per-sample finiteness (B,) bool)."""
         with torch.no_grad():
@@ -144,7 +146,7 @@ class BRCAgent(nn.Module):
         loss = self._cross_entropy(logits.float(), target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.critic_optimizer.step()
+        self.critic_optimizer.step_with_polyak(self._target_params, self.config.tau)
         finite = torch.isfinite(q_target) & torch.isfinite(logits.detach().sum(-1)).all(0)
         return loss.detach(), q_target, finite
 
@@ -179,11 +181,10 @@ class BRCAgent(nn.Module):
         """One BRC gradient step (§2.2) on ``batch``; rewards are divided by ``denominator`` (T,)
         of their task (§4.2). Returns detached 0-d metrics plus ``nonfinite_per_task`` (T,)."""
         alpha = self.alpha
-        # 1. Critic: categorical soft target (§3.2) and cross-entropy, one AdamW step.
+        # 1-2. Critic: categorical soft target (§3.2) and cross-entropy, one AdamW step; then the
+        #      Polyak update of the target critic (in the same pass over the parameters).
         reward = batch.reward / denominator[batch.task_id]
         critic_loss, q_target, finite = self.critic_step(batch, reward, alpha)
-        # 2. Target: Polyak tau = 0.005 on every critic parameter incl. embedding and LayerNorm.
-        brc_math.polyak_update(self._target_params, self._critic_params, self.config.tau)
         # 3. Actor on the just-updated critic, embedding detached, alpha constant.
         actor_loss, entropy, q_mean = self.actor_step(batch, alpha)
         # 4. Temperature from the same actor forward's entropy.

@@ -47,25 +47,45 @@ inline const DlTensor* DlView(pybind11::handle obj) {
   return managed == nullptr ? nullptr : &managed->dl_tensor;
 }
 
-// Data of a dense row-major CPU tensor of T with exactly `shape`; nullptr when t is absent or
-// differs in any of these (the caller then takes the general path, which converts or explains).
+// Whether t is a CPU tensor of scalar type T (one lane).
 template <typename T>
-inline T* DenseCpu(const DlTensor* t, std::initializer_list<int64_t> shape) {
-  if (t == nullptr || t->device.device_type != 1 || t->dtype.code != 2 ||
-      t->dtype.bits != 8 * sizeof(T) || t->dtype.lanes != 1 ||
-      t->ndim != static_cast<int32_t>(shape.size())) {
-    return nullptr;
-  }
+inline bool CpuOf(const DlTensor* t) {
+  return t != nullptr && t->device.device_type == 1 && t->dtype.code == 2 &&
+         t->dtype.bits == 8 * sizeof(T) && t->dtype.lanes == 1;
+}
+
+// Data of t when it is row-major dense (strides of size-1 dims are ignored) and aligned for T.
+template <typename T>
+inline T* DenseData(const DlTensor* t) {
   int64_t expected_stride = 1;
   for (int32_t i = t->ndim - 1; i >= 0; --i) {
-    const int64_t size = shape.begin()[i];
-    if (t->shape[i] != size) return nullptr;
-    if (t->strides != nullptr && size > 1 && t->strides[i] != expected_stride) return nullptr;
-    expected_stride *= size;
+    if (t->strides != nullptr && t->shape[i] > 1 && t->strides[i] != expected_stride) return nullptr;
+    expected_stride *= t->shape[i];
   }
   char* base = static_cast<char*>(t->data) + t->byte_offset;
   if (reinterpret_cast<uintptr_t>(base) % alignof(T) != 0) return nullptr;
   return reinterpret_cast<T*>(base);
+}
+
+// Data of a dense row-major CPU tensor of T with exactly `shape`; nullptr when t is absent or
+// differs in any of these (the caller then takes the general path, which converts or explains).
+template <typename T>
+inline T* DenseCpu(const DlTensor* t, std::initializer_list<int64_t> shape) {
+  if (!CpuOf<T>(t) || t->ndim != static_cast<int32_t>(shape.size())) return nullptr;
+  for (int32_t i = 0; i < t->ndim; ++i) {
+    if (t->shape[i] != shape.begin()[i]) return nullptr;
+  }
+  return DenseData<T>(t);
+}
+
+// Data of a dense row-major CPU tensor of T of any shape, its element count in *size; nullptr
+// when t is absent or not one.
+template <typename T>
+inline T* DenseCpuAnyShape(const DlTensor* t, int64_t* size) {
+  if (!CpuOf<T>(t)) return nullptr;
+  *size = 1;
+  for (int32_t i = 0; i < t->ndim; ++i) *size *= t->shape[i];
+  return DenseData<T>(t);
 }
 
 }  // namespace dlpack

@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   mtrl::RegisterEnvs(m);
   mtrl::RegisterKernels(m);
   mtrl::RegisterNn(m);
+  mtrl::RegisterOptim(m);
 }

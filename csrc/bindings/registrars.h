@@ -10,5 +10,6 @@ void RegisterReplay(pybind11::module_& m);
 void RegisterEnvs(pybind11::module_& m);
 void RegisterKernels(pybind11::module_& m);
 void RegisterNn(pybind11::module_& m);
+void RegisterOptim(pybind11::module_& m);
 
 }  // namespace mtrl

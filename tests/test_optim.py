@@ -1,0 +1,91 @@
+"""mtrl.optim.FusedAdamW: AdamW (as torch's) in one C++ pass, with the Polyak update fused."""
+
+import copy
+
+import pytest
+import torch
+
+from mtrl import math as brc_math
+from mtrl.optim import FusedAdamW
+
+
+def _params(seed, shapes=((2, 37, 64), (2, 1, 64), (5,), (), (3, 4, 5, 6))):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+
+
+def _set_grads(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 0.1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_torch_adamw_and_polyak(threads):
+    torch.set_num_threads(threads)
+    ours, ref = _params(0), _params(0)
+    targets = [p.detach().clone() + 0.5 for p in ours]
+    ref_targets = [t.clone() for t in targets]
+    opt = FusedAdamW(ours, lr=3e-3, weight_decay=1e-2)
+    ref_opt = torch.optim.AdamW(ref, lr=3e-3, weight_decay=1e-2)
+    for step in range(7):
+        _set_grads(ours, step)
+        _set_grads(ref, step)
+        opt.step_with_polyak(targets, 0.005)
+        ref_opt.step()
+        brc_math.polyak_update(ref_targets, ref, 0.005)
+        for p, r in zip(ours, ref):
+            torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
+        for t, r in zip(targets, ref_targets):
+            torch.testing.assert_close(t, r, rtol=1e-6, atol=1e-7)
+    for p, r in zip(ours, ref):  # the state is AdamW's, entry for entry
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][key], ref_opt.state[r][key], rtol=1e-5, atol=1e-8)
+    torch.set_num_threads(2)
+
+
+def test_state_dict_round_trips_with_torch_adamw():
+    params = _params(1)
+    opt = FusedAdamW(params, lr=1e-3, weight_decay=1e-4)
+    _set_grads(params, 0)
+    opt.step()
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    ref = torch.optim.AdamW(ref_params, lr=1e-3, weight_decay=1e-4, fused=True)
+    ref.load_state_dict(copy.deepcopy(opt.state_dict()))  # (torch shares the step tensors)
+    _set_grads(params, 1)
+    _set_grads(ref_params, 1)
+    opt.step()
+    ref.step()
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
+
+
+def test_falls_back_to_torch_where_the_kernel_does_not_apply():
+    params = _params(2)
+    params[2].grad = None  # torch skips parameters without gradient
+    for p in params[:2] + params[3:]:
+        p.grad = torch.ones_like(p)
+    before = params[2].detach().clone()
+    targets = [p.detach().clone() for p in params]
+    opt = FusedAdamW(params, lr=1e-2, weight_decay=0.0)
+    opt.step_with_polyak(targets, 0.5)
+    assert torch.equal(params[2], before) and "step" not in opt.state[params[2]]
+    assert float(opt.state[params[0]]["step"]) == 1.0
+    torch.testing.assert_close(targets[0], params[0].detach() * 0.5 + (params[0].detach() + 1e-2) * 0.5,
+                               rtol=1e-5, atol=1e-6)  # lerp toward the stepped params
+    # float64 parameters: torch's path, same rule
+    p64 = [torch.randn(4, dtype=torch.float64, requires_grad=True)]
+    r64 = [p64[0].detach().clone().requires_grad_()]
+    p64[0].grad = torch.ones(4, dtype=torch.float64)
+    r64[0].grad = torch.ones(4, dtype=torch.float64)
+    FusedAdamW(p64, lr=1e-3, weight_decay=1e-4).step()
+    torch.optim.AdamW(r64, lr=1e-3, weight_decay=1e-4).step()
+    torch.testing.assert_close(p64[0], r64[0])
+
+
+def test_bad_targets_raise():
+    params = _params(3)
+    _set_grads(params, 0)
+    opt = FusedAdamW(params, lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ValueError, match="targets"):
+        opt.step_with_polyak([p.detach().clone() for p in params[:2]], 0.005)
