@@ -70,6 +70,56 @@ inline void ProjectC51(const int32_t* low, const T* mass_lo, const T* mass_hi, i
   for (int64_t i = 1; i < k; ++i) y[i] += y_hi[i - 1];
 }
 
+// The output vectors of ProjectC51Gather (see there), `taps` window atoms each, the window of
+// vector v starting at atom jbs[v]; kTaps > 0 fixes that count at compile time (the tap loop then
+// unrolls), kTaps = 0 reads it from `taps`. Two output vectors at a time (independent
+// accumulators: their add chains interleave); the last vector overlaps the previous one when kW
+// does not divide K (same values; its lanes already stored are left out of the expected value).
+// Returns the expected value's two accumulators (even / odd vectors) summed.
+template <int kTaps>
+inline FV GatherOutputs(const float* p, const float* atoms, const float* bpos, const int32_t* jbs,
+                        int64_t k, int64_t taps, float* y) {
+  const int64_t nt = kTaps > 0 ? kTaps : taps;
+  const FV zero = Splat(0.0f), one = Splat(1.0f), iota = LaneIndex();
+  auto tap = [&](int64_t jb, FV bins_i, FV acc) {
+    const FV d = LoadV(bpos + jb) - bins_i;
+    FV w = one - __builtin_bit_cast(FV, __builtin_bit_cast(IV, d) & 0x7fffffff);
+    w = MaxOrSecond(w, zero);  // w > 0 ? w : 0
+    return acc + LoadV(p + jb) * w;
+  };
+  auto first = [&](int64_t v) { return v * kW + kW > k ? k - kW : v * kW; };
+  FV ev_a = zero, ev_b = zero;
+  auto store = [&](int64_t v, int64_t i0, FV acc, FV& ev) {
+    StoreV(y + i0, acc);
+    const FV z = LoadV(atoms + i0) * acc;
+    ev += i0 == v * kW ? z : Select(iota + static_cast<float>(i0) >= static_cast<float>(v * kW),
+                                     z, zero);
+  };
+  const int64_t num_vectors = (k + kW - 1) / kW;
+  int64_t v = 0;
+  for (; v + 2 <= num_vectors; v += 2) {
+    const int64_t i0 = first(v), i1 = first(v + 1), jb0 = jbs[v], jb1 = jbs[v + 1];
+    const FV bins0 = iota + static_cast<float>(i0), bins1 = iota + static_cast<float>(i1);
+    FV acc0 = zero, acc1 = zero;
+#pragma GCC unroll 8
+    for (int64_t t = 0; t < nt; ++t) {
+      acc0 = tap(jb0 + t, bins0, acc0);
+      acc1 = tap(jb1 + t, bins1, acc1);
+    }
+    store(v, i0, acc0, ev_a);
+    store(v + 1, i1, acc1, ev_b);
+  }
+  if (v < num_vectors) {
+    const int64_t i0 = first(v), jb0 = jbs[v];
+    const FV bins0 = iota + static_cast<float>(i0);
+    FV acc0 = zero;
+#pragma GCC unroll 8
+    for (int64_t t = 0; t < nt; ++t) acc0 = tap(jb0 + t, bins0, acc0);
+    store(v, i0, acc0, ev_a);
+  }
+  return ev_a + ev_b;
+}
+
 // C51 projection as a gather (float): output bin i collects sum_j p_j max(0, 1 - |b_j - i|)
 // over the few atoms j whose fractional bin b_j lies within one bin of i. This is the floor/ceil
 // split of spec §3.2 written per output bin (the lower share is the same 1 - frac; the upper one is
@@ -106,11 +156,12 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   const FV zero = Splat(0.0f), vlast = Splat(last), sentinel = Splat(-4.0f);
   FV m_lo = zero, m_hi = zero;  // masses of the clipped atoms
   // b_j for kW atoms starting at j; adds the clipped masses of the lanes selected by `fresh`.
+  // Unclipped lanes have v_min < z < v_max, so (z - v_min) / dz > 0 needs only the upper clamp;
+  // clipped lanes store the sentinel (their masses are split below), as before.
   auto bins = [&](int64_t j, IV fresh) {
     const FV z = r + g * (LoadV(atoms + j) - ent);  // spec §2.2: r + gamma * m * (z - alpha log pi)
     const IV low = z <= v_min, high = z >= v_max;  // clipped (NaN-free: the row is finite)
-    FV bj = ((low ? Splat(v_min) : (high ? Splat(v_max) : z)) - v_min) * inv_dz;
-    bj = bj > zero ? bj : zero;
+    FV bj = (z - v_min) * inv_dz;
     bj = bj < vlast ? bj : vlast;
     const FV pj = LoadV(p + j);
     m_lo += Select(low & fresh, pj, zero);
@@ -125,53 +176,46 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   const double c = (static_cast<double>(r) + gd * (static_cast<double>(v_min) - ent) - v_min) *
                    static_cast<double>(inv_dz);
   const double u0 = (gd <= 1.0 ? (-1.0 - c) * inv_g : (w1 - 1.0 - c) * inv_g - w1) - 0.05;
-  // Windows stay inside the padded rows; clipped atoms and the padding weigh 0 wherever they fall.
-  const int64_t jb_min = -(kW - 1), jb_max = k - 1;
-  const FV iota = LaneIndex();
-  auto window_start = [&](int64_t i0) {
-    int64_t jb = static_cast<int64_t>(__builtin_ceil(u0 + static_cast<double>(i0) * inv_g));
-    jb = jb < jb_min ? jb_min : jb;
-    return jb > jb_max ? jb_max : jb;
-  };
-  auto tap = [&](int64_t jb, FV bins_i, FV acc) {
-    const FV d = LoadV(bpos + jb) - bins_i;
-    FV w = Splat(1.0f) - __builtin_bit_cast(FV, __builtin_bit_cast(IV, d) & 0x7fffffff);
-    w = MaxOrSecond(w, zero);  // w > 0 ? w : 0
-    return acc + LoadV(p + jb) * w;
-  };
-  // Output vectors two at a time (independent accumulators: the taps' add chains interleave);
-  // the last vector overlaps the previous one when kW does not divide K (same values; its lanes
-  // already stored are left out of the expected value).
+  // Window starts of every output vector (bins [i0, i0 + kW), the last one at K - kW), clamped
+  // so that the windows stay inside the padded rows; clipped atoms and the padding weigh 0
+  // wherever they fall.
+  const double jb_min = -(kW - 1), jb_max = static_cast<double>(k - 1);
   const int64_t num_vectors = (k + kW - 1) / kW;
-  FV ev_a = zero, ev_b = zero;
-  auto store = [&](int64_t v, int64_t i0, FV acc, FV& ev) {
-    StoreV(y + i0, acc);
-    const FV z = LoadV(atoms + i0) * acc;
-    ev += i0 == v * kW ? z : Select(iota + static_cast<float>(i0) >= static_cast<float>(v * kW),
-                                     z, zero);
-  };
-  int64_t v = 0;
-  for (; v + 2 <= num_vectors; v += 2) {
-    const int64_t i0 = v * kW, i1 = (v + 1) * kW + kW > k ? k - kW : (v + 1) * kW;
-    const int64_t jb0 = window_start(i0), jb1 = window_start(i1);
-    const FV bins0 = iota + static_cast<float>(i0), bins1 = iota + static_cast<float>(i1);
-    FV acc0 = zero, acc1 = zero;
-    for (int64_t t = 0; t < taps; ++t) {
-      acc0 = tap(jb0 + t, bins0, acc0);
-      acc1 = tap(jb1 + t, bins1, acc1);
+  int32_t jbs[kMaxAtoms / kW + 8];
+#if defined(__AVX512F__)
+  // Eight at a time in double vectors: the same fma, ceil and clamps as the scalar loop below,
+  // which spends ~10 scalar double operations (two conversions, a rounding) per vector.
+  {
+    const __m512d step = _mm512_set_pd(7 * kW, 6 * kW, 5 * kW, 4 * kW, 3 * kW, 2 * kW, kW, 0);
+    const __m512d last_first = _mm512_set1_pd(static_cast<double>(k - kW));
+    const __m512d vu0 = _mm512_set1_pd(u0), vinv_g = _mm512_set1_pd(inv_g);
+    const __m512d vjb_min = _mm512_set1_pd(jb_min), vjb_max = _mm512_set1_pd(jb_max);
+    for (int64_t v = 0; v < num_vectors; v += 8) {
+      __m512d i0 = _mm512_add_pd(_mm512_set1_pd(static_cast<double>(v * kW)), step);
+      i0 = _mm512_min_pd(i0, last_first);
+      __m512d jb = _mm512_roundscale_pd(_mm512_fmadd_pd(i0, vinv_g, vu0),
+                                        _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+      jb = _mm512_min_pd(_mm512_max_pd(jb, vjb_min), vjb_max);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(jbs + v), _mm512_cvttpd_epi32(jb));
     }
-    store(v, i0, acc0, ev_a);
-    store(v + 1, i1, acc1, ev_b);
   }
-  if (v < num_vectors) {
+#else
+  for (int64_t v = 0; v < num_vectors; ++v) {
     const int64_t i0 = v * kW + kW > k ? k - kW : v * kW;
-    const int64_t jb0 = window_start(i0);
-    const FV bins0 = iota + static_cast<float>(i0);
-    FV acc0 = zero;
-    for (int64_t t = 0; t < taps; ++t) acc0 = tap(jb0 + t, bins0, acc0);
-    store(v, i0, acc0, ev_a);
+    double jb = __builtin_ceil(u0 + static_cast<double>(i0) * inv_g);
+    jb = jb < jb_min ? jb_min : jb;
+    jbs[v] = static_cast<int32_t>(jb > jb_max ? jb_max : jb);
   }
-  float ev = Horizontal(ev_a + ev_b, AddV);
+#endif
+  FV ev_v;
+  switch (taps) {
+    case 2: ev_v = GatherOutputs<2>(p, atoms, bpos, jbs, k, taps, y); break;
+    case 3: ev_v = GatherOutputs<3>(p, atoms, bpos, jbs, k, taps, y); break;
+    case 4: ev_v = GatherOutputs<4>(p, atoms, bpos, jbs, k, taps, y); break;
+    default: ev_v = GatherOutputs<0>(p, atoms, bpos, jbs, k, taps, y); break;
+  }
+  float ev, lo_mass, hi_mass, unused;
+  Horizontal4(ev_v, m_lo, m_hi, m_hi, AddV, &ev, &lo_mass, &hi_mass, &unused);
   // The clipped atoms all sit at the bin of v_min (0) or of v_max (K - 1 up to rounding): their
   // total masses are split there as one atom each, exactly as the scatter splits every one.
   auto add_clipped = [&](float v, float mass) {
@@ -189,8 +233,8 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
       ev += atoms[l + 1] * hi_share;
     }
   };
-  add_clipped(v_min, Horizontal(m_lo, AddV));
-  add_clipped(v_max, Horizontal(m_hi, AddV));
+  add_clipped(v_min, lo_mass);
+  add_clipped(v_max, hi_mass);
   *expected_value = ev;
   return true;
 }
