@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from mtrl.ensemble_norm import ensemble_norm, kernel_applies
 from mtrl.fused_bronet import bronet_forward
-from mtrl.math import squash_log_std, tanh_gaussian_log_prob
+from mtrl.math import squash_log_std
+from mtrl.tanh_gaussian import sample_tanh_gaussian
 
 LAYER_NORM_EPS = 1e-6  # Flax default (§3.1, §11.2); PyTorch's default is 1e-5.
 ORTHOGONAL_GAIN = math.sqrt(2.0)
@@ -222,11 +223,10 @@ class Actor(EnsembleBroNet):
     def sample(
         self, obs: Tensor, embedding: Tensor | None = None, std_scale: float = 1.0
     ) -> tuple[Tensor, Tensor]:
-        """Reparameterised action a = tanh(mean + std_scale * sigma * eps) (B, A) and log pi(a) (B,)."""
-        mean, log_std = self(obs, embedding)
-        std = torch.exp(log_std) * std_scale
-        pre_tanh = mean + std * torch.randn_like(mean)
-        return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+        """Reparameterised action a = tanh(mean + std_scale * sigma * eps) (B, A) and log pi(a) (B,)
+        (mtrl.tanh_gaussian: one autograd node on the CPU)."""
+        x = obs if embedding is None else torch.cat([obs, embedding], dim=-1)
+        return sample_tanh_gaussian(self.forward_network(x)[0], self.action_dim, std_scale)
 
     def act(self, obs: Tensor, embedding: Tensor | None = None, deterministic: bool = False) -> Tensor:
         """Environment action (B, A) in [-1, 1]: tanh(mean) when deterministic (§2.3, §6.2)."""

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -14,6 +15,7 @@
 #include "bindings/dlpack.h"
 #include "bindings/registrars.h"
 #include "nn/ensemble_norm.h"
+#include "nn/tanh_gaussian.h"
 
 namespace py = pybind11;
 
@@ -184,9 +186,60 @@ py::object BackwardFast(py::handle grad_out, py::handle y, py::handle bias, py::
   return py::bool_(true);
 }
 
+// ---- tanh-Gaussian actor head (nn/tanh_gaussian.h): DLPack capsules, None when an input is not
+// float32 dense of the expected shape (mtrl/tanh_gaussian.py then takes the PyTorch formula).
+py::object TanhGaussianForwardFast(py::handle head, py::handle noise, double std_scale,
+                                   py::handle action, py::handle log_prob, py::handle saved) {
+  const DlTensor* noise_t = DlView(noise);
+  if (noise_t == nullptr || noise_t->ndim != 2 || !std::isfinite(std_scale)) return py::none();
+  const int64_t b = noise_t->shape[0], a = noise_t->shape[1];
+  const float* p_head = DenseCpu<float>(DlView(head), {b, 2 * a});
+  const float* p_noise = DenseCpu<float>(noise_t, {b, a});
+  float* p_action = DenseCpu<float>(DlView(action), {b, a});
+  float* p_log_prob = DenseCpu<float>(DlView(log_prob), {b});
+  float* p_saved = DenseCpu<float>(DlView(saved), {3, b, a});
+  if (p_head == nullptr || p_noise == nullptr || p_action == nullptr || p_log_prob == nullptr ||
+      p_saved == nullptr) {
+    return py::none();
+  }
+  py::gil_scoped_release release;
+  TanhGaussianForward(p_head, p_noise, b, a, static_cast<float>(std_scale), p_action, p_log_prob,
+                      p_saved);
+  return py::bool_(true);
+}
+
+py::object TanhGaussianBackwardFast(py::handle saved, py::handle grad_action,
+                                    py::handle grad_log_prob, py::handle grad_head) {
+  const DlTensor* saved_t = DlView(saved);
+  if (saved_t == nullptr || saved_t->ndim != 3) return py::none();
+  const int64_t b = saved_t->shape[1], a = saved_t->shape[2];
+  const float* p_saved = DenseCpu<float>(saved_t, {3, b, a});
+  const float* p_ga = grad_action.is_none() ? nullptr : DenseCpu<float>(DlView(grad_action), {b, a});
+  const float* p_glp =
+      grad_log_prob.is_none() ? nullptr : DenseCpu<float>(DlView(grad_log_prob), {b});
+  float* p_gh = DenseCpu<float>(DlView(grad_head), {b, 2 * a});
+  if (p_saved == nullptr || (!grad_action.is_none() && p_ga == nullptr) ||
+      (!grad_log_prob.is_none() && p_glp == nullptr) || p_gh == nullptr) {
+    return py::none();
+  }
+  py::gil_scoped_release release;
+  TanhGaussianBackward(p_saved, p_ga, p_glp, b, a, p_gh);
+  return py::bool_(true);
+}
+
 }  // namespace
 
 void RegisterNn(py::module_& m) {
+  m.def("_tanh_gaussian_forward_fast", &TanhGaussianForwardFast, py::arg("head"),
+        py::arg("noise"), py::arg("std_scale"), py::arg("action"), py::arg("log_prob"),
+        py::arg("saved"),
+        "Tanh-Gaussian sample and log-probability from head (B, 2A) = [mean | raw log-std] and "
+        "noise (B, A), on DLPack capsules; writes action (B, A), log_prob (B,), saved (3, B, A). "
+        "True when done; None when an input is not float32 dense with the expected shape.");
+  m.def("_tanh_gaussian_backward_fast", &TanhGaussianBackwardFast, py::arg("saved"),
+        py::arg("grad_action"), py::arg("grad_log_prob"), py::arg("grad_head"),
+        "Gradient of _tanh_gaussian_forward_fast w.r.t. head (noise constant); grad_action (B, A) "
+        "and grad_log_prob (B,) may be None. True when done; None when not in kernel form.");
   m.def("_ensemble_norm_forward_fast", &ForwardFast, py::arg("y"), py::arg("bias"),
         py::arg("gamma"), py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"),
         py::arg("out"), py::arg("stats"), py::arg("num_threads"),

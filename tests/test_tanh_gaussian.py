@@ -1,0 +1,56 @@
+"""mtrl.tanh_gaussian: the actor's tanh-Gaussian head as one node equals the PyTorch formula."""
+
+import pytest
+import torch
+
+from mtrl.tanh_gaussian import sample_reference, sample_tanh_gaussian
+
+
+def _head(batch, action_dim, seed):
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.randn(batch, 2 * action_dim, generator=gen) * 2  # wide pre-tanh and log-std range
+    head[:, 0] = torch.linspace(-30, 30, batch)  # saturated tanh (softplus branch) included
+    return head
+
+
+@pytest.mark.parametrize("batch,action_dim,std_scale", [(1, 1, 1.0), (257, 6, 1.0), (64, 38, 0.5)])
+def test_matches_the_formula_and_its_autograd(batch, action_dim, std_scale):
+    head = _head(batch, action_dim, seed=batch).requires_grad_()
+    ref_head = head.detach().double().requires_grad_()
+    torch.manual_seed(7)
+    action, log_prob = sample_tanh_gaussian(head, action_dim, std_scale)
+    torch.manual_seed(7)
+    noise = torch.randn(batch, action_dim)  # the same draw
+    ref_action, ref_log_prob = sample_reference(ref_head, noise.double(), action_dim, std_scale)
+    assert "TanhGaussian" in type(action.grad_fn).__name__
+    # float32 against float64: pre = mean + step cancels (|step| up to ~20), so absolute tolerances
+    torch.testing.assert_close(action.double(), ref_action, rtol=1e-5, atol=1e-5)
+    # (The kernel takes z = std_scale * noise exactly; float32 (pre - mean) / sigma would not.)
+    torch.testing.assert_close(log_prob.double(), ref_log_prob, rtol=1e-5, atol=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    g_action, g_log_prob = torch.randn(batch, action_dim, generator=gen), torch.randn(batch, generator=gen)
+    (action * g_action).sum().add((log_prob * g_log_prob).sum()).backward()
+    ((ref_action * g_action.double()).sum() + (ref_log_prob * g_log_prob.double()).sum()).backward()
+    torch.testing.assert_close(head.grad.double(), ref_head.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_one_output_used_and_no_grad_path():
+    head = _head(5, 3, seed=0).requires_grad_()
+    _, log_prob = sample_tanh_gaussian(head, 3)
+    log_prob.sum().backward()  # the action's gradient is absent (None)
+    ref = head.detach().clone().requires_grad_()
+    assert head.grad is not None and torch.isfinite(head.grad).all()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        action, log_prob = sample_tanh_gaussian(head, 3)
+    torch.manual_seed(3)
+    ref_action, ref_log_prob = sample_reference(ref.detach(), torch.randn(5, 3), 3)
+    assert action.grad_fn is None
+    torch.testing.assert_close(action, ref_action)
+    torch.testing.assert_close(log_prob, ref_log_prob, rtol=1e-3, atol=1e-3)  # float32 formula
+
+
+def test_float64_takes_the_formula():
+    head = _head(4, 2, seed=1).double().requires_grad_()
+    action, log_prob = sample_tanh_gaussian(head, 2)
+    assert action.dtype == torch.float64 and "TanhGaussian" not in type(action.grad_fn).__name__
