@@ -53,6 +53,33 @@ inline float FastErf(float x) {
   return x < 0.0f ? -y : y;
 }
 
+// log(2^e (1 + m)) for m in [sqrt(1/2) - 1, sqrt(2) - 1): Cephes logf's degree-8 polynomial of m
+// and ln 2 split in two (error ~1 ulp). Branch-free.
+inline float LogOfSplit(float m, float e) {
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return (m + y) + 0.693359375f * e;
+}
+
+// log(1 + t) for t in [0, 1], branch-free (1 + t in [1, 2] needs no exponent extraction; its
+// rounding costs at most ~6e-8 absolute).
+inline float Log1pUnit(float t) {
+  const float x = 1.0f + t;
+  const bool upper = x > 1.41421356237f;
+  return LogOfSplit(upper ? 0.5f * x - 1.0f : x - 1.0f, upper ? 1.0f : 0.0f);
+}
+
 // Natural log for float (Cephes logf: mantissa in [sqrt(1/2), sqrt(2)), degree-8 polynomial of
 // x - 1, ln 2 split in two; error ~1 ulp), inline instead of a libm call (the loss takes two per
 // sample). Non-normal, huge, zero, negative or non-finite x go to libm (same special values).
@@ -70,21 +97,7 @@ inline float FastLog(float x) {
   } else {
     m = m - 1.0f;
   }
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  const float fe = static_cast<float>(e);
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * z;
-  return (m + y) + 0.693359375f * fe;
+  return LogOfSplit(m, static_cast<float>(e));
 }
 
 // The float64 path (used for gradcheck and validation) calls libm: exactness over speed.

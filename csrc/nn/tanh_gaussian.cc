@@ -22,27 +22,6 @@ inline float TanhFromExp(float x, float e) {
   return x < 0.0f ? -t : t;
 }
 
-// log(1 + t) for t in [0, 1] (Cephes logf polynomial on [sqrt(1/2), sqrt(2)), branch-free; the
-// rounding of 1 + t costs at most ~6e-8 absolute).
-inline float Log1pUnit(float t) {
-  const float m = 1.0f + t;  // [1, 2]
-  const bool upper = m > 1.41421356237f;
-  const float x = upper ? 0.5f * m - 1.0f : m - 1.0f;
-  const float e = upper ? 1.0f : 0.0f;
-  const float z = x * x;
-  float y = 7.0376836292e-2f;
-  y = y * x - 1.1514610310e-1f;
-  y = y * x + 1.1676998740e-1f;
-  y = y * x - 1.2420140846e-1f;
-  y = y * x + 1.4249322787e-1f;
-  y = y * x - 1.6668057665e-1f;
-  y = y * x + 2.0000714765e-1f;
-  y = y * x - 2.4999993993e-1f;
-  y = y * x + 3.3333331174e-1f;
-  y = y * x * z - 2.12194440e-4f * e - 0.5f * z;
-  return (x + y) + 0.693359375f * e;
-}
-
 }  // namespace
 
 // Compiled for AVX-512, AVX2 and baseline x86-64; the best one is picked when the module loads.
