@@ -54,6 +54,29 @@ inline FV MaxOrSecond(FV a, FV b) {
   return a > b ? a : b;
 #endif
 }
+// a * b - c with one rounding (one vfmsub: y * coef is shared by the two rows of a pair, and
+// contracting a * b - y * coef the other way costs a multiplication per row).
+inline FV FusedMulSub(FV a, FV b, FV c) {
+#if defined(__AVX512F__)
+  return __builtin_bit_cast(FV, _mm512_fmsub_ps(__builtin_bit_cast(__m512, a),
+                                                __builtin_bit_cast(__m512, b),
+                                                __builtin_bit_cast(__m512, c)));
+#else
+  return a * b - c;
+#endif
+}
+// min(|d|, 1) (d not NaN): one vrangeps with AVX-512DQ instead of a mask and a max; 1 - min(|d|, 1)
+// is bitwise max(1 - |d|, 0) (equal below 1, both +0 from 1 on).
+inline FV MinAbsOne(FV d) {
+#if defined(__AVX512DQ__)
+  // imm 0b1010: the operand of smaller magnitude, sign bit cleared.
+  return __builtin_bit_cast(FV, _mm512_range_ps(__builtin_bit_cast(__m512, d),
+                                                _mm512_set1_ps(1.0f), 0b1010));
+#else
+  const FV a = __builtin_bit_cast(FV, __builtin_bit_cast(IV, d) & 0x7fffffff);
+  return a < 1.0f ? a : Splat(1.0f);
+#endif
+}
 // b > a ? b : a: NaN in b is skipped.
 inline FV MaxV(FV a, FV b) { return MaxOrSecond(b, a); }
 

@@ -83,8 +83,7 @@ inline FV GatherOutputs(const float* p, const float* atoms, const float* bpos, c
   const FV zero = Splat(0.0f), one = Splat(1.0f), iota = LaneIndex();
   auto tap = [&](int64_t jb, FV bins_i, FV acc) {
     const FV d = LoadV(bpos + jb) - bins_i;
-    FV w = one - __builtin_bit_cast(FV, __builtin_bit_cast(IV, d) & 0x7fffffff);
-    w = MaxOrSecond(w, zero);  // w > 0 ? w : 0
+    const FV w = one - MinAbsOne(d);  // max(0, 1 - |d|)
     return acc + LoadV(p + jb) * w;
   };
   auto first = [&](int64_t v) { return v * kW + kW > k ? k - kW : v * kW; };
@@ -471,8 +470,8 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
           };
           auto emit = [&](int64_t j, FV e0, FV e1) {
             const FV yc = LoadV(y + j) * coef;
-            StoreV(ex0 + j, e0 * c0 - yc);
-            StoreV(ex1 + j, e1 * c1 - yc);
+            StoreV(ex0 + j, FusedMulSub(e0, c0, yc));
+            StoreV(ex1 + j, FusedMulSub(e1, c1, yc));
           };
           ExpSumRegs(x0, x1, k, m0, m1, &s0, &s1, after, emit);
           grad_done = true;
