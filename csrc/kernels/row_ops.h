@@ -65,6 +65,14 @@ inline FV FusedMulSub(FV a, FV b, FV c) {
   return a * b - c;
 #endif
 }
+// (a0 / b0, a1 / b1) in one 4-lane vector division (same IEEE results as two scalar ones).
+inline void Div2(float a0, float a1, float b0, float b1, float* q0, float* q1) {
+  typedef float F4 __attribute__((vector_size(16)));
+  const F4 q = F4{a0, a1, 1.0f, 1.0f} / F4{b0, b1, 1.0f, 1.0f};
+  *q0 = q[0];
+  *q1 = q[1];
+}
+
 // min(|d|, 1) (d not NaN): one vrangeps with AVX-512DQ instead of a mask and a max; 1 - min(|d|, 1)
 // is bitwise max(1 - |d|, 0) (equal below 1, both +0 from 1 on).
 inline FV MinAbsOne(FV d) {

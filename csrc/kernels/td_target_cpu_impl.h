@@ -21,6 +21,11 @@ namespace {
 
 inline float Log(float x) { return FastLog(x); }
 inline double Log(double x) { return __builtin_log(x); }
+inline void Log2(float x0, float x1, float* l0, float* l1) { FastLog2(x0, x1, l0, l1); }
+inline void Log2(double x0, double x1, double* l0, double* l1) {
+  *l0 = __builtin_log(x0);
+  *l1 = __builtin_log(x1);
+}
 inline float Sqrt(float x) { return __builtin_sqrtf(x); }
 inline double Sqrt(double x) { return __builtin_sqrt(x); }
 template <typename T>
@@ -69,6 +74,27 @@ inline void ProjectC51(const int32_t* low, const T* mass_lo, const T* mass_hi, i
   }
   for (int64_t i = 1; i < k; ++i) y[i] += y_hi[i - 1];
 }
+
+// Per-chunk state of ProjectC51Gather: the window length for the last g seen (g = gamma * mask
+// takes few values, so the double division and span arithmetic run once per distinct g), and
+// the split of the clipped masses at the bins of v_min and v_max (the same for every sample).
+struct GatherPlan {
+  GatherPlan(float v_min, float v_max, float inv_dz, int64_t k) {
+    const float last = static_cast<float>(k - 1), ends[2] = {v_min, v_max};
+    for (int i = 0; i < 2; ++i) {
+      float bj = (ends[i] - v_min) * inv_dz;
+      bj = bj > 0.0f ? bj : 0.0f;
+      bj = bj < last ? bj : last;
+      bin[i] = static_cast<int64_t>(bj);
+      frac[i] = bj - static_cast<float>(bin[i]);
+    }
+  }
+  float g = 0.0f;  // g of the cached window length (0: none yet; gathered samples have g > 0)
+  double inv_g = 0.0;
+  int64_t taps = 0;
+  int64_t bin[2];  // clipped atoms at v_min (0) and v_max (1): lower bin and fraction
+  float frac[2];
+};
 
 // The output vectors of ProjectC51Gather (see there), `taps` window atoms each, the window of
 // vector v starting at atom jbs[v]; kTaps > 0 fixes that count at compile time (the tap loop then
@@ -134,22 +160,28 @@ inline FV GatherOutputs(const float* p, const float* atoms, const float* bpos, c
 // its overlapping stores and scalar updates would stall on store forwarding).
 inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, float r, float g,
                              float ent, float v_min, float v_max, float inv_dz, float* bpos,
-                             float* y, float* expected_value) {
+                             float* y, float* expected_value, GatherPlan* plan) {
   // With 8 lanes (AVX2) or 4 (SSE2) the windows cost more than the scatter they replace (measured:
   // ~1.15x slower at K = 101 with AVX2); with 16 (AVX-512) bins + projection take ~1.3x less time.
   if (kW < 16 || k < kW || !(g > 0.0f)) return false;
-  const double gd = g, inv_g = 1.0 / gd;
+  const double gd = g, w1 = kW - 1;
   // Lane L (bin i0 + L) needs the atoms j in ((i0 + L - 1 - c) / g, (i0 + L + 1 - c) / g). In lane
   // coordinates u = j - L both bounds are affine in L, so over a vector the window is
   // [u_lo, u_hi] with u_lo from L = 0 (g <= 1) or L = kW - 1 (g > 1), u_hi from the other end,
   // plus a margin of 0.05 atoms (b_j deviates from c + g j by float rounding only, ~1e-5 bins).
   // Its length does not depend on i0: every vector runs the same `taps` iterations (a fixed trip
   // count; surplus atoms get weight exactly 0, and adding those +0 terms changes no bit).
-  const double w1 = kW - 1;
-  const double span = (gd <= 1.0 ? (w1 + 2.0) * inv_g - w1 : (2.0 - w1) * inv_g + w1) + 0.1;
-  // The window starts at the first whole atom at or above its lower end (ceil below), so it
-  // holds at most floor(span) + 1 atoms: ceil(u) + floor(span) >= floor(u + span) for any u.
-  const int64_t taps = static_cast<int64_t>(span) + 1;
+  if (g != plan->g) {
+    const double inv = 1.0 / gd;
+    const double span = (gd <= 1.0 ? (w1 + 2.0) * inv - w1 : (2.0 - w1) * inv + w1) + 0.1;
+    // The window starts at the first whole atom at or above its lower end (ceil below), so it
+    // holds at most floor(span) + 1 atoms: ceil(u) + floor(span) >= floor(u + span) for any u.
+    plan->g = g;
+    plan->inv_g = inv;
+    plan->taps = static_cast<int64_t>(span) + 1;
+  }
+  const double inv_g = plan->inv_g;
+  const int64_t taps = plan->taps;
   if (taps > kPad - kW) return false;  // g far from 1: long windows, the scatter is cheaper
   const float last = static_cast<float>(k - 1);
   const FV zero = Splat(0.0f), vlast = Splat(last), sentinel = Splat(-4.0f);
@@ -217,12 +249,9 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
   Horizontal4(ev_v, m_lo, m_hi, m_hi, AddV, &ev, &lo_mass, &hi_mass, &unused);
   // The clipped atoms all sit at the bin of v_min (0) or of v_max (K - 1 up to rounding): their
   // total masses are split there as one atom each, exactly as the scatter splits every one.
-  auto add_clipped = [&](float v, float mass) {
-    float bj = (v - v_min) * inv_dz;
-    bj = bj > 0.0f ? bj : 0.0f;
-    bj = bj < last ? bj : last;
-    const int64_t l = static_cast<int64_t>(bj);
-    const float frac = bj - static_cast<float>(l);
+  auto add_clipped = [&](int end, float mass) {
+    const int64_t l = plan->bin[end];
+    const float frac = plan->frac[end];
     const float lo_share = mass * (1.0f - frac);
     y[l] += lo_share;
     ev += atoms[l] * lo_share;
@@ -232,13 +261,13 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
       ev += atoms[l + 1] * hi_share;
     }
   };
-  add_clipped(v_min, lo_mass);
-  add_clipped(v_max, hi_mass);
+  add_clipped(0, lo_mass);
+  add_clipped(1, hi_mass);
   *expected_value = ev;
   return true;
 }
 inline bool ProjectC51Gather(const double*, const double*, int64_t, double, double, double, double,
-                             double, double, double*, double*, double*) {
+                             double, double, double*, double*, double*, GatherPlan*) {
   return false;  // float64 (validation path): the scatter
 }
 
@@ -261,8 +290,10 @@ inline bool CombineMembers(const TdTargetArgs<T>& a, int64_t b, Scratch<T>& s, c
         if (e_count == 2 && RegisterRows(k)) {  // exps in registers up to the member mix
           FV c0{}, c1{};
           auto after = [&](float t0, float t1) {
-            c0 = Splat(1.0f / (t0 * 2.0f));
-            c1 = Splat(1.0f / (t1 * 2.0f));
+            float q0, q1;
+            Div2(1.0f, 1.0f, t0 * 2.0f, t1 * 2.0f, &q0, &q1);
+            c0 = Splat(q0);
+            c1 = Splat(q1);
           };
           auto emit = [&](int64_t j, FV e0, FV e1) { StoreV(p + j, e0 * c0 + e1 * c1); };
           ExpSumRegs(x0, x1, k, m0, m1, &sum0, &sum1, after, emit);
@@ -347,6 +378,8 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
     s.buf0[-1 - j] = s.buf0[k + j] = s.buf1[-1 - j] = s.buf1[k + j] = T(0);
     s.bpos[-1 - j] = s.bpos[k + j] = T(-4);
   }
+  GatherPlan plan(static_cast<float>(v_min), static_cast<float>(v_max),
+                  static_cast<float>(inv_dz), k);
   int64_t bad = 0;
   for (int64_t b = begin; b < end; ++b) {
     T* y = a.target + b * k;
@@ -377,7 +410,7 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
       if (l + 1 < k) y[l + 1] = total * frac;
     } else if (a.projection == Projection::kC51 &&
                ProjectC51Gather(p, s.atoms, k, r, g, ent, v_min, v_max, inv_dz, s.bpos, y,
-                                &a.expected_value[b])) {
+                                &a.expected_value[b], &plan)) {
       continue;  // gathered, expected value included
     } else if (a.projection == Projection::kC51) {
       for (int64_t j = 0; j < k; ++j) {
@@ -437,13 +470,14 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
   const int64_t k = a.num_atoms;
   T scratch[kMaxAtoms];
   T scratch1[kMaxAtoms];
+  const T batch = static_cast<T>(a.batch_size), unit_coef = T(1) / batch;  // w / B for w = 1
   int64_t bad = 0;
   for (int64_t b = begin; b < end; ++b) {
     const T* y = a.target + b * k;
     const T w = a.weight != nullptr ? a.weight[b] : T(1);
     // sum(y) comes with the first member pair's max/dot sweep (MaxDotSum2) when there is one.
     T sum_y = a.num_members >= 2 ? T(0) : Sum(y, k);
-    const T coef = w / static_cast<T>(a.batch_size);
+    const T coef = a.weight != nullptr ? w / batch : unit_coef;
     bool ok = Finite(w);
     T td = 0;
     int64_t e = 0;
@@ -465,8 +499,10 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
         if (a.grad != nullptr && RegisterRows(k)) {  // exps in registers up to the gradient
           FV c0{}, c1{};
           auto after = [&](float t0, float t1) {
-            c0 = Splat(sum_y / t0 * coef);
-            c1 = Splat(sum_y / t1 * coef);
+            float q0, q1;
+            Div2(sum_y, sum_y, t0, t1, &q0, &q1);
+            c0 = Splat(q0 * coef);
+            c1 = Splat(q1 * coef);
           };
           auto emit = [&](int64_t j, FV e0, FV e1) {
             const FV yc = LoadV(y + j) * coef;
@@ -480,7 +516,9 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
       if (!grad_done) {
         ExpSum2(x0, x1, k, m0, m1, ex0, ex1, &s0, &s1);
       }
-      const T ce0 = (m0 + Log(s0)) * sum_y - d0, ce1 = (m1 + Log(s1)) * sum_y - d1;
+      T log0, log1;
+      Log2(s0, s1, &log0, &log1);
+      const T ce0 = (m0 + log0) * sum_y - d0, ce1 = (m1 + log1) * sum_y - d1;
       ok = ok && Finite(m0) && Finite(s0) && Finite(ce0) && Finite(m1) && Finite(s1) &&
            Finite(ce1);
       td += ce0;
