@@ -12,6 +12,7 @@ Every case is timed in interleaved rounds (all cases once per round); medians ov
 ``_core*.so``) before ``mtrl`` is imported, for before/after comparisons in alternating processes.
 
 Usage: nice python benchmarks/bench_ensemble_norm.py [--threads 2] [--rounds 30] [--core PATH]
+       [--kernels-only] [--shape E B W]
 Prints one line per case and ends with ``RESULT {json}`` (median microseconds per call).
 """
 
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50, help="calls per case per round")
     parser.add_argument("--shape", type=int, nargs=3, default=(2, 256, 512), metavar=("E", "B", "W"))
     parser.add_argument("--core", default=None, help="path of an mtrl._core build to load instead")
+    parser.add_argument("--kernels-only", action="store_true",
+                        help="only the raw kernel calls and the torch yardsticks")
     args = parser.parse_args()
     import torch
 
@@ -97,6 +100,8 @@ def main() -> None:
         "ours fwd+bwd residual": autograd(ensemble_norm, True, False),
         "reference fwd+bwd residual": autograd(ensemble_norm_reference, True, False),
     }
+    if args.kernels_only:
+        cases = {k: v for k, v in cases.items() if k.startswith(("kernel", "torch"))}
     for fn in cases.values():
         for _ in range(10):
             fn()
@@ -112,12 +117,10 @@ def main() -> None:
           f"threads {nt}, shape (E, B, W) = {(e, b, w)}, {args.rounds} rounds x {args.calls} calls")
     for name, t in med.items():
         print(f"{name:30s} {t:8.1f} us")
-    ratios = {
-        "fwd_relu_ref_over_ours": med["reference fwd relu"] / med["ours fwd relu (autograd)"],
-        "fwd_bwd_relu_ref_over_ours": med["reference fwd+bwd relu"] / med["ours fwd+bwd relu"],
-        "fwd_bwd_residual_ref_over_ours":
-            med["reference fwd+bwd residual"] / med["ours fwd+bwd residual"],
-    }
+    pairs = {"fwd_relu_ref_over_ours": ("reference fwd relu", "ours fwd relu (autograd)"),
+             "fwd_bwd_relu_ref_over_ours": ("reference fwd+bwd relu", "ours fwd+bwd relu"),
+             "fwd_bwd_residual_ref_over_ours": ("reference fwd+bwd residual", "ours fwd+bwd residual")}
+    ratios = {k: med[a] / med[b] for k, (a, b) in pairs.items() if a in med}
     for name, r in ratios.items():
         print(f"{name:30s} {r:8.2f}x")
     print("RESULT " + json.dumps({"threads": nt, "shape": [e, b, w],

@@ -180,7 +180,8 @@ void ForwardChunk(void* raw, int64_t begin, int64_t end) {
 
 // Backward of one row, first pass: xhat -> xs; dxhat = d * g -> gy (the second pass turns it into
 // dz in place), where d is grad_out masked by the forward's ReLU (kRelu), also kept in ds when
-// kStoreD (for the parameter gradients). Returns the row's a = mean(dxhat) and
+// kStoreD (for the parameter gradients). Prefetches the row `prefetch` floats further on (y,
+// grad_out, grad_y) unless prefetch == 0. Returns the row's a = mean(dxhat) and
 // c = mean(dxhat * xhat), with which dz = (dxhat - (xhat * c + a)) * rstd: the difference first,
 // so that it cancels exactly where it should (a constant row, W = 1) before the large rstd.
 template <bool kRelu, bool kStoreD>
@@ -188,11 +189,16 @@ inline void BackwardFirstPass(const float* __restrict go, const float* __restric
                               const float* __restrict b, const float* __restrict g,
                               const float* __restrict be, float mean, float rstd, int64_t w,
                               float* __restrict xs, float* __restrict ds, float* __restrict gy,
-                              float* a_out, float* c_out) {
+                              int64_t prefetch, float* a_out, float* c_out) {
   const int64_t full = w - w % kW;
   const FV vm = Splat(mean), vr = Splat(rstd);
   FV a0{}, a1{}, c0{}, c1{};
   auto step = [&](int64_t j, FV& acc_a, FV& acc_c) {
+    if (prefetch != 0) {
+      __builtin_prefetch(y + prefetch + j);
+      __builtin_prefetch(go + prefetch + j);
+      __builtin_prefetch(gy + prefetch + j, 1);
+    }
     const FV gv = LoadV(g + j);
     const FV xhat = (LoadV(y + j) + LoadV(b + j) - vm) * vr;
     FV d = LoadV(go + j);
@@ -239,8 +245,9 @@ struct BackwardCtx {
 // Row r of the backward: the first pass, then dz = (dxhat - (xhat * c + a)) * rstd in place in
 // grad_y and (kSums) the row's terms of d beta (d), d gamma (d * xhat) and d bias (dz) added to
 // sums (3, W). Meanwhile y, grad_out (read) and grad_y (write) of row `ahead` are prefetched into
-// L1 when ahead >= 0: this second pass is arithmetic on L1 data, and without the prefetch the next
-// row's loads (from L2) and store misses would wait until that row starts (~1.6x slower).
+// L1 when ahead >= 0: with the sums in the second pass (arithmetic on L1 data; without the
+// prefetch the next row's loads from L2 and its store misses wait until it starts: ~1.6x slower),
+// without them in the first pass (the second is too short to hide anything: ~8% here).
 template <bool kRelu, bool kSums>
 inline void BackwardRow(const BackwardCtx& c, int64_t r, int64_t ahead, float* __restrict xs,
                         float* __restrict ds, float* __restrict sums) {
@@ -250,7 +257,7 @@ inline void BackwardRow(const BackwardCtx& c, int64_t r, int64_t ahead, float* _
   float a, k;
   BackwardFirstPass<kRelu, kRelu && kSums>(go, c.y + r * w, c.bias + e * w, c.gamma + e * w,
                                             c.beta + e * w, c.mean[r], c.rstd[r], w, xs, ds, gy,
-                                            &a, &k);
+                                            !kSums && ahead >= 0 ? (ahead - r) * w : 0, &a, &k);
   const float rstd = c.rstd[r];
   float* __restrict s_beta = sums;
   float* __restrict s_gamma = kSums ? sums + w : nullptr;
@@ -265,7 +272,7 @@ inline void BackwardRow(const BackwardCtx& c, int64_t r, int64_t ahead, float* _
       StoreV(s_gamma + j, LoadV(s_gamma + j) + d * xhat);
       StoreV(s_bias + j, LoadV(s_bias + j) + dz);
     }
-    if (ahead >= 0) {
+    if (kSums && ahead >= 0) {
       __builtin_prefetch(c.y + ahead * w + j);
       __builtin_prefetch(c.grad_out + ahead * w + j);
       __builtin_prefetch(c.grad_y + ahead * w + j, 1);
@@ -283,16 +290,15 @@ inline void BackwardRow(const BackwardCtx& c, int64_t r, int64_t ahead, float* _
   }
 }
 
-// Rows [begin, end), in order, adding into sums (kSums). With the sums, each row prefetches the one
-// kRowsAhead rows later (inside the range: never another thread's rows); without them the second
-// pass is too short to hide anything (measured: the prefetches only cost load slots there).
+// Rows [begin, end), in order, adding into sums (kSums); each row prefetches the one kRowsAhead
+// rows later (inside the range: never another thread's rows).
 template <bool kRelu, bool kSums>
 void BackwardRange(const BackwardCtx& c, int64_t begin, int64_t end, float* sums) {
   const int64_t ws = (c.shape.width + 15) / 16 * 16;  // 64-byte aligned scratch rows
   thread_local std::vector<float> buf;
   float* xs = ThreadScratch(buf, 2 * ws);
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t ahead = kSums && r + kRowsAhead < end ? r + kRowsAhead : -1;
+    const int64_t ahead = r + kRowsAhead < end ? r + kRowsAhead : -1;
     BackwardRow<kRelu, kSums>(c, r, ahead, xs, xs + ws, sums);
   }
 }
