@@ -209,7 +209,21 @@ class BRCAgent(nn.Module):
         }
 
     def load_full_state_dict(self, state: dict) -> None:
-        self.load_state_dict(state["modules"])
+        """Restore :meth:`full_state_dict`. Raises ValueError naming the parameters that differ
+        when the checkpoint's networks do not fit this agent (e.g. written by a version whose
+        layers were laid out differently), before anything is changed."""
+        own = self.state_dict()
+        theirs = state["modules"]
+        missing = sorted(set(own) - set(theirs))
+        unexpected = sorted(set(theirs) - set(own))
+        reshaped = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
+        if missing or unexpected or reshaped:
+            details = "; ".join(f"{what}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                                for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                                   ("different shape", reshaped)) if keys)
+            raise ValueError(f"incompatible checkpoint: its networks do not match this agent "
+                             f"({details})")
+        self.load_state_dict(theirs)
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])

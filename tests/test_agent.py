@@ -158,3 +158,17 @@ def test_fused_and_reference_paths_agree():
         results.append(agent.update(make_batch(), torch.ones(TASKS)))
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_with_other_network_layout_is_rejected_clearly():
+    agent = make_agent()
+    state = agent.full_state_dict()
+    modules = dict(state["modules"])
+    modules["actor.mean.weight"] = modules.pop("actor.head.weight")  # an older actor layout
+    with pytest.raises(ValueError, match=r"incompatible checkpoint.*missing: actor.head.weight.*"
+                                         r"unexpected: actor.mean.weight"):
+        agent.load_full_state_dict({**state, "modules": modules})
+    modules = dict(state["modules"])
+    modules["critic.head.bias"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="different shape: critic.head.bias"):
+        agent.load_full_state_dict({**state, "modules": modules})
