@@ -54,10 +54,12 @@ inline float FastErf(float x) {
 }
 
 // log(2^e (1 + m)) for m in [sqrt(1/2) - 1, sqrt(2) - 1): Cephes logf's degree-8 polynomial of m
-// and ln 2 split in two (error ~1 ulp). Branch-free.
-inline float LogOfSplit(float m, float e) {
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
+// and ln 2 split in two (error ~1 ulp). Branch-free. V: float, or a float vector type (lane-wise
+// the same operations, see FastLog2).
+template <typename V>
+inline V LogOfSplit(V m, V e) {
+  const V z = m * m;
+  V y = V{} + 7.0376836292e-2f;
   y = y * m - 1.1514610310e-1f;
   y = y * m + 1.1676998740e-1f;
   y = y * m - 1.2420140846e-1f;
@@ -101,7 +103,8 @@ inline float FastLog(float x) {
 }
 
 // FastLog of two values at once (the loss takes one per member of a pair): the same operations
-// on the lanes of a 4-float vector, so the pair costs about one scalar FastLog. Values outside
+// on the lanes of a 4-float vector (LogOfSplit on vectors), so the pair costs about one scalar
+// FastLog. Values outside
 // FastLog's fast range go to libm as there.
 inline void FastLog2(float x0, float x1, float* l0, float* l1) {
   typedef float F4 __attribute__((vector_size(16)));
@@ -121,20 +124,7 @@ inline void FastLog2(float x0, float x1, float* l0, float* l1) {
   const I4 small = m < 0.707106781186547524f;
   e += small;  // the comparison is -1 where true
   m = (small ? m + m : m) - 1.0f;
-  const F4 z = m * m;
-  F4 y = m * 7.0376836292e-2f - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  const F4 fe = __builtin_convertvector(e, F4);
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * z;
-  const F4 r = (m + y) + 0.693359375f * fe;
+  const F4 r = LogOfSplit(m, __builtin_convertvector(e, F4));
   *l0 = r[0];
   *l1 = r[1];
 }
