@@ -55,6 +55,9 @@ def main() -> None:
     from mtrl import _core
     from mtrl.ensemble_norm import ensemble_norm, ensemble_norm_reference
 
+    from mtrl.train import keep_freed_memory
+
+    keep_freed_memory()  # as the training loop: freed activations stay mapped (no page faults)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     e, b, w = args.shape
