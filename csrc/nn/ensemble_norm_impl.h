@@ -37,22 +37,6 @@ constexpr int64_t kRowsAhead = 1;
 
 inline float HSum(FV v) { return Horizontal(v, AddV); }
 
-// Sum over j = 0, kW, ..., full - kW of body(j), with four accumulators (vector add latency);
-// body is called in order of j.
-template <typename Body>
-inline FV SumVectors(int64_t full, Body body) {
-  FV a0{}, a1{}, a2{}, a3{};
-  int64_t j = 0;
-  for (; j + 4 * kW <= full; j += 4 * kW) {
-    a0 += body(j);
-    a1 += body(j + kW);
-    a2 += body(j + 2 * kW);
-    a3 += body(j + 3 * kW);
-  }
-  for (; j < full; j += kW) a0 += body(j);
-  return (a0 + a1) + (a2 + a3);
-}
-
 // A 64-byte aligned block of at least n floats owned by the calling thread (grown, never shrunk:
 // no allocation per call once warm).
 inline float* ThreadScratch(std::vector<float>& buf, int64_t n) {
