@@ -95,11 +95,11 @@ def _cross_entropy_cuda(online_logits: typing.SupportsInt | typing.SupportsIndex
     """
     Enqueue the CUDA cross-entropy (+ gradient when grad != 0) on `stream`. RuntimeError when mtrl was built without CUDA.
     """
-def _ensemble_norm_backward(grad_out: numpy.ndarray, y: numpy.ndarray, bias: numpy.ndarray, gamma: numpy.ndarray, beta: numpy.ndarray, mean: numpy.ndarray, rstd: numpy.ndarray, relu: bool, grad_y: numpy.ndarray, grad_bias: numpy.ndarray | None, grad_gamma: numpy.ndarray | None, grad_beta: numpy.ndarray | None, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
+def _ensemble_norm_backward(grad_out: numpy.ndarray, y: numpy.ndarray, bias: numpy.ndarray, gamma: numpy.ndarray, beta: numpy.ndarray, mean: numpy.ndarray, rstd: numpy.ndarray, relu: bool, grad_y: numpy.ndarray, grad_bias: numpy.ndarray | None, grad_gamma: numpy.ndarray | None, grad_beta: numpy.ndarray | None, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
     """
     Gradients of _ensemble_norm_forward: grad_y (E, B, W) and, when given, the (E, W) parameter gradients (summed in a fixed order, independent of num_threads).
     """
-def _ensemble_norm_forward(y: numpy.ndarray, bias: numpy.ndarray, gamma: numpy.ndarray, beta: numpy.ndarray, residual: numpy.ndarray | None, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: numpy.ndarray, mean: numpy.ndarray, rstd: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
+def _ensemble_norm_forward(y: numpy.ndarray, bias: numpy.ndarray, gamma: numpy.ndarray, beta: numpy.ndarray, residual: numpy.ndarray | None, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: numpy.ndarray, mean: numpy.ndarray, rstd: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
     """
     out = epilogue(LayerNorm(y + bias) * gamma + beta) for (E, B, W) float32 y; writes out (E, B, W), mean and rstd (E, B). epilogue: 0 none, 1 relu, 2 + residual.
     """
