@@ -100,14 +100,23 @@ def update_breakdown(obs: int, act: int, tasks: int, width: int, batch: int, upd
     denominator = torch.ones(tasks)
     for _ in range(5):
         agent.update(batch_, denominator)
+    # The optimizer steps run in C++ (mtrl.optim) and show up as no op: label them.
+    for opt, method in ((agent.critic_optimizer, "step_with_polyak"), (agent.actor_optimizer, "step")):
+        def labelled(*args, _step=getattr(opt, method), **kwargs):
+            with torch.profiler.record_function("mtrl::adamw_polyak"):
+                return _step(*args, **kwargs)
+        setattr(opt, method, labelled)
     with profile() as prof:
         start = time.perf_counter()
         for _ in range(updates):
             agent.update(batch_, denominator)
         wall = (time.perf_counter() - start) / updates * 1e3
     groups = {"matmul": ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm"),
-              "fused layers/TD": ("_EnsembleNorm", "_CrossEntropy", "_TdTarget", "mtrl::"),
-              "AdamW+Polyak": ("aten::_fused_adamw_", "aten::_foreach_lerp_", "aten::lerp_")}
+              # the one-node networks' and the fused ops' own time: C++ kernels + their Python
+              "fused layers/TD": ("_BroNetFunction", "_EnsembleNorm", "_CrossEntropy", "_TdTarget",
+                                  "_TanhGaussian", "mtrl::categorical", "mtrl::scale"),
+              "AdamW+Polyak": ("mtrl::adamw_polyak", "aten::_fused_adamw_", "aten::_foreach_lerp_",
+                               "aten::lerp_")}
     ms = dict.fromkeys(groups, 0.0)
     for event in prof.key_averages():
         for name, prefixes in groups.items():
