@@ -16,6 +16,7 @@ import torch.utils.dlpack
 from torch import Tensor
 
 from mtrl import _core
+from mtrl.math import polyak_update
 
 _dl = torch.utils.dlpack.to_dlpack
 
@@ -49,7 +50,7 @@ class FusedAdamW(torch.optim.AdamW):
             return None
         loss = super().step(closure)
         if targets is not None:
-            torch._foreach_lerp_(targets, self.param_groups[0]["params"], tau)
+            polyak_update(targets, self.param_groups[0]["params"], tau)
         return loss
 
     def _step_in_one_pass(self, targets: list[Tensor] | None, tau: float) -> bool:

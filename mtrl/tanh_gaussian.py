@@ -45,26 +45,22 @@ def sample_reference(head: Tensor, noise: Tensor, action_dim: int, std_scale: fl
 
 
 def _forward(head: Tensor, noise: Tensor, std_scale: float):
-    """(action, log_prob, saved) from the kernel, or None when it does not take these inputs
-    (not reached after sample_tanh_gaussian's checks)."""
+    """(action, log_prob, saved) from the kernel, for inputs sample_tanh_gaussian has checked."""
     batch, action_dim = noise.shape
     action = head.new_empty(batch, action_dim)
     log_prob = head.new_empty(batch)
     saved = head.new_empty(3, batch, action_dim)
     if _core._tanh_gaussian_forward_fast(_dl(head.detach()), _dl(noise), std_scale, _dl(action),
                                          _dl(log_prob), _dl(saved)) is None:
-        return None
+        raise RuntimeError(f"tanh-Gaussian kernel rejected head {tuple(head.shape)} "
+                           f"{head.dtype}, noise {tuple(noise.shape)} {noise.dtype}")
     return action, log_prob, saved
 
 
 class _TanhGaussian(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, noise, std_scale):
-        out = _forward(head, noise, std_scale)
-        if out is None:  # sample_tanh_gaussian checked the inputs: not reached
-            raise RuntimeError(f"tanh-Gaussian kernel rejected head {tuple(head.shape)} "
-                               f"{head.dtype}, noise {tuple(noise.shape)} {noise.dtype}")
-        action, log_prob, saved = out
+        action, log_prob, saved = _forward(head, noise, std_scale)
         ctx.save_for_backward(saved)
         ctx.set_materialize_grads(False)
         return action, log_prob
