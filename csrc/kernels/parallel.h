@@ -6,11 +6,13 @@
 // the kernels use the same worker threads as the matmuls around them. A second pool on the same
 // cores measured 2x slower per kernel inside a training update: its workers and torch's spinning
 // OpenMP workers preempt each other. libgomp's team does not survive fork(), so a forked child runs
-// the kernels on its calling thread alone. An OpenMP region ends at a barrier that waits for every
-// team thread, also one the OS has not scheduled (another process holds its core): after such a
-// stall the next 64 calls run on the calling thread alone (doubling, up to 8192, while stalls follow
-// one another), as with the pool below. Calls from inside
-// an OpenMP parallel region use the pool.
+// the kernels on its calling thread alone. Entering an OpenMP region and the barrier that ends it
+// both wait for every team thread, also one the OS has not scheduled (another process holds its
+// core): after such a stall at either end the next 64 calls run on the calling thread alone
+// (doubling, up to 8192, while stalls follow one another), as with the pool below. The caller
+// claims chunks from the front and the other team threads from the back (as in the pool), so each
+// thread keeps the same rows from call to call. Calls from inside an OpenMP parallel region use
+// the pool.
 //
 // Without OpenMP, a small persistent worker pool (below) does the same job.
 // Why a pool and not std::thread per call: spawning costs tens of microseconds and allocates, which
