@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import mtrl  # noqa: F401,I001  (before torch: the OpenMP spin count the CLI runs with; mtrl/__init__.py)
 import torch
 
 from mtrl.config import AgentConfig, BufferConfig, EnvConfig, TrainConfig

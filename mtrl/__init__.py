@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os as _os
+
+# How long an idle OpenMP worker spins before it sleeps (libgomp reads this once, when torch loads
+# it, so it is set before the import below; a value the user exported wins). libgomp's default
+# (300,000 spins, milliseconds here) is free on an idle machine but makes processes that share the
+# cores wait on each other's spinning threads: two 2-thread trainings on 2 cores took 520 ms per
+# update each instead of ~45 ms alone. With 10,000 they take 113-128 ms, and a training alone is
+# as fast as with the default (per-round ratio 0.995; benchmarks/RESULTS.md, fifth session).
+# No effect on a process that imported torch before mtrl.
+_os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 # The environment engine links the libmujoco shipped by the `mujoco` wheel. In a
 # regular install the RUNPATH finds it; in an editable install the extension lives
 # in the build tree, so importing mujoco first loads the library into the process.
