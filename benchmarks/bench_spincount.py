@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 SETTINGS = {"libgomp default": None, "mtrl (10000)": "10000"}
 
 
@@ -27,21 +29,12 @@ def worker(updates: int) -> None:
 
     import torch  # before mtrl: with no GOMP_SPINCOUNT exported, libgomp keeps its own default
 
-    from mtrl.agent import Batch, BRCAgent
-    from mtrl.config import AgentConfig
+    from bench_train import synthetic_agent
     from mtrl.train import keep_freed_memory
 
     keep_freed_memory()
     torch.set_num_threads(2)
-    torch.manual_seed(0)
-    agent = BRCAgent(AgentConfig(critic_width=512), 17, 6, 1)
-    b = 256
-    batch = Batch(obs=torch.randn(b, 17), action=torch.rand(b, 6) * 2 - 1, reward=torch.rand(b),
-                  next_obs=torch.randn(b, 17), mask=torch.ones(b),
-                  discount=torch.full((b,), 0.99), task_id=torch.zeros(b, dtype=torch.long))
-    denominator = torch.ones(1)
-    for _ in range(5):
-        agent.update(batch, denominator)
+    agent, batch, denominator = synthetic_agent(17, 6, 1, 512, 256)
     times = []
     for _ in range(updates):
         start = time.perf_counter()

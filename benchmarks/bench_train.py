@@ -85,22 +85,29 @@ def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds:
     return flops / statistics.median(reps) / 1e9
 
 
+def synthetic_agent(obs: int, act: int, tasks: int, width: int, batch: int, warm_updates: int = 5):
+    """(agent, batch, reward denominator): a fresh seeded agent after ``warm_updates`` updates on
+    one random batch, so its optimizer state and gradients exist (update-only measurements)."""
+    from mtrl.agent import Batch, BRCAgent
+    torch.manual_seed(0)
+    agent = BRCAgent(AgentConfig(critic_width=width), obs, act, tasks)
+    sample = Batch(obs=torch.randn(batch, obs), action=torch.rand(batch, act) * 2 - 1,
+                   reward=torch.rand(batch), next_obs=torch.randn(batch, obs),
+                   mask=torch.ones(batch), discount=torch.full((batch,), 0.99),
+                   task_id=torch.randint(0, tasks, (batch,)))
+    denominator = torch.ones(tasks)
+    for _ in range(warm_updates):
+        agent.update(sample, denominator)
+    return agent, sample, denominator
+
+
 def update_breakdown(obs: int, act: int, tasks: int, width: int, batch: int, updates: int = 20):
     """Where one update's time goes (torch profiler, synthetic batches, this process's threads):
     ms per update for matmuls, the fused critic-layer / TD ops, AdamW + Polyak, and the rest
     (Python, autograd, small ops), plus the matmuls' in-update GFLOP/s."""
     from torch.profiler import profile
 
-    from mtrl.agent import Batch, BRCAgent
-    torch.manual_seed(0)
-    agent = BRCAgent(AgentConfig(critic_width=width), obs, act, tasks)
-    batch_ = Batch(obs=torch.randn(batch, obs), action=torch.rand(batch, act) * 2 - 1,
-                   reward=torch.rand(batch), next_obs=torch.randn(batch, obs),
-                   mask=torch.ones(batch), discount=torch.full((batch,), 0.99),
-                   task_id=torch.randint(0, tasks, (batch,)))
-    denominator = torch.ones(tasks)
-    for _ in range(5):
-        agent.update(batch_, denominator)
+    agent, batch_, denominator = synthetic_agent(obs, act, tasks, width, batch)
     # The optimizer steps run in C++ (mtrl.optim) and show up as no op: label them.
     for opt, method in ((agent.critic_optimizer, "step_with_polyak"), (agent.actor_optimizer, "step")):
         def labelled(*args, _step=getattr(opt, method), **kwargs):

@@ -30,11 +30,9 @@ import mtrl  # noqa: F401,I001  (before torch: the OpenMP spin count the CLI run
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import iteration_flops, matmul_rate  # noqa: E402
+from bench_train import iteration_flops, matmul_rate, synthetic_agent  # noqa: E402
 
 from mtrl import ops  # noqa: E402
-from mtrl.agent import Batch, BRCAgent  # noqa: E402
-from mtrl.config import AgentConfig  # noqa: E402
 from mtrl.ensemble_norm import (  # noqa: E402
     EPILOGUE_RELU,
     EPILOGUE_RESIDUAL,
@@ -78,15 +76,7 @@ def norm_kernels(members: int, batch: int, width: int, forwards: int, residuals:
 
 def measure(key: str, rounds: int) -> dict:
     obs, act, tasks, batch = CONFIGS[key]
-    torch.manual_seed(0)
-    agent = BRCAgent(AgentConfig(critic_width=WIDTH), obs, act, tasks)
-    sample = Batch(obs=torch.randn(batch, obs), action=torch.rand(batch, act) * 2 - 1,
-                   reward=torch.rand(batch), next_obs=torch.randn(batch, obs),
-                   mask=torch.ones(batch), discount=torch.full((batch,), 0.99),
-                   task_id=torch.randint(0, tasks, (batch,)))
-    denominator = torch.ones(tasks)
-    for _ in range(3):
-        agent.update(sample, denominator)  # the optimizers' state and gradients exist from here
+    agent, sample, denominator = synthetic_agent(obs, act, tasks, WIDTH, batch)
     norm_layers = 1 + 2 * DEPTH  # norms per network: input layer + 2 per block
     # Critic: 3 forwards (target, online, actor step), the online backward with parameter
     # gradients and the actor step's backward to the action only. Actor (1 member, 1 block):
