@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import iteration_flops, matmul_rate, synthetic_agent  # noqa: E402
 
 from mtrl import ops  # noqa: E402
+from mtrl.config import AgentConfig  # noqa: E402
 from mtrl.ensemble_norm import (  # noqa: E402
     EPILOGUE_RELU,
     EPILOGUE_RESIDUAL,
@@ -42,7 +43,8 @@ from mtrl.ensemble_norm import (  # noqa: E402
 from mtrl.train import keep_freed_memory  # noqa: E402
 
 CONFIGS = {"st": (17, 6, 1, 256), "mt4": (24, 6, 4, 1024)}  # obs, action, tasks, batch
-WIDTH, ACTOR_WIDTH, DEPTH = 512, 256, 2
+WIDTH = 512
+DEFAULTS = AgentConfig()  # the agent's depths and actor width, as synthetic_agent builds it
 
 
 def median_time(fn, reps: int = 15) -> float:
@@ -58,10 +60,8 @@ def median_time(fn, reps: int = 15) -> float:
 def norm_kernels(members: int, batch: int, width: int, forwards: int, residuals: int,
                  backwards_with_params: int, backwards: int):
     """A callable running the fused norm kernels an update runs for one network."""
-    def t(*shape):
-        return torch.randn(*shape)
-    y, res, grad_out = t(members, batch, width), t(members, batch, width), t(members, batch, width)
-    bias, gamma, beta = t(members, 1, width), t(members, 1, width), t(members, 1, width)
+    y, res, grad_out = (torch.randn(members, batch, width) for _ in range(3))
+    bias, gamma, beta = (torch.randn(members, 1, width) for _ in range(3))
     _, stats = forward_kernel(y, bias, gamma, beta, None, EPILOGUE_RELU, 1e-6)
 
     def run():
@@ -77,13 +77,14 @@ def norm_kernels(members: int, batch: int, width: int, forwards: int, residuals:
 def measure(key: str, rounds: int) -> dict:
     obs, act, tasks, batch = CONFIGS[key]
     agent, sample, denominator = synthetic_agent(obs, act, tasks, WIDTH, batch)
-    norm_layers = 1 + 2 * DEPTH  # norms per network: input layer + 2 per block
+    depth, actor_depth = DEFAULTS.critic_depth, DEFAULTS.actor_depth
+    norms, actor_norms_per_pass = 1 + 2 * depth, 1 + 2 * actor_depth  # input layer + 2 per block
     # Critic: 3 forwards (target, online, actor step), the online backward with parameter
-    # gradients and the actor step's backward to the action only. Actor (1 member, 1 block):
+    # gradients and the actor step's backward to the action only. Actor (1 member):
     # 2 forwards (next action, actor step), 1 backward with parameter gradients.
-    critic_norms = norm_kernels(2, batch, WIDTH, 3 * norm_layers, 3 * DEPTH, norm_layers,
-                                norm_layers)
-    actor_norms = norm_kernels(1, batch, ACTOR_WIDTH, 2 * 3, 2, 3, 0)
+    critic_norms = norm_kernels(2, batch, WIDTH, 3 * norms, 3 * depth, norms, norms)
+    actor_norms = norm_kernels(1, batch, DEFAULTS.actor_width, 2 * actor_norms_per_pass,
+                               2 * actor_depth, actor_norms_per_pass, 0)
     target_logits = torch.randn(2, batch, 101)
     online = torch.randn(2, batch, 101, requires_grad=True)
 
