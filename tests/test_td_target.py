@@ -169,6 +169,56 @@ def test_exact_hits_put_all_mass_on_the_hit_atom():
     torch.testing.assert_close(target, ref_t, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("e,k", [(1, 51), (2, 101), (5, 101), (2, 201), (2, 16), (2, 17)])
+@pytest.mark.parametrize("combine", [0, 1])
+def test_discounts_near_one_match_numpy_in_every_build(e, k, combine):
+    # gamma * mask within ~2 / (K - 1) of 1 takes the AVX-512 build's shifted-row projection
+    # (ProjectC51Shift), others its gather or the scatter: rows that clip at v_min, at v_max, at
+    # both or not at all, exact unit discounts, discounts just above 1, masks 0 and 1.
+    b = 600
+    gen = torch.Generator().manual_seed(83 + k + e)
+    logits = torch.randn(e, b, k, generator=gen) * 2.5
+    choices = torch.tensor([1.0, 0.99, 0.995, 0.985, 1.004, 1.0 - 1.9 / (k - 1), 0.97, 0.9, 1.02])
+    discount = choices[torch.randint(0, len(choices), (b,), generator=gen)]
+    mask = (torch.rand(b, generator=gen) > 0.1).float()
+    scale = torch.tensor([0.0, 0.3, 3.0, 12.0])[torch.randint(0, 4, (b,), generator=gen)]
+    reward = torch.randn(b, generator=gen) * scale
+    entropy = torch.randn(b, generator=gen) * 0.2
+    np_t, np_v = np_td_target(logits, reward, mask, discount, entropy, -10, 10,
+                              combine="mean" if combine == 0 else "min")
+    outs = []
+    for max_isa in (2, 1):
+        target, value = torch.empty(b, k), torch.empty(b)
+        assert _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), discount.numpy(),
+                                    0.0, entropy.numpy(), target.numpy(), value.numpy(), -10.0,
+                                    10.0, combine, 0, 0.0, 2, max_isa) == 0
+        np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+        np.testing.assert_allclose(value.numpy(), np_v, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(target.sum(-1), torch.ones(b), atol=2e-6, rtol=0)
+        assert (target >= 0).all()
+        outs.append(target)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("e", [1, 2])
+def test_exact_hits_with_two_members_and_101_atoms(e):
+    # dz = 0.2, gamma = 1, rewards on the grid: every unclipped atom lands on an atom up to the
+    # float rounding of 0.2 steps (a few 1e-6 of leak into the neighbour in every build).
+    logits, _, _, _, _ = make_inputs(e, 64, 101, seed=79)
+    gen = torch.Generator().manual_seed(81)
+    reward = torch.randint(-60, 61, (64,), generator=gen).float() * 0.2
+    target, value = categorical_td_target(logits, reward, torch.ones(64), 1.0, None)
+    p = torch.softmax(logits.double(), -1).mean(0)
+    shift = torch.round(reward.double() / 0.2).long()
+    expect = torch.zeros(64, 101, dtype=torch.float64)
+    for i in range(64):
+        for j in range(101):
+            expect[i, min(max(j + int(shift[i]), 0), 100)] += p[i, j]
+    torch.testing.assert_close(target.double(), expect, atol=5e-6, rtol=0)
+    atoms = torch.linspace(-10, 10, 101, dtype=torch.float64)
+    torch.testing.assert_close(value.double(), (expect * atoms).sum(-1), atol=2e-5, rtol=0)
+
+
 def test_mask_zero_puts_all_mass_at_the_clipped_reward():
     logits, _, _, _, entropy = make_inputs(2, 4, 101, seed=9)
     reward = torch.tensor([1.1, -30.0, 25.0, -9.9])

@@ -40,14 +40,18 @@ inline T NaN() {
 // Per-thread scratch rows, on the stack of the chunk function (no heap use per call).
 // Padding around the rows the C51 gather reads (ProjectC51Gather): at least one vector width.
 constexpr int64_t kPad = 48;
+// Padding on both sides of the row T of ProjectC51Shift (four vectors).
+constexpr int64_t kShiftPad = 64;
 
 template <typename T>
 struct Scratch {
   T atoms[kMaxAtoms];
-  T pad0[kMaxAtoms + 2 * kPad];  // buf0 and buf1 (the member mix p) are padded with zeros
+  alignas(64) T pad0[kMaxAtoms + 2 * kPad];  // buf0 and buf1 (the member mix p): zero padding
   T pad1[kMaxAtoms + 2 * kPad];
   T bpos_pad[kMaxAtoms + 2 * kPad];  // C51 gather: fractional bins (padding: far sentinel)
-  T* buf0 = pad0 + kPad;
+  alignas(64) T t_pad[kMaxAtoms + 2 * kShiftPad];  // C51 shift: the row T (zero padding)
+  T* buf0 = pad0 + kPad;  // 64-byte aligned (kPad floats are three cache lines)
+  T* t = t_pad + kShiftPad;
   T* buf1 = pad1 + kPad;
   T* bpos = bpos_pad + kPad;
   T buf2[kMaxAtoms];
@@ -90,6 +94,8 @@ struct GatherPlan {
     }
   }
   float g = 0.0f;  // g of the cached window length (0: none yet; gathered samples have g > 0)
+  float shift_g = 0.0f;  // g of the cached 1 / g of PlanShift (0: none yet)
+  double shift_inv_g = 0.0;
   double inv_g = 0.0;
   int64_t taps = 0;
   int64_t bin[2];  // clipped atoms at v_min (0) and v_max (1): lower bin and fraction
@@ -143,6 +149,31 @@ inline FV GatherOutputs(const float* p, const float* atoms, const float* bpos, c
     store(v, i0, acc0, ev_a);
   }
   return ev_a + ev_b;
+}
+
+// The end of a float C51 projection: the clipped atoms all sit at the bin of v_min (0) or of v_max
+// (K - 1 up to rounding), so their total masses (the lanes of m_lo, m_hi) are split there as one
+// atom each, exactly as the scatter splits every one. Returns the expected value: the lanes of
+// ev_v (sum_i z_i y_i over the projected outputs) plus the clipped shares.
+inline float AddClipped(FV ev_v, FV m_lo, FV m_hi, const float* atoms, int64_t k,
+                        const GatherPlan& plan, float* y) {
+  float ev, lo_mass, hi_mass, unused;
+  Horizontal4(ev_v, m_lo, m_hi, m_hi, AddV, &ev, &lo_mass, &hi_mass, &unused);
+  auto add_clipped = [&](int end, float mass) {
+    const int64_t l = plan.bin[end];
+    const float frac = plan.frac[end];
+    const float lo_share = mass * (1.0f - frac);
+    y[l] += lo_share;
+    ev += atoms[l] * lo_share;
+    if (l + 1 < k) {
+      const float hi_share = mass * frac;
+      y[l + 1] += hi_share;
+      ev += atoms[l + 1] * hi_share;
+    }
+  };
+  add_clipped(0, lo_mass);
+  add_clipped(1, hi_mass);
+  return ev;
 }
 
 // C51 projection as a gather (float): output bin i collects sum_j p_j max(0, 1 - |b_j - i|)
@@ -245,25 +276,7 @@ inline bool ProjectC51Gather(const float* p, const float* atoms, int64_t k, floa
     case 4: ev_v = GatherOutputs<4>(p, atoms, bpos, jbs, k, taps, y); break;
     default: ev_v = GatherOutputs<0>(p, atoms, bpos, jbs, k, taps, y); break;
   }
-  float ev, lo_mass, hi_mass, unused;
-  Horizontal4(ev_v, m_lo, m_hi, m_hi, AddV, &ev, &lo_mass, &hi_mass, &unused);
-  // The clipped atoms all sit at the bin of v_min (0) or of v_max (K - 1 up to rounding): their
-  // total masses are split there as one atom each, exactly as the scatter splits every one.
-  auto add_clipped = [&](int end, float mass) {
-    const int64_t l = plan->bin[end];
-    const float frac = plan->frac[end];
-    const float lo_share = mass * (1.0f - frac);
-    y[l] += lo_share;
-    ev += atoms[l] * lo_share;
-    if (l + 1 < k) {
-      const float hi_share = mass * frac;
-      y[l + 1] += hi_share;
-      ev += atoms[l + 1] * hi_share;
-    }
-  };
-  add_clipped(0, lo_mass);
-  add_clipped(1, hi_mass);
-  *expected_value = ev;
+  *expected_value = AddClipped(ev_v, m_lo, m_hi, atoms, k, *plan, y);
   return true;
 }
 inline bool ProjectC51Gather(const double*, const double*, int64_t, double, double, double, double,
@@ -271,9 +284,160 @@ inline bool ProjectC51Gather(const double*, const double*, int64_t, double, doub
   return false;  // float64 (validation path): the scatter
 }
 
+// C51 projection by a shifted row (float, AVX-512; g = gamma * mask close to 1, as with the usual
+// gamma = 0.99 and mask 1). The fractional bins are affine in the atom index, b_j = c + g j (up to
+// float rounding, as in ProjectC51Gather), so with one integer d per sample the offsets
+// u_j = b_j - j - d = (c - d) + (g - 1) j stay in [-1, 1] over the unclipped atoms whenever
+// |g - 1| (K - 1) is below about 2. Atom j then puts its mass on the bins j + d - 1, j + d and
+// j + d + 1 only, with the hat weights max(0, 1 - |u_j - s|) of spec §3.2's floor/ceil split
+// (s = -1, 0, 1: p max(0, -u), p (1 - |u|), p max(0, u)). Per kW atoms (aligned vectors q), the
+// three weight vectors are formed and combined by two lane rotations (valignd) into T_q, lane L of
+// which is the whole unclipped mass that lands on bin 16 q + L + d; T is stored at atom positions.
+// Output bins [i0, i0 + kW) are then T[i0 - d + L]: two aligned loads and one two-source permute.
+// Every load of a row written in the same sample reads back exactly one earlier aligned store
+// (an unaligned read of freshly stored vectors cannot be forwarded and waits for the stores to
+// retire, which serialises consecutive samples). The clipped atoms, [0, j_lo) at v_min and
+// [j_hi, K) at v_max (from the same affine form; an atom within rounding of a clip boundary gets
+// the same result either way: the projection is continuous in b_j there), get no weight; their
+// masses are split at the bins of v_min and v_max (AddClipped), as in the gather.
+struct ShiftRow {
+  int64_t d = 0;
+  float cf = 0.0f, gm1 = 0.0f, jlo = 0.0f, jhi = 0.0f;  // c - d, g - 1, j_lo, j_hi
+};
+
+// The per-sample constants of ProjectC51Shift (depend on r, g, ent only, so they are formed before
+// the member softmax and their latency overlaps it); false when the shift does not apply
+// (K < kW, g <= 0, or the unclipped u_j do not fit one d).
+inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float inv_dz,
+                      GatherPlan* plan, ShiftRow* row) {
+  if (kW < 16 || k < kW || !(g > 0.0f)) return false;
+  if (g != plan->shift_g) {  // g takes few values: one division per distinct g
+    plan->shift_g = g;
+    plan->shift_inv_g = 1.0 / static_cast<double>(g);
+  }
+  const double gd = g, inv_g = plan->shift_inv_g, kd = static_cast<double>(k);
+  // b_j = c + g j (double: the clip ranges and d only; see ProjectC51Gather).
+  const double c = (static_cast<double>(r) + gd * (static_cast<double>(v_min) - ent) - v_min) *
+                   static_cast<double>(inv_dz);
+  // Clipped at v_min: b_j <= 0, i.e. j <= -c / g; at v_max: b_j >= K - 1 (bins rise with j).
+  double t_lo = -c * inv_g, t_hi = (kd - 1.0 - c) * inv_g;
+  t_lo = t_lo < -1.0 ? -1.0 : (t_lo > kd ? kd : t_lo);
+  t_hi = t_hi < 0.0 ? 0.0 : (t_hi > kd ? kd : t_hi);
+  const double j_lo = __builtin_floor(t_lo) + 1.0 < kd ? __builtin_floor(t_lo) + 1.0 : kd;
+  double j_hi = __builtin_ceil(t_hi);
+  j_hi = j_hi < j_lo ? j_lo : j_hi;
+  double d = 0.0;
+  if (j_lo < j_hi) {
+    const double ua = c + (gd - 1.0) * j_lo, ub = c + (gd - 1.0) * (j_hi - 1.0);
+    const double lo = ua < ub ? ua : ub, hi = ua < ub ? ub : ua;
+    d = __builtin_floor(0.5 * (lo + hi) + 0.5);
+    if (!(lo - d >= -1.0 && hi - d <= 1.0)) return false;  // g too far from 1
+  }
+  row->d = static_cast<int64_t>(d);
+  row->cf = static_cast<float>(c - d);
+  row->gm1 = static_cast<float>(gd - 1.0);
+  row->jlo = static_cast<float>(j_lo);
+  row->jhi = static_cast<float>(j_hi);
+  return true;
+}
+
+// The projection itself (see above), for a row planned by PlanShift. p: the member mix as written
+// by CombineMembers (aligned vectors and the last one at K - kW); t: a 64-byte aligned row with
+// kShiftPad zeros on both sides (the vectors at -kW and at the end of the row are rewritten per
+// sample, the rest of the padding stays zero).
+#if defined(__AVX512F__)
+__attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, const float* atoms,
+                                               int64_t k, const ShiftRow& row, float* t, float* y,
+                                               float* expected_value, const GatherPlan& plan) {
+  const int64_t full = k / kW, nq = (k + kW - 1) / kW;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 jlo = _mm512_set1_ps(row.jlo), jhi = _mm512_set1_ps(row.jhi);
+  const __m512 gm1 = _mm512_set1_ps(row.gm1), cf = _mm512_set1_ps(row.cf);
+  const __m512 iota = __builtin_bit_cast(__m512, LaneIndex());
+  const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512 m_lo = zero, m_hi = zero;
+  // W_0, W_1 of vector q - 1, W_1 of q - 2 and W_-1 of q - 1, carried through the loop.
+  __m512 w0_prev = zero, w1_prev = zero, w1_prev2 = zero, wm1_prev = zero;
+  auto step = [&](int64_t q, __m512 pj) {
+    const __m512 jv = _mm512_add_ps(iota, _mm512_set1_ps(static_cast<float>(q * kW)));
+    const __mmask16 low = _mm512_cmp_ps_mask(jv, jlo, _CMP_LT_OQ);
+    const __mmask16 high = _mm512_cmp_ps_mask(jv, jhi, _CMP_GE_OQ);
+    const __mmask16 mid = static_cast<__mmask16>(~(low | high));
+    const __m512 u = _mm512_fmadd_ps(jv, gm1, cf);  // b_j - j - d, in [-1, 1] where mid
+    const __m512 pu = _mm512_maskz_mul_ps(mid, pj, u);  // clipped atoms: no weight
+    const __m512 w1 = _mm512_max_ps(pu, zero);           // p max(0, u): to bin j + d + 1
+    const __m512 apu = _mm512_abs_ps(pu);
+    const __m512 w0 = _mm512_maskz_sub_ps(mid, pj, apu);  // p (1 - |u|): to bin j + d
+    const __m512 wm1 = _mm512_sub_ps(w1, pu);             // p max(0, -u): to bin j + d - 1
+    m_lo = _mm512_mask_add_ps(m_lo, low, m_lo, pj);
+    m_hi = _mm512_mask_add_ps(m_hi, high, m_hi, pj);
+    // T_{q-1}: lane L collects W_0 of atom 16 (q - 1) + L, W_1 of the atom before, W_-1 of the
+    // atom after.
+    const __m512 w1s = __builtin_bit_cast(
+        __m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, w1_prev),
+                                    __builtin_bit_cast(__m512i, w1_prev2), 15));
+    const __m512 wm1s = __builtin_bit_cast(
+        __m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, wm1),
+                                    __builtin_bit_cast(__m512i, wm1_prev), 1));
+    _mm512_store_ps(t + (q - 1) * kW, _mm512_add_ps(_mm512_add_ps(w0_prev, w1s), wm1s));
+    w0_prev = w0;
+    w1_prev2 = w1_prev;
+    w1_prev = w1;
+    wm1_prev = wm1;
+  };
+  for (int64_t q = 0; q < full; ++q) step(q, _mm512_load_ps(p + q * kW));
+  if (full < nq) {  // atoms [16 full, K) from the last vector as stored (at K - kW), zeros above
+    const int64_t rem = k - full * kW;
+    const __m512i idx = _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(kW - rem)));
+    step(full, _mm512_maskz_permutexvar_ps(static_cast<__mmask16>((1u << rem) - 1u), idx,
+                                           _mm512_loadu_ps(p + k - kW)));
+  }
+  step(nq, zero);  // T_{nq - 1}
+  step(nq + 1, zero);  // T_{nq}: W_1 of the last atom vector
+  // Output bins [i0, i0 + kW) = T[i0 - d .. i0 - d + kW), clamped into the zero padding when no
+  // atom maps there.
+  const int64_t s_min = -3 * kW, s_max = (nq + 1) * kW;
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 ev_a = zero, ev_b = zero;
+  auto out = [&](int64_t i0, __m512& ev, __mmask16 keep) {
+    int64_t src = i0 - row.d;
+    src = src < s_min ? s_min : src;
+    src = src > s_max ? s_max : src;
+    const int64_t base = src & ~static_cast<int64_t>(kW - 1);  // floor to a vector start
+    const __m512i idx = _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(src - base)));
+    const __m512 acc = _mm512_mul_ps(
+        _mm512_permutex2var_ps(_mm512_load_ps(t + base), idx, _mm512_load_ps(t + base + kW)),
+        vscale);
+    _mm512_storeu_ps(y + i0, acc);
+    ev = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(atoms + i0), acc, ev, keep);
+  };
+  int64_t v = 0;
+  for (; v + 2 <= full; v += 2) {
+    out(v * kW, ev_a, 0xffff);
+    out(v * kW + kW, ev_b, 0xffff);
+  }
+  if (v < full) out(v * kW, ev_a, 0xffff);
+  if (full < nq) {  // the last vector overlaps the previous one: its new lanes only
+    out(k - kW, ev_b, static_cast<__mmask16>(0xffffu << (kW - (k - full * kW))));
+  }
+  *expected_value = AddClipped(__builtin_bit_cast(FV, _mm512_add_ps(ev_a, ev_b)),
+                               __builtin_bit_cast(FV, _mm512_mul_ps(m_lo, vscale)),
+                               __builtin_bit_cast(FV, _mm512_mul_ps(m_hi, vscale)), atoms, k,
+                               plan, y);
+}
+#else
+void ProjectC51Shift(const float*, float, const float*, int64_t, const ShiftRow&, float*, float*,
+                     float*, const GatherPlan&) {}  // never called: PlanShift declines below 16 lanes
+#endif
+
 // Mixed next-state distribution p (combine over members) for sample b; false if not finite.
+// With `deferred` set, the E = 2 register path may write p / scale instead of p and set *deferred
+// to scale (the normalising division then runs beside the projection instead of before it; the
+// caller multiplies the projected row by scale); otherwise *deferred = 1.
 template <typename T>
-inline bool CombineMembers(const TdTargetArgs<T>& a, int64_t b, Scratch<T>& s, const T** p_out) {
+inline bool CombineMembers(const TdTargetArgs<T>& a, int64_t b, Scratch<T>& s, const T** p_out,
+                           T* deferred = nullptr) {
+  if (deferred != nullptr) *deferred = T(1);
   const int64_t e_count = a.num_members, k = a.num_atoms;
   bool ok = true;
   if (a.combine == Combine::kMean) {
@@ -290,6 +454,12 @@ inline bool CombineMembers(const TdTargetArgs<T>& a, int64_t b, Scratch<T>& s, c
         if (e_count == 2 && RegisterRows(k)) {  // exps in registers up to the member mix
           FV c0{}, c1{};
           auto after = [&](float t0, float t1) {
+            if (deferred != nullptr) {  // p = (e0 s1 + e1 s0) / (2 s0 s1)
+              c0 = Splat(t1);
+              c1 = Splat(t0);
+              *deferred = 1.0f / (2.0f * t0 * t1);
+              return;
+            }
             float q0, q1;
             Div2(1.0f, 1.0f, t0 * 2.0f, t1 * 2.0f, &q0, &q1);
             c0 = Splat(q0);
@@ -381,14 +551,22 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
   GatherPlan plan(static_cast<float>(v_min), static_cast<float>(v_max),
                   static_cast<float>(inv_dz), k);
   int64_t bad = 0;
+  for (int64_t j = 0; j < kShiftPad; ++j) s.t[-1 - j] = s.t[k + j] = T(0);
   for (int64_t b = begin; b < end; ++b) {
     T* y = a.target + b * k;
-    const T* p = nullptr;
-    bool ok = CombineMembers(a, b, s, &p);
     const T r = a.reward[b];
     const T gamma = a.discount != nullptr ? a.discount[b] : static_cast<T>(a.discount_value);
     const T g = gamma * a.mask[b];
     const T ent = a.entropy != nullptr ? a.entropy[b] : T(0);
+    ShiftRow shift;
+    bool shifted = false;
+    if constexpr (sizeof(T) == sizeof(float)) {
+      shifted = a.projection == Projection::kC51 &&
+                PlanShift(k, r, g, ent, v_min, inv_dz, &plan, &shift);
+    }
+    const T* p = nullptr;
+    T scale = T(1);
+    bool ok = CombineMembers(a, b, s, &p, shifted ? &scale : nullptr);
     ok = ok && Finite(r) && Finite(g) && Finite(ent);
     if (!ok) {
       for (int64_t j = 0; j < k; ++j) y[j] = NaN<T>();
@@ -408,6 +586,11 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
       std::memset(y, 0, sizeof(T) * k);
       y[l] = total * (1 - frac);
       if (l + 1 < k) y[l + 1] = total * frac;
+    } else if (shifted) {
+      if constexpr (sizeof(T) == sizeof(float)) {
+        ProjectC51Shift(p, scale, s.atoms, k, shift, s.t, y, &a.expected_value[b], plan);
+      }
+      continue;  // shifted row, expected value included
     } else if (a.projection == Projection::kC51 &&
                ProjectC51Gather(p, s.atoms, k, r, g, ent, v_min, v_max, inv_dz, s.bpos, y,
                                 &a.expected_value[b], &plan)) {
