@@ -200,6 +200,28 @@ def test_discounts_near_one_match_numpy_in_every_build(e, k, combine):
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("k", [257, 4096])
+def test_shifted_projection_of_long_rows_matches_the_scatter(k):
+    # Rewards far beyond both ends (shifts of about +-K bins) and unit or near-unit discounts:
+    # the AVX-512 shifted-row projection against the AVX2 build's scatter.
+    b = 64
+    gen = torch.Generator().manual_seed(k)
+    logits = torch.randn(2, b, k, generator=gen)
+    reward = torch.linspace(-25.0, 25.0, b)
+    discount = torch.ones(b)
+    discount[::3] = 1.0 - 1.5 / (k - 1)
+    outs = []
+    for max_isa in (2, 1):
+        target, value = torch.empty(b, k), torch.empty(b)
+        assert _core._td_target_cpu(logits.numpy(), reward.numpy(), torch.ones(b).numpy(),
+                                    discount.numpy(), 0.0, None, target.numpy(), value.numpy(),
+                                    -10.0, 10.0, 0, 0, 0.0, 1, max_isa) == 0
+        outs.append((target, value))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(outs[0][0].sum(-1), torch.ones(b), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("e", [1, 2])
 def test_exact_hits_with_two_members_and_101_atoms(e):
     # dz = 0.2, gamma = 1, rewards on the grid: every unclipped atom lands on an atom up to the

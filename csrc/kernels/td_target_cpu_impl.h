@@ -40,8 +40,9 @@ inline T NaN() {
 // Per-thread scratch rows, on the stack of the chunk function (no heap use per call).
 // Padding around the rows the C51 gather reads (ProjectC51Gather): at least one vector width.
 constexpr int64_t kPad = 48;
-// Padding on both sides of the row T of ProjectC51Shift (four vectors).
-constexpr int64_t kShiftPad = 64;
+// Zero padding on both sides of the row T of ProjectC51Shift: the output reads T up to K + 1 + 2 kW
+// atoms before its start and after its end.
+constexpr int64_t kShiftPad = kMaxAtoms + 64;
 
 template <typename T>
 struct Scratch {
@@ -49,9 +50,10 @@ struct Scratch {
   alignas(64) T pad0[kMaxAtoms + 2 * kPad];  // buf0 and buf1 (the member mix p): zero padding
   T pad1[kMaxAtoms + 2 * kPad];
   T bpos_pad[kMaxAtoms + 2 * kPad];  // C51 gather: fractional bins (padding: far sentinel)
-  alignas(64) T t_pad[kMaxAtoms + 2 * kShiftPad];  // C51 shift: the row T (zero padding)
+  // C51 shift (float only): the row T with its zero padding.
+  alignas(64) T t_pad[sizeof(T) == sizeof(float) ? kMaxAtoms + 2 * kShiftPad : 1];
   T* buf0 = pad0 + kPad;  // 64-byte aligned (kPad floats are three cache lines)
-  T* t = t_pad + kShiftPad;
+  T* t = sizeof(T) == sizeof(float) ? t_pad + kShiftPad : t_pad;
   T* buf1 = pad1 + kPad;
   T* bpos = bpos_pad + kPad;
   T buf2[kMaxAtoms];
@@ -342,9 +344,9 @@ inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float
 }
 
 // The projection itself (see above), for a row planned by PlanShift. p: the member mix as written
-// by CombineMembers (aligned vectors and the last one at K - kW); t: a 64-byte aligned row with
-// kShiftPad zeros on both sides (the vectors at -kW and at the end of the row are rewritten per
-// sample, the rest of the padding stays zero).
+// by CombineMembers (aligned vectors and the last one at K - kW) divided by `scale`; t: a 64-byte
+// aligned row with K + 64 zeros on both sides (the vectors at -kW and at the end of the row are
+// rewritten per sample, the rest of the padding stays zero).
 #if defined(__AVX512F__)
 __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, const float* atoms,
                                                int64_t k, const ShiftRow& row, float* t, float* y,
@@ -353,17 +355,26 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
   const __m512 zero = _mm512_setzero_ps();
   const __m512 jlo = _mm512_set1_ps(row.jlo), jhi = _mm512_set1_ps(row.jhi);
   const __m512 gm1 = _mm512_set1_ps(row.gm1), cf = _mm512_set1_ps(row.cf);
-  const __m512 iota = __builtin_bit_cast(__m512, LaneIndex());
   const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512 step_j = _mm512_set1_ps(static_cast<float>(kW));
+  __m512 jv = __builtin_bit_cast(__m512, LaneIndex());  // atom indices of vector q
   __m512 m_lo = zero, m_hi = zero;
   // W_0, W_1 of vector q - 1, W_1 of q - 2 and W_-1 of q - 1, carried through the loop.
   __m512 w0_prev = zero, w1_prev = zero, w1_prev2 = zero, wm1_prev = zero;
+  auto shift_w1 = [](__m512 cur, __m512 prev) {  // lane L: lane L - 1 of (prev, cur)
+    return __builtin_bit_cast(__m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, cur),
+                                                          __builtin_bit_cast(__m512i, prev), 15));
+  };
+  auto shift_wm1 = [](__m512 next, __m512 cur) {  // lane L: lane L + 1 of (cur, next)
+    return __builtin_bit_cast(__m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, next),
+                                                          __builtin_bit_cast(__m512i, cur), 1));
+  };
   auto step = [&](int64_t q, __m512 pj) {
-    const __m512 jv = _mm512_add_ps(iota, _mm512_set1_ps(static_cast<float>(q * kW)));
     const __mmask16 low = _mm512_cmp_ps_mask(jv, jlo, _CMP_LT_OQ);
     const __mmask16 high = _mm512_cmp_ps_mask(jv, jhi, _CMP_GE_OQ);
     const __mmask16 mid = static_cast<__mmask16>(~(low | high));
     const __m512 u = _mm512_fmadd_ps(jv, gm1, cf);  // b_j - j - d, in [-1, 1] where mid
+    jv = _mm512_add_ps(jv, step_j);
     const __m512 pu = _mm512_maskz_mul_ps(mid, pj, u);  // clipped atoms: no weight
     const __m512 w1 = _mm512_max_ps(pu, zero);           // p max(0, u): to bin j + d + 1
     const __m512 apu = _mm512_abs_ps(pu);
@@ -373,13 +384,8 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
     m_hi = _mm512_mask_add_ps(m_hi, high, m_hi, pj);
     // T_{q-1}: lane L collects W_0 of atom 16 (q - 1) + L, W_1 of the atom before, W_-1 of the
     // atom after.
-    const __m512 w1s = __builtin_bit_cast(
-        __m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, w1_prev),
-                                    __builtin_bit_cast(__m512i, w1_prev2), 15));
-    const __m512 wm1s = __builtin_bit_cast(
-        __m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, wm1),
-                                    __builtin_bit_cast(__m512i, wm1_prev), 1));
-    _mm512_store_ps(t + (q - 1) * kW, _mm512_add_ps(_mm512_add_ps(w0_prev, w1s), wm1s));
+    _mm512_store_ps(t + (q - 1) * kW, _mm512_add_ps(_mm512_add_ps(w0_prev, shift_w1(w1_prev, w1_prev2)),
+                                                    shift_wm1(wm1, wm1_prev)));
     w0_prev = w0;
     w1_prev2 = w1_prev;
     w1_prev = w1;
@@ -392,33 +398,36 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
     step(full, _mm512_maskz_permutexvar_ps(static_cast<__mmask16>((1u << rem) - 1u), idx,
                                            _mm512_loadu_ps(p + k - kW)));
   }
-  step(nq, zero);  // T_{nq - 1}
-  step(nq + 1, zero);  // T_{nq}: W_1 of the last atom vector
-  // Output bins [i0, i0 + kW) = T[i0 - d .. i0 - d + kW), clamped into the zero padding when no
-  // atom maps there.
-  const int64_t s_min = -3 * kW, s_max = (nq + 1) * kW;
+  // T_{nq - 1} (no atoms above) and T_nq (W_1 of the last atom only).
+  _mm512_store_ps(t + (nq - 1) * kW,
+                  _mm512_add_ps(_mm512_add_ps(w0_prev, shift_w1(w1_prev, w1_prev2)),
+                                shift_wm1(zero, wm1_prev)));
+  _mm512_store_ps(t + nq * kW, shift_w1(zero, w1_prev));
+  // Output bins [i0, i0 + kW) = T[i0 - d .. i0 - d + kW): the vectors of T at base and base + kW
+  // (base = i0 - d rounded down to a vector), lanes from o = i0 - d - base on. |d| <= K + 1
+  // (some atom is unclipped, or d = 0), so the reads stay inside the padding of t.
   const __m512 vscale = _mm512_set1_ps(scale);
   __m512 ev_a = zero, ev_b = zero;
-  auto out = [&](int64_t i0, __m512& ev, __mmask16 keep) {
-    int64_t src = i0 - row.d;
-    src = src < s_min ? s_min : src;
-    src = src > s_max ? s_max : src;
-    const int64_t base = src & ~static_cast<int64_t>(kW - 1);  // floor to a vector start
-    const __m512i idx = _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(src - base)));
+  auto out = [&](int64_t i0, int64_t base, __m512i idx, __m512& ev, __mmask16 keep) {
     const __m512 acc = _mm512_mul_ps(
         _mm512_permutex2var_ps(_mm512_load_ps(t + base), idx, _mm512_load_ps(t + base + kW)),
         vscale);
     _mm512_storeu_ps(y + i0, acc);
     ev = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(atoms + i0), acc, ev, keep);
   };
+  const int64_t base0 = (-row.d) & ~static_cast<int64_t>(kW - 1);  // floor(-d / kW) kW
+  const __m512i idx0 =
+      _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(-row.d - base0)));
   int64_t v = 0;
   for (; v + 2 <= full; v += 2) {
-    out(v * kW, ev_a, 0xffff);
-    out(v * kW + kW, ev_b, 0xffff);
+    out(v * kW, base0 + v * kW, idx0, ev_a, 0xffff);
+    out(v * kW + kW, base0 + v * kW + kW, idx0, ev_b, 0xffff);
   }
-  if (v < full) out(v * kW, ev_a, 0xffff);
+  if (v < full) out(v * kW, base0 + v * kW, idx0, ev_a, 0xffff);
   if (full < nq) {  // the last vector overlaps the previous one: its new lanes only
-    out(k - kW, ev_b, static_cast<__mmask16>(0xffffu << (kW - (k - full * kW))));
+    const int64_t src = k - kW - row.d, base = src & ~static_cast<int64_t>(kW - 1);
+    out(k - kW, base, _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(src - base))),
+        ev_b, static_cast<__mmask16>(0xffffu << (kW - (k - full * kW))));
   }
   *expected_value = AddClipped(__builtin_bit_cast(FV, _mm512_add_ps(ev_a, ev_b)),
                                __builtin_bit_cast(FV, _mm512_mul_ps(m_lo, vscale)),
@@ -551,7 +560,9 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
   GatherPlan plan(static_cast<float>(v_min), static_cast<float>(v_max),
                   static_cast<float>(inv_dz), k);
   int64_t bad = 0;
-  for (int64_t j = 0; j < kShiftPad; ++j) s.t[-1 - j] = s.t[k + j] = T(0);
+  if constexpr (sizeof(T) == sizeof(float)) {
+    for (int64_t j = 0; j < k + 64; ++j) s.t[-1 - j] = s.t[k + j] = T(0);
+  }
   for (int64_t b = begin; b < end; ++b) {
     T* y = a.target + b * k;
     const T r = a.reward[b];
