@@ -98,6 +98,7 @@ struct GatherPlan {
   float g = 0.0f;  // g of the cached window length (0: none yet; gathered samples have g > 0)
   float shift_g = 0.0f;  // g of the cached 1 / g of PlanShift (0: none yet)
   double shift_inv_g = 0.0;
+  double shift_spread = 0.0;  // (g - 1) (K - 1) for shift_g
   double inv_g = 0.0;
   int64_t taps = 0;
   int64_t bin[2];  // clipped atoms at v_min (0) and v_max (1): lower bin and fraction
@@ -304,7 +305,8 @@ inline bool ProjectC51Gather(const double*, const double*, int64_t, double, doub
 // masses are split at the bins of v_min and v_max (AddClipped), as in the gather.
 struct ShiftRow {
   int64_t d = 0;
-  float cf = 0.0f, gm1 = 0.0f, jlo = 0.0f, jhi = 0.0f;  // c - d, g - 1, j_lo, j_hi
+  // c - d, g - 1; atoms j <= t_lo are clipped at v_min, atoms j >= t_hi at v_max.
+  float cf = 0.0f, gm1 = 0.0f, t_lo = 0.0f, t_hi = 0.0f;
 };
 
 // The per-sample constants of ProjectC51Shift (depend on r, g, ent only, so they are formed before
@@ -313,33 +315,44 @@ struct ShiftRow {
 inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float inv_dz,
                       GatherPlan* plan, ShiftRow* row) {
   if (kW < 16 || k < kW || !(g > 0.0f)) return false;
+  const double gd = g, kd = static_cast<double>(k);
   if (g != plan->shift_g) {  // g takes few values: one division per distinct g
     plan->shift_g = g;
-    plan->shift_inv_g = 1.0 / static_cast<double>(g);
+    plan->shift_inv_g = 1.0 / gd;
+    plan->shift_spread = (gd - 1.0) * (kd - 1.0);  // u_{K-1} - u_0
   }
-  const double gd = g, inv_g = plan->shift_inv_g, kd = static_cast<double>(k);
+  const double inv_g = plan->shift_inv_g, spread = plan->shift_spread;
   // b_j = c + g j (double: the clip ranges and d only; see ProjectC51Gather).
   const double c = (static_cast<double>(r) + gd * (static_cast<double>(v_min) - ent) - v_min) *
                    static_cast<double>(inv_dz);
-  // Clipped at v_min: b_j <= 0, i.e. j <= -c / g; at v_max: b_j >= K - 1 (bins rise with j).
+  // Clipped at v_min: b_j <= 0, i.e. j <= -c / g; at v_max: b_j >= K - 1, i.e. j >= (K - 1 - c) / g
+  // (bins rise with j). Clamped to [-1, K] (NaN passes, and its row is not used).
   double t_lo = -c * inv_g, t_hi = (kd - 1.0 - c) * inv_g;
   t_lo = t_lo < -1.0 ? -1.0 : (t_lo > kd ? kd : t_lo);
-  t_hi = t_hi < 0.0 ? 0.0 : (t_hi > kd ? kd : t_hi);
-  const double j_lo = __builtin_floor(t_lo) + 1.0 < kd ? __builtin_floor(t_lo) + 1.0 : kd;
-  double j_hi = __builtin_ceil(t_hi);
-  j_hi = j_hi < j_lo ? j_lo : j_hi;
+  t_hi = t_hi < -1.0 ? -1.0 : (t_hi > kd ? kd : t_hi);
   double d = 0.0;
-  if (j_lo < j_hi) {
-    const double ua = c + (gd - 1.0) * j_lo, ub = c + (gd - 1.0) * (j_hi - 1.0);
-    const double lo = ua < ub ? ua : ub, hi = ua < ub ? ub : ua;
-    d = __builtin_floor(0.5 * (lo + hi) + 0.5);
-    if (!(lo - d >= -1.0 && hi - d <= 1.0)) return false;  // g too far from 1
+  if (spread >= -1.0 && spread <= 1.0) {
+    // u_j = c - d + (g - 1) j spans at most 1 over the whole row: rounding its midpoint fits every
+    // atom in [-1, 1]. For |c| > K every atom is clipped (|g - 1| (K - 1) <= 1) and d stays 0,
+    // which keeps |d| <= K + 1 (the output reads rely on it).
+    if (c >= -kd && c <= kd) d = __builtin_floor(c + 0.5 * spread + 0.5);
+  } else {
+    // Wider spread: fit d to the unclipped atoms [j_lo, j_hi) only.
+    const double j_lo = __builtin_floor(t_lo) + 1.0 < kd ? __builtin_floor(t_lo) + 1.0 : kd;
+    double j_hi = __builtin_ceil(t_hi);
+    j_hi = j_hi < j_lo ? j_lo : j_hi;
+    if (j_lo < j_hi) {
+      const double ua = c + (gd - 1.0) * j_lo, ub = c + (gd - 1.0) * (j_hi - 1.0);
+      const double lo = ua < ub ? ua : ub, hi = ua < ub ? ub : ua;
+      d = __builtin_floor(0.5 * (lo + hi) + 0.5);
+      if (!(lo - d >= -1.0 && hi - d <= 1.0)) return false;  // g too far from 1
+    }
   }
   row->d = static_cast<int64_t>(d);
   row->cf = static_cast<float>(c - d);
   row->gm1 = static_cast<float>(gd - 1.0);
-  row->jlo = static_cast<float>(j_lo);
-  row->jhi = static_cast<float>(j_hi);
+  row->t_lo = static_cast<float>(t_lo);
+  row->t_hi = static_cast<float>(t_hi);
   return true;
 }
 
@@ -348,33 +361,31 @@ inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float
 // aligned row with K + 64 zeros on both sides (the vectors at -kW and at the end of the row are
 // rewritten per sample, the rest of the padding stays zero).
 #if defined(__AVX512F__)
-__attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, const float* atoms,
-                                               int64_t k, const ShiftRow& row, float* t, float* y,
-                                               float* expected_value, const GatherPlan& plan) {
-  const int64_t full = k / kW, nq = (k + kW - 1) / kW;
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512 jlo = _mm512_set1_ps(row.jlo), jhi = _mm512_set1_ps(row.jhi);
-  const __m512 gm1 = _mm512_set1_ps(row.gm1), cf = _mm512_set1_ps(row.cf);
-  const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512 step_j = _mm512_set1_ps(static_cast<float>(kW));
-  __m512 jv = __builtin_bit_cast(__m512, LaneIndex());  // atom indices of vector q
-  __m512 m_lo = zero, m_hi = zero;
-  // W_0, W_1 of vector q - 1, W_1 of q - 2 and W_-1 of q - 1, carried through the loop.
-  __m512 w0_prev = zero, w1_prev = zero, w1_prev2 = zero, wm1_prev = zero;
-  auto shift_w1 = [](__m512 cur, __m512 prev) {  // lane L: lane L - 1 of (prev, cur)
+// The first half of ProjectC51Shift: the weights of kW atoms at a time (Step, in order of q), the
+// row T stored as it forms, and the clipped masses.
+struct ShiftWeights {
+  __attribute__((always_inline)) ShiftWeights(const ShiftRow& row, float* t_row)
+      : t_lo(_mm512_set1_ps(row.t_lo)), t_hi(_mm512_set1_ps(row.t_hi)),
+        gm1(_mm512_set1_ps(row.gm1)), cf(_mm512_set1_ps(row.cf)),
+        jv(__builtin_bit_cast(__m512, LaneIndex())), t(t_row) {}
+
+  static __m512 ShiftW1(__m512 cur, __m512 prev) {  // lane L: lane L - 1 of (prev, cur)
     return __builtin_bit_cast(__m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, cur),
                                                           __builtin_bit_cast(__m512i, prev), 15));
-  };
-  auto shift_wm1 = [](__m512 next, __m512 cur) {  // lane L: lane L + 1 of (cur, next)
+  }
+  static __m512 ShiftWm1(__m512 next, __m512 cur) {  // lane L: lane L + 1 of (cur, next)
     return __builtin_bit_cast(__m512, _mm512_alignr_epi32(__builtin_bit_cast(__m512i, next),
                                                           __builtin_bit_cast(__m512i, cur), 1));
-  };
-  auto step = [&](int64_t q, __m512 pj) {
-    const __mmask16 low = _mm512_cmp_ps_mask(jv, jlo, _CMP_LT_OQ);
-    const __mmask16 high = _mm512_cmp_ps_mask(jv, jhi, _CMP_GE_OQ);
+  }
+
+  // Atoms [kW q, kW q + kW) with masses pj; stores T_{q-1}.
+  __attribute__((always_inline)) void Step(int64_t q, __m512 pj) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 low = _mm512_cmp_ps_mask(jv, t_lo, _CMP_LE_OQ);
+    const __mmask16 high = _mm512_cmp_ps_mask(jv, t_hi, _CMP_GE_OQ);
     const __mmask16 mid = static_cast<__mmask16>(~(low | high));
     const __m512 u = _mm512_fmadd_ps(jv, gm1, cf);  // b_j - j - d, in [-1, 1] where mid
-    jv = _mm512_add_ps(jv, step_j);
+    jv = _mm512_add_ps(jv, _mm512_set1_ps(static_cast<float>(kW)));
     const __m512 pu = _mm512_maskz_mul_ps(mid, pj, u);  // clipped atoms: no weight
     const __m512 w1 = _mm512_max_ps(pu, zero);           // p max(0, u): to bin j + d + 1
     const __m512 apu = _mm512_abs_ps(pu);
@@ -384,29 +395,52 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
     m_hi = _mm512_mask_add_ps(m_hi, high, m_hi, pj);
     // T_{q-1}: lane L collects W_0 of atom 16 (q - 1) + L, W_1 of the atom before, W_-1 of the
     // atom after.
-    _mm512_store_ps(t + (q - 1) * kW, _mm512_add_ps(_mm512_add_ps(w0_prev, shift_w1(w1_prev, w1_prev2)),
-                                                    shift_wm1(wm1, wm1_prev)));
+    _mm512_store_ps(t + (q - 1) * kW,
+                    _mm512_add_ps(_mm512_add_ps(w0_prev, ShiftW1(w1_prev, w1_prev2)),
+                                  ShiftWm1(wm1, wm1_prev)));
     w0_prev = w0;
     w1_prev2 = w1_prev;
     w1_prev = w1;
     wm1_prev = wm1;
-  };
-  for (int64_t q = 0; q < full; ++q) step(q, _mm512_load_ps(p + q * kW));
-  if (full < nq) {  // atoms [16 full, K) from the last vector as stored (at K - kW), zeros above
-    const int64_t rem = k - full * kW;
-    const __m512i idx = _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(kW - rem)));
-    step(full, _mm512_maskz_permutexvar_ps(static_cast<__mmask16>((1u << rem) - 1u), idx,
-                                           _mm512_loadu_ps(p + k - kW)));
   }
-  // T_{nq - 1} (no atoms above) and T_nq (W_1 of the last atom only).
-  _mm512_store_ps(t + (nq - 1) * kW,
-                  _mm512_add_ps(_mm512_add_ps(w0_prev, shift_w1(w1_prev, w1_prev2)),
-                                shift_wm1(zero, wm1_prev)));
-  _mm512_store_ps(t + nq * kW, shift_w1(zero, w1_prev));
-  // Output bins [i0, i0 + kW) = T[i0 - d .. i0 - d + kW): the vectors of T at base and base + kW
-  // (base = i0 - d rounded down to a vector), lanes from o = i0 - d - base on. |d| <= K + 1
-  // (some atom is unclipped, or d = 0), so the reads stay inside the padding of t.
-  const __m512 vscale = _mm512_set1_ps(scale);
+  // The atoms [kW full, K) from the last vector of the row (atoms K - kW .. K - 1), K % kW != 0.
+  __attribute__((always_inline)) void Last(int64_t k, __m512 p_last) {
+    const int64_t full = k / kW, rem = k - full * kW;
+    const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i idx = _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(kW - rem)));
+    Step(full, _mm512_maskz_permutexvar_ps(static_cast<__mmask16>((1u << rem) - 1u), idx, p_last));
+  }
+  // After the last Step: T_{nq - 1} (no atoms above) and T_nq (W_1 of the last atom only).
+  __attribute__((always_inline)) void Finish(int64_t nq) {
+    const __m512 zero = _mm512_setzero_ps();
+    _mm512_store_ps(t + (nq - 1) * kW,
+                    _mm512_add_ps(_mm512_add_ps(w0_prev, ShiftW1(w1_prev, w1_prev2)),
+                                  ShiftWm1(zero, wm1_prev)));
+    _mm512_store_ps(t + nq * kW, ShiftW1(zero, w1_prev));
+  }
+
+  __m512 t_lo, t_hi, gm1, cf;
+  __m512 jv;  // atom indices of the next vector
+  __m512 m_lo = _mm512_setzero_ps(), m_hi = _mm512_setzero_ps();  // clipped masses
+  // W_0, W_1 of vector q - 1, W_1 of q - 2 and W_-1 of q - 1, carried from Step to Step.
+  __m512 w0_prev = _mm512_setzero_ps(), w1_prev = _mm512_setzero_ps();
+  __m512 w1_prev2 = _mm512_setzero_ps(), wm1_prev = _mm512_setzero_ps();
+  float* t;
+};
+
+// The second half of ProjectC51Shift: output bins [i0, i0 + kW) = scale T[i0 - d .. i0 - d + kW),
+// read from the vectors of T at base and base + kW (base = i0 - d rounded down to a vector), lanes
+// from o = i0 - d - base on. |d| <= K + 1 (some atom is unclipped, or d = 0), so the reads stay
+// inside the padding of t. Then the clipped masses and the expected value (AddClipped).
+template <int kFull>
+__attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, float scale,
+                                                        const float* atoms, int64_t k,
+                                                        const ShiftRow& row, const float* t,
+                                                        float* y, float* expected_value,
+                                                        const GatherPlan& plan) {
+  const int64_t full = kFull > 0 ? kFull : k / kW, nq = (k + kW - 1) / kW;
+  const __m512 zero = _mm512_setzero_ps(), vscale = _mm512_set1_ps(scale);
+  const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   __m512 ev_a = zero, ev_b = zero;
   auto out = [&](int64_t i0, int64_t base, __m512i idx, __m512& ev, __mmask16 keep) {
     const __m512 acc = _mm512_mul_ps(
@@ -419,6 +453,7 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
   const __m512i idx0 =
       _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(-row.d - base0)));
   int64_t v = 0;
+#pragma GCC unroll 4
   for (; v + 2 <= full; v += 2) {
     out(v * kW, base0 + v * kW, idx0, ev_a, 0xffff);
     out(v * kW + kW, base0 + v * kW + kW, idx0, ev_b, 0xffff);
@@ -430,9 +465,38 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
         ev_b, static_cast<__mmask16>(0xffffu << (kW - (k - full * kW))));
   }
   *expected_value = AddClipped(__builtin_bit_cast(FV, _mm512_add_ps(ev_a, ev_b)),
-                               __builtin_bit_cast(FV, _mm512_mul_ps(m_lo, vscale)),
-                               __builtin_bit_cast(FV, _mm512_mul_ps(m_hi, vscale)), atoms, k,
+                               __builtin_bit_cast(FV, _mm512_mul_ps(w.m_lo, vscale)),
+                               __builtin_bit_cast(FV, _mm512_mul_ps(w.m_hi, vscale)), atoms, k,
                                plan, y);
+}
+
+// kFull > 0: K / kW fixed at compile time (the vector loops unroll and the carried vectors stay in
+// registers without copies); 0: read from k.
+template <int kFull>
+__attribute__((always_inline)) inline void ProjectC51ShiftRows(const float* p, float scale,
+                                                               const float* atoms, int64_t k,
+                                                               const ShiftRow& row, float* t,
+                                                               float* y, float* expected_value,
+                                                               const GatherPlan& plan) {
+  const int64_t full = kFull > 0 ? kFull : k / kW, nq = (k + kW - 1) / kW;
+  ShiftWeights w(row, t);
+#pragma GCC unroll 8
+  for (int64_t q = 0; q < full; ++q) w.Step(q, _mm512_load_ps(p + q * kW));
+  if (full < nq) w.Last(k, _mm512_loadu_ps(p + k - kW));
+  w.Finish(nq);
+  ShiftOutputs<kFull>(w, scale, atoms, k, row, t, y, expected_value, plan);
+}
+__attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, const float* atoms,
+                                               int64_t k, const ShiftRow& row, float* t, float* y,
+                                               float* expected_value, const GatherPlan& plan) {
+  switch (k / kW) {
+#define MTRL_SHIFT_CASE(n) \
+  case n: return ProjectC51ShiftRows<n>(p, scale, atoms, k, row, t, y, expected_value, plan);
+    MTRL_SHIFT_CASE(1) MTRL_SHIFT_CASE(2) MTRL_SHIFT_CASE(3) MTRL_SHIFT_CASE(4)
+    MTRL_SHIFT_CASE(5) MTRL_SHIFT_CASE(6) MTRL_SHIFT_CASE(7) MTRL_SHIFT_CASE(8)
+#undef MTRL_SHIFT_CASE
+    default: return ProjectC51ShiftRows<0>(p, scale, atoms, k, row, t, y, expected_value, plan);
+  }
 }
 #else
 void ProjectC51Shift(const float*, float, const float*, int64_t, const ShiftRow&, float*, float*,
