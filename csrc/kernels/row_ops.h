@@ -487,13 +487,14 @@ inline void MaxDotSum2(const float* x0, const float* x1, const float* y, int64_t
     j += kW;
   }
   if (j < k) {
-    const FV xl0 = LoadV(x0 + k - kW), xl1 = LoadV(x1 + k - kW);
+    // The last rows' vectors are loaded once per use: named copies used twice were kept on the
+    // stack by GCC (a store and two reloads each on the max chain).
     const IV tail = TailMask(k, j);
-    mb0 = MaxV(mb0, xl0);  // unmasked (see RowMax)
-    mb1 = MaxV(mb1, xl1);
+    mb0 = MaxV(mb0, LoadV(x0 + k - kW));  // unmasked (see RowMax)
+    mb1 = MaxV(mb1, LoadV(x1 + k - kW));
     const FV yl = Select(tail, LoadV(y + k - kW), Splat(0.0f));
-    db0 += yl * xl0;
-    db1 += yl * xl1;
+    db0 += yl * LoadV(x0 + k - kW);
+    db1 += yl * LoadV(x1 + k - kW);
     sb += yl;
   }
   *m0 = Horizontal(MaxV(ma0, mb0), MaxV);

@@ -721,11 +721,77 @@ struct CrossEntropyJob {
   int64_t bad_rows;
 };
 
+// CrossEntropyChunk's rows for exactly two members with the gradient, K in RegisterRows (NV
+// vectors): the same operations in the same order as its general loop (bitwise the same results),
+// in a loop of their own whose per-sample scalars never leave registers (in the general loop the
+// non-inlined calls of its other paths keep them on the stack). Returns the count of bad rows.
+template <int NV>
+__attribute__((noinline)) int64_t CrossEntropyPairRows(const CrossEntropyArgs<float>& a,
+                                                       int64_t begin, int64_t end) {
+  const int64_t k = a.num_atoms, member = a.batch_size * k;
+  const float batch = static_cast<float>(a.batch_size), unit_coef = 1.0f / batch;
+  int64_t bad = 0;
+  for (int64_t b = begin; b < end; ++b) {
+    const float* y = a.target + b * k;
+    const float w = a.weight != nullptr ? a.weight[b] : 1.0f;
+    const float coef = a.weight != nullptr ? w / batch : unit_coef;
+    const float* x0 = a.online_logits + b * k;
+    const float* x1 = x0 + member;
+    float* g0 = a.grad + b * k;
+    float* g1 = g0 + member;
+    float m0, m1, d0, d1, sum_y, s0, s1;
+    MaxDotSum2(x0, x1, y, k, &m0, &m1, &d0, &d1, &sum_y);
+    FV c0{}, c1{};
+    auto after = [&](float t0, float t1) {
+      float q0, q1;
+      Div2(sum_y, sum_y, t0, t1, &q0, &q1);
+      c0 = Splat(q0 * coef);
+      c1 = Splat(q1 * coef);
+    };
+    auto emit = [&](int64_t j, FV e0, FV e1) {
+      const FV yc = LoadV(y + j) * coef;
+      StoreV(g0 + j, FusedMulSub(e0, c0, yc));
+      StoreV(g1 + j, FusedMulSub(e1, c1, yc));
+    };
+    ExpSumRegs2<NV>(x0, x1, k, m0, m1, &s0, &s1, after, emit);
+    float log0, log1;
+    Log2(s0, s1, &log0, &log1);
+    const float ce0 = (m0 + log0) * sum_y - d0, ce1 = (m1 + log1) * sum_y - d1;
+    const bool ok = Finite(w) && Finite(m0) && Finite(s0) && Finite(ce0) && Finite(m1) &&
+                    Finite(s1) && Finite(ce1) && Finite(sum_y);
+    float td = 0.0f;
+    td += ce0;
+    td += ce1;
+    if (!ok) {
+      td = NaN<float>();
+      ++bad;
+    }
+    a.td_error[b] = td;
+  }
+  return bad;
+}
+
 template <typename T>
 void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
   auto* job = static_cast<CrossEntropyJob<T>*>(ctx);
   const CrossEntropyArgs<T>& a = *job->args;
   const int64_t k = a.num_atoms;
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (a.num_members == 2 && a.grad != nullptr && RegisterRows(k)) {
+      int64_t bad = 0;
+      switch ((k + kW - 1) / kW) {
+        case 2: bad = CrossEntropyPairRows<2>(a, begin, end); break;
+        case 3: bad = CrossEntropyPairRows<3>(a, begin, end); break;
+        case 4: bad = CrossEntropyPairRows<4>(a, begin, end); break;
+        case 5: bad = CrossEntropyPairRows<5>(a, begin, end); break;
+        case 6: bad = CrossEntropyPairRows<6>(a, begin, end); break;
+        case 7: bad = CrossEntropyPairRows<7>(a, begin, end); break;
+        default: bad = CrossEntropyPairRows<8>(a, begin, end); break;
+      }
+      if (bad != 0) __atomic_fetch_add(&job->bad_rows, bad, __ATOMIC_RELAXED);
+      return;
+    }
+  }
   T scratch[kMaxAtoms];
   T scratch1[kMaxAtoms];
   const T batch = static_cast<T>(a.batch_size), unit_coef = T(1) / batch;  // w / B for w = 1
