@@ -606,26 +606,164 @@ struct TdTargetJob {
   int64_t bad_rows;
 };
 
+// Per-chunk constants of the TD-target rows.
+template <typename T>
+struct RowConsts {
+  explicit RowConsts(const TdTargetArgs<T>& a)
+      : k(a.num_atoms),
+        v_min(static_cast<T>(a.v_min)),
+        v_max(static_cast<T>(a.v_max)),
+        dz(static_cast<T>((a.v_max - a.v_min) / static_cast<double>(k - 1))),
+        inv_dz(static_cast<T>(static_cast<double>(k - 1) / (a.v_max - a.v_min))),
+        last(static_cast<T>(k - 1)) {}
+  int64_t k;
+  T v_min, v_max, dz, inv_dz, last;
+};
+
+// The projection of sample b's mix p (finite inputs) other than the shifted one: terminal
+// samples (gamma * mask = 0), the C51 gather or scatter, HL-Gauss; writes the target row and the
+// expected value.
+template <typename T>
+__attribute__((noinline)) void ProjectRow(const TdTargetArgs<T>& a, int64_t b, const T* p, T r,
+                                          T g, T ent, const RowConsts<T>& c, Scratch<T>& s,
+                                          GatherPlan& plan) {
+  const int64_t k = c.k;
+  const T v_min = c.v_min, v_max = c.v_max, dz = c.dz, inv_dz = c.inv_dz, last = c.last;
+  T* y = a.target + b * k;
+  if (a.projection == Projection::kC51 && g == 0) {
+    // gamma * mask = 0 (terminal): every atom lands on clip(r); split the total mass once
+    // instead of scatter-adding K times into the same two bins.
+    T zh = r < v_min ? v_min : (r > v_max ? v_max : r);
+    T bj = (zh - v_min) * inv_dz;
+    bj = bj > 0 ? bj : T(0);
+    bj = bj < last ? bj : last;
+    const int32_t l = static_cast<int32_t>(bj);
+    const T frac = bj - static_cast<T>(l), total = Sum(p, k);
+    std::memset(y, 0, sizeof(T) * k);
+    y[l] = total * (1 - frac);
+    if (l + 1 < k) y[l + 1] = total * frac;
+  } else if (a.projection == Projection::kC51 &&
+             ProjectC51Gather(p, s.atoms, k, r, g, ent, v_min, v_max, inv_dz, s.bpos, y,
+                              &a.expected_value[b], &plan)) {
+    return;  // gathered, expected value included
+  } else if (a.projection == Projection::kC51) {
+    for (int64_t j = 0; j < k; ++j) {
+      T zh = r + g * (s.atoms[j] - ent);  // spec §2.2: z_hat = r + gamma * m * (z - alpha log pi)
+      zh = zh < v_min ? v_min : zh;
+      zh = zh > v_max ? v_max : zh;
+      T bj = (zh - v_min) * inv_dz;
+      bj = bj > 0 ? bj : T(0);  // also maps NaN to 0: indices stay in range whatever happens
+      bj = bj < last ? bj : last;
+      const int32_t l = static_cast<int32_t>(bj);
+      const T frac = bj - static_cast<T>(l);
+      s.low[j] = l;
+      s.mass_lo[j] = p[j] * (1 - frac);
+      s.mass_hi[j] = p[j] * frac;
+    }
+    ProjectC51(s.low, s.mass_lo, s.mass_hi, k, y, s.y_hi);
+  } else {
+    const T value = Dot(s.atoms, p, k);
+    T t = r + g * (value - ent);
+    t = t < v_min ? v_min : t;  // clamp first: far outside, erf differences are 0/0
+    t = t > v_max ? v_max : t;
+    const T inv = T(1) / (static_cast<T>(a.sigma) * Sqrt(T(2)));
+    const T edge0 = v_min - dz / 2;
+    for (int64_t i = 0; i <= k; ++i) s.frac[i] = FastErf((edge0 + static_cast<T>(i) * dz - t) * inv);
+    const T norm = T(1) / (s.frac[k] - s.frac[0]);
+    for (int64_t i = 0; i < k; ++i) y[i] = (s.frac[i + 1] - s.frac[i]) * norm;
+  }
+  a.expected_value[b] = Dot(s.atoms, y, k);
+}
+
+// TdTargetChunk's rows for two members (mean), the C51 projection and K in RegisterRows (NV
+// vectors): the same arithmetic as its general loop (CombineMembers' register path, then the
+// projection), in a loop of their own whose per-sample values stay in registers. Returns the count
+// of bad rows.
+template <int NV>
+__attribute__((noinline)) int64_t TdTargetPairRows(const TdTargetArgs<float>& a, int64_t begin,
+                                                   int64_t end, const RowConsts<float>& c,
+                                                   Scratch<float>& s, GatherPlan& plan) {
+  const int64_t k = c.k, member = a.batch_size * k;
+  float* p = s.buf0;
+  int64_t bad = 0;
+  for (int64_t b = begin; b < end; ++b) {
+    const float r = a.reward[b];
+    const float gamma =
+        a.discount != nullptr ? a.discount[b] : static_cast<float>(a.discount_value);
+    const float g = gamma * a.mask[b];
+    const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+    ShiftRow shift;
+    const bool shifted = PlanShift(k, r, g, ent, c.v_min, c.inv_dz, &plan, &shift);
+    const float* x0 = a.target_logits + b * k;
+    const float* x1 = x0 + member;
+    float m0, m1, sum0, sum1, scale = 1.0f;
+    RowMax2(x0, x1, k, &m0, &m1);
+    FV c0{}, c1{};
+    auto after = [&](float t0, float t1) {
+      if (shifted) {  // p = (e0 s1 + e1 s0) / (2 s0 s1), the division after the projection
+        c0 = Splat(t1);
+        c1 = Splat(t0);
+        scale = 1.0f / (2.0f * t0 * t1);
+        return;
+      }
+      float q0, q1;
+      Div2(1.0f, 1.0f, t0 * 2.0f, t1 * 2.0f, &q0, &q1);
+      c0 = Splat(q0);
+      c1 = Splat(q1);
+    };
+    auto emit = [&](int64_t j, FV e0, FV e1) { StoreV(p + j, e0 * c0 + e1 * c1); };
+    ExpSumRegs2<NV>(x0, x1, k, m0, m1, &sum0, &sum1, after, emit);
+    const bool ok = Finite(m0) && Finite(sum0) && Finite(m1) && Finite(sum1) && Finite(r) &&
+                    Finite(g) && Finite(ent);
+    if (!ok) {
+      float* y = a.target + b * k;
+      for (int64_t j = 0; j < k; ++j) y[j] = NaN<float>();
+      a.expected_value[b] = NaN<float>();
+      ++bad;
+      continue;
+    }
+    if (shifted) {
+      ProjectC51Shift(p, scale, s.atoms, k, shift, s.t, a.target + b * k, &a.expected_value[b],
+                      plan);
+    } else {
+      ProjectRow(a, b, p, r, g, ent, c, s, plan);
+    }
+  }
+  return bad;
+}
+
 template <typename T>
 void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
   auto* job = static_cast<TdTargetJob<T>*>(ctx);
   const TdTargetArgs<T>& a = *job->args;
-  const int64_t k = a.num_atoms;
-  const T v_min = static_cast<T>(a.v_min), v_max = static_cast<T>(a.v_max);
-  const T dz = static_cast<T>((a.v_max - a.v_min) / static_cast<double>(k - 1));
-  const T inv_dz = static_cast<T>(static_cast<double>(k - 1) / (a.v_max - a.v_min));
-  const T last = static_cast<T>(k - 1);
+  const RowConsts<T> c(a);
+  const int64_t k = c.k;
+  const T v_min = c.v_min, inv_dz = c.inv_dz;
   Scratch<T> s;
-  for (int64_t j = 0; j < k; ++j) s.atoms[j] = v_min + static_cast<T>(j) * dz;
+  for (int64_t j = 0; j < k; ++j) s.atoms[j] = v_min + static_cast<T>(j) * c.dz;
   for (int64_t j = 0; j < kPad; ++j) {  // zeros around p, a far sentinel around the bins
     s.buf0[-1 - j] = s.buf0[k + j] = s.buf1[-1 - j] = s.buf1[k + j] = T(0);
     s.bpos[-1 - j] = s.bpos[k + j] = T(-4);
   }
-  GatherPlan plan(static_cast<float>(v_min), static_cast<float>(v_max),
+  GatherPlan plan(static_cast<float>(v_min), static_cast<float>(c.v_max),
                   static_cast<float>(inv_dz), k);
   int64_t bad = 0;
   if constexpr (sizeof(T) == sizeof(float)) {
     for (int64_t j = 0; j < k + 64; ++j) s.t[-1 - j] = s.t[k + j] = T(0);
+    if (a.num_members == 2 && a.combine == Combine::kMean &&
+        a.projection == Projection::kC51 && RegisterRows(k)) {
+      switch ((k + kW - 1) / kW) {
+        case 2: bad = TdTargetPairRows<2>(a, begin, end, c, s, plan); break;
+        case 3: bad = TdTargetPairRows<3>(a, begin, end, c, s, plan); break;
+        case 4: bad = TdTargetPairRows<4>(a, begin, end, c, s, plan); break;
+        case 5: bad = TdTargetPairRows<5>(a, begin, end, c, s, plan); break;
+        case 6: bad = TdTargetPairRows<6>(a, begin, end, c, s, plan); break;
+        case 7: bad = TdTargetPairRows<7>(a, begin, end, c, s, plan); break;
+        default: bad = TdTargetPairRows<8>(a, begin, end, c, s, plan); break;
+      }
+      if (bad != 0) __atomic_fetch_add(&job->bad_rows, bad, __ATOMIC_RELAXED);
+      return;
+    }
   }
   for (int64_t b = begin; b < end; ++b) {
     T* y = a.target + b * k;
@@ -649,54 +787,13 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
       ++bad;
       continue;
     }
-    if (a.projection == Projection::kC51 && g == 0) {
-      // gamma * mask = 0 (terminal): every atom lands on clip(r); split the total mass once
-      // instead of scatter-adding K times into the same two bins.
-      T zh = r < v_min ? v_min : (r > v_max ? v_max : r);
-      T bj = (zh - v_min) * inv_dz;
-      bj = bj > 0 ? bj : T(0);
-      bj = bj < last ? bj : last;
-      const int32_t l = static_cast<int32_t>(bj);
-      const T frac = bj - static_cast<T>(l), total = Sum(p, k);
-      std::memset(y, 0, sizeof(T) * k);
-      y[l] = total * (1 - frac);
-      if (l + 1 < k) y[l + 1] = total * frac;
-    } else if (shifted) {
+    if (shifted) {
       if constexpr (sizeof(T) == sizeof(float)) {
         ProjectC51Shift(p, scale, s.atoms, k, shift, s.t, y, &a.expected_value[b], plan);
       }
-      continue;  // shifted row, expected value included
-    } else if (a.projection == Projection::kC51 &&
-               ProjectC51Gather(p, s.atoms, k, r, g, ent, v_min, v_max, inv_dz, s.bpos, y,
-                                &a.expected_value[b], &plan)) {
-      continue;  // gathered, expected value included
-    } else if (a.projection == Projection::kC51) {
-      for (int64_t j = 0; j < k; ++j) {
-        T zh = r + g * (s.atoms[j] - ent);  // spec §2.2: z_hat = r + gamma * m * (z - alpha log pi)
-        zh = zh < v_min ? v_min : zh;
-        zh = zh > v_max ? v_max : zh;
-        T bj = (zh - v_min) * inv_dz;
-        bj = bj > 0 ? bj : T(0);  // also maps NaN to 0: indices stay in range whatever happens
-        bj = bj < last ? bj : last;
-        const int32_t l = static_cast<int32_t>(bj);
-        const T frac = bj - static_cast<T>(l);
-        s.low[j] = l;
-        s.mass_lo[j] = p[j] * (1 - frac);
-        s.mass_hi[j] = p[j] * frac;
-      }
-      ProjectC51(s.low, s.mass_lo, s.mass_hi, k, y, s.y_hi);
     } else {
-      const T value = Dot(s.atoms, p, k);
-      T t = r + g * (value - ent);
-      t = t < v_min ? v_min : t;  // clamp first: far outside, erf differences are 0/0
-      t = t > v_max ? v_max : t;
-      const T inv = T(1) / (static_cast<T>(a.sigma) * Sqrt(T(2)));
-      const T edge0 = v_min - dz / 2;
-      for (int64_t i = 0; i <= k; ++i) s.frac[i] = FastErf((edge0 + static_cast<T>(i) * dz - t) * inv);
-      const T norm = T(1) / (s.frac[k] - s.frac[0]);
-      for (int64_t i = 0; i < k; ++i) y[i] = (s.frac[i + 1] - s.frac[i]) * norm;
+      ProjectRow(a, b, p, r, g, ent, c, s, plan);
     }
-    a.expected_value[b] = Dot(s.atoms, y, k);
   }
   if (bad != 0) __atomic_fetch_add(&job->bad_rows, bad, __ATOMIC_RELAXED);
 }
