@@ -449,8 +449,11 @@ inline void Dot2(const float* y, const float* x0, const float* x1, int64_t k, fl
 // The first pass of a loss row pair: RowMax2(x0, x1), Dot2(y, x0, x1) and Sum(y) in one sweep
 // (x0, x1 and y are loaded once instead of three times). Per quantity the accumulators, their
 // order and the tails are exactly those of the separate functions (bitwise the same results).
-inline void MaxDotSum2(const float* x0, const float* x1, const float* y, int64_t k, float* m0,
-                       float* m1, float* d0, float* d1, float* sum_y) {
+// Always inlined: as a call its five results went through memory on the way to the exps.
+__attribute__((always_inline)) inline void MaxDotSum2(const float* x0, const float* x1,
+                                                      const float* y, int64_t k, float* m0,
+                                                      float* m1, float* d0, float* d1,
+                                                      float* sum_y) {
   if (k < kW) {
     RowMax2(x0, x1, k, m0, m1);
     Dot2(y, x0, x1, k, d0, d1);

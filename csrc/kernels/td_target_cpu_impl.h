@@ -94,7 +94,23 @@ struct GatherPlan {
       bin[i] = static_cast<int64_t>(bj);
       frac[i] = bj - static_cast<float>(bin[i]);
     }
+    // ProjectC51Shift: the shares of the clipped masses on the output vectors at 0, at
+    // kW (K / kW - 1) and at K - kW (the only ones that hold bins 0, 1, K - 2 or K - 1).
+    const int64_t starts[3] = {0, kW * (k / kW - 1), k - kW};
+    for (int v = 0; v < 3; ++v) {
+      for (int lane = 0; lane < kW; ++lane) {
+        const int64_t i = starts[v] + lane;
+        float share[2];
+        for (int e = 0; e < 2; ++e) {
+          share[e] = i == bin[e] ? 1.0f - frac[e] : (i == bin[e] + 1 && i < k ? frac[e] : 0.0f);
+        }
+        clip_share[v][0][lane] = share[0];
+        clip_share[v][1][lane] = share[1];
+      }
+    }
   }
+  // [vector][end][lane]: share of the mass clipped at v_min (end 0) or v_max (1) on that bin.
+  alignas(64) float clip_share[3][2][kW];
   float g = 0.0f;  // g of the cached window length (0: none yet; gathered samples have g > 0)
   float shift_g = 0.0f;  // g of the cached 1 / g of PlanShift (0: none yet)
   double shift_inv_g = 0.0;
@@ -441,33 +457,46 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
   const int64_t full = kFull > 0 ? kFull : k / kW, nq = (k + kW - 1) / kW;
   const __m512 zero = _mm512_setzero_ps(), vscale = _mm512_set1_ps(scale);
   const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  // The clipped masses (times scale) in every lane, added to the bins of v_min and v_max in the
+  // output vectors that hold them (GatherPlan::clip_share), before their expected-value terms.
+  auto all_lanes_sum = [](__m512 v) {
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  };
+  const __m512 mass_lo = _mm512_mul_ps(all_lanes_sum(w.m_lo), vscale);
+  const __m512 mass_hi = _mm512_mul_ps(all_lanes_sum(w.m_hi), vscale);
   __m512 ev_a = zero, ev_b = zero;
-  auto out = [&](int64_t i0, int64_t base, __m512i idx, __m512& ev, __mmask16 keep) {
-    const __m512 acc = _mm512_mul_ps(
+  auto out = [&](int64_t i0, int64_t base, __m512i idx, __m512& ev, __mmask16 keep, int clip) {
+    __m512 acc = _mm512_mul_ps(
         _mm512_permutex2var_ps(_mm512_load_ps(t + base), idx, _mm512_load_ps(t + base + kW)),
         vscale);
+    if (clip >= 0) {
+      acc = _mm512_fmadd_ps(_mm512_load_ps(plan.clip_share[clip][0]), mass_lo, acc);
+      acc = _mm512_fmadd_ps(_mm512_load_ps(plan.clip_share[clip][1]), mass_hi, acc);
+    }
     _mm512_storeu_ps(y + i0, acc);
     ev = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(atoms + i0), acc, ev, keep);
   };
   const int64_t base0 = (-row.d) & ~static_cast<int64_t>(kW - 1);  // floor(-d / kW) kW
   const __m512i idx0 =
       _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(-row.d - base0)));
+  // Vector 0 and vector full - 1 hold shares (clip_share 0 and 1; the same vector when full = 1).
+  auto clip_of = [&](int64_t v) { return v == full - 1 ? 1 : (v == 0 ? 0 : -1); };
   int64_t v = 0;
 #pragma GCC unroll 4
   for (; v + 2 <= full; v += 2) {
-    out(v * kW, base0 + v * kW, idx0, ev_a, 0xffff);
-    out(v * kW + kW, base0 + v * kW + kW, idx0, ev_b, 0xffff);
+    out(v * kW, base0 + v * kW, idx0, ev_a, 0xffff, clip_of(v));
+    out(v * kW + kW, base0 + v * kW + kW, idx0, ev_b, 0xffff, clip_of(v + 1));
   }
-  if (v < full) out(v * kW, base0 + v * kW, idx0, ev_a, 0xffff);
+  if (v < full) out(v * kW, base0 + v * kW, idx0, ev_a, 0xffff, clip_of(v));
   if (full < nq) {  // the last vector overlaps the previous one: its new lanes only
     const int64_t src = k - kW - row.d, base = src & ~static_cast<int64_t>(kW - 1);
     out(k - kW, base, _mm512_add_epi32(iota_i, _mm512_set1_epi32(static_cast<int>(src - base))),
-        ev_b, static_cast<__mmask16>(0xffffu << (kW - (k - full * kW))));
+        ev_b, static_cast<__mmask16>(0xffffu << (kW - (k - full * kW))), 2);
   }
-  *expected_value = AddClipped(__builtin_bit_cast(FV, _mm512_add_ps(ev_a, ev_b)),
-                               __builtin_bit_cast(FV, _mm512_mul_ps(w.m_lo, vscale)),
-                               __builtin_bit_cast(FV, _mm512_mul_ps(w.m_hi, vscale)), atoms, k,
-                               plan, y);
+  *expected_value = _mm512_cvtss_f32(all_lanes_sum(_mm512_add_ps(ev_a, ev_b)));
 }
 
 // kFull > 0: K / kW fixed at compile time (the vector loops unroll and the carried vectors stay in
