@@ -8,7 +8,7 @@
 // Thread safety: the functions are pure apart from their outputs; concurrent calls on disjoint
 // outputs are safe (they share the kernel worker pool, see parallel.h).
 // Memory: no heap allocation per call; each thread keeps a few rows of kMaxAtoms values on its
-// stack (about 215 KB for float, 330 KB for double).
+// stack (about 215 KB for float, 315 KB for double).
 #pragma once
 
 #include <cstdint>

@@ -1,15 +1,22 @@
-// Row kernels of the CPU TD target and cross-entropy, included by td_target_cpu.cc (baseline ISA)
-// and td_target_cpu_avx2.cc (AVX2 + FMA). Everything has internal linkage; see fast_math.h for why.
+// Row kernels of the CPU TD target and cross-entropy, included by td_target_cpu.cc (baseline ISA),
+// td_target_cpu_avx2.cc (AVX2 + FMA) and td_target_cpu_avx512.cc. Everything has internal linkage;
+// see fast_math.h for why.
 //
 // Reductions over the K atoms use explicit vector types (row_ops.h: max, exp-and-sum, dots), two
 // independent rows at a time where there are two (members of one sample); the element-wise loops
-// (member mix, C51 bins and masses, gradient) are left to the auto-vectoriser. The C51 projection
-// is a vector gather over output bins in the AVX-512 build (ProjectC51Gather) and a scalar scatter
-// otherwise (ProjectC51).
+// (member mix, C51 bins and masses, gradient) are left to the auto-vectoriser. In the AVX-512 build
+// the C51 projection is one shifted row when gamma * mask is close to 1 (ProjectC51Shift) and a
+// vector gather over output bins otherwise (ProjectC51Gather); other builds scatter (ProjectC51).
+// The common shapes (two members, K <= 128) run in loops of their own (TdTargetPairRows,
+// CrossEntropyPairRows) whose per-sample values stay in registers.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "kernels/fast_math.h"
 #include "kernels/parallel.h"
@@ -342,10 +349,18 @@ inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float
   const double c = (static_cast<double>(r) + gd * (static_cast<double>(v_min) - ent) - v_min) *
                    static_cast<double>(inv_dz);
   // Clipped at v_min: b_j <= 0, i.e. j <= -c / g; at v_max: b_j >= K - 1, i.e. j >= (K - 1 - c) / g
-  // (bins rise with j). Clamped to [-1, K] (NaN passes, and its row is not used).
-  double t_lo = -c * inv_g, t_hi = (kd - 1.0 - c) * inv_g;
-  t_lo = t_lo < -1.0 ? -1.0 : (t_lo > kd ? kd : t_lo);
-  t_hi = t_hi < -1.0 ? -1.0 : (t_hi > kd ? kd : t_hi);
+  // (bins rise with j). Clamped to [-1, K] (a row with NaN inputs is not projected).
+  // maxsd / minsd where there is SSE2: the ternaries compiled to branches, and which side a
+  // clamp takes follows the sign of the reward (mispredicted about half the time).
+  auto clamp = [kd](double t) {
+#if defined(__SSE2__)
+    const __m128d lo = _mm_max_sd(_mm_set_sd(t), _mm_set_sd(-1.0));  // NaN -> -1
+    return _mm_cvtsd_f64(_mm_min_sd(lo, _mm_set_sd(kd)));
+#else
+    return t < -1.0 ? -1.0 : (t > kd ? kd : t);
+#endif
+  };
+  const double t_lo = clamp(-c * inv_g), t_hi = clamp((kd - 1.0 - c) * inv_g);
   double d = 0.0;
   if (spread >= -1.0 && spread <= 1.0) {
     // u_j = c - d + (g - 1) j spans at most 1 over the whole row: rounding its midpoint fits every
