@@ -89,3 +89,56 @@ def test_bad_targets_raise():
     opt = FusedAdamW(params, lr=1e-3, weight_decay=0.0)
     with pytest.raises(ValueError, match="targets"):
         opt.step_with_polyak([p.detach().clone() for p in params[:2]], 0.005)
+
+
+def test_state_dict_step_counts_are_tensors_of_their_own():
+    params = _params(4)
+    opt = FusedAdamW(params, lr=1e-3, weight_decay=1e-4)
+    for seed in range(2):
+        _set_grads(params, seed)
+        opt.step()
+    state = opt.state_dict()
+    for entry in state["state"].values():  # as torch's AdamW: one 0-d float32 tensor each
+        step = entry["step"]
+        assert step.shape == () and step.dtype == torch.float32 and float(step) == 2.0
+        assert step._base is None and step.untyped_storage().nbytes() == 4
+    state["state"][0]["step"].fill_(7.0)  # the dict is a snapshot of the counts
+    assert float(opt.state[params[0]]["step"]) == 2.0
+    assert float(opt.state_dict()["state"][0]["step"]) == 2.0
+
+
+def test_loads_torch_adamw_state_and_continues_like_it():
+    params = _params(5)
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    ref = torch.optim.AdamW(ref_params, lr=1e-3, weight_decay=1e-4)
+    _set_grads(ref_params, 0)
+    ref.step()
+    with torch.no_grad():  # the checkpointed parameters and optimizer state
+        for p, r in zip(params, ref_params):
+            p.copy_(r)
+    opt = FusedAdamW(params, lr=1e-3, weight_decay=1e-4)
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+    for seed in (1, 2):
+        _set_grads(params, seed)
+        _set_grads(ref_params, seed)
+        opt.step()
+        ref.step()
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
+        assert float(opt.state[p]["step"]) == float(ref.state[r]["step"]) == 3.0
+
+
+def test_unequal_step_counts_after_a_skipped_parameter_take_torchs_step():
+    params = _params(6)
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    opt = FusedAdamW(params, lr=1e-2, weight_decay=1e-4)
+    ref = torch.optim.AdamW(ref_params, lr=1e-2, weight_decay=1e-4)
+    for seed, skip in ((0, None), (1, 2), (2, None), (3, None)):  # params[2]: one step behind
+        for ps, o in ((params, opt), (ref_params, ref)):
+            _set_grads(ps, seed)
+            if skip is not None:
+                ps[skip].grad = None
+            o.step()
+    assert [float(opt.state[p]["step"]) for p in params] == [4.0, 4.0, 3.0, 4.0, 4.0]
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
