@@ -79,18 +79,25 @@ class _EnsembleNormFunction(torch.autograd.Function):
         return grad_y, grad_bias, grad_gamma, grad_beta, grad_residual, None, None
 
 
-def backward_kernel(grad_out, y, bias, gamma, beta, stats, relu: bool, need_params: bool):
+def backward_kernel(grad_out, y, bias, gamma, beta, stats, relu: bool, need_params: bool,
+                    grad_add: Tensor | None = None):
     """(grad_y (E, B, W), parameter gradients (3, E, 1, W) = d bias, d gamma, d beta, or None
     when not ``need_params``) from the C++ kernel, for the forward that gave ``stats``.
 
-    grad_out must be contiguous; the residual's gradient is grad_out itself."""
+    grad_out must be contiguous; the residual's gradient is grad_out itself. ``grad_add`` (E, B,
+    W), if given, is first added to grad_out in place (``grad_out.add_(grad_add)``, inside the
+    kernel's pass over the rows), and the gradient used is that sum: the two gradients of a
+    residual block's input, summed without a pass of their own."""
     members, _, width = y.shape
     grad_y = torch.empty_like(y)
     grads = y.new_empty(3, members, 1, width) if need_params else None
     threads = torch.get_num_threads()
     if _core._ensemble_norm_backward_fast(
             _dl(grad_out), _dl(y), _dl(bias), _dl(gamma), _dl(beta), _dl(stats), relu,
-            _dl(grad_y), None if grads is None else _dl(grads), threads) is None:
+            _dl(grad_y), None if grads is None else _dl(grads), threads,
+            None if grad_add is None else _dl(grad_add)) is None:
+        if grad_add is not None:  # (the fast path changed nothing)
+            grad_out.add_(grad_add)
         flat = [None] * 3 if grads is None else [g.view(members, width).numpy() for g in grads]
         _core._ensemble_norm_backward(
             grad_out.numpy(), y.detach().numpy(), _param(bias, members, width),

@@ -99,23 +99,31 @@ class _BroNetFunction(torch.autograd.Function):
             grads[-1] = grad.sum(1, keepdim=True)
         grad_h = torch.bmm(grad, params[-2].transpose(1, 2))
 
-        def layer_backward(index, first, grad_out, relu, input_grad=True):
+        def layer_backward(index, first, grad_out, relu, input_grad=True, grad_add=None):
             """Layer ``index`` (parameters from params[first]): its parameter gradients into
-            grads, and the gradient w.r.t. its input (E, B, in) unless input_grad is False."""
+            grads, and the gradient w.r.t. its input (E, B, in) unless input_grad is False.
+            grad_add: added to grad_out in place first (in the norm kernel's pass)."""
             y, stats = norms[index]
             weight, bias, gamma, beta = params[first:first + 4]
-            grad_y, norm_grads = backward_kernel(grad_out, y, bias, gamma, beta, stats, relu, need)
+            grad_y, norm_grads = backward_kernel(grad_out, y, bias, gamma, beta, stats, relu, need,
+                                                 grad_add)
             if need:
                 grads[first] = torch.bmm(inputs[index].transpose(1, 2), grad_y)
                 grads[first + 1:first + 4] = norm_grads.unbind(0)
             return torch.bmm(grad_y, weight.transpose(1, 2)) if input_grad else None
 
+        # The gradient w.r.t. a block's input h is grad_h (its output's, direct through the
+        # residual) + the gradient through fc2, ln1, fc1: that sum is left to the next norm
+        # kernel that reads it (pending is added to grad_h there, in place).
+        pending = None
         for block in reversed(range(ctx.depth)):
             first = 4 + _BLOCK * block
             # h_out = h + LN2(fc2(inner)): grad_h reaches h directly and through fc2, ln1, fc1.
-            grad_inner = layer_backward(2 + 2 * block, first + 4, grad_h, relu=False)
-            grad_h = layer_backward(1 + 2 * block, first, grad_inner, relu=True).add_(grad_h)
-        grad_x = layer_backward(0, 0, grad_h, relu=True, input_grad=ctx.needs_input_grad[0])
+            grad_inner = layer_backward(2 + 2 * block, first + 4, grad_h, relu=False,
+                                        grad_add=pending)
+            grad_h, pending = layer_backward(1 + 2 * block, first, grad_inner, relu=True), grad_h
+        grad_x = layer_backward(0, 0, grad_h, relu=True, input_grad=ctx.needs_input_grad[0],
+                                grad_add=pending)
         return (None if grad_x is None else grad_x.sum(0), None, None, None, *grads)
 
 

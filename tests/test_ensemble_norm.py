@@ -239,3 +239,48 @@ def test_fast_entry_points_answer_none_unless_in_kernel_form():
         dl(grad), dl(y), *[dl(p) for p in params], dl(stats), True, dl(gy), dl(grads), 1) is True
     assert _core._ensemble_norm_backward_fast(
         dl(grad), dl(y), *[dl(p) for p in params], dl(stats), True, dl(gy), dl(grads[:2]), 1) is None
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("need_params", [True, False])
+@pytest.mark.parametrize("shape", [(2, 256, 512), (1, 7, 37), (3, 130, 21)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backward_grad_add_equals_adding_first(relu, need_params, shape, threads):
+    """backward_kernel(grad_out, ..., grad_add=a): grad_out += a in place, then as without it
+    (bit for bit: the residual-gradient sum of mtrl.fused_bronet)."""
+    from mtrl.ensemble_norm import EPILOGUE_NONE, EPILOGUE_RELU, backward_kernel, forward_kernel
+
+    torch.set_num_threads(threads)
+    y, params, residual, grad = make(*shape, seed=7)
+    _, stats = forward_kernel(y, *params, None, EPILOGUE_RELU if relu else EPILOGUE_NONE, EPS)
+    summed = grad + residual
+    expect = backward_kernel(summed.clone(), y, *params, stats, relu, need_params)
+    fused_in = grad.clone()
+    got = backward_kernel(fused_in, y, *params, stats, relu, need_params, grad_add=residual)
+    assert torch.equal(fused_in, summed)  # grad_out now holds the sum
+    assert torch.equal(got[0], expect[0])
+    assert (got[1] is None) == (not need_params)
+    if need_params:
+        assert torch.equal(got[1], expect[1])
+    torch.set_num_threads(2)
+
+
+def test_backward_grad_add_outside_kernel_form_is_added_by_the_numpy_path():
+    from torch.utils.dlpack import to_dlpack as dl
+
+    from mtrl.ensemble_norm import EPILOGUE_RELU, backward_kernel, forward_kernel
+
+    y, params, residual, grad = make(2, 8, 16, seed=8)
+    _, stats = forward_kernel(y, *params, None, EPILOGUE_RELU, EPS)
+    gy, grads = torch.empty_like(y), torch.empty(3, 2, 1, 16)
+    before = grad.clone()
+    # A grad_add not in kernel form: the fast entry point answers None and changes nothing.
+    assert _core._ensemble_norm_backward_fast(
+        dl(grad), dl(y), *[dl(p) for p in params], dl(stats), True, dl(gy), dl(grads), 1,
+        dl(residual.double())) is None
+    assert torch.equal(grad, before)
+    expect = backward_kernel(grad + residual, y, *params, stats, True, True)
+    flat = [p.reshape(2, 16) for p in params]  # (E, W) parameters: the NumPy path
+    got = backward_kernel(grad, y, *flat, stats, True, True, grad_add=residual)
+    assert torch.equal(grad, before + residual)
+    assert torch.equal(got[0], expect[0]) and torch.equal(got[1], expect[1])

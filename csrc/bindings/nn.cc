@@ -112,8 +112,8 @@ void Backward(const py::array& grad_out, const py::array& y, const py::array& bi
   float* p_gbeta = grad_beta ? Buffer(*grad_beta, "grad_beta", param, true) : nullptr;
   // Safe without the GIL: the kernel touches only these buffers, which the caller keeps alive.
   py::gil_scoped_release release;
-  EnsembleNormBackwardUnchecked(s, p_go, p_y, p_bias, p_gamma, p_beta, p_mean, p_rstd, relu, p_gy,
-                                p_gbias, p_ggamma, p_gbeta, num_threads, max_isa);
+  EnsembleNormBackwardUnchecked(s, p_go, nullptr, p_y, p_bias, p_gamma, p_beta, p_mean, p_rstd,
+                                relu, p_gy, p_gbias, p_ggamma, p_gbeta, num_threads, max_isa);
 }
 
 // ---- DLPack fast path: the eager training path (mtrl/ensemble_norm.py) passes capsules; None
@@ -159,7 +159,7 @@ py::object ForwardFast(py::handle y, py::handle bias, py::handle gamma, py::hand
 
 py::object BackwardFast(py::handle grad_out, py::handle y, py::handle bias, py::handle gamma,
                         py::handle beta, py::handle stats, bool relu, py::handle grad_y,
-                        py::handle grad_params, int num_threads) {
+                        py::handle grad_params, int num_threads, py::handle grad_add) {
   EnsembleNormShape s;
   if (!ShapeFromDl(DlView(y), &s)) return py::none();
   const int64_t e = s.members, b = s.rows_per_member, w = s.width;
@@ -171,16 +171,18 @@ py::object BackwardFast(py::handle grad_out, py::handle y, py::handle bias, py::
   const float* p_stats = DenseCpu<float>(DlView(stats), {2, e, b});
   float* p_gy = DenseCpu<float>(DlView(grad_y), {e, b, w});
   float* p_gp = grad_params.is_none() ? nullptr : DenseCpu<float>(DlView(grad_params), {3, e, 1, w});
+  const float* p_add = grad_add.is_none() ? nullptr : DenseCpu<float>(DlView(grad_add), {e, b, w});
   if (p_go == nullptr || p_y == nullptr || p_bias == nullptr || p_gamma == nullptr ||
       p_beta == nullptr || p_stats == nullptr || p_gy == nullptr ||
-      (!grad_params.is_none() && p_gp == nullptr)) {
+      (!grad_params.is_none() && p_gp == nullptr) || (!grad_add.is_none() && p_add == nullptr)) {
     return py::none();
   }
   {
     py::gil_scoped_release release;
     // grad_params rows: d bias, d gamma, d beta.
-    EnsembleNormBackwardUnchecked(s, p_go, p_y, p_bias, p_gamma, p_beta, p_stats, p_stats + e * b,
-                                  relu, p_gy, p_gp, p_gp == nullptr ? nullptr : p_gp + e * w,
+    EnsembleNormBackwardUnchecked(s, p_go, p_add, p_y, p_bias, p_gamma, p_beta, p_stats,
+                                  p_stats + e * b, relu, p_gy, p_gp,
+                                  p_gp == nullptr ? nullptr : p_gp + e * w,
                                   p_gp == nullptr ? nullptr : p_gp + 2 * e * w, num_threads);
   }
   return py::bool_(true);
@@ -248,8 +250,11 @@ void RegisterNn(py::module_& m) {
   m.def("_ensemble_norm_backward_fast", &BackwardFast, py::arg("grad_out"), py::arg("y"),
         py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("stats"), py::arg("relu"),
         py::arg("grad_y"), py::arg("grad_params"), py::arg("num_threads"),
+        py::arg("grad_add") = py::none(),
         "_ensemble_norm_backward on DLPack capsules; grad_params (3, E, 1, W) = d bias, d gamma, "
-        "d beta, or None. True when done; None when an input is not in kernel form.");
+        "d beta, or None; grad_add (E, B, W) or None: first grad_out += grad_add in place (the "
+        "gradient used is the sum). True when done; None (nothing changed) when an input is not "
+        "in kernel form.");
   m.def("_ensemble_norm_forward", &Forward, py::arg("y"), py::arg("bias"), py::arg("gamma"),
         py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"), py::arg("out"),
         py::arg("mean"), py::arg("rstd"), py::arg("num_threads"), py::arg("max_isa") = 2,

@@ -50,25 +50,26 @@ void EnsembleNormForwardUnchecked(const EnsembleNormShape& shape, const float* y
 }
 
 void EnsembleNormBackwardUnchecked(const EnsembleNormShape& shape, const float* grad_out,
+                                   const float* grad_add,
                                    const float* y, const float* bias, const float* gamma,
                                    const float* beta, const float* mean, const float* rstd,
                                    bool relu, float* grad_y, float* grad_bias, float* grad_gamma,
                                    float* grad_beta, int num_threads, int max_isa) {
 #if defined(MTRL_NN_AVX512)
   if (max_isa >= 2 && CpuHasAvx512()) {
-    return EnsembleNormBackwardAvx512(shape, grad_out, y, bias, gamma, beta, mean, rstd, relu,
-                                      grad_y, grad_bias, grad_gamma, grad_beta, num_threads);
+    return EnsembleNormBackwardAvx512(shape, grad_out, grad_add, y, bias, gamma, beta, mean, rstd,
+                                      relu, grad_y, grad_bias, grad_gamma, grad_beta, num_threads);
   }
 #endif
 #if defined(MTRL_NN_AVX2)
   if (max_isa >= 1 && CpuHasAvx2()) {
-    return EnsembleNormBackwardAvx2(shape, grad_out, y, bias, gamma, beta, mean, rstd, relu,
-                                    grad_y, grad_bias, grad_gamma, grad_beta, num_threads);
+    return EnsembleNormBackwardAvx2(shape, grad_out, grad_add, y, bias, gamma, beta, mean, rstd,
+                                    relu, grad_y, grad_bias, grad_gamma, grad_beta, num_threads);
   }
 #endif
   (void)max_isa;
-  EnsembleNormBackwardImpl(shape, grad_out, y, bias, gamma, beta, mean, rstd, relu, grad_y,
-                           grad_bias, grad_gamma, grad_beta, num_threads);
+  EnsembleNormBackwardImpl(shape, grad_out, grad_add, y, bias, gamma, beta, mean, rstd, relu,
+                           grad_y, grad_bias, grad_gamma, grad_beta, num_threads);
 }
 
 }  // namespace mtrl

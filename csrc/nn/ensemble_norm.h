@@ -40,7 +40,11 @@ void EnsembleNormForwardUnchecked(const EnsembleNormShape& shape, const float* y
 // Gradients of the forward above given grad_out (the residual's gradient is grad_out itself).
 // relu: the forward's epilogue was kRelu (gradient masked where the output was <= 0).
 // grad_bias, grad_gamma and grad_beta are all written, or all skipped when grad_bias is null.
+// grad_add (E, B, W), when not null, is first added to grad_out in place, row by row just before
+// the row is used (grad_out then holds the sum: it must be writable memory). The residual
+// gradient of a BroNet block, h + f(h), is summed this way without a pass of its own.
 void EnsembleNormBackwardUnchecked(const EnsembleNormShape& shape, const float* grad_out,
+                                   const float* grad_add,
                                    const float* y, const float* bias, const float* gamma,
                                    const float* beta, const float* mean, const float* rstd,
                                    bool relu, float* grad_y, float* grad_bias, float* grad_gamma,

@@ -13,13 +13,14 @@ void EnsembleNormForwardAvx2(const EnsembleNormShape& shape, const float* y, con
                           num_threads);
 }
 
-void EnsembleNormBackwardAvx2(const EnsembleNormShape& shape, const float* grad_out, const float* y,
+void EnsembleNormBackwardAvx2(const EnsembleNormShape& shape, const float* grad_out,
+                              const float* grad_add, const float* y,
                               const float* bias, const float* gamma, const float* beta,
                               const float* mean, const float* rstd, bool relu, float* grad_y,
                               float* grad_bias, float* grad_gamma, float* grad_beta,
                               int num_threads) {
-  EnsembleNormBackwardImpl(shape, grad_out, y, bias, gamma, beta, mean, rstd, relu, grad_y,
-                           grad_bias, grad_gamma, grad_beta, num_threads);
+  EnsembleNormBackwardImpl(shape, grad_out, grad_add, y, bias, gamma, beta, mean, rstd, relu,
+                           grad_y, grad_bias, grad_gamma, grad_beta, num_threads);
 }
 
 }  // namespace mtrl

@@ -220,6 +220,8 @@ inline void BackwardFirstPass(const float* __restrict go, const float* __restric
 struct BackwardCtx {
   EnsembleNormShape shape;
   const float *grad_out, *y, *bias, *gamma, *beta, *mean, *rstd;
+  const float* grad_add;  // added into grad_out (through grad_sum) before each row, or null
+  float* grad_sum;        // grad_out, writable (set with grad_add)
   bool relu;
   float* grad_y;
   float* partial;  // (num_chunks, 3, W) sums d beta, d gamma, d bias per chunk, or null
@@ -281,8 +283,16 @@ void BackwardRange(const BackwardCtx& c, int64_t begin, int64_t end, float* sums
   const int64_t ws = (c.shape.width + 15) / 16 * 16;  // 64-byte aligned scratch rows
   thread_local std::vector<float> buf;
   float* xs = ThreadScratch(buf, 2 * ws);
+  const int64_t w = c.shape.width, full = w - w % kW;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t ahead = r + kRowsAhead < end ? r + kRowsAhead : -1;
+    if (c.grad_add != nullptr) {  // grad_out += grad_add for this row (then read from L1)
+      float* __restrict dst = c.grad_sum + r * w;
+      const float* __restrict src = c.grad_add + r * w;
+      int64_t j = 0;
+      for (; j < full; j += kW) StoreV(dst + j, LoadV(dst + j) + LoadV(src + j));
+      for (; j < w; ++j) dst[j] += src[j];
+    }
     BackwardRow<kRelu, kSums>(c, r, ahead, xs, xs + ws, sums);
   }
 }
@@ -318,12 +328,16 @@ inline void EnsembleNormForwardImpl(const EnsembleNormShape& shape, const float*
 }
 
 inline void EnsembleNormBackwardImpl(const EnsembleNormShape& shape, const float* grad_out,
-                                     const float* y, const float* bias, const float* gamma,
-                                     const float* beta, const float* mean, const float* rstd,
-                                     bool relu, float* grad_y, float* grad_bias,
-                                     float* grad_gamma, float* grad_beta, int num_threads) {
+                                     const float* grad_add, const float* y, const float* bias,
+                                     const float* gamma, const float* beta, const float* mean,
+                                     const float* rstd, bool relu, float* grad_y,
+                                     float* grad_bias, float* grad_gamma, float* grad_beta,
+                                     int num_threads) {
   const int64_t w = shape.width;
-  BackwardCtx ctx{shape, grad_out, y, bias, gamma, beta, mean, rstd, relu, grad_y, nullptr, 0};
+  // grad_out is the caller's writable buffer when grad_add is given (see ensemble_norm.h).
+  float* grad_sum = grad_add == nullptr ? nullptr : const_cast<float*>(grad_out);
+  BackwardCtx ctx{shape, grad_out, y,    bias,   gamma,   beta, mean, rstd,
+                  grad_add, grad_sum, relu, grad_y, nullptr, 0};
   if (grad_bias == nullptr) {
     ParallelFor(shape.members * shape.rows_per_member, num_threads, 64, BackwardChunks, &ctx);
     return;

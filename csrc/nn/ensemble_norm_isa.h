@@ -12,7 +12,8 @@ void EnsembleNormForwardAvx2(const EnsembleNormShape& shape, const float* y, con
                              const float* gamma, const float* beta, const float* residual,
                              NormEpilogue epilogue, float eps, float* out, float* mean, float* rstd,
                              int num_threads);
-void EnsembleNormBackwardAvx2(const EnsembleNormShape& shape, const float* grad_out, const float* y,
+void EnsembleNormBackwardAvx2(const EnsembleNormShape& shape, const float* grad_out,
+                              const float* grad_add, const float* y,
                               const float* bias, const float* gamma, const float* beta,
                               const float* mean, const float* rstd, bool relu, float* grad_y,
                               float* grad_bias, float* grad_gamma, float* grad_beta,
@@ -22,9 +23,9 @@ void EnsembleNormForwardAvx512(const EnsembleNormShape& shape, const float* y, c
                                NormEpilogue epilogue, float eps, float* out, float* mean,
                                float* rstd, int num_threads);
 void EnsembleNormBackwardAvx512(const EnsembleNormShape& shape, const float* grad_out,
-                                const float* y, const float* bias, const float* gamma,
-                                const float* beta, const float* mean, const float* rstd, bool relu,
-                                float* grad_y, float* grad_bias, float* grad_gamma,
-                                float* grad_beta, int num_threads);
+                                const float* grad_add, const float* y, const float* bias,
+                                const float* gamma, const float* beta, const float* mean,
+                                const float* rstd, bool relu, float* grad_y, float* grad_bias,
+                                float* grad_gamma, float* grad_beta, int num_threads);
 
 }  // namespace mtrl
