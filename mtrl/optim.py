@@ -39,6 +39,8 @@ class FusedAdamW(torch.optim.AdamW):
         # tensor: advanced by one add_ and checked by identity instead of a stack, a comparison
         # and 27 adds per step (~0.1 ms). None until the first one-pass step, and again after
         # torch's step or a load_state_dict (which may leave the counts unequal or replaced).
+        # A count replaced in self.state is noticed (identity); one changed in place by hand,
+        # e.g. state[p]["step"].fill_(k), is not: set a new tensor instead.
         self._counts: Tensor | None = None
         self._count_views: list[Tensor] = []
 
