@@ -741,7 +741,6 @@ __attribute__((noinline)) int64_t TdTargetPairRows(const TdTargetArgs<float>& a,
     const float* x0 = a.target_logits + b * k;
     const float* x1 = x0 + member;
     float m0, m1, sum0, sum1, scale = 1.0f;
-    RowMax2(x0, x1, k, &m0, &m1);
     FV c0{}, c1{};
     auto after = [&](float t0, float t1) {
       if (shifted) {  // p = (e0 s1 + e1 s0) / (2 s0 s1), the division after the projection
@@ -756,7 +755,7 @@ __attribute__((noinline)) int64_t TdTargetPairRows(const TdTargetArgs<float>& a,
       c1 = Splat(q1);
     };
     auto emit = [&](int64_t j, FV e0, FV e1) { StoreV(p + j, e0 * c0 + e1 * c1); };
-    ExpSumRegs2<NV>(x0, x1, k, m0, m1, &sum0, &sum1, after, emit);
+    MaxExpSumRegs2<NV>(x0, x1, k, &m0, &m1, &sum0, &sum1, after, emit);
     const bool ok = Finite(m0) && Finite(sum0) && Finite(m1) && Finite(sum1) && Finite(r) &&
                     Finite(g) && Finite(ent);
     if (!ok) {
