@@ -450,6 +450,81 @@ __attribute__((always_inline)) inline void MaxExpSumRegs2(const float* x0, const
   for (int v = 0; v < NV; ++v) emit(v < full ? v * kW : k - kW, e[v], f[v]);
 }
 
+// MaxDotSum2 followed by ExpSumRegs2 with the logit rows loaded once (the loss's row pair): the
+// accumulators, their order and the tails are those of MaxDotSum2 (bitwise the same m, d, sum(y)),
+// the exps are computed in place from the loaded vectors. after(s0, s1) may read *sum_y.
+template <int NV, typename After, typename Emit>
+__attribute__((always_inline)) inline void MaxDotExpSumRegs2(const float* x0, const float* x1,
+                                                            const float* y, int64_t k,
+                                                            float* m0, float* m1, float* d0,
+                                                            float* d1, float* sum_y, float* s0,
+                                                            float* s1, After after, Emit emit) {
+  FV e[NV], f[NV];
+  const int64_t full = k / kW;
+  const float ninf = -__builtin_inff();
+  FV ma0 = Splat(ninf), mb0 = Splat(ninf), ma1 = Splat(ninf), mb1 = Splat(ninf);
+  FV da0 = Splat(0.0f), db0 = Splat(0.0f), da1 = Splat(0.0f), db1 = Splat(0.0f);
+  FV sa = Splat(0.0f), sb = Splat(0.0f);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const int64_t j = v < full ? v * kW : k - kW;
+    e[v] = LoadV(x0 + j);
+    f[v] = LoadV(x1 + j);
+    if (v >= full) {  // the tail (see MaxDotSum2): max unmasked, y masked to the new lanes
+      const FV yl = Select(TailMask(k, full * kW), LoadV(y + j), Splat(0.0f));
+      mb0 = MaxV(mb0, e[v]);
+      mb1 = MaxV(mb1, f[v]);
+      db0 += yl * e[v];
+      db1 += yl * f[v];
+      sb += yl;
+    } else if (v % 2 == 0) {
+      const FV yv = LoadV(y + j);
+      ma0 = MaxV(ma0, e[v]);
+      ma1 = MaxV(ma1, f[v]);
+      da0 += yv * e[v];
+      da1 += yv * f[v];
+      sa += yv;
+    } else {
+      const FV yv = LoadV(y + j);
+      mb0 = MaxV(mb0, e[v]);
+      mb1 = MaxV(mb1, f[v]);
+      db0 += yv * e[v];
+      db1 += yv * f[v];
+      sb += yv;
+    }
+  }
+  *m0 = Horizontal(MaxV(ma0, mb0), MaxV);
+  *m1 = Horizontal(MaxV(ma1, mb1), MaxV);
+  *d0 = Horizontal(da0 + db0, AddV);
+  *d1 = Horizontal(da1 + db1, AddV);
+  *sum_y = Horizontal(sa + sb, AddV);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    e[v] = FastExpV(e[v] - *m0);
+    f[v] = FastExpV(f[v] - *m1);
+  }
+  FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    if (v >= full) {  // the tail: only its lanes not yet counted
+      const IV tail = TailMask(k, full * kW);
+      b0 += Select(tail, e[v], Splat(0.0f));
+      b1 += Select(tail, f[v], Splat(0.0f));
+    } else if (v % 2 == 0) {
+      a0 += e[v];
+      a1 += f[v];
+    } else {
+      b0 += e[v];
+      b1 += f[v];
+    }
+  }
+  *s0 = Horizontal(a0 + b0, AddV);
+  *s1 = Horizontal(a1 + b1, AddV);
+  after(*s0, *s1);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) emit(v < full ? v * kW : k - kW, e[v], f[v]);
+}
+
 // Rows short enough for ExpSumRegs2: the AVX-512 float build, kW < k <= 8 kW.
 inline bool RegisterRows(int64_t k) { return kW == 16 && k > kW && k <= 8 * kW; }
 

@@ -880,7 +880,6 @@ __attribute__((noinline)) int64_t CrossEntropyPairRows(const CrossEntropyArgs<fl
     float* g0 = a.grad + b * k;
     float* g1 = g0 + member;
     float m0, m1, d0, d1, sum_y, s0, s1;
-    MaxDotSum2(x0, x1, y, k, &m0, &m1, &d0, &d1, &sum_y);
     FV c0{}, c1{};
     auto after = [&](float t0, float t1) {
       float q0, q1;
@@ -893,7 +892,7 @@ __attribute__((noinline)) int64_t CrossEntropyPairRows(const CrossEntropyArgs<fl
       StoreV(g0 + j, FusedMulSub(e0, c0, yc));
       StoreV(g1 + j, FusedMulSub(e1, c1, yc));
     };
-    ExpSumRegs2<NV>(x0, x1, k, m0, m1, &s0, &s1, after, emit);
+    MaxDotExpSumRegs2<NV>(x0, x1, y, k, &m0, &m1, &d0, &d1, &sum_y, &s0, &s1, after, emit);
     float log0, log1;
     Log2(s0, s1, &log0, &log1);
     const float ce0 = (m0 + log0) * sum_y - d0, ce1 = (m1 + log1) * sum_y - d1;
