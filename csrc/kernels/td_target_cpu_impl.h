@@ -322,10 +322,11 @@ inline bool ProjectC51Gather(const double*, const double*, int64_t, double, doub
 // Output bins [i0, i0 + kW) are then T[i0 - d + L]: two aligned loads and one two-source permute.
 // Every load of a row written in the same sample reads back exactly one earlier aligned store
 // (an unaligned read of freshly stored vectors cannot be forwarded and waits for the stores to
-// retire, which serialises consecutive samples). The clipped atoms, [0, j_lo) at v_min and
-// [j_hi, K) at v_max (from the same affine form; an atom within rounding of a clip boundary gets
+// retire, which serialises consecutive samples). The clipped atoms, j <= t_lo at v_min and
+// j >= t_hi at v_max (from the same affine form; an atom within rounding of a clip boundary gets
 // the same result either way: the projection is continuous in b_j there), get no weight; their
-// masses are split at the bins of v_min and v_max (AddClipped), as in the gather.
+// total masses are split at the bins of v_min and v_max as in the gather (AddClipped there; here
+// GatherPlan::clip_share, added inside the output vectors that hold those bins).
 struct ShiftRow {
   int64_t d = 0;
   // c - d, g - 1; atoms j <= t_lo are clipped at v_min, atoms j >= t_hi at v_max.
@@ -462,7 +463,8 @@ struct ShiftWeights {
 // The second half of ProjectC51Shift: output bins [i0, i0 + kW) = scale T[i0 - d .. i0 - d + kW),
 // read from the vectors of T at base and base + kW (base = i0 - d rounded down to a vector), lanes
 // from o = i0 - d - base on. |d| <= K + 1 (some atom is unclipped, or d = 0), so the reads stay
-// inside the padding of t. Then the clipped masses and the expected value (AddClipped).
+// inside the padding of t. The clipped masses are added to their bins (GatherPlan::clip_share)
+// before each vector's expected-value terms.
 template <int kFull>
 __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, float scale,
                                                         const float* atoms, int64_t k,
