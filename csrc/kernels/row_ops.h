@@ -357,23 +357,15 @@ inline void ExpSum2(const float* x0, const float* x1, int64_t k, float m0, float
   *s1 = Horizontal(a1 + b1, AddV);
 }
 
-// ExpSum2 with the exps kept in registers, for rows of NV vectors (kW (NV - 1) < k <= kW NV):
-// the sums in ExpSum2's order (bitwise the same), then after(s0, s1) once and emit(j, e, f) for
-// every vector (j = its first atom; the last vector overlaps the previous one when kW does not
-// divide k). The caller consumes the exps (loss gradient, member mix) without storing and
-// reloading the exp rows in between.
+// The common end of ExpSumRegs2 and its fused variants below: the exps e, f of a row pair of NV
+// vectors (kW (NV - 1) < k <= kW NV) summed in ExpSum2's order (bitwise the same sums), then
+// after(s0, s1) once and emit(j, e, f) for every vector (j = its first atom; the last vector
+// overlaps the previous one when kW does not divide k).
 template <int NV, typename After, typename Emit>
-__attribute__((always_inline)) inline void ExpSumRegs2(const float* x0, const float* x1,
-                                                      int64_t k, float m0, float m1, float* s0,
-                                                      float* s1, After after, Emit emit) {
-  FV e[NV], f[NV];
+__attribute__((always_inline)) inline void SumEmitRegs2(const FV (&e)[NV], const FV (&f)[NV],
+                                                       int64_t k, float* s0, float* s1,
+                                                       After after, Emit emit) {
   const int64_t full = k / kW;
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    const int64_t j = v < full ? v * kW : k - kW;
-    e[v] = FastExpV(LoadV(x0 + j) - m0);
-    f[v] = FastExpV(LoadV(x1 + j) - m1);
-  }
   FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) {
@@ -394,6 +386,24 @@ __attribute__((always_inline)) inline void ExpSumRegs2(const float* x0, const fl
   after(*s0, *s1);
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) emit(v < full ? v * kW : k - kW, e[v], f[v]);
+}
+
+// ExpSum2 with the exps kept in registers, for rows of NV vectors (kW (NV - 1) < k <= kW NV):
+// the exps of both rows, then SumEmitRegs2. The caller consumes the exps (loss gradient, member
+// mix) without storing and reloading the exp rows in between.
+template <int NV, typename After, typename Emit>
+__attribute__((always_inline)) inline void ExpSumRegs2(const float* x0, const float* x1,
+                                                      int64_t k, float m0, float m1, float* s0,
+                                                      float* s1, After after, Emit emit) {
+  FV e[NV], f[NV];
+  const int64_t full = k / kW;
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const int64_t j = v < full ? v * kW : k - kW;
+    e[v] = FastExpV(LoadV(x0 + j) - m0);
+    f[v] = FastExpV(LoadV(x1 + j) - m1);
+  }
+  SumEmitRegs2<NV>(e, f, k, s0, s1, after, emit);
 }
 
 // RowMax2 followed by ExpSumRegs2 with the rows loaded once: the maxima come from the vectors
@@ -428,26 +438,7 @@ __attribute__((always_inline)) inline void MaxExpSumRegs2(const float* x0, const
     e[v] = FastExpV(e[v] - *m0);
     f[v] = FastExpV(f[v] - *m1);
   }
-  FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    if (v >= full) {  // the tail: only its lanes not yet counted
-      const IV tail = TailMask(k, full * kW);
-      b0 += Select(tail, e[v], Splat(0.0f));
-      b1 += Select(tail, f[v], Splat(0.0f));
-    } else if (v % 2 == 0) {
-      a0 += e[v];
-      a1 += f[v];
-    } else {
-      b0 += e[v];
-      b1 += f[v];
-    }
-  }
-  *s0 = Horizontal(a0 + b0, AddV);
-  *s1 = Horizontal(a1 + b1, AddV);
-  after(*s0, *s1);
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) emit(v < full ? v * kW : k - kW, e[v], f[v]);
+  SumEmitRegs2<NV>(e, f, k, s0, s1, after, emit);
 }
 
 // MaxDotSum2 followed by ExpSumRegs2 with the logit rows loaded once (the loss's row pair): the
@@ -503,26 +494,7 @@ __attribute__((always_inline)) inline void MaxDotExpSumRegs2(const float* x0, co
     e[v] = FastExpV(e[v] - *m0);
     f[v] = FastExpV(f[v] - *m1);
   }
-  FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    if (v >= full) {  // the tail: only its lanes not yet counted
-      const IV tail = TailMask(k, full * kW);
-      b0 += Select(tail, e[v], Splat(0.0f));
-      b1 += Select(tail, f[v], Splat(0.0f));
-    } else if (v % 2 == 0) {
-      a0 += e[v];
-      a1 += f[v];
-    } else {
-      b0 += e[v];
-      b1 += f[v];
-    }
-  }
-  *s0 = Horizontal(a0 + b0, AddV);
-  *s1 = Horizontal(a1 + b1, AddV);
-  after(*s0, *s1);
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) emit(v < full ? v * kW : k - kW, e[v], f[v]);
+  SumEmitRegs2<NV>(e, f, k, s0, s1, after, emit);
 }
 
 // Rows short enough for ExpSumRegs2: the AVX-512 float build, kW < k <= 8 kW.
