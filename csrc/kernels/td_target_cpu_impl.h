@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -553,6 +554,53 @@ void ProjectC51Shift(const float*, float, const float*, int64_t, const ShiftRow&
 // With `deferred` set, the E = 2 register path may write p / scale instead of p and set *deferred
 // to scale (the normalising division then runs beside the projection instead of before it; the
 // caller multiplies the projected row by scale); otherwise *deferred = 1.
+// The after / emit callbacks of the register-row helpers (row_ops.h: ExpSumRegs2 and its fused
+// variants) for the target's two-member mean: after(s0, s1) forms the mix coefficients
+// 1 / (2 s0), 1 / (2 s1), or, with `deferred`, s1 and s0 with the division 1 / (2 s0 s1) left in
+// *deferred for the projection; emit(j, e0, e1) stores one vector of the mixed row p. Passed as
+// std::ref(sink) for both callbacks, so the coefficients after() forms are the ones emit() uses.
+struct MemberMixSink {
+  float* p;
+  float* deferred;  // nullptr: divide in after()
+  FV c0{}, c1{};
+  void operator()(float t0, float t1) {
+    if (deferred != nullptr) {  // p = (e0 s1 + e1 s0) / (2 s0 s1)
+      c0 = Splat(t1);
+      c1 = Splat(t0);
+      *deferred = 1.0f / (2.0f * t0 * t1);
+      return;
+    }
+    float q0, q1;
+    Div2(1.0f, 1.0f, t0 * 2.0f, t1 * 2.0f, &q0, &q1);
+    c0 = Splat(q0);
+    c1 = Splat(q1);
+  }
+  void operator()(int64_t j, FV e0, FV e1) { StoreV(p + j, e0 * c0 + e1 * c1); }
+};
+
+// The same callbacks for the loss gradient of a member pair, w / B (softmax sum(y) - y) written
+// from the exps in registers into g0, g1; *sum_y is read when after() runs (the fused helpers
+// compute it first).
+struct PairGradientSink {
+  const float* y;
+  float coef;  // w / B
+  const float* sum_y;
+  float* g0;
+  float* g1;
+  FV c0{}, c1{};
+  void operator()(float t0, float t1) {
+    float q0, q1;
+    Div2(*sum_y, *sum_y, t0, t1, &q0, &q1);
+    c0 = Splat(q0 * coef);
+    c1 = Splat(q1 * coef);
+  }
+  void operator()(int64_t j, FV e0, FV e1) {
+    const FV yc = LoadV(y + j) * coef;
+    StoreV(g0 + j, FusedMulSub(e0, c0, yc));
+    StoreV(g1 + j, FusedMulSub(e1, c1, yc));
+  }
+};
+
 template <typename T>
 inline bool CombineMembers(const TdTargetArgs<T>& a, int64_t b, Scratch<T>& s, const T** p_out,
                            T* deferred = nullptr) {
@@ -571,21 +619,8 @@ inline bool CombineMembers(const TdTargetArgs<T>& a, int64_t b, Scratch<T>& s, c
       RowMax2(x0, x1, k, &m0, &m1);
       if constexpr (sizeof(T) == sizeof(float)) {
         if (e_count == 2 && RegisterRows(k)) {  // exps in registers up to the member mix
-          FV c0{}, c1{};
-          auto after = [&](float t0, float t1) {
-            if (deferred != nullptr) {  // p = (e0 s1 + e1 s0) / (2 s0 s1)
-              c0 = Splat(t1);
-              c1 = Splat(t0);
-              *deferred = 1.0f / (2.0f * t0 * t1);
-              return;
-            }
-            float q0, q1;
-            Div2(1.0f, 1.0f, t0 * 2.0f, t1 * 2.0f, &q0, &q1);
-            c0 = Splat(q0);
-            c1 = Splat(q1);
-          };
-          auto emit = [&](int64_t j, FV e0, FV e1) { StoreV(p + j, e0 * c0 + e1 * c1); };
-          ExpSumRegs(x0, x1, k, m0, m1, &sum0, &sum1, after, emit);
+          MemberMixSink mix{p, deferred};
+          ExpSumRegs(x0, x1, k, m0, m1, &sum0, &sum1, std::ref(mix), std::ref(mix));
           ok = ok && Finite(m0) && Finite(sum0) && Finite(m1) && Finite(sum1);
           *p_out = p;
           return ok;
@@ -743,21 +778,9 @@ __attribute__((noinline)) int64_t TdTargetPairRows(const TdTargetArgs<float>& a,
     const float* x0 = a.target_logits + b * k;
     const float* x1 = x0 + member;
     float m0, m1, sum0, sum1, scale = 1.0f;
-    FV c0{}, c1{};
-    auto after = [&](float t0, float t1) {
-      if (shifted) {  // p = (e0 s1 + e1 s0) / (2 s0 s1), the division after the projection
-        c0 = Splat(t1);
-        c1 = Splat(t0);
-        scale = 1.0f / (2.0f * t0 * t1);
-        return;
-      }
-      float q0, q1;
-      Div2(1.0f, 1.0f, t0 * 2.0f, t1 * 2.0f, &q0, &q1);
-      c0 = Splat(q0);
-      c1 = Splat(q1);
-    };
-    auto emit = [&](int64_t j, FV e0, FV e1) { StoreV(p + j, e0 * c0 + e1 * c1); };
-    MaxExpSumRegs2<NV>(x0, x1, k, &m0, &m1, &sum0, &sum1, after, emit);
+    // Shifted rows: the mix's division comes after the projection (scale).
+    MemberMixSink mix{p, shifted ? &scale : nullptr};
+    MaxExpSumRegs2<NV>(x0, x1, k, &m0, &m1, &sum0, &sum1, std::ref(mix), std::ref(mix));
     const bool ok = Finite(m0) && Finite(sum0) && Finite(m1) && Finite(sum1) && Finite(r) &&
                     Finite(g) && Finite(ent);
     if (!ok) {
@@ -882,19 +905,9 @@ __attribute__((noinline)) int64_t CrossEntropyPairRows(const CrossEntropyArgs<fl
     float* g0 = a.grad + b * k;
     float* g1 = g0 + member;
     float m0, m1, d0, d1, sum_y, s0, s1;
-    FV c0{}, c1{};
-    auto after = [&](float t0, float t1) {
-      float q0, q1;
-      Div2(sum_y, sum_y, t0, t1, &q0, &q1);
-      c0 = Splat(q0 * coef);
-      c1 = Splat(q1 * coef);
-    };
-    auto emit = [&](int64_t j, FV e0, FV e1) {
-      const FV yc = LoadV(y + j) * coef;
-      StoreV(g0 + j, FusedMulSub(e0, c0, yc));
-      StoreV(g1 + j, FusedMulSub(e1, c1, yc));
-    };
-    MaxDotExpSumRegs2<NV>(x0, x1, y, k, &m0, &m1, &d0, &d1, &sum_y, &s0, &s1, after, emit);
+    PairGradientSink grad{y, coef, &sum_y, g0, g1};
+    MaxDotExpSumRegs2<NV>(x0, x1, y, k, &m0, &m1, &d0, &d1, &sum_y, &s0, &s1, std::ref(grad),
+                          std::ref(grad));
     float log0, log1;
     Log2(s0, s1, &log0, &log1);
     const float ce0 = (m0 + log0) * sum_y - d0, ce1 = (m1 + log1) * sum_y - d1;
@@ -962,19 +975,8 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
       bool grad_done = false;
       if constexpr (sizeof(T) == sizeof(float)) {
         if (a.grad != nullptr && RegisterRows(k)) {  // exps in registers up to the gradient
-          FV c0{}, c1{};
-          auto after = [&](float t0, float t1) {
-            float q0, q1;
-            Div2(sum_y, sum_y, t0, t1, &q0, &q1);
-            c0 = Splat(q0 * coef);
-            c1 = Splat(q1 * coef);
-          };
-          auto emit = [&](int64_t j, FV e0, FV e1) {
-            const FV yc = LoadV(y + j) * coef;
-            StoreV(ex0 + j, FusedMulSub(e0, c0, yc));
-            StoreV(ex1 + j, FusedMulSub(e1, c1, yc));
-          };
-          ExpSumRegs(x0, x1, k, m0, m1, &s0, &s1, after, emit);
+          PairGradientSink grad{y, coef, &sum_y, ex0, ex1};
+          ExpSumRegs(x0, x1, k, m0, m1, &s0, &s1, std::ref(grad), std::ref(grad));
           grad_done = true;
         }
       }
