@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mtrl import math as brc_math
 from mtrl.config import AgentConfig
+from mtrl.fused_bronet import check_cpu_bf16
 from mtrl.networks import Actor, Critic
 from mtrl.normalizer import reward_denominator
 from mtrl.optim import FusedAdamW
@@ -57,6 +58,8 @@ class BRCAgent(nn.Module):
 
     def __init__(self, config: AgentConfig, obs_dim: int, action_dim: int, num_tasks: int):
         super().__init__()
+        if config.bf16 and not torch.cuda.is_available():
+            check_cpu_bf16()  # the agent will run on this CPU (ValueError without AMX/AVX512-BF16)
         self.config = config
         self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
         self.critic = Critic(
@@ -70,6 +73,7 @@ class BRCAgent(nn.Module):
         self.register_buffer("atoms", brc_math.atoms_support(config.v_min, config.v_max, config.num_atoms))
         self.target_entropy = -action_dim / 2.0  # padded |A| (§2.4, §5.2)
         self.use_fused = bool(config.fused_ops and fused_ops_available())
+        self._cpu_bf16_checked = False
         # Parameter lists walked every update (Polyak targets, actor backward), built once: the
         # Parameter objects persist through .to(device) and load_state_dict (in-place copies).
         self._target_params = list(self.target_critic.parameters())
@@ -112,8 +116,14 @@ class BRCAgent(nn.Module):
 
     # ---------------------------------------------------------------- update
     def _autocast(self):
-        on_cuda = self.atoms.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and on_cuda)
+        """The critic's precision (AgentConfig.bf16): bf16 autocast on CUDA; on the CPU the same
+        autocast, under which the critic takes mtrl.fused_bronet's bf16 path."""
+        device = self.atoms.device.type
+        if device == "cpu" and self.config.bf16 and not self._cpu_bf16_checked:
+            check_cpu_bf16()  # (a CPU agent built where CUDA exists was not checked at init)
+            self._cpu_bf16_checked = True
+        return torch.autocast(device, dtype=torch.bfloat16,
+                              enabled=self.config.bf16 and device in ("cuda", "cpu"))
 
     def _td_target(self, target_logits, reward, mask, discount, entropy):
         cfg = self.config

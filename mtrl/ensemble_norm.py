@@ -148,3 +148,44 @@ def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: 
             t is not None and t.requires_grad for t in (y, bias, gamma, beta, residual)):
         return forward_kernel(y, bias, gamma, beta, residual, epilogue, eps)[0]  # no graph
     return _EnsembleNormFunction.apply(y, bias, gamma, beta, residual, epilogue, eps)
+
+
+def forward_kernel_bf16(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
+                        residual: Tensor | None, epilogue: int, eps: float):
+    """bf16 path (mtrl.fused_bronet): (out float32 (E, B, W), out rounded to bf16 (E, B, W),
+    stats (2, E, B)) for the bf16 matmul output y (E, B, W); no autograd.
+
+    out is bitwise :func:`forward_kernel` on ``y.float()``; the bf16 copy is bitwise
+    ``out.to(torch.bfloat16)`` (round to nearest even), made while the row is in registers.
+    Parameters and residual float32 contiguous; the C++ binding raises ValueError otherwise."""
+    members, rows, _ = y.shape
+    out = torch.empty(y.shape, dtype=torch.float32)
+    out_bf = torch.empty_like(y)
+    stats = out.new_empty(2, members, rows)
+    _core._ensemble_norm_forward_bf16(
+        _dl(y), _dl(bias), _dl(gamma), _dl(beta), None if residual is None else _dl(residual),
+        epilogue, eps, _dl(out), _dl(out_bf), _dl(stats), torch.get_num_threads())
+    return out, out_bf, stats
+
+
+def backward_kernel_bf16(grad_out: Tensor, y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
+                         stats: Tensor, relu: bool, need_params: bool,
+                         grad_add: Tensor | None = None, keep_sum: bool = False):
+    """Backward of :func:`forward_kernel_bf16`: (grad_y as bf16 (E, B, W), parameter gradients
+    (3, E, 1, W) float32 or None, the float32 gradient used (E, B, W) or None).
+
+    grad_out is bf16 (the bf16 output of the next layer's input-gradient matmul); the gradient
+    used is ``grad_out.float() + grad_add`` (grad_add float32, optional), returned as the third
+    value when ``keep_sum`` (the residual gradient that a block passes on). grad_y is bitwise
+    :func:`backward_kernel` on that float32 gradient, rounded to bf16 (nearest even); the
+    parameter gradients are bitwise its."""
+    members, rows, width = y.shape
+    grad_y = torch.empty_like(y)
+    grads = bias.new_empty(3, members, 1, width) if need_params else None
+    grad_sum = torch.empty(y.shape, dtype=torch.float32) if keep_sum else None
+    _core._ensemble_norm_backward_bf16(
+        _dl(grad_out), None if grad_add is None else _dl(grad_add),
+        None if grad_sum is None else _dl(grad_sum), _dl(y), _dl(bias), _dl(gamma), _dl(beta),
+        _dl(stats), relu, _dl(grad_y), None if grads is None else _dl(grads),
+        torch.get_num_threads())
+    return grad_y, grads, grad_sum

@@ -13,7 +13,29 @@ bit for bit).
 
 Used by EnsembleBroNet.forward_network when every tensor is CPU float32 in plain eager mode
 (:func:`mtrl.ensemble_norm.kernel_applies`); the composed ops remain the path everywhere else
-(CUDA, float64, torch.compile, autocast).
+(CUDA, float64, torch.compile, autocast other than CPU bf16).
+
+bf16 (``bf16=True``; AgentConfig.bf16 on a CPU with AMX-BF16 or AVX512-BF16, for the critic
+only): the same network with the rounding points of the composed ops under
+``torch.autocast("cpu", torch.bfloat16)``, which stays the reference. Exactly:
+  * every matmul input is rounded to bf16 (round to nearest even): the network input x, each
+    layer's output as the next layer's input, and every weight, cast once per call (the backward
+    reuses the forward's copies); the float32 parameters remain the master copies;
+  * the bf16 bmm (oneDNN: AMX / AVX512-BF16) accumulates in float32 and rounds its output y to
+    bf16;
+  * bias + LayerNorm (float32 statistics) + affine + ReLU / residual run in float32 on the
+    widened y; the residual stream h stays float32; the head is autocast's baddbmm (bias, input
+    and weight in bf16, output rounded to bf16), returned widened to float32 for the TD ops;
+  * backward: the incoming logit gradient is rounded to bf16 (autocast's upcast of the logits);
+    every matmul's gradient output is bf16 and widened for use (input gradients, weight
+    gradients in ``.grad``: float32 holding bf16 values); the gradient w.r.t. y is rounded to
+    bf16 after the float32 norm backward; LayerNorm / bias gradients and the sum of a residual
+    block's two input gradients are float32.
+The norm kernels read the bf16 y and write the float32 output together with its bf16 copy, and
+backward read the bf16 gradient and write the bf16 grad_y (mtrl.ensemble_norm
+``*_kernel_bf16``), so no cast pass of its own touches an activation. Against the composed
+ops the only difference is float32 arithmetic order inside the norm (the C++ kernel vs
+F.layer_norm): within float32 rounding, except where that flips a later bf16 rounding.
 """
 
 from __future__ import annotations
@@ -22,11 +44,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mtrl import _core
 from mtrl.ensemble_norm import (
     EPILOGUE_RELU,
     EPILOGUE_RESIDUAL,
     backward_kernel,
+    backward_kernel_bf16,
     forward_kernel,
+    forward_kernel_bf16,
 )
 
 # Parameters per residual block: fc1 weight/bias, ln1 gamma/beta, fc2 weight/bias, ln2 gamma/beta.
@@ -34,18 +59,24 @@ _BLOCK = 8
 
 
 def bronet_forward(x: Tensor, params: list[Tensor], depth: int, eps: float,
-                   param_grads: bool) -> Tensor:
+                   param_grads: bool, bf16: bool = False) -> Tensor:
     """Outputs (E, B, K) of the ensemble for the input x (B, D) shared by the E members.
 
     params, in order: fc_in weight (E, D, W) and bias (E, 1, W), ln_in gamma and beta (E, 1, W),
     per block fc1 / ln1 / fc2 / ln2 likewise (W x W weights), head weight (E, W, K) and bias
     (E, 1, K). ``param_grads=False``: a backward reaches x only (no weight gradients computed).
+    ``bf16``: bf16 matmuls with the rounding points of CPU autocast (module docstring); the
+    outputs are float32 either way.
     """
     if torch.is_grad_enabled() and (x.requires_grad or (
             param_grads and any(p.requires_grad for p in params))):
+        if bf16:
+            return _BroNetBf16Function.apply(x, depth, eps, param_grads, *params)
         if torch._C._are_functorch_transforms_active():
             return _BroNetFunction.apply(x, depth, eps, param_grads, *params)
         return _apply(x, depth, eps, param_grads, *params)
+    if bf16:
+        return _forward_bf16(x, params, depth, eps)[0]
     return _forward(x, params, depth, eps)[0]
 
 
@@ -131,3 +162,111 @@ class _BroNetFunction(torch.autograd.Function):
 # above) and binds arguments for setup_context-style Functions (not this one): ~15 us per call
 # with 27 arguments.
 _apply = super(torch.autograd.Function, _BroNetFunction).apply
+
+
+# ---------------------------------------------------------------- bf16 (see the module docstring)
+_BF16 = torch.bfloat16
+
+
+def cpu_bf16_features() -> dict[str, bool]:
+    """``{"amx_bf16": bool, "avx512_bf16": bool}``: whether this CPU (and its OS) supports the
+    instructions with which torch's bf16 bmm (oneDNN) multiplies bf16 natively (cpuid, read in
+    the C++ core, csrc/nn/cpu_bf16.h)."""
+    return dict(_core._cpu_bf16_features())
+
+
+def check_cpu_bf16() -> None:
+    """Raises ValueError unless this CPU has AMX-BF16 or AVX512-BF16. Without them oneDNN
+    emulates bf16 matmuls with float32 arithmetic plus conversions, slower than float32 itself:
+    a bf16 critic would be a silent slowdown."""
+    features = cpu_bf16_features()
+    if not any(features.values()):
+        raise ValueError(
+            "AgentConfig.bf16 on the CPU needs native bf16 matrix instructions, AMX-BF16 or "
+            "AVX512-BF16, and this CPU has neither (cpuid: amx_bf16=False, avx512_bf16=False); "
+            "bf16 would be emulated, slower than float32. Leave bf16 off here.")
+
+
+def _weight_indices(depth: int) -> list[int]:
+    """Indices in params of the matmul weights: fc_in, per block fc1 and fc2, head."""
+    return [0, *(i + k for i in range(4, 4 + _BLOCK * depth, _BLOCK) for k in (0, 4)),
+            4 + _BLOCK * depth]
+
+
+def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float):
+    """(logits float32, bf16 weights, bf16 matmul inputs of every layer, (y, stats) per norm)."""
+    members = params[0].shape[0]
+    # One cast per weight per call, reused by the backward (autocast caches its casts alike).
+    weights = [params[i].detach().to(_BF16) for i in _weight_indices(depth)]
+    inputs, norms = [_members(x.detach().to(_BF16), members)], []
+
+    def layer(weight, bias, gamma, beta, epilogue, residual=None):
+        y = torch.bmm(inputs[-1], weight)
+        out, out_bf, stats = forward_kernel_bf16(y, bias.detach(), gamma.detach(), beta.detach(),
+                                                 residual, epilogue, eps)
+        norms.append((y, stats))
+        inputs.append(out_bf)
+        return out
+
+    h = layer(weights[0], *params[1:4], EPILOGUE_RELU)
+    for block, i in enumerate(range(4, 4 + _BLOCK * depth, _BLOCK)):
+        layer(weights[1 + 2 * block], *params[i + 1:i + 4], EPILOGUE_RELU)
+        h = layer(weights[2 + 2 * block], *params[i + 5:i + 8], EPILOGUE_RESIDUAL, residual=h)
+    # The head as autocast's baddbmm: bias, input and weight in bf16, output rounded to bf16.
+    logits = torch.baddbmm(params[-1].detach().to(_BF16), inputs[-1], weights[-1])
+    return logits.float(), weights, inputs, norms
+
+
+class _BroNetBf16Function(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, depth, eps, param_grads, *params):
+        logits, weights, inputs, norms = _forward_bf16(x, list(params), depth, eps)
+        ctx.save_for_backward(*params)
+        ctx.weights, ctx.inputs, ctx.norms = weights, inputs, norms
+        ctx.depth, ctx.param_grads = depth, param_grads
+        return logits
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logits):
+        params = ctx.saved_tensors
+        weights, inputs, norms = ctx.weights, ctx.inputs, ctx.norms
+        need = ctx.param_grads and any(ctx.needs_input_grad[4:])
+        grads: list[Tensor | None] = [None] * len(params)
+        # Head (autocast's bf16 baddbmm, whose float32 upcast rounds its gradient to bf16).
+        grad = grad_logits.to(_BF16).contiguous()
+        if need:
+            grads[-2] = torch.bmm(inputs[-1].transpose(1, 2), grad).float()
+            grads[-1] = grad.sum(1, keepdim=True).float()
+        grad_h = torch.bmm(grad, weights[-1].transpose(1, 2))
+
+        def layer_backward(index, first, grad_out, relu, input_grad=True, grad_add=None,
+                           keep_sum=False):
+            """As in _BroNetFunction.backward, in bf16: grad_out is the bf16 matmul gradient,
+            grad_add float32; returns (the bf16 input gradient or None, the float32 gradient
+            used when keep_sum)."""
+            y, stats = norms[index]
+            bias, gamma, beta = params[first + 1:first + 4]
+            grad_y, norm_grads, used = backward_kernel_bf16(
+                grad_out, y, bias.detach(), gamma.detach(), beta.detach(), stats, relu, need,
+                grad_add, keep_sum)
+            if need:
+                grads[first] = torch.bmm(inputs[index].transpose(1, 2), grad_y).float()
+                grads[first + 1:first + 4] = norm_grads.unbind(0)
+            grad_in = torch.bmm(grad_y, weights[index].transpose(1, 2)) if input_grad else None
+            return grad_in, used
+
+        # A block's input h gets grad_h through fc1 (bf16 matmul output) and the full gradient of
+        # its output through the residual (float32): the norm kernel of the layer that reads the
+        # first adds the second, and keeps the float32 sum (pending) for the block below.
+        pending = None
+        for block in reversed(range(ctx.depth)):
+            first = 4 + _BLOCK * block
+            grad_inner, pending_next = layer_backward(2 + 2 * block, first + 4, grad_h, relu=False,
+                                                      grad_add=pending, keep_sum=True)
+            grad_h = layer_backward(1 + 2 * block, first, grad_inner, relu=True)[0]
+            pending = pending_next
+        grad_x = layer_backward(0, 0, grad_h, relu=True, input_grad=ctx.needs_input_grad[0],
+                                grad_add=pending)[0]
+        grad_x = None if grad_x is None else grad_x.float().sum(0)
+        return (grad_x, None, None, None, *grads)

@@ -111,11 +111,21 @@ class EnsembleBroNet(nn.Module):
 
     def forward_network(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
         """(E, B, K) outputs for the input x (B, D) shared by the members. ``param_grads=False``:
-        the parameters enter as constants, so a backward reaches x only."""
+        the parameters enter as constants, so a backward reaches x only.
+
+        Under ``torch.autocast("cpu", torch.bfloat16)`` (AgentConfig.bf16 on CPU) with float32
+        parameters this is mtrl.fused_bronet's bf16 path, with autocast's rounding points and
+        float32 outputs; other CPU autocast dtypes take the composed ops."""
         params = self.layer_parameters()
         # (The norm kernels check every parameter again, and convert or explain any mismatch.)
-        if kernel_applies(x, params[0], params[-1]) and not torch.is_autocast_enabled("cpu"):
-            return bronet_forward(x, params, len(self.blocks), LAYER_NORM_EPS, param_grads)
+        if kernel_applies(x, params[0], params[-1]):
+            if not torch.is_autocast_enabled("cpu"):
+                return bronet_forward(x, params, len(self.blocks), LAYER_NORM_EPS, param_grads)
+            if torch.get_autocast_dtype("cpu") == torch.bfloat16:
+                # Its ops take explicit dtypes; autocast off so that none is cast again.
+                with torch.autocast("cpu", enabled=False):
+                    return bronet_forward(x, params, len(self.blocks), LAYER_NORM_EPS,
+                                          param_grads, bf16=True)
         return self.forward_layers(x, param_grads=param_grads)
 
     def forward_layers(self, x: Tensor, *, param_grads: bool = True) -> Tensor:

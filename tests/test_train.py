@@ -21,6 +21,7 @@ import torch  # noqa: E402
 import mtrl.envs  # noqa: E402
 from mtrl import checkpoint as ckpt  # noqa: E402
 from mtrl.config import AgentConfig, BufferConfig, EnvConfig, TrainConfig  # noqa: E402
+from mtrl.fused_bronet import cpu_bf16_features  # noqa: E402
 from mtrl.train import main, train  # noqa: E402
 
 TINY = ["--agent.critic-width", "32", "--agent.actor-width", "32", "--buffer.batch-size", "64",
@@ -109,12 +110,18 @@ def _backend_with_state():
     return "engine"
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
+_NATIVE_BF16 = any(cpu_bf16_features().values())
+
+
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not _NATIVE_BF16, reason="CPU without AMX-BF16 / AVX512-BF16"))])
+def test_resume_reproduces_uninterrupted_run(tmp_path, bf16):
     backend = _backend_with_state()
     env = EnvConfig(tasks=("cartpole-balance", "walker-stand"), max_episode_steps=50, backend=backend)
-    full = tiny_config(tmp_path / "full", env=env, checkpoint_interval=50)
+    agent = AgentConfig(critic_width=32, actor_width=32, bf16=bf16)
+    full = tiny_config(tmp_path / "full", env=env, agent=agent, checkpoint_interval=50)
     train(full)
-    part = tiny_config(tmp_path / "part", env=env, checkpoint_interval=50)
+    part = tiny_config(tmp_path / "part", env=env, agent=agent, checkpoint_interval=50)
     train(part.replace(iterations=70))  # checkpoints at 50 and 70
     train(part.replace(resume=True))
     a, b = read_csv(tmp_path / "full" / "train.csv"), read_csv(tmp_path / "part" / "train.csv")

@@ -14,6 +14,7 @@
 
 #include "bindings/dlpack.h"
 #include "bindings/registrars.h"
+#include "nn/cpu_bf16.h"
 #include "nn/ensemble_norm.h"
 #include "nn/tanh_gaussian.h"
 
@@ -188,6 +189,96 @@ py::object BackwardFast(py::handle grad_out, py::handle y, py::handle bias, py::
   return py::bool_(true);
 }
 
+// ---- bf16 path (mtrl/fused_bronet.py): no NumPy fallback exists for bf16 (NumPy has no such
+// dtype), so these check every capsule and raise, naming the argument; mtrl/ensemble_norm.py
+// passes them in kernel form.
+template <typename T>
+T* Required(py::handle obj, const char* name, std::initializer_list<int64_t> shape) {
+  const DlTensor* t = DlView(obj);
+  // DLPack type codes: 2 float, 4 bfloat.
+  const uint8_t code = sizeof(T) == 2 ? 4 : 2;
+  T* p = nullptr;
+  if (t != nullptr && t->device.device_type == 1 && t->dtype.code == code &&
+      t->dtype.bits == 8 * sizeof(T) && t->dtype.lanes == 1 &&
+      t->ndim == static_cast<int32_t>(shape.size())) {
+    bool same = true;
+    for (int32_t i = 0; i < t->ndim; ++i) same = same && t->shape[i] == shape.begin()[i];
+    if (same) p = dlpack::DenseData<T>(t);
+  }
+  if (p == nullptr) {
+    throw std::invalid_argument(std::string(name) + " must be a dense CPU " +
+                                (sizeof(T) == 2 ? "bfloat16" : "float32") + " tensor of shape " +
+                                Shape(std::vector<int64_t>(shape)));
+  }
+  return p;
+}
+
+EnsembleNormShape Bf16ShapeOf(py::handle y) {
+  EnsembleNormShape s;
+  if (!ShapeFromDl(DlView(y), &s)) {
+    throw std::invalid_argument("y must be a DLPack capsule of an (E, B, W) tensor, E, B, W >= 1");
+  }
+  return s;
+}
+
+void ForwardBf16(py::handle y, py::handle bias, py::handle gamma, py::handle beta,
+                 py::handle residual, int epilogue, double eps, py::handle out, py::handle out_bf,
+                 py::handle stats, int num_threads) {
+  const EnsembleNormShape s = Bf16ShapeOf(y);
+  if (epilogue < 0 || epilogue > 2) {
+    throw std::invalid_argument("epilogue must be 0 (none), 1 (relu) or 2 (residual), got " +
+                                std::to_string(epilogue));
+  }
+  if (!(eps > 0.0)) throw std::invalid_argument("eps must be > 0, got " + std::to_string(eps));
+  const int64_t e = s.members, b = s.rows_per_member, w = s.width;
+  const uint16_t* p_y = Required<uint16_t>(y, "y", {e, b, w});
+  const float* p_bias = Required<float>(bias, "bias", {e, 1, w});
+  const float* p_gamma = Required<float>(gamma, "gamma", {e, 1, w});
+  const float* p_beta = Required<float>(beta, "beta", {e, 1, w});
+  const float* p_res = epilogue == 2 ? Required<float>(residual, "residual", {e, b, w}) : nullptr;
+  float* p_out = Required<float>(out, "out", {e, b, w});
+  uint16_t* p_out_bf = Required<uint16_t>(out_bf, "out_bf", {e, b, w});
+  float* p_stats = Required<float>(stats, "stats", {2, e, b});
+  // The capsules (held by the caller) keep every buffer alive.
+  py::gil_scoped_release release;
+  EnsembleNormForwardBf16Unchecked(s, p_y, p_bias, p_gamma, p_beta, p_res,
+                                   static_cast<NormEpilogue>(epilogue), static_cast<float>(eps),
+                                   p_out, p_out_bf, p_stats, p_stats + e * b, num_threads);
+}
+
+void BackwardBf16(py::handle grad_out, py::handle grad_add, py::handle grad_sum, py::handle y,
+                  py::handle bias, py::handle gamma, py::handle beta, py::handle stats, bool relu,
+                  py::handle grad_y, py::handle grad_params, int num_threads) {
+  const EnsembleNormShape s = Bf16ShapeOf(y);
+  const int64_t e = s.members, b = s.rows_per_member, w = s.width;
+  const uint16_t* p_go = Required<uint16_t>(grad_out, "grad_out", {e, b, w});
+  const float* p_add =
+      grad_add.is_none() ? nullptr : Required<float>(grad_add, "grad_add", {e, b, w});
+  float* p_sum = grad_sum.is_none() ? nullptr : Required<float>(grad_sum, "grad_sum", {e, b, w});
+  const uint16_t* p_y = Required<uint16_t>(y, "y", {e, b, w});
+  const float* p_bias = Required<float>(bias, "bias", {e, 1, w});
+  const float* p_gamma = Required<float>(gamma, "gamma", {e, 1, w});
+  const float* p_beta = Required<float>(beta, "beta", {e, 1, w});
+  const float* p_stats = Required<float>(stats, "stats", {2, e, b});
+  uint16_t* p_gy = Required<uint16_t>(grad_y, "grad_y", {e, b, w});
+  float* p_gp =
+      grad_params.is_none() ? nullptr : Required<float>(grad_params, "grad_params", {3, e, 1, w});
+  py::gil_scoped_release release;  // the capsules keep every buffer alive
+  // grad_params rows: d bias, d gamma, d beta.
+  EnsembleNormBackwardBf16Unchecked(s, p_go, p_add, p_sum, p_y, p_bias, p_gamma, p_beta, p_stats,
+                                    p_stats + e * b, relu, p_gy, p_gp,
+                                    p_gp == nullptr ? nullptr : p_gp + e * w,
+                                    p_gp == nullptr ? nullptr : p_gp + 2 * e * w, num_threads);
+}
+
+py::dict CpuBf16FeaturesDict() {
+  const CpuBf16Features f = DetectCpuBf16Features();
+  py::dict d;
+  d["avx512_bf16"] = f.avx512_bf16;
+  d["amx_bf16"] = f.amx_bf16;
+  return d;
+}
+
 // ---- tanh-Gaussian actor head (nn/tanh_gaussian.h): DLPack capsules, None when an input is not
 // float32 dense of the expected shape (mtrl/tanh_gaussian.py then takes the PyTorch formula).
 py::object TanhGaussianForwardFast(py::handle head, py::handle noise, double std_scale,
@@ -232,6 +323,23 @@ py::object TanhGaussianBackwardFast(py::handle saved, py::handle grad_action,
 }  // namespace
 
 void RegisterNn(py::module_& m) {
+  m.def("_ensemble_norm_forward_bf16", &ForwardBf16, py::arg("y"), py::arg("bias"),
+        py::arg("gamma"), py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"),
+        py::arg("out"), py::arg("out_bf"), py::arg("stats"), py::arg("num_threads"),
+        "_ensemble_norm_forward_fast for a bf16 y (E, B, W) on DLPack capsules: out float32 and "
+        "out_bf = out rounded to bf16 (nearest even). Raises ValueError naming an argument not in "
+        "kernel form.");
+  m.def("_ensemble_norm_backward_bf16", &BackwardBf16, py::arg("grad_out"), py::arg("grad_add"),
+        py::arg("grad_sum"), py::arg("y"), py::arg("bias"), py::arg("gamma"), py::arg("beta"),
+        py::arg("stats"), py::arg("relu"), py::arg("grad_y"), py::arg("grad_params"),
+        py::arg("num_threads"),
+        "Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) plus "
+        "grad_add float32 or None (the sum also written to grad_sum, float32, unless None); "
+        "grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or "
+        "None. Raises ValueError naming an argument not in kernel form.");
+  m.def("_cpu_bf16_features", &CpuBf16FeaturesDict,
+        "{'avx512_bf16': bool, 'amx_bf16': bool}: native bf16 matmul support of this CPU (cpuid, "
+        "with the register state enabled by the OS).");
   m.def("_tanh_gaussian_forward_fast", &TanhGaussianForwardFast, py::arg("head"),
         py::arg("noise"), py::arg("std_scale"), py::arg("action"), py::arg("log_prob"),
         py::arg("saved"),

@@ -50,4 +50,28 @@ void EnsembleNormBackwardUnchecked(const EnsembleNormShape& shape, const float* 
                                    bool relu, float* grad_y, float* grad_bias, float* grad_gamma,
                                    float* grad_beta, int num_threads, int max_isa = 2);
 
+// bf16 path (mtrl/fused_bronet.py with AgentConfig.bf16 on CPU): y is the bf16 output of the
+// bf16 matmul (bf16 values as uint16_t bit patterns, the upper half of a float32); the row is
+// widened exactly to float32 and everything else is the float32 forward above (same statistics,
+// affine, epilogue, float32 out for the residual stream). out_bf receives out rounded to bf16
+// (round to nearest even, bitwise torch's .to(torch.bfloat16)): the next matmul's input.
+void EnsembleNormForwardBf16Unchecked(const EnsembleNormShape& shape, const uint16_t* y,
+                                      const float* bias, const float* gamma, const float* beta,
+                                      const float* residual, NormEpilogue epilogue, float eps,
+                                      float* out, uint16_t* out_bf, float* mean, float* rstd,
+                                      int num_threads, int max_isa = 2);
+
+// Backward of the bf16 forward: grad_out (the bf16 output of the next layer's input-gradient
+// matmul) is widened to float32 and grad_add (float32, may be null) added to it; when grad_sum is
+// not null that float32 sum is also written there (a separate buffer: the residual gradient of a
+// block, which the caller passes on). The float32 backward above follows; grad_y is written
+// rounded to bf16 (both matmuls of the layer's backward read it), the parameter gradients in
+// float32 from the unrounded dz.
+void EnsembleNormBackwardBf16Unchecked(const EnsembleNormShape& shape, const uint16_t* grad_out,
+                                       const float* grad_add, float* grad_sum, const uint16_t* y,
+                                       const float* bias, const float* gamma, const float* beta,
+                                       const float* mean, const float* rstd, bool relu,
+                                       uint16_t* grad_y, float* grad_bias, float* grad_gamma,
+                                       float* grad_beta, int num_threads, int max_isa = 2);
+
 }  // namespace mtrl

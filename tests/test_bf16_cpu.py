@@ -1,0 +1,284 @@
+"""The bf16 critic on the CPU (AgentConfig.bf16; mtrl.fused_bronet's bf16 path, the bf16 norm
+kernels of mtrl.ensemble_norm, the cpuid check).
+
+Tolerances, and why:
+  * kernels: the bf16 norm kernels are the float32 kernels on widened inputs with a rounding at
+    the end, so they are compared bitwise (widths that are multiples of 16; a row tail may differ
+    in the last float32 bit of d bias, see below) and their bf16 outputs bitwise against torch's
+    own ``.to(torch.bfloat16)``;
+  * network vs the composed ops under ``torch.autocast("cpu", torch.bfloat16)``: the same rounding
+    points, only the float32 order inside the norm differs (C++ kernel vs F.layer_norm), so most
+    elements are bitwise equal and the rest within bf16 rounding;
+  * network vs float32: bf16's 8-bit significand, compounded over the layers (relative norm
+    errors ~1e-2 forward, several 1e-2 in gradients), and no larger than autocast's own error.
+"""
+
+import pytest
+import torch
+
+from mtrl import _core
+from mtrl import fused_bronet
+from mtrl.agent import Batch, BRCAgent
+from mtrl.config import AgentConfig
+from mtrl.ensemble_norm import (
+    backward_kernel,
+    backward_kernel_bf16,
+    forward_kernel,
+    forward_kernel_bf16,
+)
+from mtrl.fused_bronet import bronet_forward, cpu_bf16_features
+from mtrl.networks import LAYER_NORM_EPS, Critic
+
+BF16 = torch.bfloat16
+NATIVE = any(cpu_bf16_features().values())
+needs_native = pytest.mark.skipif(not NATIVE, reason="CPU without AMX-BF16 / AVX512-BF16")
+AUTOCAST = dict(device_type="cpu", dtype=BF16)
+
+
+def _params(members, width, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(members, 1, width, generator=g) for _ in range(3)]
+
+
+# ---------------------------------------------------------------- kernels
+@pytest.mark.parametrize("epilogue", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(2, 37, 48), (2, 256, 512), (1, 5, 16)])
+def test_forward_kernel_is_float32_kernel_on_widened_input(epilogue, shape):
+    g = torch.Generator().manual_seed(1)
+    y = (torch.randn(shape, generator=g) * 3 + 1).to(BF16)
+    bias, gamma, beta = _params(shape[0], shape[2], 2)
+    residual = torch.randn(shape, generator=g) if epilogue == 2 else None
+    out, out_bf, stats = forward_kernel_bf16(y, bias, gamma, beta, residual, epilogue, 1e-6)
+    ref, ref_stats = forward_kernel(y.float(), bias, gamma, beta, residual, epilogue, 1e-6)
+    assert out.dtype == torch.float32 and out_bf.dtype == BF16
+    assert torch.equal(out, ref) and torch.equal(stats, ref_stats)
+    assert torch.equal(out_bf, out.to(BF16))
+
+
+def test_bf16_output_rounds_like_torch_bit_for_bit():
+    # out = beta exactly (gamma = 0): ties to even both ways, values just off a tie, subnormals
+    # (which AVX512-BF16's vcvtneps2bf16 would flush to zero), the largest finite value, inf.
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F808001, 0xBF818000, 0x00012345, 0x80008000,
+                         0x00000001, 0x7F7FFFFF, 0x7F7F7FFF, 0xFF800000, 0x7F800000, 0x00000000,
+                         0x3EAAAAAB, 0xC2C80000, 0x33800000, 0x0080FFFF], dtype=torch.int64)
+    beta = bits.to(torch.int32).view(torch.float32).reshape(1, 1, 16)
+    y = torch.randn(1, 3, 16).to(BF16)
+    zeros = torch.zeros(1, 1, 16)
+    out, out_bf, _ = forward_kernel_bf16(y, zeros, zeros, beta, None, 0, 1e-6)
+    assert torch.equal(out, beta.expand(1, 3, 16))
+    expected = beta.to(BF16).expand(1, 3, 16)
+    assert torch.equal(out_bf.view(torch.int16), expected.view(torch.int16))
+    assert out_bf.view(torch.int16)[0, 0, 4].item() == 1  # the subnormal was not flushed
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_add", [False, True])
+@pytest.mark.parametrize("need", [False, True])
+@pytest.mark.parametrize("shape", [(2, 37, 48), (2, 130, 512)])
+def test_backward_kernel_is_float32_kernel_then_rounded(relu, with_add, need, shape):
+    g = torch.Generator().manual_seed(3)
+    y = (torch.randn(shape, generator=g) * 2).to(BF16)
+    bias, gamma, beta = _params(shape[0], shape[2], 4)
+    _, _, stats = forward_kernel_bf16(y, bias, gamma, beta, None, int(relu), 1e-6)
+    grad_out = torch.randn(shape, generator=g).to(BF16)
+    grad_add = torch.randn(shape, generator=g) if with_add else None
+    grad_y, grads, used = backward_kernel_bf16(grad_out, y, bias, gamma, beta, stats, relu, need,
+                                               grad_add, keep_sum=True)
+    ref_out = grad_out.float()
+    ref_y, ref_grads = backward_kernel(ref_out, y.float(), bias, gamma, beta, stats, relu, need,
+                                       None if grad_add is None else grad_add.clone())
+    assert grad_y.dtype == BF16 and torch.equal(grad_y, ref_y.to(BF16))
+    assert torch.equal(used, ref_out)  # grad_out.float() (+ grad_add), kept in float32
+    assert (grads is None) == (not need)
+    if need:
+        assert grads.dtype == torch.float32 and torch.equal(grads, ref_grads)
+    no_sum = backward_kernel_bf16(grad_out, y, bias, gamma, beta, stats, relu, need, grad_add)
+    assert no_sum[2] is None and torch.equal(no_sum[0], grad_y)
+
+
+def test_backward_kernel_row_tails_within_float32_rounding():
+    # W = 40: 8 values per row in the scalar tail, where GCC may contract the d bias sum
+    # differently in the two builds of the loop (a last-bit difference, nothing more).
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(2, 7, 40, generator=g).to(BF16)
+    bias, gamma, beta = _params(2, 40, 6)
+    _, _, stats = forward_kernel_bf16(y, bias, gamma, beta, None, 0, 1e-6)
+    grad_out = torch.randn(2, 7, 40, generator=g).to(BF16)
+    grad_y, grads, _ = backward_kernel_bf16(grad_out, y, bias, gamma, beta, stats, False, True)
+    ref_y, ref_grads = backward_kernel(grad_out.float(), y.float(), bias, gamma, beta, stats,
+                                       False, True)
+    torch.testing.assert_close(grad_y.float(), ref_y.to(BF16).float(), rtol=1e-2, atol=1e-6)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_bindings_name_the_bad_argument():
+    dl = torch.utils.dlpack.to_dlpack
+    y = torch.randn(2, 4, 16).to(BF16)
+    bias, gamma, beta = _params(2, 16, 7)
+    out, out_bf = torch.empty(2, 4, 16), torch.empty(2, 4, 16, dtype=BF16)
+    stats = torch.empty(2, 2, 4)
+    with pytest.raises(ValueError, match=r"y must be a dense CPU bfloat16 tensor of shape "
+                                         r"\(2, 4, 16\)"):
+        _core._ensemble_norm_forward_bf16(dl(y.float()), dl(bias), dl(gamma), dl(beta), None, 1,
+                                          1e-6, dl(out), dl(out_bf), dl(stats), 1)
+    with pytest.raises(ValueError, match=r"gamma must be a dense CPU float32 tensor of shape "
+                                         r"\(2, 1, 16\)"):
+        _core._ensemble_norm_forward_bf16(dl(y), dl(bias), dl(gamma[:1]), dl(beta), None, 1, 1e-6,
+                                          dl(out), dl(out_bf), dl(stats), 1)
+    with pytest.raises(ValueError, match="residual must be"):
+        _core._ensemble_norm_forward_bf16(dl(y), dl(bias), dl(gamma), dl(beta), None, 2, 1e-6,
+                                          dl(out), dl(out_bf), dl(stats), 1)
+    with pytest.raises(ValueError, match="epilogue must be"):
+        _core._ensemble_norm_forward_bf16(dl(y), dl(bias), dl(gamma), dl(beta), None, 3, 1e-6,
+                                          dl(out), dl(out_bf), dl(stats), 1)
+    with pytest.raises(ValueError, match=r"grad_y must be a dense CPU bfloat16"):
+        _core._ensemble_norm_backward_bf16(dl(y), None, None, dl(y), dl(bias), dl(gamma), dl(beta),
+                                           dl(stats), True, dl(out), None, 1)
+    with pytest.raises(ValueError, match=r"grad_add must be a dense CPU float32"):
+        _core._ensemble_norm_backward_bf16(dl(y), dl(y), None, dl(y), dl(bias), dl(gamma),
+                                           dl(beta), dl(stats), True, dl(out_bf), None, 1)
+
+
+# ---------------------------------------------------------------- network
+def _critic(tasks, width, depth, seed):
+    torch.manual_seed(seed)
+    critic = Critic(5, 2, tasks, width=width, depth=depth)
+    with torch.no_grad():  # non-trivial LayerNorm and bias parameters
+        for p in critic.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return critic
+
+
+def _run(critic, batch, seed, *, bf16, composed=False):
+    """(logits float32, gradients of every parameter and of the action) for a random loss."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(batch, 5, generator=g)
+    action = (torch.rand(batch, 2, generator=g) * 2 - 1).requires_grad_()
+    task = torch.randint(0, critic.num_tasks, (batch,), generator=g)
+    weights = torch.randn(2, batch, critic.head.weight.shape[-1], generator=g)
+    critic.zero_grad(set_to_none=True)
+    with torch.autocast(**AUTOCAST, enabled=bf16):
+        if composed:
+            parts = [obs, action] + ([critic.embed(task)] if critic.num_tasks > 1 else [])
+            out = critic.forward_layers(torch.cat(parts, -1))
+        else:
+            out = critic(obs, action, task)
+    (out.float() * weights).sum().backward()
+    return out, [p.grad for p in critic.parameters()] + [action.grad]
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("depth,tasks", [(0, 1), (1, 3), (2, 1), (2, 3)])
+def test_fast_path_matches_composed_autocast(depth, tasks):
+    critic = _critic(tasks, 48, depth, seed=depth + 10 * tasks)
+    out, grads = _run(critic, 37, 1, bf16=True)
+    assert "BroNetBf16Function" in type(out.grad_fn).__name__ and out.dtype == torch.float32
+    ref, ref_grads = _run(critic, 37, 1, bf16=True, composed=True)
+    assert "BroNetBf16Function" not in type(ref.grad_fn).__name__ and ref.dtype == BF16
+    # Same rounding points: (nearly) all bitwise equal, the rest within bf16 rounding.
+    assert (out == ref.float()).float().mean() > 0.95
+    torch.testing.assert_close(out, ref.float(), rtol=1e-2, atol=1e-2)
+    for g, r, (name, _) in zip(grads, ref_grads, [*critic.named_parameters(), ("action", None)]):
+        assert g.dtype == torch.float32 and g.shape == r.shape, name
+        assert _rel(g, r) < 1e-2, name
+
+
+def test_fast_path_close_to_float32_as_autocast_is():
+    critic = _critic(3, 64, 2, seed=4)
+    fast, fast_grads = _run(critic, 64, 2, bf16=True)
+    composed, composed_grads = _run(critic, 64, 2, bf16=True, composed=True)
+    fp32, fp32_grads = _run(critic, 64, 2, bf16=False)
+    assert _rel(fast, fp32) < 2e-2
+    assert _rel(fast, fp32) <= 1.2 * _rel(composed, fp32) + 1e-4
+    for g, c, r in zip(fast_grads, composed_grads, fp32_grads):
+        assert _rel(g, r) < 0.15  # bf16 gradients through five layers (module docstring)
+        assert _rel(g, r) <= 1.2 * _rel(c, r) + 1e-3
+
+
+def test_without_param_grads_and_without_graph():
+    critic = _critic(3, 32, 1, seed=5)
+    obs, action = torch.randn(9, 5), torch.rand(9, 2).requires_grad_()
+    task = torch.randint(0, 3, (9,))
+    with torch.autocast(**AUTOCAST):
+        out = critic(obs, action, task, param_grads=False)
+    out.sum().backward()
+    assert all(p.grad is None for p in critic.parameters()) and action.grad is not None
+    x = torch.cat([obs, action.detach(), critic.embed(task).detach()], -1)
+    with torch.no_grad():
+        plain = bronet_forward(x, critic.layer_parameters(), 1, LAYER_NORM_EPS, True, bf16=True)
+    assert plain.grad_fn is None and torch.equal(plain, out.detach())
+
+
+def test_other_autocast_dtype_takes_composed_ops():
+    critic = _critic(1, 16, 1, seed=6)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = critic(torch.randn(4, 5), torch.rand(4, 2), torch.zeros(4, dtype=torch.long))
+    assert out.dtype == torch.float16 and "BroNetBf16Function" not in type(out.grad_fn).__name__
+
+
+# ---------------------------------------------------------------- agent
+OBS, ACT, TASKS, B = 6, 3, 3, 32
+
+
+def _agent(bf16):
+    torch.manual_seed(0)
+    return BRCAgent(AgentConfig(critic_width=32, actor_width=16, bf16=bf16), OBS, ACT, TASKS)
+
+
+def _batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.randn(B, OBS, generator=g), action=torch.rand(B, ACT, generator=g) * 2 - 1,
+        reward=torch.randn(B, generator=g), next_obs=torch.randn(B, OBS, generator=g),
+        mask=(torch.rand(B, generator=g) > 0.1).float(), discount=torch.full((B,), 0.99),
+        task_id=torch.randint(0, TASKS, (B,), generator=g))
+
+
+@needs_native
+def test_agent_update_with_bf16_trains_float32_parameters():
+    agent, ref = _agent(True), _agent(False)
+    before = [p.detach().clone() for p in agent.parameters()]
+    for step in range(3):
+        torch.manual_seed(step)
+        metrics = agent.update(_batch(step), torch.ones(TASKS))
+        torch.manual_seed(step)
+        ref_metrics = ref.update(_batch(step), torch.ones(TASKS))
+    for name, value in metrics.items():
+        assert torch.isfinite(value).all(), name
+    for (name, p), old in zip(agent.named_parameters(), before):
+        assert p.dtype == torch.float32, name
+        if name not in ("log_alpha",) and not name.startswith("critic.task_embedding"):
+            assert not torch.equal(p, old), name
+        if p.grad is not None:
+            assert p.grad.dtype == torch.float32, name
+    # bf16 changes the rounding, not the algorithm: the losses follow the float32 agent's.
+    for key in ("critic_loss", "q_target_mean", "q_mean"):
+        torch.testing.assert_close(metrics[key], ref_metrics[key], rtol=5e-2, atol=5e-2)
+
+
+def test_cpu_without_native_bf16_is_refused(monkeypatch):
+    monkeypatch.setattr(fused_bronet, "cpu_bf16_features",
+                        lambda: {"amx_bf16": False, "avx512_bf16": False})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs native bf16 matrix instructions, AMX-BF16 or "
+                                         "AVX512-BF16, and this CPU has neither"):
+        _agent(True)
+    _agent(False)  # float32 is always fine
+
+
+def test_cpu_agent_built_where_cuda_exists_is_checked_at_its_first_update(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # skips the construction check
+    agent = _agent(True)
+    monkeypatch.setattr(fused_bronet, "cpu_bf16_features",
+                        lambda: {"amx_bf16": False, "avx512_bf16": False})
+    with pytest.raises(ValueError, match="AMX-BF16 or AVX512-BF16"):
+        agent.update(_batch(), torch.ones(TASKS))
+
+
+def test_detection_reports_both_features():
+    features = cpu_bf16_features()
+    assert set(features) == {"amx_bf16", "avx512_bf16"}
+    assert all(isinstance(v, bool) for v in features.values())
