@@ -1,7 +1,7 @@
 """Iterations per second of the full training loop (every task steps once + 2 updates) vs this
 machine's matmul floor at the critic's shapes and layouts, measured in the same run.
 
-  python benchmarks/bench_train.py [--quick] [--threads N] [--compile] [--breakdown]
+  python benchmarks/bench_train.py [--quick] [--threads N] [--compile] [--breakdown] [--bf16]
 
 Configs (issue 4): width 512 / batch 256 / single task cheetah-run, and width 512 / batch 1024 /
 4 tasks (cheetah-run, walker-walk, cartpole-swingup, reacher-easy). The loop is `mtrl.train.train`
@@ -10,6 +10,12 @@ median over the post-warm-up windows is reported. Floor = measured bmm GFLOP/s a
 layer shapes, in the mix of layouts an update runs (forwards, input gradients, weight gradients;
 see matmul_rate) / analytic FLOPs per iteration. The forward-only rate and the fraction against it
 are reported too. Last line: RESULT {json}.
+
+--bf16 (CPU with AMX-BF16 / AVX512-BF16): per config also the loop with AgentConfig.bf16, run
+right after the float32 loop (same process, alternating order over --repeats rounds), the
+bf16/float32 it/s ratio, one update's time in both precisions timed alternately on synthetic
+batches (the steadier ratio on a shared machine), and the bf16 bmm rate at the critic's shapes.
+The float32 keys and the floor fraction (a float32 metric) are unchanged.
 """
 
 from __future__ import annotations
@@ -51,17 +57,18 @@ def iteration_flops(obs: int, act: int, tasks: int, width: int, batch: int, upda
 
 
 def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds: float,
-                mix: bool = True) -> float:
+                mix: bool = True, dtype: torch.dtype = torch.float32) -> float:
     """Measured GFLOP/s of the critic's batched matmuls (E=2) at this batch size.
 
     mix=True times the layouts one update runs, per layer: 3 forwards x @ W (target, online, actor
     step), 2 input gradients dy @ W^T (online, actor step) and 1 weight gradient x^T @ dy (online),
-    each as autograd issues it (transposed views, no copies). mix=False times the forwards only."""
+    each as autograd issues it (transposed views, no copies). mix=False times the forwards only.
+    dtype=torch.bfloat16: the bf16 path's matmuls (bf16 in and out, float32 accumulation)."""
     emb = 32 if tasks > 1 else 0
     shapes = [(obs + act + emb, width)] + [(width, width)] * 4 + [(width, 101)]
-    xs = [torch.randn(2, batch, i) for i, _ in shapes]
-    ws = [torch.randn(2, i, o) for i, o in shapes]
-    dys = [torch.randn(2, batch, o) for _, o in shapes]
+    xs = [torch.randn(2, batch, i, dtype=dtype) for i, _ in shapes]
+    ws = [torch.randn(2, i, o, dtype=dtype) for i, o in shapes]
+    dys = [torch.randn(2, batch, o, dtype=dtype) for _, o in shapes]
     per_layer = 6 if mix else 1
     flops = sum(per_layer * 2 * 2 * batch * i * o for i, o in shapes)
 
@@ -85,12 +92,13 @@ def matmul_rate(obs: int, act: int, tasks: int, width: int, batch: int, seconds:
     return flops / statistics.median(reps) / 1e9
 
 
-def synthetic_agent(obs: int, act: int, tasks: int, width: int, batch: int, warm_updates: int = 5):
+def synthetic_agent(obs: int, act: int, tasks: int, width: int, batch: int, warm_updates: int = 5,
+                    bf16: bool = False):
     """(agent, batch, reward denominator): a fresh seeded agent after ``warm_updates`` updates on
     one random batch, so its optimizer state and gradients exist (update-only measurements)."""
     from mtrl.agent import Batch, BRCAgent
     torch.manual_seed(0)
-    agent = BRCAgent(AgentConfig(critic_width=width), obs, act, tasks)
+    agent = BRCAgent(AgentConfig(critic_width=width, bf16=bf16), obs, act, tasks)
     sample = Batch(obs=torch.randn(batch, obs), action=torch.rand(batch, act) * 2 - 1,
                    reward=torch.rand(batch), next_obs=torch.randn(batch, obs),
                    mask=torch.ones(batch), discount=torch.full((batch,), 0.99),
@@ -137,6 +145,22 @@ def update_breakdown(obs: int, act: int, tasks: int, width: int, batch: int, upd
             "matmul_gflops_in_update": round(flops / (ms["matmul"] * 1e-3) / 1e9, 1)}
 
 
+def update_ms_alternating(obs: int, act: int, tasks: int, width: int, batch: int, rounds: int,
+                          per_round: int = 3) -> tuple[float, float]:
+    """Median ms of one update, (float32, bf16), timed in alternating rounds of ``per_round``
+    updates on the same synthetic batch, so both see the same phases of a shared machine."""
+    agents = [synthetic_agent(obs, act, tasks, width, batch, bf16=bf16) for bf16 in (False, True)]
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            agent, sample, denominator = agents[i]
+            start = time.perf_counter()
+            for _ in range(per_round):
+                agent.update(sample, denominator)
+            times[i].append((time.perf_counter() - start) / per_round * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def dims(tasks) -> tuple[int, int]:
     import mtrl.envs
 
@@ -173,6 +197,11 @@ def main() -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the critic")
     p.add_argument("--breakdown", action="store_true",
                    help="also profile one update per config: matmul / fused kernels / AdamW+Polyak / rest")
+    p.add_argument("--bf16", action="store_true",
+                   help="also AgentConfig.bf16 (CPU with AMX-BF16 / AVX512-BF16): it/s, ratio, "
+                        "update ms alternating, bf16 bmm rate")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="with --bf16: float32/bf16 loop pairs per config (order alternates)")
     p.add_argument("--paper", action="store_true",
                    help="CUDA only: paper configuration (width 4096, batch 1024, 4 tasks), bf16 off/on")
     args = p.parse_args()
@@ -180,6 +209,9 @@ def main() -> int:
         return paper(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.bf16:
+        from mtrl.fused_bronet import check_cpu_bf16
+        check_cpu_bf16()  # ValueError naming the missing instructions
     st_iters, mt_iters, window = (60, 30, 10) if args.quick else (300, 120, 30)
     print(f"device: CPU, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"compile {args.compile}", flush=True)
@@ -191,7 +223,12 @@ def main() -> int:
         obs, act = dims(tasks)
         before = matmul_rate(obs, act, len(tasks), 512, batch, secs)
         fwd_rate = matmul_rate(obs, act, len(tasks), 512, batch, secs / 2, mix=False)
-        speed, _, _ = loop_rate(tasks, 512, batch, iters, window, args.compile, args.threads)
+        speeds = {False: [], True: []}
+        for r in range(args.repeats if args.bf16 else 1):
+            for bf16 in ((False, True) if r % 2 == 0 else (True, False)) if args.bf16 else (False,):
+                speeds[bf16].append(loop_rate(tasks, 512, batch, iters, window, args.compile,
+                                              args.threads, bf16=bf16)[0])
+        speed = statistics.median(speeds[False])
         after = matmul_rate(obs, act, len(tasks), 512, batch, secs)
         rate = (before + after) / 2  # the machine is shared: bracket the loop
         flops = iteration_flops(obs, act, len(tasks), 512, batch)
@@ -204,6 +241,22 @@ def main() -> int:
         results[f"w512_{key}_fwd_matmul_gflops"] = round(fwd_rate, 1)
         results[f"w512_{key}_floor_fraction_fwd_rate"] = round(speed * flops / (fwd_rate * 1e9), 3)
         table.append((key, len(tasks), batch, obs, act, speed, rate, fwd_rate, flops / 1e9, floor))
+        if args.bf16:
+            bf16_speed = statistics.median(speeds[True])
+            results[f"it_per_s_w512_{key}_bf16"] = round(bf16_speed, 3)
+            results[f"w512_{key}_bf16_it_per_s_ratio"] = round(bf16_speed / speed, 3)
+            results[f"w512_{key}_it_per_s_runs"] = {"fp32": [round(v, 2) for v in speeds[False]],
+                                                    "bf16": [round(v, 2) for v in speeds[True]]}
+            fp32_ms, bf16_ms = update_ms_alternating(obs, act, len(tasks), 512, batch,
+                                                     rounds=6 if args.quick else 12)
+            results[f"w512_{key}_update_ms"] = {"fp32": round(fp32_ms, 2), "bf16": round(bf16_ms, 2)}
+            results[f"w512_{key}_update_bf16_speedup"] = round(fp32_ms / bf16_ms, 3)
+            bf16_rate = matmul_rate(obs, act, len(tasks), 512, batch, secs, dtype=torch.bfloat16)
+            results[f"w512_{key}_bf16_matmul_gflops"] = round(bf16_rate, 1)
+            print(f"{key}: bf16 {bf16_speed:.2f} it/s vs fp32 {speed:.2f} it/s "
+                  f"(x{bf16_speed / speed:.2f}); update {bf16_ms:.1f} vs {fp32_ms:.1f} ms "
+                  f"(x{fp32_ms / bf16_ms:.2f}); bf16 bmm {bf16_rate:.1f} GF/s vs fp32 {rate:.1f}",
+                  flush=True)
         if args.breakdown:
             parts = update_breakdown(obs, act, len(tasks), 512, batch)
             results[f"w512_{key}_update_breakdown_ms"] = parts
