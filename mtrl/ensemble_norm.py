@@ -151,20 +151,23 @@ def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: 
 
 
 def forward_kernel_bf16(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
-                        residual: Tensor | None, epilogue: int, eps: float):
-    """bf16 path (mtrl.fused_bronet): (out float32 (E, B, W), out rounded to bf16 (E, B, W),
-    stats (2, E, B)) for the bf16 matmul output y (E, B, W); no autograd.
+                        residual: Tensor | None, epilogue: int, eps: float,
+                        keep_out: bool = True):
+    """bf16 path (mtrl.fused_bronet): (out float32 (E, B, W) or None unless ``keep_out``, out
+    rounded to bf16 (E, B, W), stats (2, E, B)) for the bf16 matmul output y (E, B, W); no
+    autograd.
 
     out is bitwise :func:`forward_kernel` on ``y.float()``; the bf16 copy is bitwise
     ``out.to(torch.bfloat16)`` (round to nearest even), made while the row is in registers.
     Parameters and residual float32 contiguous; the C++ binding raises ValueError otherwise."""
     members, rows, _ = y.shape
-    out = torch.empty(y.shape, dtype=torch.float32)
+    out = torch.empty(y.shape, dtype=torch.float32) if keep_out else None
     out_bf = torch.empty_like(y)
-    stats = out.new_empty(2, members, rows)
+    stats = bias.new_empty(2, members, rows)
     _core._ensemble_norm_forward_bf16(
         _dl(y), _dl(bias), _dl(gamma), _dl(beta), None if residual is None else _dl(residual),
-        epilogue, eps, _dl(out), _dl(out_bf), _dl(stats), torch.get_num_threads())
+        epilogue, eps, None if out is None else _dl(out), _dl(out_bf), _dl(stats),
+        torch.get_num_threads())
     return out, out_bf, stats
 
 

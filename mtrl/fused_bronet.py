@@ -200,17 +200,18 @@ def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float):
     weights = [params[i].detach().to(_BF16) for i in _weight_indices(depth)]
     inputs, norms = [_members(x.detach().to(_BF16), members)], []
 
-    def layer(weight, bias, gamma, beta, epilogue, residual=None):
+    def layer(weight, bias, gamma, beta, epilogue, residual=None, keep_out=True):
         y = torch.bmm(inputs[-1], weight)
         out, out_bf, stats = forward_kernel_bf16(y, bias.detach(), gamma.detach(), beta.detach(),
-                                                 residual, epilogue, eps)
+                                                 residual, epilogue, eps, keep_out)
         norms.append((y, stats))
         inputs.append(out_bf)
         return out
 
     h = layer(weights[0], *params[1:4], EPILOGUE_RELU)
     for block, i in enumerate(range(4, 4 + _BLOCK * depth, _BLOCK)):
-        layer(weights[1 + 2 * block], *params[i + 1:i + 4], EPILOGUE_RELU)
+        # (the block's inner activation feeds only fc2: its bf16 copy is all that is kept)
+        layer(weights[1 + 2 * block], *params[i + 1:i + 4], EPILOGUE_RELU, keep_out=False)
         h = layer(weights[2 + 2 * block], *params[i + 5:i + 8], EPILOGUE_RESIDUAL, residual=h)
     # The head as autocast's baddbmm: bias, input and weight in bf16, output rounded to bf16.
     logits = torch.baddbmm(params[-1].detach().to(_BF16), inputs[-1], weights[-1])

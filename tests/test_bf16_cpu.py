@@ -53,6 +53,9 @@ def test_forward_kernel_is_float32_kernel_on_widened_input(epilogue, shape):
     assert out.dtype == torch.float32 and out_bf.dtype == BF16
     assert torch.equal(out, ref) and torch.equal(stats, ref_stats)
     assert torch.equal(out_bf, out.to(BF16))
+    none, out_bf_only, stats_only = forward_kernel_bf16(y, bias, gamma, beta, residual, epilogue,
+                                                        1e-6, keep_out=False)
+    assert none is None and torch.equal(out_bf_only, out_bf) and torch.equal(stats_only, stats)
 
 
 def test_bf16_output_rounds_like_torch_bit_for_bit():

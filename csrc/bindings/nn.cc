@@ -236,7 +236,7 @@ void ForwardBf16(py::handle y, py::handle bias, py::handle gamma, py::handle bet
   const float* p_gamma = Required<float>(gamma, "gamma", {e, 1, w});
   const float* p_beta = Required<float>(beta, "beta", {e, 1, w});
   const float* p_res = epilogue == 2 ? Required<float>(residual, "residual", {e, b, w}) : nullptr;
-  float* p_out = Required<float>(out, "out", {e, b, w});
+  float* p_out = out.is_none() ? nullptr : Required<float>(out, "out", {e, b, w});
   uint16_t* p_out_bf = Required<uint16_t>(out_bf, "out_bf", {e, b, w});
   float* p_stats = Required<float>(stats, "stats", {2, e, b});
   // The capsules (held by the caller) keep every buffer alive.
@@ -326,8 +326,8 @@ void RegisterNn(py::module_& m) {
   m.def("_ensemble_norm_forward_bf16", &ForwardBf16, py::arg("y"), py::arg("bias"),
         py::arg("gamma"), py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"),
         py::arg("out"), py::arg("out_bf"), py::arg("stats"), py::arg("num_threads"),
-        "_ensemble_norm_forward_fast for a bf16 y (E, B, W) on DLPack capsules: out float32 and "
-        "out_bf = out rounded to bf16 (nearest even). Raises ValueError naming an argument not in "
+        "_ensemble_norm_forward_fast for a bf16 y (E, B, W) on DLPack capsules: out float32 (or "
+        "None: not written) and out_bf = out rounded to bf16 (nearest even). Raises ValueError naming an argument not in "
         "kernel form.");
   m.def("_ensemble_norm_backward_bf16", &BackwardBf16, py::arg("grad_out"), py::arg("grad_add"),
         py::arg("grad_sum"), py::arg("y"), py::arg("bias"), py::arg("gamma"), py::arg("beta"),

@@ -54,7 +54,8 @@ void EnsembleNormBackwardUnchecked(const EnsembleNormShape& shape, const float* 
 // bf16 matmul (bf16 values as uint16_t bit patterns, the upper half of a float32); the row is
 // widened exactly to float32 and everything else is the float32 forward above (same statistics,
 // affine, epilogue, float32 out for the residual stream). out_bf receives out rounded to bf16
-// (round to nearest even, bitwise torch's .to(torch.bfloat16)): the next matmul's input.
+// (round to nearest even, bitwise torch's .to(torch.bfloat16)): the next matmul's input. out may
+// be null (only out_bf is then written: a layer whose output feeds nothing but the next matmul).
 void EnsembleNormForwardBf16Unchecked(const EnsembleNormShape& shape, const uint16_t* y,
                                       const float* bias, const float* gamma, const float* beta,
                                       const float* residual, NormEpilogue epilogue, float eps,

@@ -190,18 +190,26 @@ void ForwardRange(const ForwardCtx& c, int64_t begin, int64_t end) {
   const int64_t w = c.shape.width, rows = c.shape.rows_per_member;
   const Y* y = YOf(c, Y{});
   auto out_bf = [&](int64_t r) { return c.out_bf == nullptr ? nullptr : c.out_bf + r * w; };
+  // bf16 path without a float32 out (a layer whose output only feeds the next matmul): the rows
+  // go through a scratch block that stays in L1 instead.
+  float* scratch = nullptr;
+  if constexpr (std::is_same_v<Y, uint16_t>) {
+    thread_local std::vector<float> buf;
+    if (c.out == nullptr) scratch = ThreadScratch(buf, kForwardRows * w);
+  }
+  auto out = [&](int64_t r) { return scratch != nullptr ? scratch : c.out + r * w; };
   for (int64_t r = begin; r < end;) {
     const int64_t e = r / rows;
     const int64_t stop = std::min(end, (e + 1) * rows);  // this member's rows
     const float *b = c.bias + e * w, *g = c.gamma + e * w, *be = c.beta + e * w;
     auto res = [&] { return kEpilogue == NormEpilogue::kResidual ? c.residual + r * w : nullptr; };
     for (; r + kForwardRows <= stop; r += kForwardRows) {
-      ForwardRows<kEpilogue, kForwardRows>(y + r * w, b, g, be, res(), c.eps, w, c.out + r * w,
+      ForwardRows<kEpilogue, kForwardRows>(y + r * w, b, g, be, res(), c.eps, w, out(r),
                                            out_bf(r), c.mean + r, c.rstd + r,
                                            std::min<int64_t>(kForwardRows, end - r - kForwardRows));
     }
     for (; r < stop; ++r) {
-      ForwardRows<kEpilogue, 1>(y + r * w, b, g, be, res(), c.eps, w, c.out + r * w, out_bf(r),
+      ForwardRows<kEpilogue, 1>(y + r * w, b, g, be, res(), c.eps, w, out(r), out_bf(r),
                                 c.mean + r, c.rstd + r, std::min<int64_t>(1, end - r - 1));
     }
   }
