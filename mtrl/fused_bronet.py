@@ -16,8 +16,9 @@ Used by EnsembleBroNet.forward_network when every tensor is CPU float32 in plain
 (CUDA, float64, torch.compile, autocast other than CPU bf16).
 
 bf16 (``bf16=True``; AgentConfig.bf16 on a CPU with AMX-BF16 or AVX512-BF16, for the critic
-only): the same network with the rounding points of the composed ops under
-``torch.autocast("cpu", torch.bfloat16)``, which stays the reference. Exactly:
+only; the paper's code is float32, brc-spec §11 item 13 suggests bf16 autocast for the wide
+matmuls, so it is an opt-in): the same network with the rounding points of the composed ops
+under ``torch.autocast("cpu", torch.bfloat16)``, which stays the reference. Exactly:
   * every matmul input is rounded to bf16 (round to nearest even): the network input x, each
     layer's output as the next layer's input, and every weight, cast once per call (the backward
     reuses the forward's copies); the float32 parameters remain the master copies;
@@ -28,12 +29,14 @@ only): the same network with the rounding points of the composed ops under
     and weight in bf16, output rounded to bf16), returned widened to float32 for the TD ops;
   * backward: the incoming logit gradient is rounded to bf16 (autocast's upcast of the logits);
     every matmul's gradient output is bf16 and widened for use (input gradients, weight
-    gradients in ``.grad``: float32 holding bf16 values); the gradient w.r.t. y is rounded to
+    gradients in ``.grad``: float32 holding bf16 values; the head bias's gradient is a sum of
+    the bf16 logit gradient, rounded to bf16, as autocast's); the gradient w.r.t. y is rounded to
     bf16 after the float32 norm backward; LayerNorm / bias gradients and the sum of a residual
     block's two input gradients are float32.
 The norm kernels read the bf16 y and write the float32 output together with its bf16 copy, and
-backward read the bf16 gradient and write the bf16 grad_y (mtrl.ensemble_norm
-``*_kernel_bf16``), so no cast pass of its own touches an activation. Against the composed
+in the backward read the bf16 gradient and write the bf16 grad_y (mtrl.ensemble_norm
+``*_kernel_bf16``), so no cast pass of its own touches an activation (two such casts per layer
+cost ~30% of the bf16 matmul at batch 1024: benchmarks/RESULTS.md "bf16 critic on the CPU"). Against the composed
 ops the only difference is float32 arithmetic order inside the norm (the C++ kernel vs
 F.layer_norm): within float32 rounding, except where that flips a later bf16 rounding.
 """
