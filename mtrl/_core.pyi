@@ -79,9 +79,17 @@ class EnginePool:
     @property
     def obs_dim(self) -> int:
         ...
+def _adamw_step_fast(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, targets: typing.Any, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, step: typing.SupportsFloat | typing.SupportsIndex, tau: typing.SupportsFloat | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex) -> typing.Any:
+    """
+    One AdamW step (decoupled weight decay, bias-corrected, step = the new step count) over lists of DLPack capsules, in place; with targets (or None), also target += tau * (param - target) with the new params, in the same pass. True when done; None (nothing changed) when a tensor is not dense float32 CPU of its parameter's size or a hyper-parameter is out of range. ValueError when the lists differ in length.
+    """
 def _clip_actions(actions: numpy.ndarray, used: numpy.ndarray, out: numpy.ndarray) -> None:
     """
     TaskPool.check_actions' rule: out = actions clipped to [-1, 1] (NaN/inf padding past used[k] entries -> 0); ValueError naming the envs with NaN/inf in a used entry.
+    """
+def _cpu_bf16_features() -> dict:
+    """
+    {'avx512_bf16': bool, 'amx_bf16': bool}: native bf16 matmul support of this CPU (cpuid, with the register state enabled by the OS).
     """
 def _cross_entropy_cpu(online_logits: numpy.ndarray, target: numpy.ndarray, weight: numpy.ndarray | None, td_error: numpy.ndarray, grad: numpy.ndarray | None, loss: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> int:
     """
@@ -97,11 +105,27 @@ def _cross_entropy_cuda(online_logits: typing.SupportsInt | typing.SupportsIndex
     """
 def _ensemble_norm_backward(grad_out: numpy.ndarray, y: numpy.ndarray, bias: numpy.ndarray, gamma: numpy.ndarray, beta: numpy.ndarray, mean: numpy.ndarray, rstd: numpy.ndarray, relu: bool, grad_y: numpy.ndarray, grad_bias: numpy.ndarray | None, grad_gamma: numpy.ndarray | None, grad_beta: numpy.ndarray | None, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
     """
-    Gradients of _ensemble_norm_forward: grad_y (E, B, W) and, when given, the (E, W) parameter gradients (summed in a fixed order, independent of num_threads).
+    Gradients of _ensemble_norm_forward: grad_y (E, B, W) and, when given, the (E, W) parameter gradients (summed in a fixed order, independent of num_threads). max_isa as for _ensemble_norm_forward.
+    """
+def _ensemble_norm_backward_bf16(grad_out: typing.Any, grad_add: typing.Any, grad_sum: typing.Any, y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, stats: typing.Any, relu: bool, grad_y: typing.Any, grad_params: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) plus grad_add float32 or None (the sum also written to grad_sum, float32, unless None); grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or None. Raises ValueError naming an argument not in kernel form.
+    """
+def _ensemble_norm_backward_fast(grad_out: typing.Any, y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, stats: typing.Any, relu: bool, grad_y: typing.Any, grad_params: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex, grad_add: typing.Any = None) -> typing.Any:
+    """
+    _ensemble_norm_backward on DLPack capsules; grad_params (3, E, 1, W) = d bias, d gamma, d beta, or None; grad_add (E, B, W) or None: first grad_out += grad_add in place (the gradient used is the sum). True when done; None (nothing changed) when an input is not in kernel form.
     """
 def _ensemble_norm_forward(y: numpy.ndarray, bias: numpy.ndarray, gamma: numpy.ndarray, beta: numpy.ndarray, residual: numpy.ndarray | None, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: numpy.ndarray, mean: numpy.ndarray, rstd: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
     """
-    out = epilogue(LayerNorm(y + bias) * gamma + beta) for (E, B, W) float32 y; writes out (E, B, W), mean and rstd (E, B). epilogue: 0 none, 1 relu, 2 + residual.
+    out = epilogue(LayerNorm(y + bias) * gamma + beta) for (E, B, W) float32 y; writes out (E, B, W), mean and rstd (E, B). epilogue: 0 none, 1 relu, 2 + residual. max_isa caps the build: 0 baseline, 1 AVX2, 2 AVX-512 (the best the CPU runs).
+    """
+def _ensemble_norm_forward_bf16(y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, residual: typing.Any, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: typing.Any, out_bf: typing.Any, stats: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    _ensemble_norm_forward_fast for a bf16 y (E, B, W) on DLPack capsules: out float32 (or None: not written) and out_bf = out rounded to bf16 (nearest even). Raises ValueError naming an argument not in kernel form.
+    """
+def _ensemble_norm_forward_fast(y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, residual: typing.Any, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: typing.Any, stats: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex) -> typing.Any:
+    """
+    _ensemble_norm_forward on DLPack capsules (parameters (E, 1, W), stats (2, E, B) = mean, rstd). True when done; None when an input is not float32 dense with the exact shape.
     """
 def _scale_cpu(src: numpy.ndarray, factor: typing.SupportsFloat | typing.SupportsIndex, dst: numpy.ndarray, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
@@ -110,6 +134,14 @@ def _scale_cpu(src: numpy.ndarray, factor: typing.SupportsFloat | typing.Support
 def _spline_zoom(a: numpy.ndarray, out_rows: typing.SupportsInt | typing.SupportsIndex, out_cols: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
     """
     scipy.ndimage.zoom(order=3) port used by quadruped-escape (exposed for tests).
+    """
+def _tanh_gaussian_backward_fast(saved: typing.Any, grad_action: typing.Any, grad_log_prob: typing.Any, grad_head: typing.Any) -> typing.Any:
+    """
+    Gradient of _tanh_gaussian_forward_fast w.r.t. head (noise constant); grad_action (B, A) and grad_log_prob (B,) may be None. True when done; None when not in kernel form.
+    """
+def _tanh_gaussian_forward_fast(head: typing.Any, noise: typing.Any, std_scale: typing.SupportsFloat | typing.SupportsIndex, action: typing.Any, log_prob: typing.Any, saved: typing.Any) -> typing.Any:
+    """
+    Tanh-Gaussian sample and log-probability from head (B, 2A) = [mean | raw log-std] and noise (B, A), on DLPack capsules; writes action (B, A), log_prob (B,), saved (3, B, A). True when done; None when an input is not float32 dense with the expected shape.
     """
 def _td_target_cpu(target_logits: numpy.ndarray, reward: numpy.ndarray, mask: numpy.ndarray, discount: numpy.ndarray | None, discount_value: typing.SupportsFloat | typing.SupportsIndex, entropy: numpy.ndarray | None, target: numpy.ndarray, expected_value: numpy.ndarray, v_min: typing.SupportsFloat | typing.SupportsIndex, v_max: typing.SupportsFloat | typing.SupportsIndex, combine: typing.SupportsInt | typing.SupportsIndex, projection: typing.SupportsInt | typing.SupportsIndex, sigma: typing.SupportsFloat | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> int:
     """
