@@ -43,6 +43,8 @@ F.layer_norm): within float32 rounding, except where that flips a later bf16 rou
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -62,24 +64,26 @@ _BLOCK = 8
 
 
 def bronet_forward(x: Tensor, params: list[Tensor], depth: int, eps: float,
-                   param_grads: bool, bf16: bool = False) -> Tensor:
+                   param_grads: bool, bf16: bool = False,
+                   weight_cache: Bf16WeightCache | None = None) -> Tensor:
     """Outputs (E, B, K) of the ensemble for the input x (B, D) shared by the E members.
 
     params, in order: fc_in weight (E, D, W) and bias (E, 1, W), ln_in gamma and beta (E, 1, W),
     per block fc1 / ln1 / fc2 / ln2 likewise (W x W weights), head weight (E, W, K) and bias
     (E, 1, K). ``param_grads=False``: a backward reaches x only (no weight gradients computed).
     ``bf16``: bf16 matmuls with the rounding points of CPU autocast (module docstring); the
-    outputs are float32 either way.
+    outputs are float32 either way. ``weight_cache``: the network's :class:`Bf16WeightCache`
+    (bf16 only; None casts into fresh tensors).
     """
     if torch.is_grad_enabled() and (x.requires_grad or (
             param_grads and any(p.requires_grad for p in params))):
         if bf16:
-            return _BroNetBf16Function.apply(x, depth, eps, param_grads, *params)
+            return _BroNetBf16Function.apply(x, depth, eps, param_grads, weight_cache, *params)
         if torch._C._are_functorch_transforms_active():
             return _BroNetFunction.apply(x, depth, eps, param_grads, *params)
         return _apply(x, depth, eps, param_grads, *params)
     if bf16:
-        return _forward_bf16(x, params, depth, eps)[0]
+        return _forward_bf16(x, params, depth, eps, weight_cache, False)[0]
     return _forward(x, params, depth, eps)[0]
 
 
@@ -196,11 +200,56 @@ def _weight_indices(depth: int) -> list[int]:
             4 + _BLOCK * depth]
 
 
-def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float):
-    """(logits float32, bf16 weights, bf16 matmul inputs of every layer, (y, stats) per norm)."""
+class _Lease:
+    """Held by the graph of a forward whose bf16 weights are a cache's buffers."""
+
+
+class Bf16WeightCache:
+    """bf16 copies of one network's matmul weights, cast into the same memory from call to call.
+
+    A fresh (E, in, out) bf16 tensor per weight and call (allocation and first touch of 0.5 MB
+    each, 12 per update at width 512) made the update 3-7% slower than casts into memory already
+    in use (same-process A/B, single task and 4 tasks: benchmarks/RESULTS.md). The buffers are leased to the graph of the forward that filled them, for as
+    long as that graph exists (its backward reads them): a forward meanwhile casts into fresh
+    tensors instead, so a pending backward never sees weights of a later call.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[Tensor] | None = None
+        self._lease: weakref.ref[_Lease] | None = None
+
+    def __reduce__(self):
+        # Copies and pickles of a network (the target critic is a deepcopy) start empty: the
+        # buffers are refilled on every call, and a lease belongs to this process's graphs.
+        return (Bf16WeightCache, ())
+
+    def cast(self, weights: list[Tensor], lease: bool) -> tuple[list[Tensor], _Lease | None]:
+        """(bf16 copies of ``weights``, the lease to keep with the graph or None)."""
+        if self._lease is not None and self._lease() is not None:
+            return [w.detach().to(_BF16) for w in weights], None
+        if self._buffers is None or any(b.shape != w.shape or b.device != w.device
+                                        for b, w in zip(self._buffers, weights)):
+            self._buffers = [torch.empty(w.shape, dtype=_BF16, device=w.device) for w in weights]
+        for buffer, w in zip(self._buffers, weights):
+            buffer.copy_(w.detach())
+        if not lease:
+            return self._buffers, None
+        token = _Lease()
+        self._lease = weakref.ref(token)
+        return self._buffers, token
+
+
+def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float,
+                  cache: Bf16WeightCache | None, lease: bool):
+    """(logits float32, bf16 weights, bf16 matmul inputs of every layer, (y, stats) per norm,
+    the weight lease or None)."""
     members = params[0].shape[0]
     # One cast per weight per call, reused by the backward (autocast caches its casts alike).
-    weights = [params[i].detach().to(_BF16) for i in _weight_indices(depth)]
+    weights = [params[i] for i in _weight_indices(depth)]
+    if cache is None:
+        weights, token = [w.detach().to(_BF16) for w in weights], None
+    else:
+        weights, token = cache.cast(weights, lease)
     inputs, norms = [_members(x.detach().to(_BF16), members)], []
 
     def layer(weight, bias, gamma, beta, epilogue, residual=None, keep_out=True):
@@ -218,15 +267,17 @@ def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float):
         h = layer(weights[2 + 2 * block], *params[i + 5:i + 8], EPILOGUE_RESIDUAL, residual=h)
     # The head as autocast's baddbmm: bias, input and weight in bf16, output rounded to bf16.
     logits = torch.baddbmm(params[-1].detach().to(_BF16), inputs[-1], weights[-1])
-    return logits.float(), weights, inputs, norms
+    return logits.float(), weights, inputs, norms, token
 
 
 class _BroNetBf16Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, depth, eps, param_grads, *params):
-        logits, weights, inputs, norms = _forward_bf16(x, list(params), depth, eps)
+    def forward(ctx, x, depth, eps, param_grads, cache, *params):
+        logits, weights, inputs, norms, token = _forward_bf16(x, list(params), depth, eps, cache,
+                                                              True)
         ctx.save_for_backward(*params)
-        ctx.weights, ctx.inputs, ctx.norms = weights, inputs, norms
+        # The lease lives as long as this node (also through a retain_graph backward).
+        ctx.weights, ctx.inputs, ctx.norms, ctx.lease = weights, inputs, norms, token
         ctx.depth, ctx.param_grads = depth, param_grads
         return logits
 
@@ -235,7 +286,7 @@ class _BroNetBf16Function(torch.autograd.Function):
     def backward(ctx, grad_logits):
         params = ctx.saved_tensors
         weights, inputs, norms = ctx.weights, ctx.inputs, ctx.norms
-        need = ctx.param_grads and any(ctx.needs_input_grad[4:])
+        need = ctx.param_grads and any(ctx.needs_input_grad[5:])
         grads: list[Tensor | None] = [None] * len(params)
         # Head (autocast's bf16 baddbmm, whose float32 upcast rounds its gradient to bf16).
         grad = grad_logits.to(_BF16).contiguous()
@@ -273,4 +324,4 @@ class _BroNetBf16Function(torch.autograd.Function):
         grad_x = layer_backward(0, 0, grad_h, relu=True, input_grad=ctx.needs_input_grad[0],
                                 grad_add=pending)[0]
         grad_x = None if grad_x is None else grad_x.float().sum(0)
-        return (grad_x, None, None, None, *grads)
+        return (grad_x, None, None, None, None, *grads)

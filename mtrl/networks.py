@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtrl.ensemble_norm import ensemble_norm, kernel_applies
-from mtrl.fused_bronet import bronet_forward
+from mtrl.fused_bronet import Bf16WeightCache, bronet_forward
 from mtrl.math import squash_log_std
 from mtrl.tanh_gaussian import sample_tanh_gaussian
 
@@ -108,6 +108,7 @@ class EnsembleBroNet(nn.Module):
         self.ln_in = EnsembleLayerNorm(ensemble_size, width)
         self.blocks = nn.ModuleList(EnsembleBroBlock(ensemble_size, width) for _ in range(depth))
         self.head = EnsembleLinear(ensemble_size, width, out_features, ORTHOGONAL_GAIN)
+        self._bf16_weights = Bf16WeightCache()  # (not state: refilled on every bf16 call)
 
     def forward_network(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
         """(E, B, K) outputs for the input x (B, D) shared by the members. ``param_grads=False``:
@@ -125,7 +126,8 @@ class EnsembleBroNet(nn.Module):
                 # Its ops take explicit dtypes; autocast off so that none is cast again.
                 with torch.autocast("cpu", enabled=False):
                     return bronet_forward(x, params, len(self.blocks), LAYER_NORM_EPS,
-                                          param_grads, bf16=True)
+                                          param_grads, bf16=True,
+                                          weight_cache=self._bf16_weights)
         return self.forward_layers(x, param_grads=param_grads)
 
     def forward_layers(self, x: Tensor, *, param_grads: bool = True) -> Tensor:

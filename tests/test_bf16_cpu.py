@@ -13,6 +13,9 @@ Tolerances, and why:
     errors ~1e-2 forward, several 1e-2 in gradients), and no larger than autocast's own error.
 """
 
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -213,6 +216,29 @@ def test_without_param_grads_and_without_graph():
     with torch.no_grad():
         plain = bronet_forward(x, critic.layer_parameters(), 1, LAYER_NORM_EPS, True, bf16=True)
     assert plain.grad_fn is None and torch.equal(plain, out.detach())
+
+
+def test_weight_buffers_reused_but_never_under_a_pending_graph():
+    critic = _critic(3, 32, 1, seed=7)
+    obs, action = torch.randn(9, 5), torch.rand(9, 2)
+    task = torch.randint(0, 3, (9,))
+    with torch.autocast(**AUTOCAST):
+        first = critic(obs, action, task)
+        second = critic(obs, action, task)  # while the first graph (and its lease) is alive
+    ptrs = [[w.data_ptr() for w in out.grad_fn.weights] for out in (first, second)]
+    assert all(a != b for a, b in zip(*ptrs))
+    assert torch.equal(first, second)
+    reference = [g.clone() for g in torch.autograd.grad(second.sum(), list(critic.parameters()))]
+    del first, second  # the graphs (and the lease) are gone: the buffers are free again
+    with torch.autocast(**AUTOCAST):
+        third = critic(obs, action, task)
+    assert [w.data_ptr() for w in third.grad_fn.weights] == ptrs[0]
+    for g, r in zip(torch.autograd.grad(third.sum(), list(critic.parameters())), reference):
+        assert torch.equal(g, r)
+    clone = copy.deepcopy(critic)  # the target critic: buffers of its own, same outputs
+    with torch.no_grad(), torch.autocast(**AUTOCAST):
+        assert torch.equal(clone(obs, action, task), critic(obs, action, task))
+    assert pickle.loads(pickle.dumps(critic))._bf16_weights is not critic._bf16_weights
 
 
 def test_other_autocast_dtype_takes_composed_ops():
