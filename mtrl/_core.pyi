@@ -107,9 +107,9 @@ def _ensemble_norm_backward(grad_out: numpy.ndarray, y: numpy.ndarray, bias: num
     """
     Gradients of _ensemble_norm_forward: grad_y (E, B, W) and, when given, the (E, W) parameter gradients (summed in a fixed order, independent of num_threads). max_isa as for _ensemble_norm_forward.
     """
-def _ensemble_norm_backward_bf16(grad_out: typing.Any, grad_add: typing.Any, grad_sum: typing.Any, y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, stats: typing.Any, relu: bool, grad_y: typing.Any, grad_params: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
+def _ensemble_norm_backward_bf16(grad_out: typing.Any, grad_add: typing.Any, grad_sum: typing.Any, y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, stats: typing.Any, relu: bool, grad_y: typing.Any, grad_params: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
     """
-    Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) plus grad_add float32 or None (the sum also written to grad_sum, float32, unless None); grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or None. Raises ValueError naming an argument not in kernel form.
+    Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) plus grad_add float32 or None (the sum also written to grad_sum, float32, unless None); grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or None. Raises ValueError naming an argument not in kernel form or an output that overlaps another buffer. max_isa as in _ensemble_norm_forward_bf16.
     """
 def _ensemble_norm_backward_fast(grad_out: typing.Any, y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, stats: typing.Any, relu: bool, grad_y: typing.Any, grad_params: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex, grad_add: typing.Any = None) -> typing.Any:
     """
@@ -119,9 +119,9 @@ def _ensemble_norm_forward(y: numpy.ndarray, bias: numpy.ndarray, gamma: numpy.n
     """
     out = epilogue(LayerNorm(y + bias) * gamma + beta) for (E, B, W) float32 y; writes out (E, B, W), mean and rstd (E, B). epilogue: 0 none, 1 relu, 2 + residual. max_isa caps the build: 0 baseline, 1 AVX2, 2 AVX-512 (the best the CPU runs).
     """
-def _ensemble_norm_forward_bf16(y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, residual: typing.Any, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: typing.Any, out_bf: typing.Any, stats: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
+def _ensemble_norm_forward_bf16(y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, residual: typing.Any, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: typing.Any, out_bf: typing.Any, stats: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
     """
-    _ensemble_norm_forward_fast for a bf16 y (E, B, W) on DLPack capsules: out float32 (or None: not written) and out_bf = out rounded to bf16 (nearest even). Raises ValueError naming an argument not in kernel form.
+    _ensemble_norm_forward_fast for a bf16 y (E, B, W) on DLPack capsules: out float32 (or None: not written) and out_bf = out rounded to bf16 (nearest even). Raises ValueError naming an argument not in kernel form or an output that overlaps another buffer. max_isa caps the build: 0 baseline, 1 AVX2, 2 AVX-512 (the best the CPU runs).
     """
 def _ensemble_norm_forward_fast(y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, residual: typing.Any, epilogue: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, out: typing.Any, stats: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex) -> typing.Any:
     """

@@ -150,6 +150,13 @@ def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: 
     return _EnsembleNormFunction.apply(y, bias, gamma, beta, residual, epilogue, eps)
 
 
+def _bf16_shape(y: Tensor) -> tuple[int, int, int]:
+    """(E, B, W) of the bf16 kernels' y; the binding checks the rest (dtype, layout, sizes)."""
+    if y.dim() != 3:
+        raise ValueError(f"y must have shape (E, B, W), got {tuple(y.shape)}")
+    return tuple(y.shape)
+
+
 def forward_kernel_bf16(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
                         residual: Tensor | None, epilogue: int, eps: float,
                         keep_out: bool = True):
@@ -160,7 +167,7 @@ def forward_kernel_bf16(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
     out is bitwise :func:`forward_kernel` on ``y.float()``; the bf16 copy is bitwise
     ``out.to(torch.bfloat16)`` (round to nearest even), made while the row is in registers.
     Parameters and residual float32 contiguous; the C++ binding raises ValueError otherwise."""
-    members, rows, _ = y.shape
+    members, rows, _ = _bf16_shape(y)
     out = torch.empty(y.shape, dtype=torch.float32) if keep_out else None
     out_bf = torch.empty_like(y)
     stats = bias.new_empty(2, members, rows)
@@ -182,7 +189,7 @@ def backward_kernel_bf16(grad_out: Tensor, y: Tensor, bias: Tensor, gamma: Tenso
     value when ``keep_sum`` (the residual gradient that a block passes on). grad_y is bitwise
     :func:`backward_kernel` on that float32 gradient, rounded to bf16 (nearest even); the
     parameter gradients are bitwise its."""
-    members, rows, width = y.shape
+    members, rows, width = _bf16_shape(y)
     grad_y = torch.empty_like(y)
     grads = bias.new_empty(3, members, 1, width) if need_params else None
     grad_sum = torch.empty(y.shape, dtype=torch.float32) if keep_sum else None

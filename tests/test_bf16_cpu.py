@@ -145,6 +145,110 @@ def test_kernel_bindings_name_the_bad_argument():
                                            dl(beta), dl(stats), True, dl(out_bf), None, 1)
 
 
+def _bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, threads, max_isa):
+    """Forward and backward (parameter gradients, kept sum) of the bf16 entry points on one
+    instruction-set build: [out, out_bf, stats, grad_y, grad_params, grad_sum]."""
+    dl = torch.utils.dlpack.to_dlpack
+    members, rows, width = y.shape
+    out, out_bf = torch.empty(y.shape), torch.empty_like(y)
+    stats, grads = torch.empty(2, members, rows), torch.empty(3, members, 1, width)
+    grad_y, grad_sum = torch.empty_like(y), torch.empty(y.shape)
+    _core._ensemble_norm_forward_bf16(dl(y), *map(dl, params),
+                                      dl(residual) if epilogue == 2 else None, epilogue, 1e-6,
+                                      dl(out), dl(out_bf), dl(stats), threads, max_isa=max_isa)
+    _core._ensemble_norm_backward_bf16(dl(grad_out), dl(grad_add), dl(grad_sum), dl(y),
+                                       *map(dl, params), dl(stats), epilogue == 1, dl(grad_y),
+                                       dl(grads), threads, max_isa=max_isa)
+    return [out, out_bf, stats, grad_y, grads, grad_sum]
+
+
+def _float_kernels(y, params, residual, grad, epilogue, max_isa):
+    """The float32 NumPy entry points on the same build: [out, mean, rstd, grad_y, d bias,
+    d gamma, d beta]."""
+    members, rows, width = y.shape
+    p = [t.reshape(members, width).numpy() for t in params]
+    out, mean, rstd = (torch.empty(y.shape), torch.empty(members, rows),
+                       torch.empty(members, rows))
+    _core._ensemble_norm_forward(y.numpy(), *p, residual.numpy() if epilogue == 2 else None,
+                                 epilogue, 1e-6, out.numpy(), mean.numpy(), rstd.numpy(), 1,
+                                 max_isa=max_isa)
+    grad_y, sums = torch.empty(y.shape), [torch.empty(members, width) for _ in range(3)]
+    _core._ensemble_norm_backward(grad.numpy(), y.numpy(), *p, mean.numpy(), rstd.numpy(),
+                                  epilogue == 1, grad_y.numpy(), *(t.numpy() for t in sums), 1,
+                                  max_isa=max_isa)
+    return [out, mean, rstd, grad_y, *sums]
+
+
+@pytest.mark.parametrize("max_isa", [0, 1, 2])
+@pytest.mark.parametrize("epilogue", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 1, 7), (3, 5, 17), (2, 70, 40)])
+def test_every_instruction_set_build_is_its_float32_build(shape, epilogue, max_isa):
+    """Each build (baseline, AVX2, AVX-512, capped by max_isa; a build the CPU lacks falls back to
+    the next one down) at widths with row tails (W < 8, odd W), E = 1 and B = 1: the float32
+    build of the same instruction set on widened inputs, independent of the thread count."""
+    g = torch.Generator().manual_seed(sum(shape))
+    y = (torch.randn(shape, generator=g) * 2 + 0.5).to(BF16)
+    params = _params(shape[0], shape[2], 8)
+    residual = torch.randn(shape, generator=g)
+    grad_out, grad_add = torch.randn(shape, generator=g).to(BF16), torch.randn(shape, generator=g)
+    got = _bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, 3, max_isa)
+    for a, b in zip(_bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, 1, max_isa),
+                    got):
+        assert torch.equal(a, b)
+    out, out_bf, stats, grad_y, grads, grad_sum = got
+    ref = _float_kernels(y.float(), params, residual, grad_out.float() + grad_add, epilogue,
+                         max_isa)
+    assert torch.equal(out, ref[0]) and torch.equal(stats, torch.stack(ref[1:3]))
+    assert torch.equal(out_bf, out.to(BF16))
+    assert torch.equal(grad_sum, grad_out.float() + grad_add)
+    # (a row tail's d bias may differ in the last float32 bit, and then its bf16 rounding)
+    torch.testing.assert_close(grad_y.float(), ref[3].to(BF16).float(), rtol=1e-2, atol=1e-6)
+    torch.testing.assert_close(grads.squeeze(2), torch.stack(ref[4:]), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_outputs_that_overlap_another_buffer_are_refused():
+    # The forward writes out before it reads the residual: out aliasing residual would silently
+    # give wrong values. Any output overlapping any other buffer of the call is an error.
+    dl = torch.utils.dlpack.to_dlpack
+    y = torch.randn(2, 4, 16).to(BF16)
+    params = _params(2, 16, 9)
+    residual, out_bf, stats = torch.randn(2, 4, 16), torch.empty_like(y), torch.empty(2, 2, 4)
+    with pytest.raises(ValueError, match="out overlaps residual"):
+        _core._ensemble_norm_forward_bf16(dl(y), *map(dl, params), dl(residual), 2, 1e-6,
+                                          dl(residual), dl(out_bf), dl(stats), 1)
+    with pytest.raises(ValueError, match="out_bf overlaps y"):
+        _core._ensemble_norm_forward_bf16(dl(y), *map(dl, params), None, 1, 1e-6, None, dl(y),
+                                          dl(stats), 1)
+    scratch = torch.empty(2 * 4 * 16 + 2 * 2 * 4)  # out and stats sharing one allocation
+    with pytest.raises(ValueError, match="out overlaps stats"):
+        _core._ensemble_norm_forward_bf16(dl(y), *map(dl, params), None, 1, 1e-6,
+                                          dl(scratch[:128].view(2, 4, 16)), dl(out_bf),
+                                          dl(scratch[120:136].view(2, 2, 4)), 1)
+    _core._ensemble_norm_forward_bf16(dl(y), *map(dl, params), None, 1, 1e-6,
+                                      dl(scratch[:128].view(2, 4, 16)), dl(out_bf),
+                                      dl(scratch[128:].view(2, 2, 4)), 1)  # adjacent: fine
+    grad_add, grad_y = torch.randn(2, 4, 16), torch.empty_like(y)
+    with pytest.raises(ValueError, match="grad_sum overlaps grad_add"):
+        _core._ensemble_norm_backward_bf16(dl(y), dl(grad_add), dl(grad_add), dl(y),
+                                           *map(dl, params), dl(stats), True, dl(grad_y), None, 1)
+    with pytest.raises(ValueError, match="grad_y overlaps grad_out"):
+        _core._ensemble_norm_backward_bf16(dl(grad_y), None, None, dl(y), *map(dl, params),
+                                           dl(stats), True, dl(grad_y), None, 1)
+    grads = torch.stack(params)  # (3, E, 1, W) written over bias, gamma, beta
+    with pytest.raises(ValueError, match="grad_params overlaps bias"):
+        _core._ensemble_norm_backward_bf16(dl(y), None, None, dl(y), *map(dl, grads), dl(stats),
+                                           True, dl(grad_y), dl(grads), 1)
+
+
+def test_python_kernel_entry_points_name_a_y_that_is_not_3d():
+    y = torch.randn(4, 16).to(BF16)
+    bias, gamma, beta = _params(1, 16, 10)
+    with pytest.raises(ValueError, match=r"y must have shape \(E, B, W\), got \(4, 16\)"):
+        forward_kernel_bf16(y, bias, gamma, beta, None, 1, 1e-6)
+    with pytest.raises(ValueError, match=r"y must have shape \(E, B, W\), got \(4, 16\)"):
+        backward_kernel_bf16(y, y, bias, gamma, beta, torch.empty(2, 1, 4), True, False)
+
+
 # ---------------------------------------------------------------- network
 def _critic(tasks, width, depth, seed):
     torch.manual_seed(seed)

@@ -213,6 +213,32 @@ T* Required(py::handle obj, const char* name, std::initializer_list<int64_t> sha
   return p;
 }
 
+// One buffer of a bf16 entry point call, for CheckNoOverlap.
+struct Span {
+  const char* name;
+  const void* data;  // nullptr: not given
+  int64_t bytes;
+  bool written;
+};
+
+// Raises unless every buffer the kernel writes is disjoint from all the others: the row loops
+// use restrict pointers and passes (the forward writes out before it reads residual), so an
+// aliased output would give wrong values silently rather than an in-place result.
+void CheckNoOverlap(std::initializer_list<Span> spans) {
+  for (const Span& w : spans) {
+    if (!w.written || w.data == nullptr) continue;
+    const auto w0 = reinterpret_cast<uintptr_t>(w.data);
+    for (const Span& o : spans) {
+      if (&o == &w || o.data == nullptr) continue;
+      const auto o0 = reinterpret_cast<uintptr_t>(o.data);
+      if (w0 < o0 + static_cast<uintptr_t>(o.bytes) && o0 < w0 + static_cast<uintptr_t>(w.bytes)) {
+        throw std::invalid_argument(std::string(w.name) + " overlaps " + o.name +
+                                    ": the bf16 kernels do not work in place");
+      }
+    }
+  }
+}
+
 EnsembleNormShape Bf16ShapeOf(py::handle y) {
   EnsembleNormShape s;
   if (!ShapeFromDl(DlView(y), &s)) {
@@ -223,7 +249,7 @@ EnsembleNormShape Bf16ShapeOf(py::handle y) {
 
 void ForwardBf16(py::handle y, py::handle bias, py::handle gamma, py::handle beta,
                  py::handle residual, int epilogue, double eps, py::handle out, py::handle out_bf,
-                 py::handle stats, int num_threads) {
+                 py::handle stats, int num_threads, int max_isa) {
   const EnsembleNormShape s = Bf16ShapeOf(y);
   if (epilogue < 0 || epilogue > 2) {
     throw std::invalid_argument("epilogue must be 0 (none), 1 (relu) or 2 (residual), got " +
@@ -239,16 +265,25 @@ void ForwardBf16(py::handle y, py::handle bias, py::handle gamma, py::handle bet
   float* p_out = out.is_none() ? nullptr : Required<float>(out, "out", {e, b, w});
   uint16_t* p_out_bf = Required<uint16_t>(out_bf, "out_bf", {e, b, w});
   float* p_stats = Required<float>(stats, "stats", {2, e, b});
+  const int64_t act = e * b * w, param = e * w;
+  CheckNoOverlap({{"y", p_y, 2 * act, false},
+                  {"bias", p_bias, 4 * param, false},
+                  {"gamma", p_gamma, 4 * param, false},
+                  {"beta", p_beta, 4 * param, false},
+                  {"residual", p_res, 4 * act, false},
+                  {"out", p_out, 4 * act, true},
+                  {"out_bf", p_out_bf, 2 * act, true},
+                  {"stats", p_stats, 4 * 2 * e * b, true}});
   // The capsules (held by the caller) keep every buffer alive.
   py::gil_scoped_release release;
   EnsembleNormForwardBf16Unchecked(s, p_y, p_bias, p_gamma, p_beta, p_res,
                                    static_cast<NormEpilogue>(epilogue), static_cast<float>(eps),
-                                   p_out, p_out_bf, p_stats, p_stats + e * b, num_threads);
+                                   p_out, p_out_bf, p_stats, p_stats + e * b, num_threads, max_isa);
 }
 
 void BackwardBf16(py::handle grad_out, py::handle grad_add, py::handle grad_sum, py::handle y,
                   py::handle bias, py::handle gamma, py::handle beta, py::handle stats, bool relu,
-                  py::handle grad_y, py::handle grad_params, int num_threads) {
+                  py::handle grad_y, py::handle grad_params, int num_threads, int max_isa) {
   const EnsembleNormShape s = Bf16ShapeOf(y);
   const int64_t e = s.members, b = s.rows_per_member, w = s.width;
   const uint16_t* p_go = Required<uint16_t>(grad_out, "grad_out", {e, b, w});
@@ -263,12 +298,24 @@ void BackwardBf16(py::handle grad_out, py::handle grad_add, py::handle grad_sum,
   uint16_t* p_gy = Required<uint16_t>(grad_y, "grad_y", {e, b, w});
   float* p_gp =
       grad_params.is_none() ? nullptr : Required<float>(grad_params, "grad_params", {3, e, 1, w});
+  const int64_t act = e * b * w, param = e * w;
+  CheckNoOverlap({{"grad_out", p_go, 2 * act, false},
+                  {"grad_add", p_add, 4 * act, false},
+                  {"y", p_y, 2 * act, false},
+                  {"bias", p_bias, 4 * param, false},
+                  {"gamma", p_gamma, 4 * param, false},
+                  {"beta", p_beta, 4 * param, false},
+                  {"stats", p_stats, 4 * 2 * e * b, false},
+                  {"grad_sum", p_sum, 4 * act, true},
+                  {"grad_y", p_gy, 2 * act, true},
+                  {"grad_params", p_gp, 4 * 3 * param, true}});
   py::gil_scoped_release release;  // the capsules keep every buffer alive
   // grad_params rows: d bias, d gamma, d beta.
   EnsembleNormBackwardBf16Unchecked(s, p_go, p_add, p_sum, p_y, p_bias, p_gamma, p_beta, p_stats,
                                     p_stats + e * b, relu, p_gy, p_gp,
                                     p_gp == nullptr ? nullptr : p_gp + e * w,
-                                    p_gp == nullptr ? nullptr : p_gp + 2 * e * w, num_threads);
+                                    p_gp == nullptr ? nullptr : p_gp + 2 * e * w, num_threads,
+                                    max_isa);
 }
 
 py::dict CpuBf16FeaturesDict() {
@@ -326,17 +373,20 @@ void RegisterNn(py::module_& m) {
   m.def("_ensemble_norm_forward_bf16", &ForwardBf16, py::arg("y"), py::arg("bias"),
         py::arg("gamma"), py::arg("beta"), py::arg("residual"), py::arg("epilogue"), py::arg("eps"),
         py::arg("out"), py::arg("out_bf"), py::arg("stats"), py::arg("num_threads"),
+        py::arg("max_isa") = 2,
         "_ensemble_norm_forward_fast for a bf16 y (E, B, W) on DLPack capsules: out float32 (or "
-        "None: not written) and out_bf = out rounded to bf16 (nearest even). Raises ValueError naming an argument not in "
-        "kernel form.");
+        "None: not written) and out_bf = out rounded to bf16 (nearest even). Raises ValueError "
+        "naming an argument not in kernel form or an output that overlaps another buffer. max_isa "
+        "caps the build: 0 baseline, 1 AVX2, 2 AVX-512 (the best the CPU runs).");
   m.def("_ensemble_norm_backward_bf16", &BackwardBf16, py::arg("grad_out"), py::arg("grad_add"),
         py::arg("grad_sum"), py::arg("y"), py::arg("bias"), py::arg("gamma"), py::arg("beta"),
         py::arg("stats"), py::arg("relu"), py::arg("grad_y"), py::arg("grad_params"),
-        py::arg("num_threads"),
+        py::arg("num_threads"), py::arg("max_isa") = 2,
         "Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) plus "
         "grad_add float32 or None (the sum also written to grad_sum, float32, unless None); "
         "grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or "
-        "None. Raises ValueError naming an argument not in kernel form.");
+        "None. Raises ValueError naming an argument not in kernel form or an output that "
+        "overlaps another buffer. max_isa as in _ensemble_norm_forward_bf16.");
   m.def("_cpu_bf16_features", &CpuBf16FeaturesDict,
         "{'avx512_bf16': bool, 'amx_bf16': bool}: native bf16 matmul support of this CPU (cpuid, "
         "with the register state enabled by the OS).");
