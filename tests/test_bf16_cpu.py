@@ -345,6 +345,33 @@ def test_weight_buffers_reused_but_never_under_a_pending_graph():
     assert pickle.loads(pickle.dumps(critic))._bf16_weights is not critic._bf16_weights
 
 
+def test_pending_backward_uses_its_forwards_weights_after_they_change():
+    # The weights change (here through .data, which autograd does not see) while the first graph
+    # is alive, and forwards with and without a graph cast the new ones: the first backward, run
+    # again with retain_graph, must still multiply by the bf16 copies of its own forward.
+    critic = _critic(3, 32, 1, seed=11)
+    obs, action, task = torch.randn(9, 5), torch.rand(9, 2), torch.randint(0, 3, (9,))
+    params = list(critic.parameters())
+    with torch.autocast(**AUTOCAST):
+        first = critic(obs, action, task)
+    reference = torch.autograd.grad(first.sum(), params, retain_graph=True)
+    with torch.no_grad():
+        for weight in (p for p in critic.layer_parameters() if p.shape[1] != 1):  # (E, in, out)
+            weight.data.mul_(1.5)
+    with torch.autocast(**AUTOCAST):
+        with torch.no_grad():
+            changed = critic(obs, action, task)
+        second = critic(obs, action, task)
+    assert not torch.equal(changed, first) and torch.equal(second, changed)
+    for g, r in zip(torch.autograd.grad(first.sum(), params), reference):
+        assert torch.equal(g, r)
+    # A change that autograd does see (an optimizer step) is refused, as for float32.
+    second.sum().backward(retain_graph=True)
+    torch.optim.SGD(params, lr=0.1).step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        second.sum().backward()
+
+
 def test_other_autocast_dtype_takes_composed_ops():
     critic = _critic(1, 16, 1, seed=6)
     with torch.autocast("cpu", dtype=torch.float16):
@@ -390,6 +417,46 @@ def test_agent_update_with_bf16_trains_float32_parameters():
     # bf16 changes the rounding, not the algorithm: the losses follow the float32 agent's.
     for key in ("critic_loss", "q_target_mean", "q_mean"):
         torch.testing.assert_close(metrics[key], ref_metrics[key], rtol=5e-2, atol=5e-2)
+
+
+@needs_native
+def test_bf16_state_resumes_without_bf16_and_back_and_acting_is_float32():
+    # AgentConfig.bf16 may change on resume (mtrl.checkpoint.RESUMABLE_CHANGES): the state is the
+    # float32 master state either way, and nothing of the weight caches is in it.
+    agent = _agent(True)
+    agent.update(_batch(0), torch.ones(TASKS))
+    state = agent.full_state_dict()
+    plain = _agent(False)
+    assert {k: (v.dtype, v.shape) for k, v in state["modules"].items()} == \
+        {k: (v.dtype, v.shape) for k, v in plain.state_dict().items()}
+    plain.load_full_state_dict(state)
+    obs, task = torch.randn(5, OBS), torch.randint(0, TASKS, (5,))
+    # The actor is float32 in both (bf16 is the critic's): the same actions.
+    assert torch.equal(plain.act(obs, task, deterministic=True),
+                       agent.act(obs, task, deterministic=True))
+    plain.update(_batch(1), torch.ones(TASKS))
+    back = _agent(True)
+    back.load_full_state_dict(plain.full_state_dict())
+    metrics = back.update(_batch(2), torch.ones(TASKS))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+
+
+@needs_native
+# Dynamo warns when it wraps the actor's action (a non-leaf input of the compiled critic in the
+# actor loss) and reads its .grad; float32 with compile does the same, nothing bf16 about it.
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_bf16_with_compile_on_cpu_trains():
+    # Under torch.compile the critic is the composed ops (kernel_applies is False while
+    # compiling), which the compiled graph runs under CPU bf16 autocast: it works, the bf16 fast
+    # path is simply not used. (~5 s of compilation.)
+    torch.manual_seed(0)
+    agent = BRCAgent(AgentConfig(critic_width=32, actor_width=16, bf16=True, compile=True), OBS,
+                     ACT, TASKS)
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    metrics = agent.update(_batch(0), torch.ones(TASKS))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(agent.critic.parameters(), before))
 
 
 def test_cpu_without_native_bf16_is_refused(monkeypatch):
