@@ -36,9 +36,10 @@ under ``torch.autocast("cpu", torch.bfloat16)``, which stays the reference. Exac
 The norm kernels read the bf16 y and write the float32 output together with its bf16 copy, and
 in the backward read the bf16 gradient and write the bf16 grad_y (mtrl.ensemble_norm
 ``*_kernel_bf16``), so no cast pass of its own touches an activation (two such casts per layer
-cost ~30% of the bf16 matmul at batch 1024: benchmarks/RESULTS.md "bf16 critic on the CPU"). Against the composed
-ops the only difference is float32 arithmetic order inside the norm (the C++ kernel vs
-F.layer_norm): within float32 rounding, except where that flips a later bf16 rounding.
+cost ~30% of the bf16 matmul at batch 1024: benchmarks/RESULTS.md "bf16 critic on the CPU").
+Against the composed ops the only difference is float32 arithmetic order inside the norm (the
+C++ kernel vs F.layer_norm): within float32 rounding, except where that flips a later bf16
+rounding.
 """
 
 from __future__ import annotations
@@ -208,10 +209,11 @@ class Bf16WeightCache:
     """bf16 copies of one network's matmul weights, cast into the same memory from call to call.
 
     A fresh (E, in, out) bf16 tensor per weight and call (allocation and first touch of 0.5 MB
-    each, 12 per update at width 512) made the update 3-7% slower than casts into memory already
-    in use (same-process A/B, single task and 4 tasks: benchmarks/RESULTS.md). The buffers are leased to the graph of the forward that filled them, for as
-    long as that graph exists (its backward reads them): a forward meanwhile casts into fresh
-    tensors instead, so a pending backward never sees weights of a later call.
+    each, 12 per update at width 512) made the update ~3% slower than casts into memory already
+    in use (same-process A/B, single task and 4 tasks: benchmarks/RESULTS.md). The buffers are
+    leased to the graph of the forward that filled them, for as long as that graph exists (its
+    backward reads them): a forward meanwhile casts into fresh tensors instead, so a pending
+    backward never sees weights of a later call.
     """
 
     def __init__(self) -> None:
@@ -227,8 +229,9 @@ class Bf16WeightCache:
         """(bf16 copies of ``weights``, the lease to keep with the graph or None)."""
         if self._lease is not None and self._lease() is not None:
             return [w.detach().to(_BF16) for w in weights], None
-        if self._buffers is None or any(b.shape != w.shape or b.device != w.device
-                                        for b, w in zip(self._buffers, weights)):
+        if self._buffers is None or len(self._buffers) != len(weights) or any(
+                b.shape != w.shape or b.device != w.device
+                for b, w in zip(self._buffers, weights)):
             self._buffers = [torch.empty(w.shape, dtype=_BF16, device=w.device) for w in weights]
         for buffer, w in zip(self._buffers, weights):
             buffer.copy_(w.detach())

@@ -343,7 +343,7 @@ void BackwardRange(const BackwardCtx& c, int64_t begin, int64_t end, float* sums
   const int64_t w = c.shape.width, full = w - w % kW;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t ahead = r + kRowsAhead < end ? r + kRowsAhead : -1;
-    const float* go = c.grad_out + r * w;
+    const float* go = kBf16 ? nullptr : c.grad_out + r * w;  // (bf16: set below; no grad_out)
     if (kBf16) {
       float* __restrict dst = c.grad_sum != nullptr ? c.grad_sum + r * w : xs + 3 * ws;
       const uint16_t* __restrict src = c.grad_out_bf + r * w;
