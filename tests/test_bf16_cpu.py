@@ -77,6 +77,28 @@ def test_bf16_output_rounds_like_torch_bit_for_bit():
     assert out_bf.view(torch.int16)[0, 0, 4].item() == 1  # the subnormal was not flushed
 
 
+@pytest.mark.parametrize("width", [16, 21])  # vector lanes only; and a scalar tail of 5
+def test_nan_rounds_to_a_quiet_nan_and_stays_in_its_row(width):
+    # Signalling, negative and payload NaNs all become bf16's quiet NaN 0x7FC0 (torch's scalar
+    # cast; the integer rounding alone would carry a payload into inf or wrap): in the vector
+    # lanes and the row tail alike. A NaN in y spoils its own row only, forward and backward.
+    nans = torch.tensor([0x7F800001, 0xFFC00000, 0x7FFFFFFF, 0xFFFFFFFF], dtype=torch.int64)
+    bits = torch.zeros(width, dtype=torch.int64)
+    bits[:4], bits[-4:] = nans, nans
+    beta = bits.to(torch.int32).view(torch.float32).reshape(1, 1, width)
+    zeros, ones = torch.zeros(1, 1, width), torch.ones(1, 1, width)
+    y = torch.randn(1, 3, width).to(BF16)
+    _, out_bf, _ = forward_kernel_bf16(y, zeros, zeros, beta, None, 0, 1e-6)
+    lanes = out_bf.view(torch.int16)[:, :, bits != 0]
+    assert (lanes == 0x7FC0).all() and (out_bf.view(torch.int16)[:, :, bits == 0] == 0).all()
+    y[0, 1, 2] = float("nan")
+    out, out_bf, stats = forward_kernel_bf16(y, zeros, ones, zeros, None, 0, 1e-6)
+    grad_y, _, _ = backward_kernel_bf16(torch.randn(1, 3, width).to(BF16), y, zeros, ones, zeros,
+                                        stats, False, True)
+    for t in (out, out_bf, grad_y):
+        assert t[0, 1].isnan().all() and not t[0, ::2].isnan().any()
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("with_add", [False, True])
 @pytest.mark.parametrize("need", [False, True])
