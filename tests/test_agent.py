@@ -6,26 +6,10 @@ import pytest
 import torch
 
 from mtrl import math as M
-from mtrl.agent import Batch, BRCAgent, fused_ops_available
+from mtrl.agent import BRCAgent, fused_ops_available
 from mtrl.config import AgentConfig
 
-OBS, ACT, TASKS, B = 6, 3, 3, 32
-
-
-def make_agent(**kw):
-    torch.manual_seed(0)
-    cfg = AgentConfig(critic_width=32, actor_width=16, **kw)
-    return BRCAgent(cfg, OBS, ACT, TASKS)
-
-
-def make_batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(B, OBS, generator=g), action=torch.rand(B, ACT, generator=g) * 2 - 1,
-        reward=torch.randn(B, generator=g), next_obs=torch.randn(B, OBS, generator=g),
-        mask=(torch.rand(B, generator=g) > 0.1).float(), discount=torch.full((B,), 0.99),
-        task_id=torch.randint(0, TASKS, (B,), generator=g))
-
+from agent_fixtures import ACT, OBS, TASKS, B, make_agent, make_batch
 
 def test_update_metrics_detached_and_finite():
     agent = make_agent()

@@ -21,7 +21,7 @@ import torch
 
 from mtrl import _core
 from mtrl import fused_bronet
-from mtrl.agent import Batch, BRCAgent
+from mtrl.agent import BRCAgent
 from mtrl.config import AgentConfig
 from mtrl.ensemble_norm import (
     backward_kernel,
@@ -31,6 +31,8 @@ from mtrl.ensemble_norm import (
 )
 from mtrl.fused_bronet import bronet_forward, cpu_bf16_features
 from mtrl.networks import LAYER_NORM_EPS, Critic
+
+from agent_fixtures import ACT, OBS, TASKS, make_agent, make_batch
 
 BF16 = torch.bfloat16
 NATIVE = any(cpu_bf16_features().values())
@@ -402,21 +404,8 @@ def test_other_autocast_dtype_takes_composed_ops():
 
 
 # ---------------------------------------------------------------- agent
-OBS, ACT, TASKS, B = 6, 3, 3, 32
-
-
 def _agent(bf16):
-    torch.manual_seed(0)
-    return BRCAgent(AgentConfig(critic_width=32, actor_width=16, bf16=bf16), OBS, ACT, TASKS)
-
-
-def _batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(B, OBS, generator=g), action=torch.rand(B, ACT, generator=g) * 2 - 1,
-        reward=torch.randn(B, generator=g), next_obs=torch.randn(B, OBS, generator=g),
-        mask=(torch.rand(B, generator=g) > 0.1).float(), discount=torch.full((B,), 0.99),
-        task_id=torch.randint(0, TASKS, (B,), generator=g))
+    return make_agent(bf16=bf16)
 
 
 @needs_native
@@ -425,9 +414,9 @@ def test_agent_update_with_bf16_trains_float32_parameters():
     before = [p.detach().clone() for p in agent.parameters()]
     for step in range(3):
         torch.manual_seed(step)
-        metrics = agent.update(_batch(step), torch.ones(TASKS))
+        metrics = agent.update(make_batch(step), torch.ones(TASKS))
         torch.manual_seed(step)
-        ref_metrics = ref.update(_batch(step), torch.ones(TASKS))
+        ref_metrics = ref.update(make_batch(step), torch.ones(TASKS))
     for name, value in metrics.items():
         assert torch.isfinite(value).all(), name
     for (name, p), old in zip(agent.named_parameters(), before):
@@ -446,7 +435,7 @@ def test_bf16_state_resumes_without_bf16_and_back_and_acting_is_float32():
     # AgentConfig.bf16 may change on resume (mtrl.checkpoint.RESUMABLE_CHANGES): the state is the
     # float32 master state either way, and nothing of the weight caches is in it.
     agent = _agent(True)
-    agent.update(_batch(0), torch.ones(TASKS))
+    agent.update(make_batch(0), torch.ones(TASKS))
     state = agent.full_state_dict()
     plain = _agent(False)
     assert {k: (v.dtype, v.shape) for k, v in state["modules"].items()} == \
@@ -456,10 +445,10 @@ def test_bf16_state_resumes_without_bf16_and_back_and_acting_is_float32():
     # The actor is float32 in both (bf16 is the critic's): the same actions.
     assert torch.equal(plain.act(obs, task, deterministic=True),
                        agent.act(obs, task, deterministic=True))
-    plain.update(_batch(1), torch.ones(TASKS))
+    plain.update(make_batch(1), torch.ones(TASKS))
     back = _agent(True)
     back.load_full_state_dict(plain.full_state_dict())
-    metrics = back.update(_batch(2), torch.ones(TASKS))
+    metrics = back.update(make_batch(2), torch.ones(TASKS))
     assert all(torch.isfinite(v).all() for v in metrics.values())
 
 
@@ -475,7 +464,7 @@ def test_bf16_with_compile_on_cpu_trains():
     agent = BRCAgent(AgentConfig(critic_width=32, actor_width=16, bf16=True, compile=True), OBS,
                      ACT, TASKS)
     before = [p.detach().clone() for p in agent.critic.parameters()]
-    metrics = agent.update(_batch(0), torch.ones(TASKS))
+    metrics = agent.update(make_batch(0), torch.ones(TASKS))
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(agent.critic.parameters(), before))
@@ -497,7 +486,7 @@ def test_cpu_agent_built_where_cuda_exists_is_checked_at_its_first_update(monkey
     monkeypatch.setattr(fused_bronet, "cpu_bf16_features",
                         lambda: {"amx_bf16": False, "avx512_bf16": False})
     with pytest.raises(ValueError, match="AMX-BF16 or AVX512-BF16"):
-        agent.update(_batch(), torch.ones(TASKS))
+        agent.update(make_batch(), torch.ones(TASKS))
 
 
 def test_detection_reports_both_features():
