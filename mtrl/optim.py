@@ -19,6 +19,28 @@ from mtrl import _core
 from mtrl.math import polyak_update
 
 _dl = torch.utils.dlpack.to_dlpack
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _overlaps(t: Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (e.g. an expanded, stride-0 tensor)."""
+    extent = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n > 1):
+        if stride < extent:
+            return True
+        extent = stride * size
+    return False
+
+
+def _check_moment_shapes(params: list[Tensor], states: list[dict]) -> None:
+    """ValueError unless every moment tensor has its parameter's shape (torch's fused AdamW
+    writes a parameter's worth of elements into them without checking)."""
+    for k, (p, state) in enumerate(zip(params, states)):
+        for key in _MOMENTS:
+            m = state.get(key)
+            if isinstance(m, Tensor) and m.shape != p.shape:
+                raise ValueError(f"AdamW state: {key} of parameter {k} has shape "
+                                 f"{tuple(m.shape)}, the parameter {tuple(p.shape)}")
 
 
 class FusedAdamW(torch.optim.AdamW):
@@ -53,6 +75,13 @@ class FusedAdamW(torch.optim.AdamW):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's; ValueError, with nothing loaded, when a saved moment's shape differs from
+        its parameter's (the state of another network)."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved = state_dict.get("state", {}) if isinstance(state_dict, dict) else {}
+        known = [k for k, s in saved.items()
+                 if isinstance(k, int) and 0 <= k < len(params) and isinstance(s, dict)]
+        _check_moment_shapes([params[k] for k in known], [saved[k] for k in known])
         self._counts = None
         super().load_state_dict(state_dict)
 
@@ -76,9 +105,17 @@ class FusedAdamW(torch.optim.AdamW):
         """One AdamW step, then ``target <- target + tau (param - target)`` for each parameter
         and its target copy (same order as the parameters; None: no targets), with the new
         parameters. On CPU float32 both happen in one pass over the elements."""
+        if targets is not None and not 0.0 <= tau <= 1.0:
+            raise ValueError(f"step_with_polyak: tau must be in [0, 1], got {tau}")
         if closure is None and self._step_in_one_pass(targets, tau):
             return None
         self._counts = None  # torch's step skips parameters without gradient
+        for group in self.param_groups:  # what torch's fused step would get wrong
+            params = group["params"]
+            _check_moment_shapes(params, [self.state.get(p, {}) for p in params])
+            for p in params:
+                if p.grad is not None and not p.grad.is_sparse and _overlaps(p.grad):
+                    p.grad = p.grad.contiguous()
         loss = super().step(closure)
         if targets is not None:
             polyak_update(targets, self.param_groups[0]["params"], tau)

@@ -142,3 +142,59 @@ def test_unequal_step_counts_after_a_skipped_parameter_take_torchs_step():
     assert [float(opt.state[p]["step"]) for p in params] == [4.0, 4.0, 3.0, 4.0, 4.0]
     for p, r in zip(params, ref_params):
         torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
+
+
+def test_load_state_dict_of_other_shapes_raises_and_keeps_the_state():
+    # torch's fused AdamW writes a parameter's worth of elements into exp_avg/exp_avg_sq without
+    # checking their size: a smaller saved state corrupted the heap (abort) on the next step.
+    small = torch.ones(3, requires_grad=True)
+    small_opt = FusedAdamW([small], lr=0.1, weight_decay=0.0)
+    small.grad = torch.ones(3)
+    small_opt.step()
+    param = torch.ones(1000, requires_grad=True)
+    opt = FusedAdamW([param], lr=0.1, weight_decay=0.0)
+    param.grad = torch.ones(1000)
+    opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"exp_avg of parameter 0 has shape \(3,\), the "
+                                         r"parameter \(1000,\)"):
+        opt.load_state_dict(small_opt.state_dict())
+    after = opt.state_dict()
+    assert torch.equal(after["state"][0]["exp_avg"], before["state"][0]["exp_avg"])
+    opt.step()  # still usable
+
+
+def test_step_with_a_state_of_another_shape_raises():
+    param = torch.ones(3, requires_grad=True)
+    opt = FusedAdamW([param], lr=0.1, weight_decay=0.0)
+    param.grad = torch.ones(3)
+    opt.step()
+    opt.state[param]["exp_avg"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"exp_avg of parameter 0 has shape \(1,\)"):
+        opt.step()
+
+
+def test_expanded_gradient_steps_like_a_dense_one():
+    # torch's fused AdamW (the fallback for non-dense gradients) updated only the first row of a
+    # parameter whose gradient was expanded (stride 0).
+    ours = torch.ones(4, 4, requires_grad=True)
+    ref = torch.ones(4, 4, requires_grad=True)
+    opt = FusedAdamW([ours], lr=0.1, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW([ref], lr=0.1, weight_decay=0.1)
+    ours.grad = torch.arange(4.0).reshape(1, 4).expand(4, 4)
+    ref.grad = torch.arange(4.0).reshape(1, 4).expand(4, 4).contiguous()
+    for _ in range(2):
+        opt.step()
+        ref_opt.step()
+    torch.testing.assert_close(ours.detach(), ref.detach())
+
+
+def test_polyak_tau_outside_0_1_raises():
+    param = torch.ones(3, requires_grad=True)
+    opt = FusedAdamW([param], lr=0.1, weight_decay=0.0)
+    param.grad = torch.ones(3)
+    target = torch.zeros(3)
+    for tau in (float("nan"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="tau must be in"):
+            opt.step_with_polyak([target], tau)
+    assert torch.equal(target, torch.zeros(3)) and torch.equal(param.detach(), torch.ones(3))
