@@ -29,13 +29,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-             and (p / "state.pt").is_file()]
+             and p.name[len(PREFIX):].isdigit() and (p / "state.pt").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
 def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
                     save_replay: Callable[[Path], None], keep: int) -> Path:
     """Write state + replay into a temp dir, rename it into place, keep the last ``keep``."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the checkpoint just written is kept), got {keep}")
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{iteration:09d}"
@@ -55,7 +57,23 @@ def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    """The state dict of checkpoint ``path``.
+
+    Raises:
+      FileNotFoundError: no ``state.pt`` there. ValueError: it cannot be read (truncated,
+      corrupted) or is not a run checkpoint, naming the file.
+    """
+    file = Path(path) / "state.pt"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch/pickle/zip errors of a damaged file
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from e
+    if not isinstance(state, dict) or "config" not in state or "iteration" not in state:
+        raise ValueError(f"checkpoint {path} is unreadable (state.pt is not a run checkpoint)")
+    return state
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

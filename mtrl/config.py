@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,9 +38,18 @@ LAPTOP_TASKS = ("dmc:cartpole-balance", "dmc:cartpole-swingup", "dmc:walker-stan
 TASK_SETS = ("dmc-hard", "dmc-mt30", "metaworld-mt10", "metaworld-mt50", "laptop")
 
 
+# Largest |v_min|, |v_max|: the atoms and their spacing stay finite in float32 (mtrl.ops checks
+# the same bound).
+SUPPORT_LIMIT = 1e38
+# Most atoms the fused TD kernels take (mtrl.ops.MAX_ATOMS).
+FUSED_MAX_ATOMS = 4096
+
+
 def _positive(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{type(obj).__name__}.{name} must be finite and > 0, got {value}")
         if value <= 0:
             raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value}")
 
@@ -112,14 +122,21 @@ class AgentConfig:
                   "actor_width", "actor_depth", "lr", "temperature_lr", "init_temperature")
         if self.num_atoms < 2:
             raise ValueError(f"AgentConfig.num_atoms must be >= 2, got {self.num_atoms}")
+        if self.fused_ops and self.num_atoms > FUSED_MAX_ATOMS:
+            raise ValueError(f"AgentConfig.num_atoms must be <= {FUSED_MAX_ATOMS} with the fused "
+                             f"ops (num_atoms <= {FUSED_MAX_ATOMS}), got {self.num_atoms}; pass "
+                             f"--agent.no-fused-ops for more")
+        if not all(math.isfinite(v) and abs(v) <= SUPPORT_LIMIT for v in (self.v_min, self.v_max)):
+            raise ValueError(f"AgentConfig.v_min and v_max must be finite with |v| <= "
+                             f"{SUPPORT_LIMIT:g}, got {self.v_min}, {self.v_max}")
         if not self.v_min < self.v_max:
             raise ValueError(f"AgentConfig.v_min ({self.v_min}) must be < v_max ({self.v_max})")
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"AgentConfig.gamma must be in [0, 1), got {self.gamma}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"AgentConfig.tau must be in (0, 1], got {self.tau}")
-        if self.weight_decay < 0:
-            raise ValueError(f"AgentConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"AgentConfig.weight_decay must be finite and >= 0, got {self.weight_decay}")
         if not 0.0 <= self.temperature_beta1 < 1.0:
             raise ValueError(f"AgentConfig.temperature_beta1 must be in [0, 1), got {self.temperature_beta1}")
 
@@ -190,6 +207,8 @@ class TrainConfig:
     def __post_init__(self):
         _positive(self, "iterations", "updates_per_iteration", "eval_interval", "eval_episodes",
                   "log_interval", "keep_checkpoints")
+        if not 0 <= self.seed <= 2**62:  # env k gets seed + k; torch/numpy take < 2**63
+            raise ValueError(f"TrainConfig.seed must be in [0, 2**62], got {self.seed}")
         if self.random_iterations < 0:
             raise ValueError(f"TrainConfig.random_iterations must be >= 0, got {self.random_iterations}")
         if self.torch_threads < 0:

@@ -29,7 +29,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r} is not a torch device ({e})") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
@@ -191,11 +194,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.run_dir)
     resolved = {**dataclasses.asdict(cfg), "resolved_tasks": tasks, "batch_size": batch_size}
-    latest = ckpt.list_checkpoints(run_dir)[-1] if cfg.resume and ckpt.list_checkpoints(run_dir) else None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run_dir {run_dir} exists and is not a directory")
+    found = ckpt.list_checkpoints(run_dir)
+    latest = found[-1] if cfg.resume and found else None
     if cfg.resume and latest is None:
         raise ValueError(f"--resume given but {run_dir} holds no complete checkpoint")
-    state = ckpt.load_checkpoint(latest) if latest is not None else None
-    if state is not None:
+    if not cfg.resume:  # never overwrite another run's logs or mix its checkpoints with ours
+        held = ["checkpoints"] if found else []
+        held += [n for n in ("train.csv", "eval.csv", "metrics.jsonl") if (run_dir / n).exists()]
+        if held:
+            raise ValueError(f"run_dir {run_dir} already holds a run ({', '.join(held)}); pass "
+                             f"--resume to continue it, or choose another --run-dir")
+    state = None
+    if latest is not None:
+        try:
+            state = ckpt.load_checkpoint(latest)
+        except ValueError as e:
+            older = f"; the one before it is {found[-2].name}" if len(found) > 1 else ""
+            raise ValueError(f"{e}: move it out of {latest.parent} to resume from an earlier "
+                             f"checkpoint{older}") from e
         ckpt.check_compatible(state["config"], resolved)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
@@ -227,7 +245,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if state is not None:  # restore everything the checkpoint holds
         agent.load_full_state_dict(state["agent"])
         normalizer.load_state_dict(state["normalizer"])
-        buffer.load_into(str(latest / "replay"))
+        try:
+            buffer.load_into(str(latest / "replay"))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ValueError(f"cannot resume from {latest}: replay buffer: {e}") from e
         _set_rng_state(state["rng"], np_rng)
         iteration, updates = state["iteration"], state["updates"]
         episode_return = state["episode_return"]
@@ -389,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         train(cfg)
-    except (ValueError, FloatingPointError) as err:
+    except (ValueError, FloatingPointError, OSError) as err:
         print(f"mtrl.train: error: {err}", file=sys.stderr)
         return 2
     return 0

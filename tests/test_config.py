@@ -80,3 +80,24 @@ def test_laptop_preset_changes_only_scale_and_schedule_fields():
                "buffer.batch_size", "iterations", "random_iterations", "eval_interval",
                "eval_episodes", "log_interval", "checkpoint_interval", "run_dir", "torch_threads"}
     assert changed <= allowed, sorted(changed - allowed)
+
+
+def test_non_finite_and_out_of_range_values_are_refused():
+    # lr=inf or init_temperature=inf used to pass and fail as a non-finite loss after warm-up;
+    # v_max=1e39 failed deep in torch; num_atoms=5000 only at the first fused update.
+    for field_name in ("lr", "temperature_lr", "init_temperature"):
+        with pytest.raises(ValueError, match=rf"AgentConfig.{field_name} must be finite and > 0"):
+            AgentConfig(**{field_name: float("inf")})
+    with pytest.raises(ValueError, match=r"AgentConfig.weight_decay must be finite and >= 0"):
+        AgentConfig(weight_decay=float("nan"))
+    with pytest.raises(ValueError, match=r"AgentConfig.v_min and v_max must be finite with "
+                                         r"\|v\| <= 1e\+38"):
+        AgentConfig(v_min=-1e39, v_max=1e39)
+    with pytest.raises(ValueError, match=r"AgentConfig.v_min and v_max"):
+        AgentConfig(v_min=float("nan"))
+    with pytest.raises(ValueError, match=r"num_atoms <= 4096.*no-fused-ops"):
+        AgentConfig(num_atoms=5000)
+    assert AgentConfig(num_atoms=5000, fused_ops=False).num_atoms == 5000
+    for seed in (-1, 2**70):
+        with pytest.raises(ValueError, match=r"TrainConfig.seed must be in \[0, 2\*\*62\]"):
+            TrainConfig(seed=seed)

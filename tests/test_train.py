@@ -218,3 +218,57 @@ def test_keep_freed_memory_sets_glibc_thresholds():
 
     from mtrl.train import keep_freed_memory
     assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_fresh_run_refuses_a_run_dir_that_holds_a_run(tmp_path):
+    # A second run without --resume in the same run_dir deleted the first run's train.csv,
+    # eval.csv and metrics.jsonl and mixed its checkpoints with the new run's.
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "eval", "iteration": 5}\n')
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\).*--resume"):
+        train(tiny_config(tmp_path))
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"kind": "eval", "iteration": 5}\n'
+    assert not (tmp_path / "config.json").exists()
+    other = tmp_path / "other"
+    (other / "checkpoints" / "iter_000000010").mkdir(parents=True)
+    (other / "checkpoints" / "iter_000000010" / "state.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoints\)"):
+        train(tiny_config(other))
+
+
+def test_resume_from_a_damaged_checkpoint_names_it(tmp_path):
+    cfg = tiny_config(tmp_path / "r", iterations=60, checkpoint_interval=30, eval_interval=60)
+    train(cfg)
+    first, latest = ckpt.list_checkpoints(tmp_path / "r")
+    replay = latest / "replay"
+    replay.rename(tmp_path / "replay")
+    with pytest.raises(ValueError, match=rf"cannot resume from {latest}: replay buffer: .*meta.json"):
+        train(cfg.replace(resume=True, iterations=90))
+    (tmp_path / "replay").rename(replay)
+    data = (latest / "state.pt").read_bytes()
+    for damaged in (data[:100], b"", b"not a checkpoint"):
+        (latest / "state.pt").write_bytes(damaged)
+        with pytest.raises(ValueError, match=rf"checkpoint {latest} is unreadable .*{first.name}"):
+            train(cfg.replace(resume=True, iterations=90))
+
+
+def test_bad_device_and_run_dir_are_errors_not_tracebacks(tmp_path, capsys):
+    from mtrl.train import resolve_device
+
+    for name in ("tpu", "cuda:x"):
+        with pytest.raises(ValueError, match=rf"device {name!r} is not a torch device"):
+            resolve_device(name)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ValueError, match=r"run_dir .*afile exists and is not a directory"):
+        train(tiny_config(afile))
+    assert main([*TINY, "--env.tasks", "cartpole-balance", "--run-dir", str(afile / "x")]) == 2
+    assert "Not a directory" in capsys.readouterr().err
+
+
+def test_checkpoint_keep_and_listing(tmp_path):
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        ckpt.save_checkpoint(tmp_path, 1, {"iteration": 1}, lambda p: p.mkdir(), 0)
+    ckpt.save_checkpoint(tmp_path, 1, {"iteration": 1}, lambda p: p.mkdir(), 2)
+    (tmp_path / "checkpoints" / "iter_abc").mkdir()
+    (tmp_path / "checkpoints" / "iter_abc" / "state.pt").write_bytes(b"")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["iter_000000001"]
