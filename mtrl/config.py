@@ -113,7 +113,7 @@ class AgentConfig:
     fused_ops: bool = True
     """Use mtrl.ops fused TD target / cross-entropy when available (else mtrl.math, same result)."""
     bf16: bool = False
-    """bf16 matmuls in the critic (online, target, and its forward in the actor loss; the actor stays float32), as torch.autocast: on CUDA autocast itself; on the CPU only with AMX-BF16 or AVX512-BF16 (else ValueError), via mtrl.fused_bronet: matmul inputs (activations, weights cast once per forward) and outputs rounded to bf16 (nearest even), float32 accumulation, LayerNorm, residual stream, master weights and .grad; logits rounded to bf16, used as float32."""
+    """bf16 matmuls in the critic (online, target, and its forward in the actor loss; the actor stays float32), as torch.autocast: on CUDA autocast itself; on the CPU only with AMX-BF16 or AVX512-BF16 (else ValueError), via mtrl.fused_bronet: matmul inputs (activations, weights cast once per forward) and outputs rounded to bf16 (nearest even), float32 accumulation, LayerNorm, residual stream, master weights and .grad; the categorical head (its logits feed the cross-entropy, TD target and actor's Q) stays float32, outside autocast, on CUDA and CPU alike."""
     compile: bool = False
     """torch.compile the actor and critic forwards."""
 

@@ -178,15 +178,17 @@ def forward_kernel_bf16(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
     return out, out_bf, stats
 
 
-def backward_kernel_bf16(grad_out: Tensor, y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
-                         stats: Tensor, relu: bool, need_params: bool,
+def backward_kernel_bf16(grad_out: Tensor | None, y: Tensor, bias: Tensor, gamma: Tensor,
+                         beta: Tensor, stats: Tensor, relu: bool, need_params: bool,
                          grad_add: Tensor | None = None, keep_sum: bool = False):
     """Backward of :func:`forward_kernel_bf16`: (grad_y as bf16 (E, B, W), parameter gradients
     (3, E, 1, W) float32 or None, the float32 gradient used (E, B, W) or None).
 
     grad_out is bf16 (the bf16 output of the next layer's input-gradient matmul); the gradient
     used is ``grad_out.float() + grad_add`` (grad_add float32, optional), returned as the third
-    value when ``keep_sum`` (the residual gradient that a block passes on). grad_y is bitwise
+    value when ``keep_sum`` (the residual gradient that a block passes on). grad_out None: the
+    gradient used is grad_add alone (the layer under the float32 head; one of the two must be
+    given, else ValueError). grad_y is bitwise
     :func:`backward_kernel` on that float32 gradient, rounded to bf16 (nearest even); the
     parameter gradients are bitwise its."""
     members, rows, width = _bf16_shape(y)
@@ -194,7 +196,7 @@ def backward_kernel_bf16(grad_out: Tensor, y: Tensor, bias: Tensor, gamma: Tenso
     grads = bias.new_empty(3, members, 1, width) if need_params else None
     grad_sum = torch.empty(y.shape, dtype=torch.float32) if keep_sum else None
     _core._ensemble_norm_backward_bf16(
-        _dl(grad_out), None if grad_add is None else _dl(grad_add),
+        None if grad_out is None else _dl(grad_out), None if grad_add is None else _dl(grad_add),
         None if grad_sum is None else _dl(grad_sum), _dl(y), _dl(bias), _dl(gamma), _dl(beta),
         _dl(stats), relu, _dl(grad_y), None if grads is None else _dl(grads),
         torch.get_num_threads())

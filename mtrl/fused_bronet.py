@@ -18,19 +18,24 @@ Used by EnsembleBroNet.forward_network when every tensor is CPU float32 in plain
 bf16 (``bf16=True``; AgentConfig.bf16 on a CPU with AMX-BF16 or AVX512-BF16, for the critic
 only; the paper's code is float32, brc-spec §11 item 13 suggests bf16 autocast for the wide
 matmuls, so it is an opt-in): the same network with the rounding points of the composed ops
-under ``torch.autocast("cpu", torch.bfloat16)``, which stays the reference. Exactly:
-  * every matmul input is rounded to bf16 (round to nearest even): the network input x, each
-    layer's output as the next layer's input, and every weight, cast once per call (the backward
-    reuses the forward's copies); the float32 parameters remain the master copies;
+under ``torch.autocast("cpu", torch.bfloat16)`` with the head outside autocast
+(EnsembleBroNet.forward_layers), which stays the reference. Exactly:
+  * every trunk matmul input is rounded to bf16 (round to nearest even): the network input x,
+    each layer's output as the next layer's input, and every trunk weight, cast once per call
+    (the backward reuses the forward's copies); the float32 parameters remain the master copies;
   * the bf16 bmm (oneDNN: AMX / AVX512-BF16) accumulates in float32 and rounds its output y to
     bf16;
   * bias + LayerNorm (float32 statistics) + affine + ReLU / residual run in float32 on the
-    widened y; the residual stream h stays float32; the head is autocast's baddbmm (bias, input
-    and weight in bf16, output rounded to bf16), returned widened to float32 for the TD ops;
-  * backward: the incoming logit gradient is rounded to bf16 (autocast's upcast of the logits);
-    every matmul's gradient output is bf16 and widened for use (input gradients, weight
-    gradients in ``.grad``: float32 holding bf16 values; the head bias's gradient is a sum of
-    the bf16 logit gradient, rounded to bf16, as autocast's); the gradient w.r.t. y is rounded to
+    widened y; the residual stream h stays float32;
+  * the head (W -> K, ~5% of the critic's FLOPs at 101 atoms) is float32 on the float32 h: the
+    logits feed the cross-entropy, the TD target (target critic) and the actor's Q (expectation
+    over the atoms), and rounding them to bf16's 8-bit significand cost learning (autocast's
+    bf16 head learned ~8% worse than float32 over three seeds; benchmarks/RESULTS.md "bf16
+    against float32 on three seeds" and "bf16 with a float32 head (eighth session)");
+  * backward: the head's gradients (its weight and bias, and grad_h into the trunk) are float32;
+    the top layer's norm backward reads that float32 grad_h (no bf16 matmul gradient there);
+    every trunk matmul's gradient output is bf16 and widened for use (input gradients, weight
+    gradients in ``.grad``: float32 holding bf16 values); the gradient w.r.t. y is rounded to
     bf16 after the float32 norm backward; LayerNorm / bias gradients and the sum of a residual
     block's two input gradients are float32.
 The norm kernels read the bf16 y and write the float32 output together with its bf16 copy, and
@@ -196,9 +201,9 @@ def check_cpu_bf16() -> None:
 
 
 def _weight_indices(depth: int) -> list[int]:
-    """Indices in params of the matmul weights: fc_in, per block fc1 and fc2, head."""
-    return [0, *(i + k for i in range(4, 4 + _BLOCK * depth, _BLOCK) for k in (0, 4)),
-            4 + _BLOCK * depth]
+    """Indices in params of the bf16 matmuls' weights: fc_in, per block fc1 and fc2 (the head
+    is float32)."""
+    return [0, *(i + k for i in range(4, 4 + _BLOCK * depth, _BLOCK) for k in (0, 4))]
 
 
 class _Lease:
@@ -244,8 +249,8 @@ class Bf16WeightCache:
 
 def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float,
                   cache: Bf16WeightCache | None, lease: bool):
-    """(logits float32, bf16 weights, bf16 matmul inputs of every layer, (y, stats) per norm,
-    the weight lease or None)."""
+    """(logits float32, bf16 weights of the trunk, matmul inputs of every layer (bf16; the
+    head's float32), (y, stats) per norm, the weight lease or None)."""
     members = params[0].shape[0]
     # One cast per weight per call, reused by the backward (autocast caches its casts alike).
     weights = [params[i] for i in _weight_indices(depth)]
@@ -268,9 +273,11 @@ def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float,
         # (the block's inner activation feeds only fc2: its bf16 copy is all that is kept)
         layer(weights[1 + 2 * block], *params[i + 1:i + 4], EPILOGUE_RELU, keep_out=False)
         h = layer(weights[2 + 2 * block], *params[i + 5:i + 8], EPILOGUE_RESIDUAL, residual=h)
-    # The head as autocast's baddbmm: bias, input and weight in bf16, output rounded to bf16.
-    logits = torch.baddbmm(params[-1].detach().to(_BF16), inputs[-1], weights[-1])
-    return logits.float(), weights, inputs, norms, token
+    # The head in float32 on the float32 h (its input in place of h's bf16 copy, which no matmul
+    # reads): the logits are not rounded to bf16 (module docstring).
+    inputs[-1] = h
+    logits = torch.baddbmm(params[-1].detach(), h, params[-2].detach())
+    return logits, weights, inputs, norms, token
 
 
 class _BroNetBf16Function(torch.autograd.Function):
@@ -291,18 +298,19 @@ class _BroNetBf16Function(torch.autograd.Function):
         weights, inputs, norms = ctx.weights, ctx.inputs, ctx.norms
         need = ctx.param_grads and any(ctx.needs_input_grad[5:])
         grads: list[Tensor | None] = [None] * len(params)
-        # Head (autocast's bf16 baddbmm, whose float32 upcast rounds its gradient to bf16).
-        grad = grad_logits.to(_BF16).contiguous()
+        # Head (float32 baddbmm): float32 gradients; grad_h, float32, is the whole gradient of
+        # the top layer's output (no bf16 matmul gradient; the kernels take it as grad_add).
+        grad = grad_logits.contiguous()
         if need:
-            grads[-2] = torch.bmm(inputs[-1].transpose(1, 2), grad).float()
-            grads[-1] = grad.sum(1, keepdim=True).float()
-        grad_h = torch.bmm(grad, weights[-1].transpose(1, 2))
+            grads[-2] = torch.bmm(inputs[-1].transpose(1, 2), grad)
+            grads[-1] = grad.sum(1, keepdim=True)
+        grad_h = torch.bmm(grad, params[-2].transpose(1, 2))
 
         def layer_backward(index, first, grad_out, relu, input_grad=True, grad_add=None,
                            keep_sum=False):
-            """As in _BroNetFunction.backward, in bf16: grad_out is the bf16 matmul gradient,
-            grad_add float32; returns (the bf16 input gradient or None, the float32 gradient
-            used when keep_sum)."""
+            """As in _BroNetFunction.backward, in bf16: grad_out is the bf16 matmul gradient
+            (None: grad_add is the whole gradient), grad_add float32; returns (the bf16 input
+            gradient or None, the float32 gradient used when keep_sum)."""
             y, stats = norms[index]
             bias, gamma, beta = params[first + 1:first + 4]
             grad_y, norm_grads, used = backward_kernel_bf16(
@@ -317,13 +325,16 @@ class _BroNetBf16Function(torch.autograd.Function):
         # A block's input h gets grad_h through fc1 (bf16 matmul output) and the full gradient of
         # its output through the residual (float32): the norm kernel of the layer that reads the
         # first adds the second, and keeps the float32 sum (pending) for the block below.
-        pending = None
+        # The top layer: no bf16 matmul gradient, the head's float32 grad_h is all of it (and,
+        # for a block, also the residual gradient passed on as is).
+        grad_h, pending = None, grad_h
         for block in reversed(range(ctx.depth)):
             first = 4 + _BLOCK * block
+            top = grad_h is None
             grad_inner, pending_next = layer_backward(2 + 2 * block, first + 4, grad_h, relu=False,
-                                                      grad_add=pending, keep_sum=True)
+                                                      grad_add=pending, keep_sum=not top)
             grad_h = layer_backward(1 + 2 * block, first, grad_inner, relu=True)[0]
-            pending = pending_next
+            pending = pending if top else pending_next
         grad_x = layer_backward(0, 0, grad_h, relu=True, input_grad=ctx.needs_input_grad[0],
                                 grad_add=pending)[0]
         grad_x = None if grad_x is None else grad_x.float().sum(0)

@@ -115,8 +115,9 @@ class EnsembleBroNet(nn.Module):
         the parameters enter as constants, so a backward reaches x only.
 
         Under ``torch.autocast("cpu", torch.bfloat16)`` (AgentConfig.bf16 on CPU) with float32
-        parameters this is mtrl.fused_bronet's bf16 path, with autocast's rounding points and
-        float32 outputs; other CPU autocast dtypes take the composed ops."""
+        parameters this is mtrl.fused_bronet's bf16 path, with autocast's rounding points in the
+        trunk and a float32 head (as :meth:`forward_layers`); other CPU autocast dtypes take the
+        composed ops."""
         params = self.layer_parameters()
         # (The norm kernels check every parameter again, and convert or explain any mismatch.)
         if kernel_applies(x, params[0], params[-1]):
@@ -132,10 +133,16 @@ class EnsembleBroNet(nn.Module):
 
     def forward_layers(self, x: Tensor, *, param_grads: bool = True) -> Tensor:
         """:meth:`forward_network` layer by layer (the composed ops that mtrl.fused_bronet
-        computes as one node)."""
+        computes as one node). Under autocast (AgentConfig.bf16) the head runs outside it, in
+        the parameters' dtype: the logits feed the cross-entropy, the TD target and the actor's
+        Q, and bf16 logits cost learning (mtrl.fused_bronet's module docstring)."""
         x = self.ln_in.after(self.fc_in, x, relu=True, param_grads=param_grads)
         for block in self.blocks:
             x = block(x, param_grads=param_grads)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self.head(x.to(self.head.weight.dtype), param_grads=param_grads)
         return self.head(x, param_grads=param_grads)
 
     def layer_parameters(self) -> list[nn.Parameter]:

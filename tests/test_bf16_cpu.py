@@ -6,9 +6,10 @@ Tolerances, and why:
     the end, so they are compared bitwise (widths that are multiples of 16; a row tail may differ
     in the last float32 bit of d bias, see below) and their bf16 outputs bitwise against torch's
     own ``.to(torch.bfloat16)``;
-  * network vs the composed ops under ``torch.autocast("cpu", torch.bfloat16)``: the same rounding
-    points, only the float32 order inside the norm differs (C++ kernel vs F.layer_norm), so most
-    elements are bitwise equal and the rest within bf16 rounding;
+  * network vs the composed ops under ``torch.autocast("cpu", torch.bfloat16)`` (the head outside
+    it, float32): the same rounding points, only the float32 order inside the norm differs (C++
+    kernel vs F.layer_norm), so nearly all float32 logits agree to float32 rounding and the rest
+    (a flipped bf16 rounding in the trunk) within bf16 rounding;
   * network vs float32: bf16's 8-bit significand, compounded over the layers (relative norm
     errors ~1e-2 forward, several 1e-2 in gradients), and no larger than autocast's own error.
 """
@@ -167,20 +168,28 @@ def test_kernel_bindings_name_the_bad_argument():
     with pytest.raises(ValueError, match=r"grad_add must be a dense CPU float32"):
         _core._ensemble_norm_backward_bf16(dl(y), dl(y), None, dl(y), dl(bias), dl(gamma),
                                            dl(beta), dl(stats), True, dl(out_bf), None, 1)
+    with pytest.raises(ValueError, match="grad_out and grad_add cannot both be None"):
+        _core._ensemble_norm_backward_bf16(None, None, None, dl(y), dl(bias), dl(gamma),
+                                           dl(beta), dl(stats), True, dl(out_bf), None, 1)
+    with pytest.raises(ValueError, match="grad_out and grad_add cannot both be None"):
+        backward_kernel_bf16(None, y, bias, gamma, beta, stats, True, False)
 
 
-def _bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, threads, max_isa):
-    """Forward and backward (parameter gradients, kept sum) of the bf16 entry points on one
-    instruction-set build: [out, out_bf, stats, grad_y, grad_params, grad_sum]."""
+def _bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, threads, max_isa,
+                  keep_sum=True):
+    """Forward and backward (parameter gradients, kept sum unless not keep_sum) of the bf16 entry
+    points on one instruction-set build: [out, out_bf, stats, grad_y, grad_params, grad_sum].
+    grad_out None: grad_add is the whole gradient (the layer under the float32 head)."""
     dl = torch.utils.dlpack.to_dlpack
     members, rows, width = y.shape
     out, out_bf = torch.empty(y.shape), torch.empty_like(y)
     stats, grads = torch.empty(2, members, rows), torch.empty(3, members, 1, width)
-    grad_y, grad_sum = torch.empty_like(y), torch.empty(y.shape)
+    grad_y, grad_sum = torch.empty_like(y), torch.empty(y.shape) if keep_sum else None
     _core._ensemble_norm_forward_bf16(dl(y), *map(dl, params),
                                       dl(residual) if epilogue == 2 else None, epilogue, 1e-6,
                                       dl(out), dl(out_bf), dl(stats), threads, max_isa=max_isa)
-    _core._ensemble_norm_backward_bf16(dl(grad_out), dl(grad_add), dl(grad_sum), dl(y),
+    _core._ensemble_norm_backward_bf16(None if grad_out is None else dl(grad_out), dl(grad_add),
+                                       None if grad_sum is None else dl(grad_sum), dl(y),
                                        *map(dl, params), dl(stats), epilogue == 1, dl(grad_y),
                                        dl(grads), threads, max_isa=max_isa)
     return [out, out_bf, stats, grad_y, grads, grad_sum]
@@ -203,28 +212,36 @@ def _float_kernels(y, params, residual, grad, epilogue, max_isa):
     return [out, mean, rstd, grad_y, *sums]
 
 
+@pytest.mark.parametrize("float_grad", [False, True])  # True: no bf16 grad_out (float32 head)
 @pytest.mark.parametrize("max_isa", [0, 1, 2])
 @pytest.mark.parametrize("epilogue", [1, 2])
 @pytest.mark.parametrize("shape", [(1, 1, 7), (3, 5, 17), (2, 70, 40)])
-def test_every_instruction_set_build_is_its_float32_build(shape, epilogue, max_isa):
+def test_every_instruction_set_build_is_its_float32_build(shape, epilogue, max_isa, float_grad):
     """Each build (baseline, AVX2, AVX-512, capped by max_isa; a build the CPU lacks falls back to
     the next one down) at widths with row tails (W < 8, odd W), E = 1 and B = 1: the float32
-    build of the same instruction set on widened inputs, independent of the thread count."""
+    build of the same instruction set on widened inputs, independent of the thread count; with
+    float_grad, the gradient is grad_add alone (kept in grad_sum or read in place)."""
     g = torch.Generator().manual_seed(sum(shape))
     y = (torch.randn(shape, generator=g) * 2 + 0.5).to(BF16)
     params = _params(shape[0], shape[2], 8)
     residual = torch.randn(shape, generator=g)
     grad_out, grad_add = torch.randn(shape, generator=g).to(BF16), torch.randn(shape, generator=g)
+    if float_grad:
+        grad_out, used = None, grad_add
+    else:
+        used = grad_out.float() + grad_add
     got = _bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, 3, max_isa)
     for a, b in zip(_bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, 1, max_isa),
                     got):
         assert torch.equal(a, b)
+    no_sum = _bf16_kernels(y, params, residual, grad_out, grad_add, epilogue, 3, max_isa,
+                           keep_sum=False)
+    assert no_sum[5] is None and all(torch.equal(a, b) for a, b in zip(no_sum[:5], got[:5]))
     out, out_bf, stats, grad_y, grads, grad_sum = got
-    ref = _float_kernels(y.float(), params, residual, grad_out.float() + grad_add, epilogue,
-                         max_isa)
+    ref = _float_kernels(y.float(), params, residual, used, epilogue, max_isa)
     assert torch.equal(out, ref[0]) and torch.equal(stats, torch.stack(ref[1:3]))
     assert torch.equal(out_bf, out.to(BF16))
-    assert torch.equal(grad_sum, grad_out.float() + grad_add)
+    assert torch.equal(grad_sum, used)
     # (a row tail's d bias may differ in the last float32 bit, and then its bf16 rounding)
     torch.testing.assert_close(grad_y.float(), ref[3].to(BF16).float(), rtol=1e-2, atol=1e-6)
     torch.testing.assert_close(grads.squeeze(2), torch.stack(ref[4:]), rtol=1e-5, atol=1e-6)
@@ -311,13 +328,42 @@ def test_fast_path_matches_composed_autocast(depth, tasks):
     out, grads = _run(critic, 37, 1, bf16=True)
     assert "BroNetBf16Function" in type(out.grad_fn).__name__ and out.dtype == torch.float32
     ref, ref_grads = _run(critic, 37, 1, bf16=True, composed=True)
-    assert "BroNetBf16Function" not in type(ref.grad_fn).__name__ and ref.dtype == BF16
-    # Same rounding points: (nearly) all bitwise equal, the rest within bf16 rounding.
-    assert (out == ref.float()).float().mean() > 0.95
-    torch.testing.assert_close(out, ref.float(), rtol=1e-2, atol=1e-2)
+    # The composed ops under autocast, the head outside it: float32 logits.
+    assert "BroNetBf16Function" not in type(ref.grad_fn).__name__ and ref.dtype == torch.float32
+    # Same rounding points: the float32 order inside the norm (C++ vs F.layer_norm) reaches the
+    # float32 logits as last-bit differences; where it flips a bf16 rounding in the trunk, the
+    # difference is bf16-sized. Nearly all logits agree to float32 rounding.
+    close = (out - ref).abs() <= 1e-5 * ref.abs().clamp_min(1e-2)
+    assert close.float().mean() > 0.95 and _rel(out, ref) < 1e-3
+    torch.testing.assert_close(out, ref, rtol=1e-2, atol=1e-2)
     for g, r, (name, _) in zip(grads, ref_grads, [*critic.named_parameters(), ("action", None)]):
         assert g.dtype == torch.float32 and g.shape == r.shape, name
         assert _rel(g, r) < 1e-2, name
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_head_is_float32(depth):
+    # logits = bias + h W in float32 on the top layer's float32 output h (kept by the node), not
+    # rounded to bf16; the head's gradients are float32: with the loss sum(out * weights) the
+    # logit gradient is weights, so d bias = weights summed over the batch and d W = h^T weights,
+    # bit for bit as float32 ops give them.
+    critic = _critic(3, 48, depth, seed=20 + depth)
+    out, grads = _run(critic, 37, 3, bf16=True)
+    node = out.grad_fn
+    h = node.inputs[-1]
+    assert h.dtype == torch.float32 and h.shape == (2, 37, 48)
+    assert not torch.equal(h, h.to(BF16).float())  # the float32 h, not its bf16 copy
+    head_w, head_b = critic.head.weight, critic.head.bias
+    assert torch.equal(out, torch.baddbmm(head_b, h, head_w).detach())
+    assert not torch.equal(out, out.to(BF16).float())
+    g = torch.Generator().manual_seed(3)  # _run's draws, to its logit weights
+    torch.randn(37, 5, generator=g), torch.rand(37, 2, generator=g)
+    torch.randint(0, 3, (37,), generator=g)
+    weights = torch.randn(2, 37, 101, generator=g)
+    assert torch.equal(head_b.grad, weights.sum(1, keepdim=True))
+    assert torch.equal(head_w.grad, torch.bmm(h.transpose(1, 2), weights))
+    # The head's weight is not among the bf16 copies (the trunk's: fc_in, fc1 and fc2 per block).
+    assert len(node.weights) == 1 + 2 * depth
 
 
 def test_fast_path_close_to_float32_as_autocast_is():
@@ -380,7 +426,9 @@ def test_pending_backward_uses_its_forwards_weights_after_they_change():
         first = critic(obs, action, task)
     reference = torch.autograd.grad(first.sum(), params, retain_graph=True)
     with torch.no_grad():
-        for weight in (p for p in critic.layer_parameters() if p.shape[1] != 1):  # (E, in, out)
+        # The trunk's weights (E, in, out), whose bf16 copies the backward multiplies by; the
+        # float32 head reads its parameter itself, as the float32 path and autograd do.
+        for weight in (p for p in critic.layer_parameters()[:-2] if p.shape[1] != 1):
             weight.data.mul_(1.5)
     with torch.autocast(**AUTOCAST):
         with torch.no_grad():
@@ -397,10 +445,16 @@ def test_pending_backward_uses_its_forwards_weights_after_they_change():
 
 
 def test_other_autocast_dtype_takes_composed_ops():
+    # float16 autocast: the composed ops, the trunk in float16 (so not the float32 result), the
+    # head in float32 outside autocast (as for bf16).
     critic = _critic(1, 16, 1, seed=6)
+    inputs = (torch.randn(4, 5), torch.rand(4, 2), torch.zeros(4, dtype=torch.long))
     with torch.autocast("cpu", dtype=torch.float16):
-        out = critic(torch.randn(4, 5), torch.rand(4, 2), torch.zeros(4, dtype=torch.long))
-    assert out.dtype == torch.float16 and "BroNetBf16Function" not in type(out.grad_fn).__name__
+        out = critic(*inputs)
+    assert out.dtype == torch.float32 and "BroNetBf16Function" not in type(out.grad_fn).__name__
+    fp32 = critic(*inputs)
+    assert not torch.equal(out, fp32)
+    torch.testing.assert_close(out, fp32, rtol=1e-2, atol=1e-2)
 
 
 # ---------------------------------------------------------------- agent

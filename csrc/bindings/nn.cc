@@ -286,7 +286,11 @@ void BackwardBf16(py::handle grad_out, py::handle grad_add, py::handle grad_sum,
                   py::handle grad_y, py::handle grad_params, int num_threads, int max_isa) {
   const EnsembleNormShape s = Bf16ShapeOf(y);
   const int64_t e = s.members, b = s.rows_per_member, w = s.width;
-  const uint16_t* p_go = Required<uint16_t>(grad_out, "grad_out", {e, b, w});
+  if (grad_out.is_none() && grad_add.is_none()) {
+    throw std::invalid_argument("grad_out and grad_add cannot both be None: no gradient given");
+  }
+  const uint16_t* p_go =
+      grad_out.is_none() ? nullptr : Required<uint16_t>(grad_out, "grad_out", {e, b, w});
   const float* p_add =
       grad_add.is_none() ? nullptr : Required<float>(grad_add, "grad_add", {e, b, w});
   float* p_sum = grad_sum.is_none() ? nullptr : Required<float>(grad_sum, "grad_sum", {e, b, w});
@@ -382,8 +386,9 @@ void RegisterNn(py::module_& m) {
         py::arg("grad_sum"), py::arg("y"), py::arg("bias"), py::arg("gamma"), py::arg("beta"),
         py::arg("stats"), py::arg("relu"), py::arg("grad_y"), py::arg("grad_params"),
         py::arg("num_threads"), py::arg("max_isa") = 2,
-        "Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) plus "
-        "grad_add float32 or None (the sum also written to grad_sum, float32, unless None); "
+        "Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) or "
+        "None plus grad_add float32 or None, not both None (the sum also written to grad_sum, "
+        "float32, unless None); "
         "grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or "
         "None. Raises ValueError naming an argument not in kernel form or an output that "
         "overlaps another buffer. max_isa as in _ensemble_norm_forward_bf16.");

@@ -63,9 +63,10 @@ void EnsembleNormForwardBf16Unchecked(const EnsembleNormShape& shape, const uint
                                       int num_threads, int max_isa = 2);
 
 // Backward of the bf16 forward: grad_out (the bf16 output of the next layer's input-gradient
-// matmul) is widened to float32 and grad_add (float32, may be null) added to it; when grad_sum is
-// not null that float32 sum is also written there (a separate buffer: the residual gradient of a
-// block, which the caller passes on). The float32 backward above follows; grad_y is written
+// matmul) is widened to float32 and grad_add (float32, may be null) added to it; grad_out may be
+// null when grad_add is not (the layer under the float32 head: the float32 gradient is grad_add
+// alone); when grad_sum is not null that float32 sum is also written there (a separate buffer:
+// the residual gradient of a block, which the caller passes on). The float32 backward above follows; grad_y is written
 // rounded to bf16 (both matmuls of the layer's backward read it), the parameter gradients in
 // float32 from the unrounded dz.
 void EnsembleNormBackwardBf16Unchecked(const EnsembleNormShape& shape, const uint16_t* grad_out,

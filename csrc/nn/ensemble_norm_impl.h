@@ -259,6 +259,7 @@ struct BackwardCtx {
   int64_t chunks_per_member;
   // bf16 path (grad_out, y, grad_y above unused): grad_out and y as bf16, grad_y written as bf16;
   // grad_sum, when not null, receives the float32 grad_out (+ grad_add) (a separate buffer here).
+  // grad_out_bf null: the float32 gradient is grad_add alone (then not null).
   const uint16_t *grad_out_bf = nullptr, *y_bf = nullptr;
   uint16_t* grad_y_bf = nullptr;
 };
@@ -334,6 +335,8 @@ inline void BackwardRow(const BackwardCtx& c, int64_t r, int64_t ahead, const fl
 // bf16 path: each row first gets its float32 grad_out (+ grad_add) in L1, in grad_sum when given
 // (the caller keeps it: the residual gradient of a block, see mtrl/fused_bronet.py) or in a
 // scratch row, and that pass prefetches the next row's bf16 inputs (half a line per vector).
+// Without a bf16 grad_out (the layer under the float32 head) grad_add is the gradient: read in
+// place, or copied to grad_sum when given.
 template <bool kRelu, bool kSums, typename Y>
 void BackwardRange(const BackwardCtx& c, int64_t begin, int64_t end, float* sums) {
   constexpr bool kBf16 = std::is_same_v<Y, uint16_t>;
@@ -346,22 +349,38 @@ void BackwardRange(const BackwardCtx& c, int64_t begin, int64_t end, float* sums
     const float* go = kBf16 ? nullptr : c.grad_out + r * w;  // (bf16: set below; no grad_out)
     if (kBf16) {
       float* __restrict dst = c.grad_sum != nullptr ? c.grad_sum + r * w : xs + 3 * ws;
-      const uint16_t* __restrict src = c.grad_out_bf + r * w;
       const float* __restrict add = c.grad_add == nullptr ? nullptr : c.grad_add + r * w;
       const int64_t next = ahead >= 0 ? (ahead - r) * w : 0;
-      int64_t j = 0;
-      for (; j < full; j += kW) {
+      if (c.grad_out_bf == nullptr) {  // the float32 gradient is grad_add alone (float32 head)
         if (next != 0) {
-          __builtin_prefetch(src + next + j);
-          __builtin_prefetch(c.y_bf + r * w + next + j);
-          if (add != nullptr) __builtin_prefetch(add + next + j);
+          for (int64_t j = 0; j < full; j += kW) {
+            __builtin_prefetch(c.y_bf + r * w + next + j);
+            __builtin_prefetch(add + next + j);
+          }
         }
-        StoreV(dst + j, add == nullptr ? LoadBf16(src + j) : LoadBf16(src + j) + LoadV(add + j));
+        if (c.grad_sum == nullptr) {
+          go = add;  // read in place
+        } else {
+          std::memcpy(dst, add, static_cast<size_t>(w) * sizeof(float));
+          go = dst;
+        }
+      } else {
+        const uint16_t* __restrict src = c.grad_out_bf + r * w;
+        int64_t j = 0;
+        for (; j < full; j += kW) {
+          if (next != 0) {
+            __builtin_prefetch(src + next + j);
+            __builtin_prefetch(c.y_bf + r * w + next + j);
+            if (add != nullptr) __builtin_prefetch(add + next + j);
+          }
+          StoreV(dst + j,
+                 add == nullptr ? LoadBf16(src + j) : LoadBf16(src + j) + LoadV(add + j));
+        }
+        for (; j < w; ++j) {
+          dst[j] = add == nullptr ? Bf16ToFloat(src[j]) : Bf16ToFloat(src[j]) + add[j];
+        }
+        go = dst;
       }
-      for (; j < w; ++j) {
-        dst[j] = add == nullptr ? Bf16ToFloat(src[j]) : Bf16ToFloat(src[j]) + add[j];
-      }
-      go = dst;
     } else if (c.grad_add != nullptr) {  // grad_out += grad_add for this row (then read from L1)
       float* __restrict dst = c.grad_sum + r * w;
       const float* __restrict src = c.grad_add + r * w;
