@@ -109,7 +109,7 @@ def _ensemble_norm_backward(grad_out: numpy.ndarray, y: numpy.ndarray, bias: num
     """
 def _ensemble_norm_backward_bf16(grad_out: typing.Any, grad_add: typing.Any, grad_sum: typing.Any, y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, stats: typing.Any, relu: bool, grad_y: typing.Any, grad_params: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex, max_isa: typing.SupportsInt | typing.SupportsIndex = 2) -> None:
     """
-    Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) plus grad_add float32 or None (the sum also written to grad_sum, float32, unless None); grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or None. Raises ValueError naming an argument not in kernel form or an output that overlaps another buffer. max_isa as in _ensemble_norm_forward_bf16.
+    Backward of _ensemble_norm_forward_bf16 on DLPack capsules: grad_out bf16 (E, B, W) or None plus grad_add float32 or None, not both None (the sum also written to grad_sum, float32, unless None); grad_y written as bf16, grad_params (3, E, 1, W) = d bias, d gamma, d beta float32 or None. Raises ValueError naming an argument not in kernel form or an output that overlaps another buffer. max_isa as in _ensemble_norm_forward_bf16.
     """
 def _ensemble_norm_backward_fast(grad_out: typing.Any, y: typing.Any, bias: typing.Any, gamma: typing.Any, beta: typing.Any, stats: typing.Any, relu: bool, grad_y: typing.Any, grad_params: typing.Any, num_threads: typing.SupportsInt | typing.SupportsIndex, grad_add: typing.Any = None) -> typing.Any:
     """
