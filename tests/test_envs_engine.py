@@ -211,3 +211,37 @@ def test_spline_zoom_matches_scipy(shape, out):
     ref = ndimage.zoom(a, (out[0] / shape[0], out[1] / shape[1]))
     assert ref.shape == out
     np.testing.assert_allclose(_core._spline_zoom(a, *out), ref, rtol=0, atol=1e-12)
+
+
+_FORK_CHILD_STEPS_AND_EXITS = """
+import os, signal
+import numpy as np
+import mtrl.envs as envs
+pool = envs.make(["cheetah-run"], envs_per_task=4, num_threads=2, backend="engine")
+pool.reset()
+statuses = []
+for how in ("close", "exit"):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # a hung child dies of SIGALRM instead of hanging the test
+        out = pool.step(np.zeros((4, pool.action_dim), np.float32))
+        if how == "close":
+            pool.close()
+        os._exit(0 if np.isfinite(out.reward).all() else 1) if how == "close" else exit(0)
+    statuses.append(os.waitpid(pid, 0)[1])
+out = pool.step(np.zeros((4, pool.action_dim), np.float32))
+pool.close()
+print(statuses, bool(np.isfinite(out.reward).all()))
+"""
+
+
+def test_pool_in_a_forked_child_steps_and_closes():
+    # The child has none of the pool's worker threads: closing the pool (or exiting, which
+    # destroys it) joined them and hung forever. A child now steps on its own thread.
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _FORK_CHILD_STEPS_AND_EXITS],
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[0, 0] True"

@@ -461,6 +461,49 @@ def test_concurrent_insert_and_sample():
     check_against_ref(buf, ref, n_step=3)
 
 
+_FORK_WHILE_SAMPLING = """
+import os, signal, threading
+import numpy as np
+from mtrl.replay import ReplayBuffer
+buf = ReplayBuffer(1, 4096, 64, 2, 1, seed=0)
+for i in range(64):
+    buf.add([0], np.full((1, 64), i), np.zeros((1, 2)), [1.0], [False], [False],
+            np.full((1, 64), i + 1))
+stop = threading.Event()
+def sampler():
+    out = buf.allocate_batch(2**20)
+    while not stop.is_set():
+        buf.sample(2**20, out=out)
+th = threading.Thread(target=sampler)
+th.start()
+statuses = []
+for _ in range(10):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # a deadlocked child dies of SIGALRM instead of hanging the test
+        buf.sample(4)
+        buf.add([0], np.zeros((1, 64)), np.zeros((1, 2)), [1.0], [False], [False],
+                np.ones((1, 64)))
+        os._exit(0 if len(buf) == 65 else 1)
+    statuses.append(os.waitpid(pid, 0)[1])
+stop.set()
+th.join()
+print(statuses)
+"""
+
+
+def test_fork_while_another_thread_samples():
+    # fork() copied the buffer's mutex locked by the sampling thread, so the child's first call
+    # waited forever; at-fork handlers now take every buffer's lock around fork().
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _FORK_WHILE_SAMPLING], capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == str([0] * 10)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

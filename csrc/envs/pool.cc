@@ -130,7 +130,7 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
 }
 
 EnvPool::~EnvPool() {
-  threads_.reset();  // join the workers before the envs go
+  ThreadPool::Abandon(std::move(threads_));  // join the workers before the envs go
   envs_.clear();
   for (mjModel* m : models_) mj_deleteModel(m);
 }

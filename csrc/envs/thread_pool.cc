@@ -1,6 +1,8 @@
 // Implementation of ThreadPool (see thread_pool.h).
 #include "envs/thread_pool.h"
 
+#include <unistd.h>
+
 #include <stdexcept>
 #include <string>
 
@@ -34,8 +36,18 @@ int Claim(std::atomic<uint64_t>& bounds, bool front) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads) {
+ThreadPool::ThreadPool(int num_threads) : owner_pid_(getpid()) {
   for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+}
+
+bool ThreadPool::InForkedChild() const { return getpid() != owner_pid_; }
+
+void ThreadPool::Abandon(std::unique_ptr<ThreadPool> pool) {
+  if (pool != nullptr && pool->InForkedChild()) {
+    // Neither join nor detach works on the parent's workers here, and destroying the condition
+    // variables they sleep on blocks forever: leak the pool instead (a few hundred bytes).
+    pool.release();
+  }
 }
 
 ThreadPool::~ThreadPool() {
@@ -104,6 +116,18 @@ void ThreadPool::Run(const std::vector<int>& jobs, const std::vector<int>& offse
     }
   }
   if (jobs.empty()) return;
+  if (InForkedChild()) {  // no workers here, and mu_ may have been copied locked
+    std::exception_ptr error;
+    for (int j : jobs) {
+      try {
+        job(j);
+      } catch (...) {
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+    return;
+  }
   auto batch = std::make_shared<Batch>();
   batch->job = &job;
   batch->jobs = jobs;

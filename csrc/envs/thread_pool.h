@@ -6,8 +6,12 @@
 // the finishing times. Idle threads spin briefly before sleeping, so back-to-back batches (one per
 // env step) do not pay a futex wake-up each; a sleeping pool costs no CPU. Run waits for the
 // batch's jobs, not for the workers: a worker the OS has not scheduled yet cannot stall a step
-// (on a busy machine the caller simply steals its jobs).
+// (on a busy machine the caller simply steals its jobs). In a fork()ed child, which has none of
+// the workers, Run runs every job on the calling thread; destroy a pool with Abandon, which leaks
+// it in such a child (its destructor would wait for the parent's workers forever).
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -25,8 +29,10 @@ class ThreadPool {
  public:
   // Starts num_threads - 1 workers; the calling thread works too during Run.
   explicit ThreadPool(int num_threads);
-  // Joins the workers.
+  // Joins the workers. Must not run in a fork()ed child: see Abandon.
   ~ThreadPool();
+  // Destroys `pool`, or leaks it when called in a fork()ed child of its creator.
+  static void Abandon(std::unique_ptr<ThreadPool> pool);
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
@@ -64,6 +70,8 @@ class ThreadPool {
   void WorkerLoop(int self);
   void Work(Batch& batch, int self);
   void RunBatch(const std::shared_ptr<Batch>& batch);
+  bool InForkedChild() const;
+  const pid_t owner_pid_;  // the process whose threads the workers are
 
   std::vector<std::thread> workers_;
   std::mutex mu_;

@@ -1,11 +1,15 @@
 // Construction, insertion and priority updates of the replay buffer.
 #include "replay/replay_buffer.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
+#include <unordered_set>
 
 namespace mtrl {
 namespace {
@@ -97,6 +101,42 @@ uint64_t ReplayBuffer::EstimateBytes(const ReplayConfig& c) {
          static_cast<uint64_t>(c.num_tasks) * 2 * sizeof(int64_t);
 }
 
+namespace {
+
+// Every live buffer's mutex, so that fork() never copies one locked by another thread (the
+// child, which has only the forking thread, would wait on it forever): the prepare handler takes
+// them all (waiting for a running call to finish), the parent and child handlers release them.
+// No thread takes the registry lock while it holds a buffer's lock, so this cannot deadlock.
+std::mutex& ForkRegistryLock() {
+  static std::mutex* lock = new std::mutex;  // never destroyed: fork may run during exit
+  return *lock;
+}
+std::unordered_set<std::mutex*>& ForkRegistry() {
+  static auto* registry = new std::unordered_set<std::mutex*>;
+  return *registry;
+}
+void LockAllForFork() {
+  ForkRegistryLock().lock();
+  for (std::mutex* m : ForkRegistry()) m->lock();
+}
+void UnlockAllAfterFork() {
+  for (std::mutex* m : ForkRegistry()) m->unlock();
+  ForkRegistryLock().unlock();
+}
+
+void RegisterForFork(std::mutex* m) {
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    if (pthread_atfork(LockAllForFork, UnlockAllAfterFork, UnlockAllAfterFork) != 0) {
+      throw std::runtime_error("pthread_atfork failed");
+    }
+  });
+  std::lock_guard<std::mutex> lock(ForkRegistryLock());
+  ForkRegistry().insert(m);
+}
+
+}  // namespace
+
 ReplayBuffer::ReplayBuffer(const ReplayConfig& config) : config_(config) {
   CheckFitsInMemory(EstimateBytes(config_), "the replay buffer");
   total_slots_ = config_.num_tasks * config_.capacity_per_task;
@@ -104,6 +144,12 @@ ReplayBuffer::ReplayBuffer(const ReplayConfig& config) : config_(config) {
   s_ = MakeStorage();
   s_.rng.Seed(config_.seed);
   touched_.assign(config_.num_tasks, 0);
+  RegisterForFork(&mu_);
+}
+
+ReplayBuffer::~ReplayBuffer() {
+  std::lock_guard<std::mutex> lock(ForkRegistryLock());
+  ForkRegistry().erase(&mu_);
 }
 
 ReplayBuffer::Storage ReplayBuffer::MakeStorage() const {

@@ -79,6 +79,8 @@ struct ReplayScalars {
 //
 // Thread safety: every public method takes one internal mutex, so Add, Sample,
 // UpdatePriorities, Save and Load may be called from different threads; they serialise.
+// fork() waits for a running call (at-fork handlers hold every buffer's mutex around it), so a
+// forked child can use a copy of the buffer even while another thread of the parent was in one.
 // The caller owns the output arrays of Sample and must not read them while it runs.
 class ReplayBuffer {
  public:
@@ -91,6 +93,9 @@ class ReplayBuffer {
   static uint64_t EstimateBytes(const ReplayConfig& config);
   // Throws std::invalid_argument for a bad config, OutOfMemoryError if it cannot fit.
   explicit ReplayBuffer(const ReplayConfig& config);
+  ~ReplayBuffer();
+  ReplayBuffer(const ReplayBuffer&) = delete;
+  ReplayBuffer& operator=(const ReplayBuffer&) = delete;
 
   const ReplayConfig& config() const { return config_; }
   uint64_t nbytes() const;
