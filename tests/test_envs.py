@@ -38,6 +38,17 @@ def test_unknown_task_lists_close_names():
         envs.make(["cheetah-run"], envs_per_task=0)
     with pytest.raises(ValueError, match="backend"):
         envs.make(["cheetah-run"], backend="gpu")
+    # envs_per_task=2**40 was killed by the OOM killer, 10**6 ran for minutes building envs.
+    with pytest.raises(ValueError, match=r"at most 65536 envs in one pool.*2 tasks x 40000"):
+        envs.make(["cheetah-run", "walker-walk"], envs_per_task=40_000)
+    with pytest.raises(ValueError, match="envs_per_task must be an int >= 1, got None"):
+        envs.make(["cheetah-run"], envs_per_task=None)
+    for seed in (1.5, "1", None, 2**70, -2**64):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*63"):
+            envs.make(["cheetah-run"], seed=seed)
+    for name, value in (("num_threads", 2**40), ("max_episode_steps", 2**70)):
+        with pytest.raises(ValueError, match=rf"{name} must be None or an int in \[1, "):
+            envs.make(["cheetah-run"], **{name: value})
 
 
 @pytest.mark.parametrize("name", ["dmc:fish-swim", "dmc:quadruped-fetch", "dmc:humanoid-run",

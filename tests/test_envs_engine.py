@@ -148,6 +148,27 @@ def test_set_state_rejects_foreign_state():
         bad["envs"][0] = (np.zeros(3), bad["envs"][0][1], 0, np.zeros(0))
         with pytest.raises(ValueError, match="physics state of cheetah-run must have"):
             p.set_state(bad)
+    with envs.make(["reacher-easy", "cheetah-run"], backend="engine") as p:
+        p.reset()
+        good = p.get_state()
+        phys, rng, count, task = good["envs"][0]
+        # Each of these was accepted: a task state of another size was silently ignored, a
+        # negative step count or an all-zero RNG state (xoshiro then yields only zeros) stored.
+        for env_state, message in (
+                ((phys, rng, count, np.zeros(5)), r"task state of reacher-easy must have 2 values \(or none\), got 5"),
+                ((phys, rng, -1, task), "step count of reacher-easy must be >= 0, got -1"),
+                ((phys, np.zeros(4, np.uint64), count, task),
+                 "RNG state of reacher-easy must not be all zeros"),
+                ((phys, rng, "x", task), "env 0's state: "),
+                ((1, 2, 3, 4), "env 0's state: ")):
+            bad = {**good, "envs": [env_state, good["envs"][1]]}
+            with pytest.raises(ValueError, match=message):
+                p.set_state(bad)
+        with pytest.raises(ValueError, match="state must come from get_state"):
+            p.set_state({"backend": "engine"})
+        after = p.get_state()
+        for a, b in zip(after["envs"], good["envs"]):  # nothing was changed by the refusals
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def test_diverged_physics_resets_env_and_is_flagged():
@@ -198,9 +219,14 @@ def test_engine_errors():
 def test_closed_engine_pool():
     p = EngineTaskPool([envs.resolve("pendulum-swingup")], num_threads=2)
     p.reset()
+    state = p.get_state()
     p.close()
     with pytest.raises(RuntimeError, match="closed"):
         p.reset()
+    # seed/get_state/set_state after close raised AttributeError ('... has no attribute _pool')
+    for use in (lambda: p.seed(1), p.get_state, lambda: p.set_state(state)):
+        with pytest.raises(RuntimeError, match="the env pool is closed"):
+            use()
 
 
 @pytest.mark.parametrize("shape,out", [((30, 30), (201, 201)), ((4, 5), (9, 23)), ((1, 3), (1, 7))])

@@ -66,15 +66,24 @@ py::list GetState(const EnvPool& pool) {
 void SetState(EnvPool& pool, const py::list& states) {
   std::vector<EnvState> parsed;
   for (const py::handle& h : states) {
-    auto t = h.cast<py::tuple>();
-    if (t.size() != 4) throw std::invalid_argument("each env state must be a 4-tuple");
+    const std::string where = "env " + std::to_string(parsed.size()) + "'s state: ";
     EnvState s;
-    s.physics = t[0].cast<std::vector<double>>();
-    auto rng = t[1].cast<std::vector<uint64_t>>();
-    if (rng.size() != 4) throw std::invalid_argument("an env's RNG state must have 4 words");
-    std::copy(rng.begin(), rng.end(), s.rng.begin());
-    s.step_count = t[2].cast<int64_t>();
-    s.task = t[3].cast<std::vector<double>>();
+    try {
+      if (!py::isinstance<py::tuple>(h) || py::len(h) != 4) {
+        throw std::invalid_argument("must be a 4-tuple (physics, rng, step_count, task)");
+      }
+      auto t = h.cast<py::tuple>();
+      s.physics = t[0].cast<std::vector<double>>();
+      auto rng = t[1].cast<std::vector<uint64_t>>();
+      if (rng.size() != 4) throw std::invalid_argument("the RNG state must have 4 words");
+      std::copy(rng.begin(), rng.end(), s.rng.begin());
+      s.step_count = t[2].cast<int64_t>();
+      s.task = t[3].cast<std::vector<double>>();
+    } catch (const py::cast_error& e) {  // pybind's message names no field
+      throw std::invalid_argument(where + "a field has the wrong type (" + e.what() + ")");
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(where + e.what());
+    }
     parsed.push_back(std::move(s));
   }
   pool.SetState(parsed);

@@ -164,6 +164,21 @@ void Env::CheckState(const EnvState& s) const {
                                 std::to_string(n) + " values, got " +
                                 std::to_string(s.physics.size()));
   }
+  // SetEpisodeState ignores a task state of another size, so it would be dropped silently; an
+  // empty one keeps the current episode's task edits (mtrl/envs/fidelity.py relies on that).
+  const size_t task_n = task_->EpisodeState(physics_).size();
+  if (!s.task.empty() && s.task.size() != task_n) {
+    throw std::invalid_argument("task state of " + def_.name + " must have " +
+                                std::to_string(task_n) + " values (or none), got " +
+                                std::to_string(s.task.size()));
+  }
+  if (s.step_count < 0) {
+    throw std::invalid_argument("step count of " + def_.name + " must be >= 0, got " +
+                                std::to_string(s.step_count));
+  }
+  if (s.rng[0] == 0 && s.rng[1] == 0 && s.rng[2] == 0 && s.rng[3] == 0) {
+    throw std::invalid_argument("RNG state of " + def_.name + " must not be all zeros");
+  }
 }
 
 void Env::SetState(const EnvState& s) {

@@ -72,8 +72,7 @@ class EngineTaskPool(TaskPool):
 
     def reset(self) -> np.ndarray:
         """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""
-        if self._closed:
-            raise RuntimeError("the env pool is closed")
+        self._check_open()
         obs = np.empty((self.num_envs, self.obs_dim), np.float32)
         self._pool._reset(obs)
         self._has_reset = True
@@ -92,6 +91,7 @@ class EngineTaskPool(TaskPool):
 
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Reseed env k with ``seed + k`` (or ``env_seeds[k]``); call `reset` afterwards."""
+        self._check_open()
         seeds = np.asarray(env_seeds if env_seeds is not None
                            else [int(seed) + k for k in range(self.num_envs)], dtype=np.int64)
         self._pool.seed(self._seed_words(seeds))
@@ -99,6 +99,7 @@ class EngineTaskPool(TaskPool):
 
     def get_state(self) -> dict[str, Any]:
         """Picklable snapshot: per env (physics state, RNG words, step count, task state)."""
+        self._check_open()
         return {"backend": "engine", "tasks": self.task_names,
                 "envs_per_task": self.envs_per_task, "envs": self._pool._get_state()}
 

@@ -137,6 +137,7 @@ class EnvpoolTaskPool(TaskPool):
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Re-create the pools with env k seeded ``seed + k`` (or ``env_seeds[k]``); call
         `reset` afterwards."""
+        self._check_open()
         for p in self._pools:
             p.close()
         self._pools = self._make_pools(

@@ -163,6 +163,7 @@ class GymTaskPool(TaskPool):
 
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Seed env k with ``seed + k`` (or ``env_seeds[k]``) at the next `reset` (call it)."""
+        self._check_open()
         seeds = list(env_seeds) if env_seeds is not None else [
             int(seed) + k for k in range(self.num_envs)]
         if len(seeds) != self.num_envs:
@@ -201,8 +202,6 @@ class GymTaskPool(TaskPool):
           ValueError: the snapshot belongs to another backend or task layout.
         """
         self._check_state(state, "gym", "a gymnasium pool")
-        if self._closed:
-            raise RuntimeError("the env pool is closed")
         envs = pickle.loads(state["envs"])
         self.close_envs()
         self._envs = envs

@@ -61,16 +61,19 @@ class MixedTaskPool(TaskPool):
 
     def seed(self, seed: int) -> None:
         """Reseed env k with ``seed + k``; call `reset` afterwards."""
+        self._check_open()
         for pool, rows in self._parts:
             pool.seed(seed, env_seeds=[int(seed) + int(r) for r in rows])
         self._has_reset = False
 
     def get_state(self) -> Any:
         """Snapshot of every part (raises NotImplementedError if a part cannot)."""
+        self._check_open()
         return {"backend": "mixed", "parts": [pool.get_state() for pool, _ in self._parts]}
 
     def set_state(self, state: Any) -> None:
         """Restore a `get_state` snapshot of a pool with the same layout."""
+        self._check_open()
         if not isinstance(state, dict) or state.get("backend") != "mixed":
             raise ValueError("state must come from get_state() of a mixed pool")
         for (pool, _), s in zip(self._parts, state["parts"], strict=True):

@@ -105,8 +105,7 @@ class TaskPool:
           ValueError: wrong shape or dtype, or NaN/inf in an entry the env uses.
           RuntimeError: the pool is closed or was never reset.
         """
-        if self._closed:
-            raise RuntimeError("the env pool is closed")
+        self._check_open()
         if not self._has_reset:
             raise RuntimeError("call reset() before the first step()")
         a = np.asarray(actions)
@@ -148,10 +147,18 @@ class TaskPool:
     def _step(self, actions: np.ndarray) -> StepOutput:
         raise NotImplementedError
 
+    def _check_open(self) -> None:
+        """RuntimeError when the pool is closed."""
+        if self._closed:
+            raise RuntimeError("the env pool is closed")
+
     def _check_state(self, state: Any, backend: str, label: str) -> None:
         """Raise ValueError unless ``state`` is a ``get_state`` snapshot of a ``backend`` pool with
-        this pool's tasks and envs per task (``label`` names that kind of pool in the message)."""
-        if not isinstance(state, dict) or state.get("backend") != backend:
+        this pool's tasks and envs per task (``label`` names that kind of pool in the message);
+        RuntimeError when the pool is closed."""
+        self._check_open()
+        if (not isinstance(state, dict) or state.get("backend") != backend
+                or not {"tasks", "envs_per_task", "envs"} <= set(state)):
             raise ValueError(f"state must come from get_state() of {label}")
         if state["tasks"] != self.task_names or state["envs_per_task"] != self.envs_per_task:
             raise ValueError(f"state is for tasks {state['tasks']} x{state['envs_per_task']}, "
