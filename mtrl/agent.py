@@ -190,6 +190,9 @@ class BRCAgent(nn.Module):
     def update(self, batch: Batch, denominator: Tensor) -> dict[str, Tensor]:
         """One BRC gradient step (§2.2) on ``batch``; rewards are divided by ``denominator`` (T,)
         of their task (§4.2). Returns detached 0-d metrics plus ``nonfinite_per_task`` (T,)."""
+        if denominator.shape != (self.num_tasks,):
+            raise ValueError(f"denominator must have shape ({self.num_tasks},), got "
+                             f"{tuple(denominator.shape)}")
         alpha = self.alpha
         # 1-2. Critic: categorical soft target (§3.2) and cross-entropy, one AdamW step; then the
         #      Polyak update of the target critic (in the same pass over the parameters).
@@ -222,6 +225,12 @@ class BRCAgent(nn.Module):
         """Restore :meth:`full_state_dict`. Raises ValueError naming the parameters that differ
         when the checkpoint's networks do not fit this agent (e.g. written by a version whose
         layers were laid out differently), before anything is changed."""
+        if not isinstance(state, dict):
+            raise ValueError(f"incompatible checkpoint: expected a dict, got {type(state).__name__}")
+        lacking = [k for k in ("modules", "critic_optimizer", "actor_optimizer",
+                               "temperature_optimizer") if k not in state]
+        if lacking:
+            raise ValueError(f"incompatible checkpoint: it lacks {', '.join(lacking)}")
         own = self.state_dict()
         theirs = state["modules"]
         missing = sorted(set(own) - set(theirs))

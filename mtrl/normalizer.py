@@ -66,8 +66,22 @@ class RewardNormalizer:
         self._episode: list[list[float]] = [[] for _ in range(task_ids.size)]
 
     def update(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
-        """Record one env iteration: raw reward, terminated, truncated, each (num_envs,)."""
+        """Record one env iteration: raw reward, terminated, truncated, each (num_envs,).
+
+        Raises:
+          ValueError: an argument of another shape, or a NaN/inf reward (nothing is recorded).
+        """
         reward = np.asarray(reward, dtype=np.float64)
+        terminated, truncated = np.asarray(terminated), np.asarray(truncated)
+        n = self.task_ids.size
+        for name, value in (("reward", reward), ("terminated", terminated),
+                            ("truncated", truncated)):
+            if value.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},) (one entry per env), got "
+                                 f"{value.shape}")
+        if not np.isfinite(reward).all():
+            k = int(np.flatnonzero(~np.isfinite(reward))[0])
+            raise ValueError(f"reward[{k}] = {reward[k]} is not finite")
         done = np.logical_or(terminated, truncated)
         for k, r in enumerate(reward.tolist()):
             self._episode[k].append(r)
@@ -109,12 +123,26 @@ class RewardNormalizer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict`; ValueError (nothing changed) for another layout or a bad entry."""
+        missing = [k for k in ("task_ids", "num_tasks", "gamma", "g_min", "g_max", "episodes_done",
+                               "episode") if k not in state]
+        if missing:
+            raise ValueError(f"normaliser checkpoint lacks {', '.join(missing)}")
         for key in ("num_tasks", "gamma"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"normaliser checkpoint has {key}={state[key]}, run has {getattr(self, key)}")
         if not np.array_equal(state["task_ids"], self.task_ids):
             raise ValueError("normaliser checkpoint has a different env-to-task layout (task_ids)")
-        self.g_min = np.asarray(state["g_min"], dtype=np.float64).copy()
-        self.g_max = np.asarray(state["g_max"], dtype=np.float64).copy()
-        self.episodes_done = np.asarray(state["episodes_done"], dtype=np.int64).copy()
+        arrays = {"g_min": np.asarray(state["g_min"], dtype=np.float64).copy(),
+                  "g_max": np.asarray(state["g_max"], dtype=np.float64).copy(),
+                  "episodes_done": np.asarray(state["episodes_done"], dtype=np.int64).copy()}
+        for key, value in arrays.items():
+            if value.shape != (self.num_tasks,):
+                raise ValueError(f"normaliser checkpoint: {key} must have shape "
+                                 f"({self.num_tasks},), got {value.shape}")
+        if len(state["episode"]) != self.task_ids.size:
+            raise ValueError(f"normaliser checkpoint: episode must hold {self.task_ids.size} "
+                             f"lists (one per env), got {len(state['episode'])}")
+        self.g_min, self.g_max = arrays["g_min"], arrays["g_max"]
+        self.episodes_done = arrays["episodes_done"]
         self._episode = [list(e) for e in state["episode"]]

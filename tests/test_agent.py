@@ -156,3 +156,25 @@ def test_checkpoint_with_other_network_layout_is_rejected_clearly():
     modules["critic.head.bias"] = torch.zeros(3)
     with pytest.raises(ValueError, match="different shape: critic.head.bias"):
         agent.load_full_state_dict({**state, "modules": modules})
+
+
+def test_partial_checkpoint_and_bad_denominator_are_refused():
+    agent = make_agent()
+    state = agent.full_state_dict()
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    other = make_agent()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    partial = {k: v for k, v in other.full_state_dict().items() if k != "actor_optimizer"}
+    # Loaded the networks, then failed with KeyError: 'actor_optimizer' (half a checkpoint).
+    with pytest.raises(ValueError, match="incompatible checkpoint: it lacks actor_optimizer"):
+        agent.load_full_state_dict(partial)
+    for k, v in agent.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="incompatible checkpoint: expected a dict"):
+        agent.load_full_state_dict(None)
+    agent.load_full_state_dict(state)
+    # A denominator with more entries than tasks was used silently (gathered by task id).
+    with pytest.raises(ValueError, match=rf"denominator must have shape \({TASKS},\), got \(5,\)"):
+        agent.update(make_batch(), torch.ones(5))

@@ -107,3 +107,33 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="gamma"):
         RewardNormalizer(np.array([0]), 1, gamma=1.0)
     assert math.isfinite(discounted_returns(np.zeros(0), 0.99, True).sum())
+
+
+def test_update_and_load_refuse_mismatched_or_non_finite_input():
+    # A reward shorter than num_envs (or 2-D) was accepted and fed to the wrong envs; a NaN or
+    # inf reward silently zeroed the task's scale.
+    norm = RewardNormalizer(np.array([0, 1]), 2)
+    flags = np.zeros(2, bool)
+    for reward, term, trunc, shape in ((np.zeros(1), flags, flags, r"reward.*\(1,\)"),
+                                       (np.zeros((2, 2)), flags, flags, r"reward.*\(2, 2\)"),
+                                       (np.zeros(2), np.ones(1, bool), flags, r"terminated.*\(1,\)"),
+                                       (np.zeros(3), np.zeros(3), np.zeros(3), r"reward.*\(3,\)")):
+        name, got = shape.split(".*")
+        with pytest.raises(ValueError, match=rf"{name} must have shape \(2,\) \(one entry per "
+                                             rf"env\), got {got}"):
+            norm.update(reward, term, trunc)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"reward\[1\] = (nan|inf) is not finite"):
+            norm.update(np.array([0.0, bad]), np.ones(2, bool), flags)
+    assert norm.episodes_done.tolist() == [0, 0] and norm._episode == [[], []]
+    state = norm.state_dict()
+    for key, value, message in (("g_min", np.zeros(5), r"g_min must have shape \(2,\)"),
+                                ("episode", [[1.0]], r"episode must hold 2 lists"),
+                                ("g_max", None, "lacks g_max")):
+        bad = dict(state)
+        if value is None:
+            del bad[key]
+        else:
+            bad[key] = value
+        with pytest.raises(ValueError, match=message):
+            norm.load_state_dict(bad)

@@ -596,3 +596,30 @@ def test_fast_binding_declines_inputs_not_in_kernel_form():
                                          dl(loss), 1) is None
     assert _core._cross_entropy_cpu_fast(dl(online), dl(target), None, dl(td), None,
                                          dl(torch.empty(1)), 1) is None
+
+
+def test_support_beyond_float32_and_missing_or_sparse_inputs_raise():
+    # v_min=-1e308, v_max=1e308 (or +-1e39 for float32 logits) gave NaN targets without an error.
+    logits, reward, mask, _, _ = make_inputs(2, 8, 11, seed=48)
+    for v in (1e39, 1e308):
+        with pytest.raises(ValueError, match=r"support needs finite v_min < v_max with "
+                                             r"\|v\| <= 1e\+38"):
+            categorical_td_target(logits, reward, mask, 0.99, None, -v, v)
+        with pytest.raises(ValueError, match=r"\|v\| <= 1e\+38"):
+            hl_gauss_target(torch.zeros(2), -v, v, 11)
+    target, value = categorical_td_target(logits, reward, mask, 0.99, None, -1e38, 1e38)
+    assert bool(torch.isfinite(target).all() and torch.isfinite(value).all())
+    # reward=None or mask=None reached the binding ("incompatible function arguments").
+    with pytest.raises(TypeError, match="reward must be a torch.Tensor, got NoneType"):
+        categorical_td_target(logits, None, mask)
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor, got NoneType"):
+        categorical_td_target(logits, reward, None)
+    # Sparse tensors failed with "unsupported memory format option Contiguous".
+    with pytest.raises(TypeError, match="target_logits must be a dense tensor, got torch.sparse_coo"):
+        categorical_td_target(logits.to_sparse(), reward, mask)
+    with pytest.raises(TypeError, match="reward must be a dense tensor, got torch.sparse_coo"):
+        categorical_td_target(logits, reward.to_sparse(), mask)
+    # A non-integer atom count was truncated (11.5 -> 11) or parsed from a str.
+    for k in (11.5, "11"):
+        with pytest.raises(TypeError, match="num_atoms must be an int"):
+            hl_gauss_target(torch.zeros(2), -1, 1, k)

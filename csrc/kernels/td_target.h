@@ -27,6 +27,8 @@ enum class Projection : int {
 
 // Largest supported number of atoms (the kernels keep a few rows of K values on the stack).
 constexpr int64_t kMaxAtoms = 4096;
+// Largest |v_min|, |v_max| (mtrl.ops.SUPPORT_LIMIT).
+constexpr double kSupportLimit = 1e38;
 
 template <typename T>
 struct TdTargetArgs {

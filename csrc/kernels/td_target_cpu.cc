@@ -1,5 +1,6 @@
 // CPU TD target and cross-entropy: size checks, instruction-set dispatch and the float64 build.
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -46,9 +47,13 @@ void CheckTdTargetSizes(int64_t num_members, int64_t batch_size, int64_t num_ato
     throw std::invalid_argument("number of atoms K must be in [2, " + std::to_string(kMaxAtoms) +
                                 "], got " + std::to_string(num_atoms));
   }
-  if (!std::isfinite(v_min) || !std::isfinite(v_max) || !(v_min < v_max)) {
-    throw std::invalid_argument("support needs finite v_min < v_max, got v_min=" +
-                                std::to_string(v_min) + ", v_max=" + std::to_string(v_max));
+  // |v| <= kSupportLimit keeps the atoms and their spacing finite in float32 (no NaN targets).
+  if (!(std::fabs(v_min) <= kSupportLimit) || !(std::fabs(v_max) <= kSupportLimit) ||
+      !(v_min < v_max)) {
+    char got[96];
+    std::snprintf(got, sizeof(got), "v_min=%g, v_max=%g", v_min, v_max);
+    throw std::invalid_argument(
+        std::string("support needs finite v_min < v_max with |v| <= 1e+38, got ") + got);
   }
   if (!std::isfinite(sigma) || sigma < 0.0) {
     throw std::invalid_argument("sigma must be finite and >= 0, got " + std::to_string(sigma));

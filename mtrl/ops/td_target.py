@@ -33,6 +33,9 @@ from mtrl.ops.reference import HL_GAUSS_SIGMA_BINS, hl_gauss_target_reference
 __all__ = ["categorical_cross_entropy", "categorical_td_target", "hl_gauss_target"]
 
 MAX_ATOMS = 4096
+# Largest |v_min|, |v_max|: the atoms and their spacing stay finite in float32 (the kernels and
+# mtrl.config.AgentConfig check the same bound).
+SUPPORT_LIMIT = 1e38
 _COMBINE = {"mean": 0, "min": 1}
 _PROJECTION = {"c51": 0, "hl_gauss": 1}
 _LOGIT_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.bfloat16)}
@@ -209,6 +212,8 @@ def _scale_cpu_unless_one(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
 def _check_logits(name: str, logits: Tensor) -> tuple[int, int, int]:
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got {logits.layout}")
     if logits.dim() != 3:
         raise ValueError(f"{name} must have shape (E, B, K), got {tuple(logits.shape)}")
     members, batch, num_atoms = logits.shape
@@ -225,12 +230,15 @@ def _check_logits(name: str, logits: Tensor) -> tuple[int, int, int]:
     return members, batch, num_atoms
 
 
-def _check_vector(name: str, t: Tensor | None, batch: int, device: torch.device, dtype):
+def _check_vector(name: str, t: Tensor | None, batch: int, device: torch.device, dtype,
+                  required: bool = False):
     """(B,) per-sample input: same device, real dtype; returned contiguous in ``dtype``."""
-    if t is None:
+    if t is None and not required:
         return None
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got {t.layout}")
     if t.shape != (batch,):
         raise ValueError(f"{name} must have shape ({batch},) to match B={batch}, got {tuple(t.shape)}")
     if t.device != device:
@@ -242,8 +250,9 @@ def _check_vector(name: str, t: Tensor | None, batch: int, device: torch.device,
 
 def _check_support(v_min: float, v_max: float) -> tuple[float, float]:
     v_min, v_max = float(v_min), float(v_max)
-    if not (math.isfinite(v_min) and math.isfinite(v_max) and v_min < v_max):
-        raise ValueError(f"support needs finite v_min < v_max, got v_min={v_min}, v_max={v_max}")
+    if not (abs(v_min) <= SUPPORT_LIMIT and abs(v_max) <= SUPPORT_LIMIT and v_min < v_max):
+        raise ValueError(f"support needs finite v_min < v_max with |v| <= {SUPPORT_LIMIT:g}, got "
+                         f"v_min={v_min}, v_max={v_max}")
     return v_min, v_max
 
 
@@ -316,8 +325,8 @@ def categorical_td_target(
         raise ValueError(f"projection must be one of {sorted(_PROJECTION)}, got {projection!r}")
     sigma_value = _hl_gauss_sigma(sigma, v_min, v_max, num_atoms) if projection == "hl_gauss" else 0.0
     device, dtype = target_logits.device, _compute_dtype(target_logits)
-    reward = _check_vector("reward", reward, batch, device, dtype)
-    mask = _check_vector("mask", mask, batch, device, dtype)
+    reward = _check_vector("reward", reward, batch, device, dtype, required=True)
+    mask = _check_vector("mask", mask, batch, device, dtype, required=True)
     entropy = _check_vector("entropy", entropy, batch, device, dtype)
     discount_value, discount_tensor = 0.0, None
     if isinstance(discount, Tensor) and discount.dim() == 0:
@@ -426,6 +435,8 @@ def hl_gauss_target(
         raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() != 1:
         raise ValueError(f"value must have shape (B,), got {tuple(value.shape)}")
+    if isinstance(num_atoms, bool) or not isinstance(num_atoms, numbers.Integral):
+        raise TypeError(f"num_atoms must be an int, got {type(num_atoms).__name__}")
     if not 2 <= int(num_atoms) <= MAX_ATOMS:
         raise ValueError(f"number of atoms K must be in [2, {MAX_ATOMS}], got {num_atoms}")
     v_min, v_max = _check_support(v_min, v_max)
