@@ -56,6 +56,10 @@ ReplayMemoryError = _core.ReplayMemoryError
 _FORMAT = "mtrl-replay"
 _VERSION = 1
 _SHAPE_FIELDS = ("num_tasks", "capacity_per_task", "obs_dim", "action_dim", "num_envs")
+# Upper bounds of the shape fields (ReplayConfig::Validate checks them; here only values beyond
+# int64, which cannot reach the core, are refused with the same message).
+_SHAPE_LIMITS = (2**20, 2**36, 2**24, 2**24, 2**24 - 1)
+_INT64 = (-2**63, 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,23 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _shape_ints(values: tuple[Any, ...]) -> list[int]:
+    """The shape fields as ints (TypeError otherwise); a value beyond int64 is a ValueError."""
+    dims = [_check_int(n, v) for n, v in zip(_SHAPE_FIELDS, values)]
+    for name, value, top in zip(_SHAPE_FIELDS, dims, _SHAPE_LIMITS):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"`{name}` must be in [1, {top}], got {value}")
+    return dims
+
+
+def _check_n_step(value: Any) -> int:
+    n_step = _check_int("n_step", value)
+    if not 1 <= n_step <= _core._ReplayBuffer.max_n_step:
+        raise ValueError(f"`n_step` must be in [1, {_core._ReplayBuffer.max_n_step}], got "
+                         f"{n_step}")
+    return n_step
+
+
 def _coerce(value: Any, name: str, dtype: type, kinds: str) -> np.ndarray:
     """Converts ``value`` to a C-contiguous array of ``dtype`` if its kind allows it."""
     array = np.asarray(value)
@@ -106,7 +127,7 @@ def _coerce(value: Any, name: str, dtype: type, kinds: str) -> np.ndarray:
             raise ValueError(f"`{name}` must hold only 0/1 (or be a bool array)")
     if dtype is np.float32 and array.dtype.kind == "f" and array.dtype.itemsize > 4:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-            out = np.ascontiguousarray(array, dtype=dtype)
+            out = np.require(array, dtype=dtype, requirements=("C", "A"))
         overflow = np.isfinite(array) & ~np.isfinite(out)
         if overflow.any():
             pos = tuple(int(i) for i in np.argwhere(overflow)[0])
@@ -116,7 +137,8 @@ def _coerce(value: Any, name: str, dtype: type, kinds: str) -> np.ndarray:
                              f"range (|x| <= {limit:.8g}); {array.dtype} input is cast to "
                              f"float32")
         return out
-    return np.ascontiguousarray(array, dtype=dtype)
+    # require() also copies a C-contiguous array that is not aligned (the core reads it as T*).
+    return np.require(array, dtype=dtype, requirements=("C", "A"))
 
 
 class _Closed:
@@ -156,8 +178,7 @@ class ReplayBuffer:
         seed: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        dims = [_check_int(n, v) for n, v in zip(
-            _SHAPE_FIELDS, (num_tasks, capacity_per_task, obs_dim, action_dim, num_envs))]
+        dims = _shape_ints((num_tasks, capacity_per_task, obs_dim, action_dim, num_envs))
         seed = _check_int("seed", seed)
         if not 0 <= seed < 2**64:
             raise ValueError(f"`seed` must be in [0, 2**64), got {seed}")
@@ -198,9 +219,9 @@ class ReplayBuffer:
     def estimate_nbytes(*, num_tasks: int, capacity_per_task: int, obs_dim: int,
                         action_dim: int, num_envs: int) -> int:
         """Bytes the constructor allocates for this shape (before any episode end is stored)."""
+        t, c, o, a, n = _shape_ints((num_tasks, capacity_per_task, obs_dim, action_dim, num_envs))
         return int(_core._ReplayBuffer.estimate_nbytes(
-            num_tasks=num_tasks, capacity_per_task=capacity_per_task, obs_dim=obs_dim,
-            action_dim=action_dim, num_envs=num_envs))
+            num_tasks=t, capacity_per_task=c, obs_dim=o, action_dim=a, num_envs=n))
 
     @property
     def nbytes(self) -> int:
@@ -229,15 +250,21 @@ class ReplayBuffer:
         sum of nodes 8i..8i+7 of level j; each level is zero-padded to a multiple of 8; the
         last level's node 0 is the root.
         """
-        return list(self._core.tree_levels(_check_int("task", task)))
+        return list(self._core.tree_levels(self._task(task)))
 
     def top_levels(self) -> list[np.ndarray]:
         """Levels of the task-level tree (diagnostics); leaf t holds task t's tree total."""
         return list(self._core.top_levels())
 
+    def _task(self, task: Any) -> int:
+        t = _check_int("task", task)
+        if not 0 <= t < self.num_tasks:
+            raise IndexError(f"task {t} is out of range [0, {self.num_tasks})")
+        return t
+
     def size(self, task: int) -> int:
         """Transitions stored for ``task``."""
-        return int(self._core.size(_check_int("task", task)))
+        return int(self._core.size(self._task(task)))
 
     @property
     def sizes(self) -> np.ndarray:
@@ -328,10 +355,10 @@ class ReplayBuffer:
             (empty buffer, an empty task when stratified, all priorities 0).
         """
         b = _check_int("batch_size", batch_size)
-        n_step = _check_int("n_step", n_step)
+        n_step = _check_n_step(n_step)
+        if not 1 <= b <= self.max_batch_size:
+            raise ValueError(f"`batch_size` must be in [1, {self.max_batch_size}], got {b}")
         if out is None:
-            if not 1 <= b <= self.max_batch_size:
-                raise ValueError(f"`batch_size` must be in [1, {self.max_batch_size}], got {b}")
             if self._batch is None or self._batch.batch_size != b:
                 self._batch = self.allocate_batch(b)
             out = self._batch
@@ -351,11 +378,13 @@ class ReplayBuffer:
         Returns:
             A new ReplayBatch of K rows. Raises IndexError for an id that holds no transition.
         """
+        if np.shape(index) == (0,):  # an empty list is float64 to NumPy
+            raise ValueError("`index` must be 1-D and non-empty, got shape (0,)")
         idx = _coerce(index, "index", np.int64, "iu")
         if idx.ndim != 1 or idx.shape[0] == 0:
             raise ValueError(f"`index` must be 1-D and non-empty, got shape {idx.shape}")
         out = self.allocate_batch(idx.shape[0])
-        self._core.fetch(idx, _check_int("n_step", n_step), float(gamma), out.obs, out.action,
+        self._core.fetch(idx, _check_n_step(n_step), float(gamma), out.obs, out.action,
                          out.reward, out.next_obs, out.mask, out.discount, out.task_id,
                          out.index, out.weight)
         return out
@@ -400,7 +429,10 @@ class ReplayBuffer:
     def _read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         path = os.path.join(os.fspath(directory), "meta.json")
         with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
+            try:
+                meta = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON ({e})") from e
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise ValueError(f"{path} is not an mtrl replay buffer directory")
         if meta.get("version") != _VERSION:

@@ -763,3 +763,50 @@ def test_batch_is_torch_wrappable_without_copy():
     buf.sample(8)  # the internal batch is overwritten in place
     assert torch.equal(t, torch.from_numpy(buf._batch.obs))
     assert t.data_ptr() == b.obs.ctypes.data
+
+
+def test_sizes_beyond_int64_unaligned_arrays_and_overlapping_outputs():
+    # Sizes beyond int64 reached pybind ("incompatible constructor arguments" / a TypeError
+    # printing every argument) instead of the range error smaller values get.
+    args = dict(num_tasks=1, capacity_per_task=8, obs_dim=3, action_dim=2, num_envs=1)
+    for value in (2**63, 2**64, -2**64):
+        with pytest.raises(ValueError, match=rf"`capacity_per_task` must be in \[1, \d+\], got "
+                                             rf"{value}"):
+            ReplayBuffer(**{**args, "capacity_per_task": value})
+    buf = ReplayBuffer(**args)
+    with pytest.raises(IndexError, match=rf"task {2**64} is out of range \[0, 1\)"):
+        buf.size(2**64)
+    with pytest.raises(ValueError, match=rf"`n_step` must be in \[1, 1000\], got {2**70}"):
+        buf.sample(1, n_step=2**70)
+    # A C-contiguous float32 array that is not aligned (np.frombuffer at an offset) was refused
+    # with "must be a C-contiguous float32 array, got float32".
+    raw = np.zeros(3 * 4 + 1, np.uint8)[1:].view(np.float32)
+    raw[:] = [1.0, 2.0, 3.0]
+    assert not raw.flags.aligned
+    buf.add([0], raw.reshape(1, 3), [[0.0, 0.0]], [1.0], [False], [False], [[4.0, 5.0, 6.0]])
+    assert buf.fetch([0]).obs.tolist() == [[1.0, 2.0, 3.0]]
+    with pytest.raises(ValueError, match=r"`index` must be 1-D and non-empty, got shape \(0,\)"):
+        buf.fetch([])
+    # Output arrays that share memory were filled silently, one field over the other.
+    out = buf.allocate_batch(4)
+    shared = ReplayBatch(**{**out.__dict__, "next_obs": out.obs})
+    with pytest.raises(ValueError, match="`obs` and `next_obs` overlap"):
+        buf.sample(4, out=shared)
+    flat = np.empty(8, np.float32)
+    halves = ReplayBatch(**{**out.__dict__, "reward": flat[:4], "mask": flat[2:6]})
+    with pytest.raises(ValueError, match="`reward` and `mask` overlap"):
+        buf.sample(4, out=halves)
+    ok = ReplayBatch(**{**out.__dict__, "reward": flat[:4], "mask": flat[4:]})
+    buf.sample(4, out=ok)
+
+
+def test_unreadable_meta_and_priority_messages_name_the_problem(tmp_path):
+    buf = ReplayBuffer(1, 8, 2, 1, 1, alpha=1.0)
+    run_envs(buf, None, 2, task_of_env=[0])
+    buf.save(tmp_path)
+    (tmp_path / "meta.json").write_text('{"format": "mtrl-re')  # a truncated write
+    with pytest.raises(ValueError, match=r"meta.json is not valid JSON"):
+        ReplayBuffer.load(tmp_path)
+    # The priority was printed with %f: a 310-digit number.
+    with pytest.raises(ValueError, match=r"priority\[0\] = 1e\+308 is too large"):
+        buf.update_priorities([0], [1e308])

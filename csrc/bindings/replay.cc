@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
+#include <iterator>
 #include <string>
 
 #include "bindings/registrars.h"
@@ -79,15 +81,41 @@ BatchView OutputViews(const ReplayConfig& c, int64_t b, py::handle obs, py::hand
                       py::handle reward, py::handle next_obs, py::handle mask,
                       py::handle discount, py::handle task_id, py::handle index,
                       py::handle weight) {
-  return BatchView{View<float>(obs, "obs", b, c.obs_dim, true),
-                   View<float>(action, "action", b, c.action_dim, true),
-                   View<float>(reward, "reward", b, -1, true),
-                   View<float>(next_obs, "next_obs", b, c.obs_dim, true),
-                   View<float>(mask, "mask", b, -1, true),
-                   View<float>(discount, "discount", b, -1, true),
-                   View<int64_t>(task_id, "task_id", b, -1, true),
-                   View<int64_t>(index, "index", b, -1, true),
-                   View<float>(weight, "weight", b, -1, true)};
+  BatchView out{View<float>(obs, "obs", b, c.obs_dim, true),
+                View<float>(action, "action", b, c.action_dim, true),
+                View<float>(reward, "reward", b, -1, true),
+                View<float>(next_obs, "next_obs", b, c.obs_dim, true),
+                View<float>(mask, "mask", b, -1, true),
+                View<float>(discount, "discount", b, -1, true),
+                View<int64_t>(task_id, "task_id", b, -1, true),
+                View<int64_t>(index, "index", b, -1, true),
+                View<float>(weight, "weight", b, -1, true)};
+  // Outputs that share memory would be filled one over the other without a word.
+  struct Span {
+    const char* name;
+    const void* data;
+    int64_t bytes;
+  };
+  const Span spans[] = {{"obs", out.obs, b * c.obs_dim * 4},
+                        {"action", out.action, b * c.action_dim * 4},
+                        {"reward", out.reward, b * 4},
+                        {"next_obs", out.next_obs, b * c.obs_dim * 4},
+                        {"mask", out.mask, b * 4},
+                        {"discount", out.discount, b * 4},
+                        {"task_id", out.task_id, b * 8},
+                        {"index", out.index, b * 8},
+                        {"weight", out.weight, b * 4}};
+  for (size_t i = 0; i < std::size(spans); ++i) {
+    for (size_t j = i + 1; j < std::size(spans); ++j) {
+      const auto a = reinterpret_cast<uintptr_t>(spans[i].data);
+      const auto z = reinterpret_cast<uintptr_t>(spans[j].data);
+      if (a < z + spans[j].bytes && z < a + spans[i].bytes) {
+        throw py::value_error(std::string("`") + spans[i].name + "` and `" + spans[j].name +
+                              "` overlap (each output must be an array of its own)");
+      }
+    }
+  }
+  return out;
 }
 
 void Sample(ReplayBuffer& buf, int64_t batch_size, bool stratified, bool prioritized,

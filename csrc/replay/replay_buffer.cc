@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -13,6 +14,13 @@
 
 namespace mtrl {
 namespace {
+
+// %g, not std::to_string's %f (which prints 1e308 as a 309-digit number).
+std::string Num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
 
 void CheckRange(const char* name, int64_t value, int64_t lo, int64_t hi) {
   if (value < lo || value > hi) {
@@ -312,15 +320,15 @@ void ReplayBuffer::UpdatePriorities(const int64_t* index, const double* priority
     }
     const double p = priority[k];
     if (!std::isfinite(p) || p < 0.0) {
-      throw std::invalid_argument("priority[" + std::to_string(k) + "] = " + std::to_string(p) +
+      throw std::invalid_argument("priority[" + std::to_string(k) + "] = " + Num(p) +
                                   " must be finite and >= 0");
     }
     // Bounding each leaf by DBL_MAX / (T * C) keeps every tree sum finite.
     scratch_f64_[k] = PowAlpha(p, c.alpha);
     if (!(scratch_f64_[k] <= max_leaf)) {
-      throw std::invalid_argument("priority[" + std::to_string(k) + "] = " + std::to_string(p) +
+      throw std::invalid_argument("priority[" + std::to_string(k) + "] = " + Num(p) +
                                   " is too large: priority ** alpha must be <= " +
-                                  std::to_string(max_leaf));
+                                  Num(max_leaf));
     }
     max_p = std::max(max_p, p);
   }
