@@ -204,8 +204,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         held = ["checkpoints"] if found else []
         held += [n for n in ("train.csv", "eval.csv", "metrics.jsonl") if (run_dir / n).exists()]
         if held:
-            raise ValueError(f"run_dir {run_dir} already holds a run ({', '.join(held)}); pass "
-                             f"--resume to continue it, or choose another --run-dir")
+            how = ("pass --resume to continue it" if found else
+                   "it has no checkpoint to resume from: delete those files")
+            raise ValueError(f"run_dir {run_dir} already holds a run ({', '.join(held)}); {how}, "
+                             f"or choose another --run-dir")
     state = None
     if latest is not None:
         try:

@@ -41,6 +41,8 @@ def test_unknown_task_lists_close_names():
     # envs_per_task=2**40 was killed by the OOM killer, 10**6 ran for minutes building envs.
     with pytest.raises(ValueError, match=r"at most 65536 envs in one pool.*2 tasks x 40000"):
         envs.make(["cheetah-run", "walker-walk"], envs_per_task=40_000)
+    with pytest.raises(TypeError, match="tasks must be a list of task names, got NoneType"):
+        envs.make(None)
     with pytest.raises(ValueError, match="envs_per_task must be an int >= 1, got None"):
         envs.make(["cheetah-run"], envs_per_task=None)
     for seed in (1.5, "1", None, 2**70, -2**64):

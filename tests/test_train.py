@@ -224,14 +224,15 @@ def test_fresh_run_refuses_a_run_dir_that_holds_a_run(tmp_path):
     # A second run without --resume in the same run_dir deleted the first run's train.csv,
     # eval.csv and metrics.jsonl and mixed its checkpoints with the new run's.
     (tmp_path / "metrics.jsonl").write_text('{"kind": "eval", "iteration": 5}\n')
-    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\).*--resume"):
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\); it has no "
+                                         r"checkpoint to resume from: delete those files"):
         train(tiny_config(tmp_path))
     assert (tmp_path / "metrics.jsonl").read_text() == '{"kind": "eval", "iteration": 5}\n'
     assert not (tmp_path / "config.json").exists()
     other = tmp_path / "other"
     (other / "checkpoints" / "iter_000000010").mkdir(parents=True)
     (other / "checkpoints" / "iter_000000010" / "state.pt").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"already holds a run \(checkpoints\)"):
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoints\); pass --resume"):
         train(tiny_config(other))
 
 

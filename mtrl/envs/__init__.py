@@ -53,6 +53,10 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
     """
     if isinstance(tasks, str):
         raise ValueError("tasks must be a list of task names, got a single str")
+    try:
+        tasks = list(tasks)
+    except TypeError:
+        raise TypeError(f"tasks must be a list of task names, got {type(tasks).__name__}") from None
     specs = [resolve(t) for t in tasks]
     if not specs:
         raise ValueError("tasks must name at least one task")
