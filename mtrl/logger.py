@@ -10,16 +10,25 @@ from pathlib import Path
 from typing import Any
 
 
+def _row_iteration(path: Path, number: int, line: str, jsonl: bool) -> int:
+    try:
+        return int(json.loads(line)["iteration"]) if jsonl else int(line.split(",", 1)[0])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} line {number} is not a log row ({line.strip()[:80]!r}); "
+                         f"repair or remove it to resume") from e
+
+
 def _rewrite_until(path: Path, iteration: int, jsonl: bool) -> None:
-    """Drop rows logged after ``iteration`` (a resumed run re-logs them)."""
+    """Drop rows logged after ``iteration`` (a resumed run re-logs them), and a last line
+    without its newline (a write cut short by a crash)."""
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    if jsonl:
-        keep = [ln for ln in lines if ln.strip() and json.loads(ln)["iteration"] <= iteration]
-    else:
-        header, rows = lines[:1], lines[1:]
-        keep = header + [ln for ln in rows if int(ln.split(",", 1)[0]) <= iteration]
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    first = 0 if jsonl else 1  # the CSV header
+    keep = lines[:first] + [ln for k, ln in enumerate(lines[first:], first + 1) if ln.strip()
+                            and _row_iteration(path, k, ln, jsonl) <= iteration]
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(keep))
     os.replace(tmp, path)

@@ -1,0 +1,42 @@
+"""mtrl.logger: resumed runs cut their logs back to the checkpoint, including after a crash."""
+
+import json
+
+import pytest
+
+from mtrl.logger import Logger
+
+
+def _logger(run_dir, resume_iteration):
+    return Logger(run_dir, tensorboard=False, wandb=False, wandb_project="mtrl", config={},
+                  resume_iteration=resume_iteration)
+
+
+def test_resume_drops_a_line_cut_by_a_crash(tmp_path):
+    # A process killed mid-write (OOM killer, power loss) leaves a last line without its newline:
+    # "12" of "1200,...", or half a JSON object. The resume kept the first (the next row then
+    # continued it) and failed on the second with a bare JSONDecodeError.
+    (tmp_path / "train.csv").write_text("iteration,train/x\n10,1.0\n20,2.0\n12")
+    (tmp_path / "eval.csv").write_text("iteration,eval/return_mean\n20,5.0\n")
+    rows = [{"kind": "train", "iteration": 10, "train/x": 1.0},
+            {"kind": "eval", "iteration": 20, "eval/return_mean": 5.0},
+            {"kind": "train", "iteration": 20, "train/x": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "train", "itera')
+    log = _logger(tmp_path, 20)
+    log.log("train", 30, {"x": 3.0})
+    log.close()
+    assert (tmp_path / "train.csv").read_text() == "iteration,train/x\n10,1.0\n20,2.0\n30,3.0\n"
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["iteration"] for ln in lines] == [10, 20, 20, 30]
+    assert [h["iteration"] for h in log.eval_history] == [20]
+
+
+def test_resume_names_a_damaged_line(tmp_path):
+    (tmp_path / "train.csv").write_text("iteration,train/x\n10,1.0\nabc,2.0\n20,2.0\n")
+    with pytest.raises(ValueError, match=r"train.csv line 3 is not a log row"):
+        _logger(tmp_path, 20)
+    (tmp_path / "train.csv").unlink()
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "iteration": 10}\n{bad\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a log row"):
+        _logger(tmp_path, 20)
