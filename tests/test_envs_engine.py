@@ -214,6 +214,12 @@ def test_engine_errors():
                   *args[2:])
     with pytest.raises(IndexError, match="env index 3 out of range"):
         raw.env_info(3)
+    # A pool far beyond the machine's memory is refused after its first env (MemAvailable),
+    # instead of allocating until the OOM killer ends the process.
+    n = 2**20
+    with pytest.raises(MemoryError, match=rf"the env pool \({n} envs\) needs \d+ bytes but "
+                                          r"this machine has only"):
+        _core.EnginePool(["dog-run"] * n, list(range(n)), suite, 1, 0)
 
 
 def test_closed_engine_pool():

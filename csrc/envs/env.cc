@@ -157,6 +157,11 @@ EnvState Env::GetState() const {
   return s;
 }
 
+uint64_t Env::nbytes() const {
+  return static_cast<uint64_t>(data_->nbuffer) + data_->narena +
+         (owns_model_ ? static_cast<uint64_t>(model_->nbuffer) : 0);
+}
+
 void Env::CheckState(const EnvState& s) const {
   const size_t n = mj_stateSize(model_, mjSTATE_INTEGRATION);
   if (s.physics.size() != n) {

@@ -46,6 +46,9 @@ class Env {
   int action_dim() const { return model_->nu; }
   int n_sub_steps() const { return n_sub_steps_; }
   double step_limit() const { return step_limit_; }
+  // Bytes this env holds beyond the shared model: its mjData (buffer and arena) and, where it
+  // has one, its private model copy.
+  uint64_t nbytes() const;
 
   // Starts a new episode; writes the first observation into obs[0, obs_stride) (zero-padded).
   void Reset(float* obs, int obs_stride);

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "envs/registry.h"
+#include "replay/memory.h"  // CheckFitsInMemory (MemAvailable), shared with the replay buffer
 
 namespace mtrl {
 namespace {
@@ -100,6 +101,11 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
   }
   Physics::InstallTimerHook();
   std::map<std::string, mjModel*> loaded;
+  std::map<std::string, int64_t> envs_of_task;
+  for (const std::string& name : env_tasks) ++envs_of_task[name];
+  // From the first env of each task, the bytes of all its envs: a pool that cannot fit is a
+  // MemoryError before the rest are built, not minutes of allocation and the OOM killer.
+  uint64_t planned = 0;
   try {
     for (size_t k = 0; k < env_tasks.size(); ++k) {
       const TaskDef& def = FindTask(env_tasks[k]);
@@ -110,6 +116,13 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
         it = loaded.emplace(key, models_.back()).first;
       }
       envs_.push_back(std::make_unique<Env>(def, it->second, seeds[k], max_episode_steps));
+      auto count = envs_of_task.find(env_tasks[k]);
+      if (count->second > 0) {  // the first env of this task
+        planned += envs_.back()->nbytes() * static_cast<uint64_t>(count->second);
+        count->second = 0;
+        CheckFitsInMemory(planned, "the env pool (" + std::to_string(env_tasks.size()) +
+                                       " envs)");
+      }
       obs_dim_ = std::max(obs_dim_, envs_.back()->obs_dim());
       action_dim_ = std::max(action_dim_, envs_.back()->action_dim());
     }
