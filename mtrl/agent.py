@@ -226,7 +226,8 @@ class BRCAgent(nn.Module):
         when the checkpoint's networks do not fit this agent (e.g. written by a version whose
         layers were laid out differently), before anything is changed."""
         if not isinstance(state, dict):
-            raise ValueError(f"incompatible checkpoint: expected a dict, got {type(state).__name__}")
+            raise ValueError(f"incompatible checkpoint: expected a dict, got "
+                             f"{type(state).__name__}")
         lacking = [k for k in ("modules", "critic_optimizer", "actor_optimizer",
                                "temperature_optimizer") if k not in state]
         if lacking:

@@ -136,7 +136,8 @@ class AgentConfig:
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"AgentConfig.tau must be in (0, 1], got {self.tau}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"AgentConfig.weight_decay must be finite and >= 0, got {self.weight_decay}")
+            raise ValueError(f"AgentConfig.weight_decay must be finite and >= 0, got "
+                             f"{self.weight_decay}")
         if not 0.0 <= self.temperature_beta1 < 1.0:
             raise ValueError(f"AgentConfig.temperature_beta1 must be in [0, 1), got {self.temperature_beta1}")
 

@@ -100,6 +100,12 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _check_real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 def _shape_ints(values: tuple[Any, ...]) -> list[int]:
     """The shape fields as ints (TypeError otherwise); a value beyond int64 is a ValueError."""
     dims = [_check_int(n, v) for n, v in zip(_SHAPE_FIELDS, values)]
@@ -189,7 +195,7 @@ class ReplayBuffer:
                 raise ValueError("pin_memory=True needs a usable CUDA device "
                                  "(torch.cuda.is_available() is False)")
         self.num_tasks, self.capacity_per_task, self.obs_dim, self.action_dim, self.num_envs = dims
-        self.alpha = float(alpha)
+        self.alpha = _check_real("alpha", alpha)
         self.seed = seed
         self.pin_memory = bool(pin_memory)
         self._core = _core._ReplayBuffer(
@@ -364,9 +370,10 @@ class ReplayBuffer:
             out = self._batch
         elif not isinstance(out, ReplayBatch):
             raise TypeError(f"`out` must be a ReplayBatch, got {type(out).__name__}")
-        self._core.sample(b, bool(stratified), bool(prioritized), float(beta), n_step,
-                          float(gamma), out.obs, out.action, out.reward, out.next_obs, out.mask,
-                          out.discount, out.task_id, out.index, out.weight)
+        beta, gamma = _check_real("beta", beta), _check_real("gamma", gamma)
+        self._core.sample(b, bool(stratified), bool(prioritized), beta, n_step, gamma, out.obs,
+                          out.action, out.reward, out.next_obs, out.mask, out.discount,
+                          out.task_id, out.index, out.weight)
         return out
 
     def fetch(self, index: Any, *, n_step: int = 1, gamma: float = 0.99) -> ReplayBatch:
@@ -384,8 +391,8 @@ class ReplayBuffer:
         if idx.ndim != 1 or idx.shape[0] == 0:
             raise ValueError(f"`index` must be 1-D and non-empty, got shape {idx.shape}")
         out = self.allocate_batch(idx.shape[0])
-        self._core.fetch(idx, _check_n_step(n_step), float(gamma), out.obs, out.action,
-                         out.reward, out.next_obs, out.mask, out.discount, out.task_id,
+        self._core.fetch(idx, _check_n_step(n_step), _check_real("gamma", gamma), out.obs,
+                         out.action, out.reward, out.next_obs, out.mask, out.discount, out.task_id,
                          out.index, out.weight)
         return out
 

@@ -155,7 +155,8 @@ def test_set_state_rejects_foreign_state():
         # Each of these was accepted: a task state of another size was silently ignored, a
         # negative step count or an all-zero RNG state (xoshiro then yields only zeros) stored.
         for env_state, message in (
-                ((phys, rng, count, np.zeros(5)), r"task state of reacher-easy must have 2 values \(or none\), got 5"),
+                ((phys, rng, count, np.zeros(5)),
+                 r"task state of reacher-easy must have 2 values \(or none\), got 5"),
                 ((phys, rng, -1, task), "step count of reacher-easy must be >= 0, got -1"),
                 ((phys, np.zeros(4, np.uint64), count, task),
                  "RNG state of reacher-easy must not be all zeros"),

@@ -114,9 +114,10 @@ def test_update_and_load_refuse_mismatched_or_non_finite_input():
     # inf reward silently zeroed the task's scale.
     norm = RewardNormalizer(np.array([0, 1]), 2)
     flags = np.zeros(2, bool)
+    one = np.ones(1, bool)
     for reward, term, trunc, shape in ((np.zeros(1), flags, flags, r"reward.*\(1,\)"),
                                        (np.zeros((2, 2)), flags, flags, r"reward.*\(2, 2\)"),
-                                       (np.zeros(2), np.ones(1, bool), flags, r"terminated.*\(1,\)"),
+                                       (np.zeros(2), one, flags, r"terminated.*\(1,\)"),
                                        (np.zeros(3), np.zeros(3), np.zeros(3), r"reward.*\(3,\)")):
         name, got = shape.split(".*")
         with pytest.raises(ValueError, match=rf"{name} must have shape \(2,\) \(one entry per "

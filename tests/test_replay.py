@@ -787,6 +787,13 @@ def test_sizes_beyond_int64_unaligned_arrays_and_overlapping_outputs():
     assert buf.fetch([0]).obs.tolist() == [[1.0, 2.0, 3.0]]
     with pytest.raises(ValueError, match=r"`index` must be 1-D and non-empty, got shape \(0,\)"):
         buf.fetch([])
+    # A str alpha/beta/gamma was parsed by float() ("0.6" accepted, "x" unnamed in the error).
+    with pytest.raises(TypeError, match="`alpha` must be a number, got str"):
+        ReplayBuffer(**args, alpha="0.6")
+    with pytest.raises(TypeError, match="`beta` must be a number, got str"):
+        buf.sample(1, prioritized=True, beta="x")
+    with pytest.raises(TypeError, match="`gamma` must be a number, got NoneType"):
+        buf.fetch([0], gamma=None)
     # Output arrays that share memory were filled silently, one field over the other.
     out = buf.allocate_batch(4)
     shared = ReplayBatch(**{**out.__dict__, "next_obs": out.obs})

@@ -615,7 +615,8 @@ def test_support_beyond_float32_and_missing_or_sparse_inputs_raise():
     with pytest.raises(TypeError, match="mask must be a torch.Tensor, got NoneType"):
         categorical_td_target(logits, reward, None)
     # Sparse tensors failed with "unsupported memory format option Contiguous".
-    with pytest.raises(TypeError, match="target_logits must be a dense tensor, got torch.sparse_coo"):
+    with pytest.raises(TypeError, match="target_logits must be a dense tensor, got "
+                                        "torch.sparse_coo"):
         categorical_td_target(logits.to_sparse(), reward, mask)
     with pytest.raises(TypeError, match="reward must be a dense tensor, got torch.sparse_coo"):
         categorical_td_target(logits, reward.to_sparse(), mask)

@@ -242,7 +242,8 @@ def test_resume_from_a_damaged_checkpoint_names_it(tmp_path):
     first, latest = ckpt.list_checkpoints(tmp_path / "r")
     replay = latest / "replay"
     replay.rename(tmp_path / "replay")
-    with pytest.raises(ValueError, match=rf"cannot resume from {latest}: replay buffer: .*meta.json"):
+    with pytest.raises(ValueError,
+                       match=rf"cannot resume from {latest}: replay buffer: .*meta.json"):
         train(cfg.replace(resume=True, iterations=90))
     (tmp_path / "replay").rename(replay)
     data = (latest / "state.pt").read_bytes()
