@@ -107,7 +107,21 @@ class BRCAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: Tensor, task_id: Tensor, deterministic: bool = False) -> Tensor:
         """Actions (B, A) in [-1, 1] for padded obs (B, O) of tasks task_id (B,) (§2.3)."""
+        self._check_task_ids(task_id)
         return self.actor.act(obs, self.critic.embed(task_id), deterministic)
+
+    def _check_task_ids(self, task_id: Tensor) -> None:
+        """Task ids must be integers in [0, num_tasks): torch's indexing would take -1 as the
+        last task's embedding / reward denominator, silently. Checked on the CPU only (a CUDA
+        check would synchronise the stream on every call)."""
+        dtype = task_id.dtype
+        if dtype.is_floating_point or dtype.is_complex or dtype is torch.bool:
+            raise ValueError(f"task_id must be an integer tensor, got {dtype}")
+        if task_id.device.type == "cpu" and task_id.numel():
+            low, high = torch.aminmax(task_id)
+            if low < 0 or high >= self.num_tasks:
+                bad = low if low < 0 else high
+                raise ValueError(f"task_id {int(bad)} out of range for {self.num_tasks} task(s)")
 
     def reward_denominator(self, return_scale: Tensor) -> Tensor:
         """Per-task divisors D (T,) from G_bar (T,) with the current alpha (§4.2)."""
@@ -193,6 +207,7 @@ class BRCAgent(nn.Module):
         if denominator.shape != (self.num_tasks,):
             raise ValueError(f"denominator must have shape ({self.num_tasks},), got "
                              f"{tuple(denominator.shape)}")
+        self._check_task_ids(batch.task_id)
         alpha = self.alpha
         # 1-2. Critic: categorical soft target (§3.2) and cross-entropy, one AdamW step; then the
         #      Polyak update of the target critic (in the same pass over the parameters).

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtrl import math as M
-from mtrl.agent import BRCAgent, fused_ops_available
+from mtrl.agent import Batch, BRCAgent, fused_ops_available
 from mtrl.config import AgentConfig
 
 from agent_fixtures import ACT, OBS, TASKS, B, make_agent, make_batch
@@ -178,3 +178,18 @@ def test_partial_checkpoint_and_bad_denominator_are_refused():
     # A denominator with more entries than tasks was used silently (gathered by task id).
     with pytest.raises(ValueError, match=rf"denominator must have shape \({TASKS},\), got \(5,\)"):
         agent.update(make_batch(), torch.ones(5))
+
+
+def test_task_ids_out_of_range_are_refused():
+    # -1 indexed the last task's embedding and reward denominator silently (torch indexing).
+    agent = make_agent()
+    batch = make_batch()
+    obs = torch.zeros(2, OBS)
+    for bad, value in ((torch.tensor([0, -1]), -1), (torch.tensor([0, TASKS]), TASKS)):
+        with pytest.raises(ValueError, match=rf"task_id {value} out of range for {TASKS} task"):
+            agent.act(obs, bad)
+        with pytest.raises(ValueError, match=rf"task_id {value} out of range"):
+            agent.update(Batch(**{**vars(batch), "task_id": bad.repeat(B // 2)}), torch.ones(TASKS))
+    with pytest.raises(ValueError, match="task_id must be an integer tensor, got torch.float32"):
+        agent.act(obs, torch.zeros(2))
+    assert agent.act(obs, torch.tensor([0, TASKS - 1])).shape == (2, ACT)
