@@ -288,6 +288,26 @@ def test_non_contiguous_inputs_are_made_contiguous():
     torch.testing.assert_close(ta, tb, atol=0, rtol=0)
 
 
+def test_negative_bit_views_keep_their_sign():
+    # A negative-bit view (torch._neg_view, complex .conj().imag) stores -x as x plus a flag that
+    # DLPack drops: the fast path read these values with the wrong sign, the general path raised
+    # torch's numpy() error. Both now see the values the tensor holds.
+    logits, reward, mask, discount, entropy = make_inputs(2, 64, 51, seed=29)
+    neg = torch._neg_view
+    assert neg(-reward).is_neg()
+    a, av = categorical_td_target(neg(-logits), neg(-reward), neg(-mask), neg(-discount),
+                                  neg(-entropy))
+    b, bv = categorical_td_target(logits, reward, mask, discount, entropy)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(av, bv, atol=0, rtol=0)
+    online = torch.randn(2, 64, 51)
+    weight = torch.rand(64)
+    la, ta = categorical_cross_entropy(neg(-online), neg(-b), neg(-weight), return_td_error=True)
+    lb, tb = categorical_cross_entropy(online, b, weight, return_td_error=True)
+    torch.testing.assert_close(la, lb, atol=0, rtol=0)
+    torch.testing.assert_close(ta, tb, atol=0, rtol=0)
+
+
 def test_results_do_not_depend_on_the_thread_count():
     logits, reward, mask, discount, entropy = make_inputs(2, 3000, 101, seed=23)
     online = torch.randn(2, 3000, 101, requires_grad=True)

@@ -18,6 +18,15 @@ from mtrl import _core
 _dlpack = torch.utils.dlpack.to_dlpack
 
 
+def _dlpack_in(t: Tensor):
+    """DLPack capsule of an input; BufferError (the caller's general path) for a negative-bit
+    view (torch._neg_view, .conj().imag): DLPack has no negative bit, so its values would be
+    read with the wrong sign."""
+    if isinstance(t, Tensor) and t.is_neg():
+        raise BufferError("negative-bit view")
+    return _dlpack(t)
+
+
 def _np(t: Tensor | None):
     return None if t is None else t.detach().numpy()
 
@@ -115,9 +124,9 @@ def td_target_cpu_fast(target_logits, reward, mask, discount, discount_value, en
     dtype = target_logits.dtype
     target, value = torch.empty(batch, num_atoms, dtype=dtype), torch.empty(batch, dtype=dtype)
     try:
-        capsules = (_dlpack(target_logits), _dlpack(reward), _dlpack(mask),
-                    None if discount is None else _dlpack(discount),
-                    None if entropy is None else _dlpack(entropy))
+        capsules = (_dlpack_in(target_logits), _dlpack_in(reward), _dlpack_in(mask),
+                    None if discount is None else _dlpack_in(discount),
+                    None if entropy is None else _dlpack_in(entropy))
     except (TypeError, RuntimeError, BufferError):  # not a (plain, exportable) tensor
         return None
     bad = _core._td_target_cpu_fast(*capsules[:4], discount_value, capsules[4], _dlpack(target),
@@ -140,8 +149,8 @@ def cross_entropy_cpu_fast(online_logits, target, weight, need_grad, check_finit
     loss, td_error = torch.empty((), dtype=dtype), torch.empty(batch, dtype=dtype)
     grad = torch.empty(members, batch, num_atoms, dtype=dtype) if need_grad else None
     try:
-        capsules = (_dlpack(online_logits), _dlpack(target),
-                    None if weight is None else _dlpack(weight))
+        capsules = (_dlpack_in(online_logits), _dlpack_in(target),
+                    None if weight is None else _dlpack_in(weight))
     except (TypeError, RuntimeError, BufferError):
         return None
     bad = _core._cross_entropy_cpu_fast(*capsules, _dlpack(td_error),

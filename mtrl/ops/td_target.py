@@ -232,7 +232,8 @@ def _check_logits(name: str, logits: Tensor) -> tuple[int, int, int]:
 
 def _check_vector(name: str, t: Tensor | None, batch: int, device: torch.device, dtype,
                   required: bool = False):
-    """(B,) per-sample input: same device, real dtype; returned contiguous in ``dtype``."""
+    """(B,) per-sample input: same device, real dtype; returned contiguous in ``dtype`` with any
+    negative bit resolved (the kernels read raw memory)."""
     if t is None and not required:
         return None
     if not isinstance(t, Tensor):
@@ -245,7 +246,7 @@ def _check_vector(name: str, t: Tensor | None, batch: int, device: torch.device,
         raise ValueError(f"{name} is on {t.device} but the logits are on {device}")
     if t.is_complex():
         raise TypeError(f"{name} must be real, got {t.dtype}")
-    return t.to(dtype).contiguous()
+    return t.to(dtype).resolve_neg().contiguous()
 
 
 def _check_support(v_min: float, v_max: float) -> tuple[float, float]:
@@ -339,8 +340,9 @@ def categorical_td_target(
             raise ValueError(f"discount must be finite, got {discount_value}")
     else:
         raise TypeError(f"discount must be a number or a tensor, got {type(discount).__name__}")
-    args = (target_logits.contiguous(), reward, mask, discount_tensor, discount_value, entropy,
-            v_min, v_max, _COMBINE[combine], _PROJECTION[projection], sigma_value, check_finite)
+    args = (target_logits.resolve_neg().contiguous(), reward, mask, discount_tensor,
+            discount_value, entropy, v_min, v_max, _COMBINE[combine], _PROJECTION[projection],
+            sigma_value, check_finite)
     if _eager():
         impl = _kernels.td_target_cuda if target_logits.is_cuda else _kernels.td_target_cpu
         return impl(*args)
@@ -415,7 +417,8 @@ def _cross_entropy_args(online_logits, target, weight):
     if not target.is_floating_point():
         raise TypeError(f"target must be a floating-point tensor, got {target.dtype}")
     weight = _check_vector("weight", weight, batch, device, dtype)
-    return (online_logits.contiguous(), target.detach().to(dtype).contiguous(),
+    return (online_logits.resolve_neg().contiguous(),
+            target.detach().to(dtype).resolve_neg().contiguous(),
             None if weight is None else weight.detach())
 
 
