@@ -4,11 +4,19 @@ Run on a machine with a CUDA GPU after building mtrl with CUDA (benchmarks/gpu_t
 both). For B in {256, 1024, 4096, 16384} and K in {51, 101} (E = 2) it
   1. checks the CUDA target, loss, td_error and gradient against the PyTorch reference on random
      inputs (never zeros; rewards inside and outside the support; float32 and bfloat16 logits),
+     and the target of each input set below against the float64 reference,
   2. times the kernels inside a CUDA graph (20 calls per replay, so launch overhead is excluded),
      and the eager reference for comparison,
   3. prints the achieved memory bandwidth (minimum bytes each op must move / time) and its share
      of the device's measured copy bandwidth.
-The last line is ``RESULT {json}``.
+The target is timed on three input sets of the same size, side by side:
+  - "brc": discount 0.99, mask 1 for ~70% of rows, rewards N(0.05, 15^2) on a [-10, 10] support
+    (the input set of the earlier RESULTS rows; mask-0 rows take the scan projection),
+  - "shift": the same with mask 1 everywhere: every row takes the shift projection,
+  - "scan": discount 0.9, mask 1, rewards N(0.05, 3^2): (almost) every row takes the scan
+    projection ((1 - 0.9)(K - 1) > 2 and few rows are clipped enough to fit the shift).
+The share of rows on the shift path is computed on the host by ``shift_rows`` (the kernel's
+PlanShift in float64) and printed. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,51 @@ def make_inputs(b, k, dtype, seed):
     entropy = torch.randn(b, device="cuda", generator=gen) * 0.5 + 0.01
     online = (torch.randn(E, b, k, device="cuda", generator=gen) * 2).to(dtype)
     return logits, reward, mask, entropy, online
+
+
+def make_set(name, b, k, dtype, seed):
+    """Target inputs of one timed input set (see the module docstring): logits, reward, mask,
+    discount (a float), entropy."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    logits = (torch.randn(E, b, k, device="cuda", generator=gen) * 3 + 0.1).to(dtype)
+    scale = 3.0 if name == "scan" else 15.0
+    reward = torch.randn(b, device="cuda", generator=gen) * scale + 0.05
+    if name == "brc":
+        mask = (torch.rand(b, device="cuda", generator=gen) > 0.3).float()
+    else:
+        mask = torch.ones(b, device="cuda")
+    entropy = torch.randn(b, device="cuda", generator=gen) * 0.5 + 0.01
+    return logits, reward, mask, 0.9 if name == "scan" else 0.99, entropy
+
+
+def shift_rows(reward, mask, discount, entropy, k, v_min=-10.0, v_max=10.0):
+    """Boolean (B,): rows the CUDA kernel projects by the shift path (its PlanShift, float64)."""
+    g = (torch.as_tensor(discount, dtype=torch.float32, device=reward.device) * mask).double()
+    inv_dz = (k - 1) / (v_max - v_min)
+    c = (reward.double() + g * (v_min - entropy.double()) - v_min) * inv_dz
+    t_lo = (-c / g).clamp(-1, k)
+    t_hi = ((k - 1 - c) / g).clamp(-1, k)
+    ja = (t_lo.floor() + 1).clamp(max=k)
+    jb = torch.maximum(t_hi.ceil(), ja)
+    ua, ub = c + (g - 1) * ja, c + (g - 1) * (jb - 1)
+    lo, hi = torch.minimum(ua, ub), torch.maximum(ua, ub)
+    d = (0.5 * (lo + hi) + 0.5).floor()
+    fits = (lo - d >= -1) & (hi - d <= 1)
+    return (g > 0) & ((ja >= jb) | fits)
+
+
+def check_target_parity(logits, reward, mask, discount, entropy):
+    """Max |target - float64 reference|, |expected value - reference|, |row sum - 1|."""
+    target, value = categorical_td_target(logits, reward, mask, discount, entropy)
+    ref_t, ref_v = categorical_td_target_reference(logits.double(), reward.double(), mask.double(),
+                                                   discount, entropy.double(), v_min=-10, v_max=10)
+    errors = {
+        "target": (target.double() - ref_t).abs().max().item(),
+        "value": (value.double() - ref_v).abs().max().item(),
+        "row_sum": (target.double().sum(-1) - 1).abs().max().item(),
+    }
+    ok = errors["target"] < 3e-5 and errors["row_sum"] < 1e-6 and errors["value"] < 1e-4
+    return ok, errors
 
 
 def check_parity(b, k, dtype):
@@ -121,19 +174,42 @@ def main() -> None:
     batches = [1024, 16384] if args.quick else [256, 1024, 4096, 16384]
     atoms = [101] if args.quick else [51, 101]
     result = {"device": device, "copy_bandwidth_gbs": round(copy_bw, 1), "parity_ok": True}
+    sets = ("brc", "shift", "scan")
     print(f"device: {device}; measured copy bandwidth {copy_bw:.0f} GB/s; E = {E}")
-    print(f"{'dtype':>9} {'B':>6} {'K':>4} | {'target us':>9} {'GB/s':>6} {'%copy':>5} | "
-          f"{'loss us':>8} {'GB/s':>6} {'%copy':>5} | {'ref eager us':>12} | parity max err")
+    print("target us (%copy) per input set: brc = discount 0.99, 70% mask 1; shift = 0.99, mask 1; "
+          "scan = discount 0.9; [share of rows on the shift path]")
+    head = " ".join(f"{n + ' us':>9} {'%cp':>3}" for n in sets)
+    print(f"{'dtype':>9} {'B':>6} {'K':>4} | {head} | {'loss us':>8} {'%cp':>3} | "
+          f"{'ref eager us':>12} | shift rows | parity max err")
     for dtype in (torch.float32, torch.bfloat16):
         elem = torch.finfo(dtype).bits // 8
         for k in atoms:
             for b in batches:
                 ok, errors = check_parity(b, k, dtype)
+                # Minimum traffic: logits in; reward, mask, entropy in; target and value out
+                # (target op). Logits and target in; gradient, td_error out (loss op).
+                bytes_target = E * b * k * elem + 3 * b * 4 + b * k * 4 + b * 4
+                bytes_loss = 2 * E * b * k * elem + b * k * 4 + b * 4
+                name = str(dtype).replace("torch.", "")
+                key = f"{name}_{b}_{k}"
+                t_sets, shares = {}, {}
+                for set_name in sets:
+                    inputs = make_set(set_name, b, k, dtype, seed=b + k + len(set_name))
+                    set_ok, set_errors = check_target_parity(*inputs)
+                    ok &= set_ok
+                    errors.update({f"{set_name}_{n}": v for n, v in set_errors.items()})
+                    logits, reward, mask, discount, entropy = inputs
+                    rows = shift_rows(reward, mask, discount, entropy, k)
+                    shares[set_name] = rows.float().mean().item()
+                    t_sets[set_name] = graph_time_us(lambda: categorical_td_target(
+                        logits, reward, mask, discount, entropy, check_finite=False))
+                    pct = 100 * bytes_target / (t_sets[set_name] * 1e-6) / 1e9 / copy_bw
+                    result[f"target_{set_name}_us_{key}"] = round(t_sets[set_name], 2)
+                    result[f"target_{set_name}_pct_copy_bw_{key}"] = round(pct, 1)
+                    result[f"target_{set_name}_shift_rows_{key}"] = round(shares[set_name], 3)
                 result["parity_ok"] &= ok
                 logits, reward, mask, entropy, online = make_inputs(b, k, dtype, seed=1)
                 target, _ = categorical_td_target(logits, reward, mask, 0.99, entropy)
-                t_target = graph_time_us(lambda: categorical_td_target(
-                    logits, reward, mask, 0.99, entropy, check_finite=False))
                 online.requires_grad_()
                 t_loss = graph_time_us(lambda: torch.ops.mtrl.categorical_cross_entropy(
                     online.detach(), target, None, True, False))
@@ -145,21 +221,20 @@ def main() -> None:
                     categorical_cross_entropy_reference(ref_online, y).backward()
 
                 t_ref = eager_time_us(reference)
-                # Minimum traffic: logits in; target and value out (target op). Logits and
-                # target in; gradient, td_error out (loss op).
-                bytes_target = E * b * k * elem + 3 * b * 4 + b * k * 4 + b * 4
-                bytes_loss = 2 * E * b * k * elem + b * k * 4 + b * 4
-                bw_t = bytes_target / (t_target * 1e-6) / 1e9
                 bw_l = bytes_loss / (t_loss * 1e-6) / 1e9
-                name = str(dtype).replace("torch.", "")
-                print(f"{name:>9} {b:>6} {k:>4} | {t_target:9.1f} {bw_t:6.0f} "
-                      f"{100 * bw_t / copy_bw:5.0f} | {t_loss:8.1f} {bw_l:6.0f} "
-                      f"{100 * bw_l / copy_bw:5.0f} | {t_ref:12.1f} | "
+                cols = " ".join(f"{t_sets[n]:9.1f} {result[f'target_{n}_pct_copy_bw_{key}']:3.0f}"
+                                for n in sets)
+                share_txt = "/".join(f"{shares[n]:.2f}" for n in sets)
+                print(f"{name:>9} {b:>6} {k:>4} | {cols} | {t_loss:8.1f} "
+                      f"{100 * bw_l / copy_bw:3.0f} | {t_ref:12.1f} | {share_txt:>10} | "
                       f"{'ok' if ok else 'FAIL'} {max(errors.values()):.1e}")
-                key = f"{name}_{b}_{k}"
-                result[f"target_us_{key}"] = round(t_target, 2)
+                if not ok:
+                    print("  parity errors: "
+                          + ", ".join(f"{n} {v:.1e}" for n, v in errors.items()))
+                # Keys of the earlier runs: the "brc" input set.
+                result[f"target_us_{key}"] = result[f"target_brc_us_{key}"]
+                result[f"target_pct_copy_bw_{key}"] = result[f"target_brc_pct_copy_bw_{key}"]
                 result[f"loss_us_{key}"] = round(t_loss, 2)
-                result[f"target_pct_copy_bw_{key}"] = round(100 * bw_t / copy_bw, 1)
                 result[f"loss_pct_copy_bw_{key}"] = round(100 * bw_l / copy_bw, 1)
                 result[f"ref_eager_fwdbwd_us_{key}"] = round(t_ref, 1)
     print("RESULT " + json.dumps(result))

@@ -1,4 +1,12 @@
-"""CUDA kernels of the fused TD target and loss equal the PyTorch reference (skips without a GPU)."""
+"""CUDA kernels of the fused TD target and loss equal the PyTorch reference (skips without a GPU).
+
+The C51 target kernel has two projections (csrc/kernels/td_target_cuda.cu): the shift path, taken by
+rows with g = discount * mask > 0 whose unclipped atoms fit one integer offset (always for
+discount 0.99, mask 1 and K <= 101, since (1 - 0.99)(K - 1) <= 1), and the segmented-scan path
+(mask 0, discounts far from 1). `shift_rows` below is the kernel's row test, so the tests can
+check that both paths are exercised. Member softmax runs with the row in registers for K <= 256
+and through shared memory above (K = 513 below).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +39,34 @@ def make_inputs(e, b, k, seed=0, dtype=torch.float32):
     return [t.cuda() for t in (logits, reward, mask, discount, entropy)]
 
 
-@pytest.mark.parametrize("e,b,k", [(1, 1, 51), (2, 4097, 101), (5, 33, 201), (2, 16384, 51)])
+def shift_rows(reward, mask, discount, entropy, k, v_min=-10.0, v_max=10.0):
+    """Boolean (B,): rows the CUDA kernel projects by the shift path (its PlanShift, in float64)."""
+    g = (torch.as_tensor(discount, dtype=torch.float32, device=reward.device) * mask).double()
+    inv_dz = (k - 1) / (v_max - v_min)
+    c = (reward.double() + g * (v_min - entropy.double()) - v_min) * inv_dz
+    t_lo = (-c / g).clamp(-1, k)
+    t_hi = ((k - 1 - c) / g).clamp(-1, k)
+    ja = (t_lo.floor() + 1).clamp(max=k)
+    jb = torch.maximum(t_hi.ceil(), ja)
+    ua, ub = c + (g - 1) * ja, c + (g - 1) * (jb - 1)
+    lo, hi = torch.minimum(ua, ub), torch.maximum(ua, ub)
+    d = (0.5 * (lo + hi) + 0.5).floor()
+    return (g > 0) & ((ja >= jb) | ((lo - d >= -1) & (hi - d <= 1)))
+
+
+def assert_matches_float64(logits, reward, mask, discount, entropy, combine="mean"):
+    target, value = categorical_td_target(logits, reward, mask, discount, entropy, -10, 10, combine)
+    as64 = [t.double() if isinstance(t, torch.Tensor) else t
+            for t in (logits, reward, mask, discount, entropy)]
+    ref_t, ref_v = categorical_td_target_reference(*as64, v_min=-10, v_max=10, combine=combine)
+    torch.testing.assert_close(target.double(), ref_t, atol=3e-5, rtol=0)
+    torch.testing.assert_close(value.double(), ref_v, atol=1e-4, rtol=1e-5)
+    assert (target.double().sum(-1) - 1).abs().max() <= 1e-6
+    return target, value
+
+
+@pytest.mark.parametrize("e,b,k", [(1, 1, 51), (2, 4097, 101), (5, 33, 201), (2, 16384, 51),
+                                   (2, 300, 513)])
 @pytest.mark.parametrize("combine", ["mean", "min"])
 @pytest.mark.parametrize("projection", ["c51", "hl_gauss"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -44,7 +79,9 @@ def test_cuda_target_matches_reference(e, b, k, combine, projection, dtype):
         logits.float(), reward, mask, discount, entropy, v_min=-10, v_max=10, combine=combine,
         projection=projection)
     assert target.dtype == torch.float32 and target.device == logits.device
-    torch.testing.assert_close(target, ref_t, atol=3e-5, rtol=0)
+    # K = 513: a float32 bin position near 256 carries ulp(256) = 3e-5 of rounding, in the
+    # reference and in the kernel's scan path alike (a mask-0 row puts all its mass there).
+    torch.testing.assert_close(target, ref_t, atol=3e-5 if k <= 201 else 1e-4, rtol=0)
     torch.testing.assert_close(value, ref_v, atol=1e-4, rtol=1e-5)
     assert (target.sum(-1) - 1).abs().max() <= 1e-6
 
@@ -134,3 +171,91 @@ def test_cuda_non_finite_and_device_errors():
         categorical_td_target(logits, reward.cpu(), mask)
     with pytest.raises(TypeError, match="float32 or torch.bfloat16"):
         categorical_td_target(logits.double(), reward, mask)
+
+
+@pytest.mark.parametrize("e,k", [(1, 2), (2, 11), (1, 51), (2, 101), (5, 101), (2, 201),
+                                 (2, 513)])
+@pytest.mark.parametrize("combine", ["mean", "min"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_shift_path_matches_float64_reference(e, k, combine, dtype):
+    """BRC's discount 0.99 with mask 1: rewards far outside the support clip at both ends."""
+    logits, reward, _, _, entropy = make_inputs(e, 2048, k, seed=k + e, dtype=dtype)
+    mask = torch.ones_like(reward)
+    rows = shift_rows(reward, mask, 0.99, entropy, k)
+    assert rows.float().mean() > (0.99 if k <= 101 else 0.3)
+    c = (reward.double() + 0.99 * (-10 - entropy.double()) + 10) * (k - 1) / 20
+    assert (c < 0).any() and (c + 0.99 * (k - 1) > k - 1).any()  # clipped rows at both ends
+    assert_matches_float64(logits, reward, mask, 0.99, entropy, combine)
+
+
+@pytest.mark.parametrize("k", [51, 101, 201])
+@pytest.mark.parametrize("discount", [1.0, 0.98])
+def test_cuda_shift_path_exact_hits(k, discount):
+    """Rewards on multiples of the bin width, no entropy: at discount 1 every shifted atom lands
+    exactly on an atom, and the clip boundaries fall on atoms."""
+    gen = torch.Generator().manual_seed(k)
+    dz = 20.0 / (k - 1)
+    logits = (torch.randn(2, 1024, k, generator=gen) * 3 + 0.1).cuda()
+    reward = (torch.randint(-k, k, (1024,), generator=gen).double() * dz).float().cuda()
+    mask = torch.ones(1024, device="cuda")
+    entropy = torch.zeros(1024, device="cuda")
+    assert shift_rows(reward, mask, discount, entropy, k).all() or discount != 1.0
+    assert_matches_float64(logits, reward, mask, discount, entropy)
+
+
+def test_cuda_shift_and_scan_paths_in_one_launch():
+    """Per-sample discounts from 0.5 to 1.03 and masks 0/1: rows of both paths side by side,
+    including discounts at the edge of the shift condition ((1 - g)(K - 1) near 1 and 2)."""
+    k = 101
+    logits, reward, mask, _, entropy = make_inputs(2, 8192, k, seed=23)
+    gen = torch.Generator().manual_seed(24)
+    edges = torch.tensor([0.99, 0.98, 1.0, 1.01, 1.02, 0.9899999, 0.9800001, 0.5, 0.9])
+    pick = torch.randint(0, len(edges), (8192,), generator=gen)
+    discount = (edges[pick] + 1e-5 * torch.randn(8192, generator=gen)).cuda()
+    rows = shift_rows(reward, mask, discount, entropy, k)
+    assert 0.2 < rows.float().mean() < 0.9  # both paths
+    for combine in ("mean", "min"):
+        assert_matches_float64(logits, reward, mask, discount, entropy, combine)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_shift_path_graph_capture_and_determinism(dtype):
+    """Scalar discount 0.99 (shift rows) with mask-0 rows (scan rows) in a captured graph: replay
+    equals an eager call bit for bit, and so do repeated eager calls."""
+    logits, reward, mask, _, entropy = make_inputs(2, 4096, 101, seed=29, dtype=dtype)
+    static = [logits, reward, mask, entropy]
+
+    def step():
+        return categorical_td_target(static[0], static[1], static[2], 0.99, static[3],
+                                     check_finite=False)
+
+    first = step()
+    for x, y in zip(first, step()):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    fresh = make_inputs(2, 4096, 101, seed=30, dtype=dtype)
+    for dst, src in zip(static, (fresh[0], fresh[1], fresh[2], fresh[4])):
+        dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    expect = step()
+    for x, y in zip(outs, expect):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    assert_matches_float64(static[0], static[1], static[2], 0.99, static[3])
+
+
+@pytest.mark.parametrize("discount", [0.99, 0.9])
+def test_cuda_matches_cpu_kernel_scalar_discount(discount):
+    """0.99: both devices take their shift projections (CPU: AVX-512 builds); 0.9: neither."""
+    logits, reward, mask, _, entropy = make_inputs(2, 2048, 101, seed=31)
+    gpu = categorical_td_target(logits, reward, mask, discount, entropy)
+    cpu = categorical_td_target(*(t.cpu() for t in (logits, reward, mask)), discount, entropy.cpu())
+    for x, y in zip(gpu, cpu):
+        torch.testing.assert_close(x.cpu(), y, atol=3e-5, rtol=1e-5)

@@ -2,11 +2,22 @@
 //
 // TD target: a warp per row from start to finish (8 rows per block, three [K + 1] shared tiles per
 // row), so warps never wait on each other and the SM hides one row's load latency behind others'
-// arithmetic. Softmax of each member with 4 loads in flight per lane, combined (mean, or the
-// min-expected-value member); then the C51 projection, deterministic and warp-parallel: for
-// g = discount * mask >= 0 the bins low_j are non-decreasing in j, so 32 source atoms at a time a
-// segmented warp scan sums each run of atoms sharing a bin and one lane adds it (no float
-// atomics). HL-Gauss is a warp-parallel erf histogram. Cross-entropy: a warp per sample, all members, with the
+// arithmetic. Softmax of each member (for K <= 256 with the row in registers, KPL logits per lane;
+// above that through shared memory with 4 loads in flight per lane), combined (mean, or the
+// min-expected-value member) into the row p in shared memory; then the C51 projection,
+// deterministic and without atomics, by one of two warp-parallel paths:
+//  - shift (g = discount * mask > 0 and close to 1, as BRC's 0.99 with mask 1): the bins are affine
+//    in the atom index, b_j = c + g j, so with one integer d per row every unclipped atom j lands
+//    on bins j + d - 1, j + d, j + d + 1 only; each lane gathers its output bins i from the three
+//    atoms i - d - 1, i - d, i - d + 1 with the hat weights max(0, 1 - |b_j - i|), and the masses
+//    of the atoms clipped at v_min / v_max (a warp sum per end that clips) go to bins 0 / K - 1.
+//    No scans, no division per atom, the same cost whatever the clipping. For K >= 16 the same
+//    rows take this path as take the CPU kernel's ProjectC51Shift (td_target_cpu_impl.h,
+//    PlanShift; the CPU declines K < 16 for its vector width, the GPU does not);
+//  - scan (every other g >= 0: mask 0, discounts far from 1): the bins low_j are non-decreasing in
+//    j, so 32 source atoms at a time a segmented warp scan sums each run of atoms sharing a bin and
+//    one lane adds it.
+// HL-Gauss is a warp-parallel erf histogram. Cross-entropy: a warp per sample, all members, with the
 // sample's target and logits held in registers for K <= 256; the gradient is written in the same
 // pass, and the loss is reduced by a second one-block kernel in a fixed order.
 #include <cuda_bf16.h>
@@ -52,6 +63,7 @@ struct TargetParams {
   int64_t num_members, batch_size;
   int num_atoms, rows_per_block, row_stride;
   float v_min, v_max, dz, sigma;
+  double inv_dz;  // (K - 1) / (v_max - v_min), for the shift plan
   Combine combine;
   Projection projection;
   float* target;
@@ -128,6 +140,169 @@ __device__ bool CombineMembers(const T* __restrict__ logits, int64_t b, const Ta
     }
   }
   return ok;
+}
+
+// Phase 1 for K <= 32 * KPL: the same, with each member's row in registers (lane L holds atoms
+// L, L + 32, ...): every logit is loaded once, the next member's KPL loads are issued before this
+// member's softmax (two members' loads in flight), and only the combined row p is stored to t.hi.
+template <typename T, int KPL>
+__device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, const TargetParams& a,
+                                   const RowTiles& t, int lane) {
+  const int k = a.num_atoms;
+  bool ok = true;
+  float best_value = 0.0f;
+  float p[KPL] = {};
+  float next[KPL];
+  auto load = [&](int64_t e, float* v) {
+    const T* x = logits + (e * a.batch_size + b) * k;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      const int j = u * kWarp + lane;
+      v[u] = j < k ? Load(x, j) : -INFINITY;
+    }
+  };
+  load(0, next);
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    float v[KPL];
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) v[u] = next[u];
+    if (e + 1 < a.num_members) load(e + 1, next);
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) m = fmaxf(m, v[u]);
+    m = WarpMax(m);
+    float s = 0.0f;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      v[u] = u * kWarp + lane < k ? __expf(v[u] - m) : 0.0f;
+      s += v[u];
+    }
+    s = WarpSum(s);
+    ok = ok && isfinite(m) && isfinite(s);
+    if (a.combine == Combine::kMean) {
+      const float scale = 1.0f / (s * static_cast<float>(a.num_members));
+#pragma unroll
+      for (int u = 0; u < KPL; ++u) p[u] = (e == 0 ? 0.0f : p[u]) + v[u] * scale;
+    } else {
+      float zs = 0.0f;
+#pragma unroll
+      for (int u = 0; u < KPL; ++u) {
+        zs += v[u] * (a.v_min + static_cast<float>(u * kWarp + lane) * a.dz);
+      }
+      const float value = WarpSum(zs) / s;  // warp-uniform
+      if (e == 0 || value < best_value) {
+        best_value = value;
+        const float scale = 1.0f / s;
+#pragma unroll
+        for (int u = 0; u < KPL; ++u) p[u] = v[u] * scale;
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int j = u * kWarp + lane;
+    if (j < k) t.hi[j] = p[u];
+  }
+  return ok;
+}
+
+// Plan of the shift projection of one row (see the file comment; the CPU's PlanShift). With
+// b_j = c + g j and u_j = b_j - j - d = (c - d) + (g - 1) j, atoms j < ja are clipped at v_min
+// (b_j <= 0), atoms j >= jb at v_max (b_j >= K - 1), and every atom in [ja, jb) has |u_j| <= 1,
+// so it puts mass only on bins j + d - 1, j + d, j + d + 1.
+struct ShiftPlan {
+  int d, ja, jb;
+  float cf;   // c - d
+  float gm1;  // g - 1
+  float g;
+};
+
+// False when the shift does not apply: g <= 0 (mask 0 or a negative discount), or the u_j of the
+// unclipped atoms span more than [-1, 1] for every d (g too far from 1 for this row). Inputs are
+// finite. Double precision for c, the clip bounds and d (warp-uniform, once per row).
+__device__ __forceinline__ bool PlanShift(float r, float g, float ent, const TargetParams& a,
+                                          ShiftPlan* s) {
+  if (!(g > 0.0f)) return false;
+  const int k = a.num_atoms;
+  const double gd = g, kd = static_cast<double>(k);
+  const double c = (static_cast<double>(r) + gd * (static_cast<double>(a.v_min) - ent) -
+                    static_cast<double>(a.v_min)) * a.inv_dz;
+  const double inv_g = 1.0 / gd;
+  // Clipped at v_min: j <= -c / g; at v_max: j >= (K - 1 - c) / g (bins rise with j); clamped to
+  // [-1, K] so the integer bounds below stay in [0, K].
+  const double t_lo = fmin(fmax(-c * inv_g, -1.0), kd);
+  const double t_hi = fmin(fmax((kd - 1.0 - c) * inv_g, -1.0), kd);
+  const int ja = min(static_cast<int>(floor(t_lo)) + 1, k);  // first unclipped atom
+  const int jb = max(static_cast<int>(ceil(t_hi)), ja);      // one past the last
+  double d = 0.0;
+  if (ja < jb) {
+    // u over the unclipped atoms is monotone in j: its extremes are at ja and jb - 1.
+    const double ua = c + (gd - 1.0) * ja, ub = c + (gd - 1.0) * (jb - 1);
+    const double lo = fmin(ua, ub), hi = fmax(ua, ub);
+    d = floor(0.5 * (lo + hi) + 0.5);
+    if (!(lo - d >= -1.0 && hi - d <= 1.0)) return false;
+  }
+  // |d| <= K + 1: d is within 1 of b_j - j for an unclipped atom (b_j in (0, K - 1)), or 0.
+  s->d = static_cast<int>(d);
+  s->ja = ja;
+  s->jb = jb;
+  s->cf = static_cast<float>(c - d);
+  s->gm1 = g - 1.0f;
+  s->g = g;
+  return true;
+}
+
+// Phase 2 (C51) by the shift plan: lane L owns output bins L, L + 32, ...; bin i gathers atoms
+// j = i - d + q (q = -1, 0, 1) that are unclipped (j in [ja, jb)), with weight
+// max(0, 1 - |b_j - i|), b_j - i = u_{i-d} + q g; the masses of the clipped atoms (warp sums over
+// the lanes' own atoms) go to bins 0 and K - 1. Writes the row and returns this lane's part of
+// its expected value. p: the combined row (t.hi). KPL > 0: K <= 32 * KPL (loops fully unrolled).
+template <int KPL>
+__device__ float ProjectC51Shift(const float* p, const TargetParams& a, const ShiftPlan& s,
+                                 float* __restrict__ out, int lane) {
+  const int k = a.num_atoms;
+  const int slots = KPL > 0 ? KPL : (k + kWarp - 1) / kWarp;  // bins per lane
+  // The clipped masses, each summed only when some atom is clipped at that end (warp-uniform;
+  // with g <= 1 at most one end clips, so a row costs one warp sum at most).
+  float lo = 0.0f, hi = 0.0f;
+  if (s.ja > 0) {
+#pragma unroll
+    for (int u = 0; u < slots; ++u) {
+      const int i = u * kWarp + lane;
+      if (i < k) lo += i < s.ja ? p[i] : 0.0f;
+    }
+    lo = WarpSum(lo);
+  }
+  if (s.jb < k) {
+#pragma unroll
+    for (int u = 0; u < slots; ++u) {
+      const int i = u * kWarp + lane;
+      if (i < k) hi += i >= s.jb ? p[i] : 0.0f;
+    }
+    hi = WarpSum(hi);
+  }
+  const unsigned n = static_cast<unsigned>(s.jb - s.ja);
+  float v = 0.0f;
+#pragma unroll
+  for (int u = 0; u < slots; ++u) {
+    const int i = u * kWarp + lane;
+    if (i < k) {
+      const int jc = i - s.d;  // the atom whose u is measured from bin i
+      const float uc = fmaf(s.gm1, static_cast<float>(jc), s.cf);  // b_jc - i
+      const int rel = jc - s.ja;
+      float y = 0.0f;
+#pragma unroll
+      for (int q = -1; q <= 1; ++q) {
+        const float w = fmaxf(0.0f, 1.0f - fabsf(q == 0 ? uc : uc + static_cast<float>(q) * s.g));
+        if (static_cast<unsigned>(rel + q) < n) y = fmaf(p[jc + q], w, y);
+      }
+      if (i == 0) y += lo;
+      if (i == k - 1) y += hi;
+      out[i] = y;
+      v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
+    }
+  }
+  return v;
 }
 
 // Inclusive sum of `v` over the run of lanes up to this one whose `key` equals this lane's
@@ -222,8 +397,9 @@ __device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, floa
 }
 
 // A warp per row, start to finish: the warps of a block never wait for each other, so the SM
-// overlaps one row's load latency with other rows' arithmetic.
-template <typename T>
+// overlaps one row's load latency with other rows' arithmetic. KPL > 0: K <= 32 * KPL, the member
+// rows in registers (CombineMembersRegs); 0: any K (CombineMembers).
+template <typename T, int KPL>
 __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   extern __shared__ float smem[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -234,10 +410,16 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   const RowTiles t{base, base + stride, base + 2 * stride};
   float* out = a.target + b * k;
 
-  bool ok = CombineMembers(logits, b, a, t, lane);
+  // The row's scalars first: their loads overlap the logits'.
   const float r = a.reward[b];
   const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
   const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  bool ok;
+  if constexpr (KPL > 0) {
+    ok = CombineMembersRegs<T, KPL>(logits, b, a, t, lane);
+  } else {
+    ok = CombineMembers(logits, b, a, t, lane);
+  }
   ok = ok && isfinite(r) && isfinite(g) && isfinite(ent);
   if (!ok) {
     for (int j = lane; j < k; j += kWarp) out[j] = NAN;
@@ -249,8 +431,11 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   }
   __syncwarp();
   float v;
+  ShiftPlan plan;
   if (a.projection == Projection::kHlGauss) {
     v = HlGauss(t, a, r, g, ent, out, lane);
+  } else if (PlanShift(r, g, ent, a, &plan)) {  // warp-uniform
+    v = ProjectC51Shift<KPL>(t.hi, a, plan, out, lane);
   } else {
     for (int i = lane; i < k; i += kWarp) t.y[i] = 0.0f;
     __syncwarp();
@@ -427,15 +612,30 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-template <typename T>
-void LaunchTarget(const T* logits, const TargetParams& p, int64_t blocks, unsigned threads,
-                  size_t shared, cudaStream_t stream) {
+template <typename T, int KPL>
+void LaunchTargetKpl(const T* logits, const TargetParams& p, int64_t blocks, unsigned threads,
+                     size_t shared, cudaStream_t stream) {
   if (shared > static_cast<size_t>(kSharedBytes)) {  // large K: opt in to more shared memory
-    Check(cudaFuncSetAttribute(TdTargetKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    Check(cudaFuncSetAttribute(TdTargetKernel<T, KPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(shared)),
           "cudaFuncSetAttribute(TdTargetKernel)");
   }
-  TdTargetKernel<T><<<static_cast<unsigned>(blocks), threads, shared, stream>>>(logits, p);
+  TdTargetKernel<T, KPL><<<static_cast<unsigned>(blocks), threads, shared, stream>>>(logits, p);
+}
+
+// Member rows in registers for K <= 256 (BRC's 101 atoms: 4 per lane), through shared memory above.
+template <typename T>
+void LaunchTarget(const T* logits, const TargetParams& p, int64_t blocks, unsigned threads,
+                  size_t shared, cudaStream_t stream) {
+  if (p.num_atoms <= 2 * kWarp) {
+    LaunchTargetKpl<T, 2>(logits, p, blocks, threads, shared, stream);
+  } else if (p.num_atoms <= 4 * kWarp) {
+    LaunchTargetKpl<T, 4>(logits, p, blocks, threads, shared, stream);
+  } else if (p.num_atoms <= 8 * kWarp) {
+    LaunchTargetKpl<T, 8>(logits, p, blocks, threads, shared, stream);
+  } else {
+    LaunchTargetKpl<T, 0>(logits, p, blocks, threads, shared, stream);
+  }
 }
 
 // Register-cached kernel for K <= 256 (BRC's 101 atoms: 4 per lane), the generic one above that.
@@ -474,6 +674,8 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   p.v_min = args.v_min;
   p.v_max = args.v_max;
   p.dz = (args.v_max - args.v_min) / static_cast<float>(args.num_atoms - 1);
+  p.inv_dz = static_cast<double>(args.num_atoms - 1) /
+             (static_cast<double>(args.v_max) - static_cast<double>(args.v_min));
   p.sigma = args.sigma;
   p.combine = args.combine;
   p.projection = args.projection;
