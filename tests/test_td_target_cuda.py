@@ -54,11 +54,13 @@ def shift_rows(reward, mask, discount, entropy, k, v_min=-10.0, v_max=10.0):
     return (g > 0) & ((ja >= jb) | ((lo - d >= -1) & (hi - d <= 1)))
 
 
-def assert_matches_float64(logits, reward, mask, discount, entropy, combine="mean"):
-    target, value = categorical_td_target(logits, reward, mask, discount, entropy, -10, 10, combine)
+def assert_matches_float64(logits, reward, mask, discount, entropy, combine="mean", v_min=-10.0,
+                           v_max=10.0):
+    target, value = categorical_td_target(logits, reward, mask, discount, entropy, v_min, v_max,
+                                          combine)
     as64 = [t.double() if isinstance(t, torch.Tensor) else t
             for t in (logits, reward, mask, discount, entropy)]
-    ref_t, ref_v = categorical_td_target_reference(*as64, v_min=-10, v_max=10, combine=combine)
+    ref_t, ref_v = categorical_td_target_reference(*as64, v_min=v_min, v_max=v_max, combine=combine)
     torch.testing.assert_close(target.double(), ref_t, atol=3e-5, rtol=0)
     torch.testing.assert_close(value.double(), ref_v, atol=1e-4, rtol=1e-5)
     assert (target.double().sum(-1) - 1).abs().max() <= 1e-6
@@ -191,16 +193,18 @@ def test_cuda_shift_path_matches_float64_reference(e, k, combine, dtype):
 @pytest.mark.parametrize("k", [51, 101, 201])
 @pytest.mark.parametrize("discount", [1.0, 0.98])
 def test_cuda_shift_path_exact_hits(k, discount):
-    """Rewards on multiples of the bin width, no entropy: at discount 1 every shifted atom lands
-    exactly on an atom, and the clip boundaries fall on atoms."""
+    """Support +-12.5, so dz = 25 / (K - 1) is exact in binary (0.5, 0.25, 0.125); rewards on
+    multiples of dz and no entropy: at discount 1 every shifted atom lands exactly on an atom and
+    the clip boundaries fall on atoms (0.98: the same rows, near hits)."""
     gen = torch.Generator().manual_seed(k)
-    dz = 20.0 / (k - 1)
+    dz = 25.0 / (k - 1)
     logits = (torch.randn(2, 1024, k, generator=gen) * 3 + 0.1).cuda()
     reward = (torch.randint(-k, k, (1024,), generator=gen).double() * dz).float().cuda()
     mask = torch.ones(1024, device="cuda")
     entropy = torch.zeros(1024, device="cuda")
-    assert shift_rows(reward, mask, discount, entropy, k).all() or discount != 1.0
-    assert_matches_float64(logits, reward, mask, discount, entropy)
+    rows = shift_rows(reward, mask, discount, entropy, k, -12.5, 12.5)
+    assert rows.all() if discount == 1.0 else rows.any()
+    assert_matches_float64(logits, reward, mask, discount, entropy, v_min=-12.5, v_max=12.5)
 
 
 def test_cuda_shift_and_scan_paths_in_one_launch():
