@@ -263,3 +263,20 @@ def test_cuda_matches_cpu_kernel_scalar_discount(discount):
     cpu = categorical_td_target(*(t.cpu() for t in (logits, reward, mask)), discount, entropy.cpu())
     for x, y in zip(gpu, cpu):
         torch.testing.assert_close(x.cpu(), y, atol=3e-5, rtol=1e-5)
+
+
+def test_cuda_nonfinite_count_only_when_read():
+    """The non-finite counter is zeroed and read per call with check_finite=True, and not passed
+    at all with check_finite=False (no memset node): a clean call after a bad one is clean, a bad
+    call unchecked gives NaN rows and no error."""
+    logits, reward, mask, discount, entropy = make_inputs(2, 64, 101, seed=37)
+    bad = logits.clone()
+    bad[1, 5, 7] = float("inf")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="1 of 64 samples have non-finite values"):
+            categorical_td_target(bad, reward, mask, 0.99, entropy)
+        target, value = categorical_td_target(logits, reward, mask, 0.99, entropy)
+        assert torch.isfinite(target).all() and torch.isfinite(value).all()
+        target, value = categorical_td_target(bad, reward, mask, 0.99, entropy, check_finite=False)
+        assert torch.isnan(target[5]).all() and torch.isnan(value[5])
+        assert torch.isfinite(target[torch.arange(64, device="cuda") != 5]).all()

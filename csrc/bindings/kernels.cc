@@ -355,7 +355,7 @@ void TdTargetCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64
   a.sigma = static_cast<float>(sigma);
   a.target = DevicePtr<float>(target, "target");
   a.expected_value = DevicePtr<float>(expected_value, "expected_value");
-  a.nonfinite_count = DevicePtr<int32_t>(nonfinite_count, "nonfinite_count");
+  a.nonfinite_count = DevicePtr<int32_t>(nonfinite_count, "nonfinite_count", false);  // optional
   a.device = device;
   a.stream = reinterpret_cast<void*>(stream);
   // Only enqueues work on the stream; touches no Python object.

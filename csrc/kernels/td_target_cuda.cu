@@ -425,7 +425,7 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
     for (int j = lane; j < k; j += kWarp) out[j] = NAN;
     if (lane == 0) {
       a.expected_value[b] = NAN;
-      atomicAdd(a.nonfinite_count, 1);
+      if (a.nonfinite_count != nullptr) atomicAdd(a.nonfinite_count, 1);
     }
     return;
   }
@@ -682,7 +682,9 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   p.target = args.target;
   p.expected_value = args.expected_value;
   p.nonfinite_count = args.nonfinite_count;
-  Check(cudaMemsetAsync(args.nonfinite_count, 0, sizeof(int32_t), stream), "cudaMemsetAsync");
+  if (args.nonfinite_count != nullptr) {  // no memset node when nobody reads the count
+    Check(cudaMemsetAsync(args.nonfinite_count, 0, sizeof(int32_t), stream), "cudaMemsetAsync");
+  }
   const int64_t blocks = (args.batch_size + p.rows_per_block - 1) / p.rows_per_block;
   const size_t shared = static_cast<size_t>(per_row) * p.rows_per_block;
   const unsigned threads = static_cast<unsigned>(p.rows_per_block * kWarp);

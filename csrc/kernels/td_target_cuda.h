@@ -3,7 +3,8 @@
 // the binding can include it either way. Pointers are device pointers; per-sample vectors and the
 // target are float32, logits float32 or bfloat16 (accumulation is always float32). Kernels are
 // enqueued on `stream` (a cudaStream_t) of `device` and never synchronise, so they can be captured
-// in CUDA graphs; the number of non-finite rows is written to *nonfinite_count.
+// in CUDA graphs; the number of non-finite rows is written to *nonfinite_count (the target op may
+// pass nullptr when the count will not be read: then no memset node is enqueued).
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,7 @@ struct TdTargetCudaArgs {
   float sigma = 0.0f;
   float* target = nullptr;            // out [B, K]
   float* expected_value = nullptr;    // out [B]
-  int32_t* nonfinite_count = nullptr; // out [1]
+  int32_t* nonfinite_count = nullptr; // out [1], or nullptr: not counted (no memset, no atomics)
   int device = 0;
   void* stream = nullptr;  // cudaStream_t
 };

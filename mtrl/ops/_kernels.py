@@ -99,14 +99,16 @@ def td_target_cuda(target_logits, reward, mask, discount, discount_value, entrop
                         discount=discount, entropy=entropy)
     target = torch.empty(batch, num_atoms, dtype=torch.float32, device=device)
     value = torch.empty(batch, dtype=torch.float32, device=device)
-    count = torch.empty(1, dtype=torch.int32, device=device)
+    # The non-finite row count only when it will be read (it costs a memset node per call).
+    counted = check_finite and not torch.cuda.is_current_stream_capturing()
+    count = torch.empty(1, dtype=torch.int32, device=device) if counted else None
     _core._td_target_cuda(
         target_logits.data_ptr(), int(target_logits.dtype == torch.bfloat16), members, batch,
         num_atoms, reward.data_ptr(), mask.data_ptr(), _ptr(discount), discount_value,
-        _ptr(entropy), target.data_ptr(), value.data_ptr(), count.data_ptr(), v_min, v_max,
+        _ptr(entropy), target.data_ptr(), value.data_ptr(), _ptr(count), v_min, v_max,
         combine, projection, sigma, device.index, torch.cuda.current_stream(device).cuda_stream,
     )
-    bad = _cuda_nonfinite(count, check_finite)
+    bad = _cuda_nonfinite(count, True) if counted else 0
     if bad:
         raise _target_nonfinite(bad, target_logits, reward, mask, discount, entropy)
     return target, value
