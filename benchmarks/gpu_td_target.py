@@ -11,7 +11,7 @@ both). For B in {256, 1024, 4096, 16384} and K in {51, 101} (E = 2) it
      of the device's measured copy bandwidth.
 The target is timed on three input sets of the same size, side by side:
   - "brc": discount 0.99, mask 1 for ~70% of rows, rewards N(0.05, 15^2) on a [-10, 10] support
-    (the input set of the earlier RESULTS rows; mask-0 rows take the scan projection),
+    (the input set of the earlier RESULTS rows; mask-0 rows take the terminal projection),
   - "shift": the same with mask 1 everywhere: every row takes the shift projection,
   - "scan": discount 0.9, mask 1, rewards N(0.05, 3^2): (almost) every row takes the scan
     projection ((1 - 0.9)(K - 1) > 2 and few rows are clipped enough to fit the shift).

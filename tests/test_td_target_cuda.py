@@ -1,11 +1,11 @@
 """CUDA kernels of the fused TD target and loss equal the PyTorch reference (skips without a GPU).
 
-The C51 target kernel has two projections (csrc/kernels/td_target_cuda.cu): the shift path, taken by
-rows with g = discount * mask > 0 whose unclipped atoms fit one integer offset (always for
-discount 0.99, mask 1 and K <= 101, since (1 - 0.99)(K - 1) <= 1), and the segmented-scan path
-(mask 0, discounts far from 1). `shift_rows` below is the kernel's row test, so the tests can
-check that both paths are exercised. Member softmax runs with the row in registers for K <= 256
-and through shared memory above (K = 513 below).
+The C51 target kernel has three projections (csrc/kernels/td_target_cuda.cu): the shift path,
+taken by rows with g = discount * mask > 0 whose unclipped atoms fit one integer offset (always for
+discount 0.99, mask 1 and K <= 101, since (1 - 0.99)(K - 1) <= 1), the terminal path (g = 0: mask
+0 or discount 0), and the segmented-scan path (discounts far from 1). `shift_rows` below is the
+kernel's row test, so the tests can check that the paths are exercised. Member softmax runs with
+the row in registers for K <= 256 and through shared memory above (K = 513 below).
 """
 
 from __future__ import annotations
@@ -205,6 +205,30 @@ def test_cuda_shift_path_exact_hits(k, discount):
     rows = shift_rows(reward, mask, discount, entropy, k, -12.5, 12.5)
     assert rows.all() if discount == 1.0 else rows.any()
     assert_matches_float64(logits, reward, mask, discount, entropy, v_min=-12.5, v_max=12.5)
+
+
+@pytest.mark.parametrize("k", [51, 101, 201])
+def test_cuda_terminal_rows_split_the_mass_at_the_clipped_reward(k):
+    """g = discount * mask = 0 (mask 0, or discount 0 with mask 1) takes the terminal path: the
+    row's total on the two bins around clip(r). Rewards on atoms of a binary-exact support (exact
+    hits), between atoms, beyond both ends; large entropies, which g = 0 ignores."""
+    gen = torch.Generator().manual_seed(k + 1)
+    b, dz = 4096, 25.0 / (k - 1)
+    logits = (torch.randn(2, b, k, generator=gen) * 3 + 0.1).cuda()
+    on_atoms = torch.randint(-(k // 2), k // 2 + 1, (b,), generator=gen).double() * dz
+    between = torch.rand(b, generator=gen).double() * 25 - 12.5
+    beyond = torch.sign(torch.randn(b, generator=gen)).double() * 12.5
+    beyond = beyond + torch.sign(beyond) * 40 * torch.rand(b, generator=gen)
+    pick = torch.randint(0, 3, (b,), generator=gen)
+    reward = torch.where(pick == 0, on_atoms, torch.where(pick == 1, between, beyond))
+    reward = reward.float().cuda()
+    entropy = (torch.randn(b, generator=gen) * 50).cuda()
+    zeros, ones = torch.zeros(b, device="cuda"), torch.ones(b, device="cuda")
+    for mask, discount in ((zeros, 0.99), (ones, 0.0)):
+        assert not shift_rows(reward, mask, discount, entropy, k, -12.5, 12.5).any()
+        target, _ = assert_matches_float64(logits, reward, mask, discount, entropy, v_min=-12.5,
+                                           v_max=12.5)
+        assert ((target > 0).sum(-1) <= 2).all()  # at most the two bins around clip(r)
 
 
 def test_cuda_shift_and_scan_paths_in_one_launch():

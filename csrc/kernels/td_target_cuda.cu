@@ -5,7 +5,7 @@
 // arithmetic. Softmax of each member (for K <= 256 with the row in registers, KPL logits per lane;
 // above that through shared memory with 4 loads in flight per lane), combined (mean, or the
 // min-expected-value member) into the row p in shared memory; then the C51 projection,
-// deterministic and without atomics, by one of two warp-parallel paths:
+// deterministic and without atomics, by one of three warp-parallel paths:
 //  - shift (g = discount * mask > 0 and close to 1, as BRC's 0.99 with mask 1): the bins are affine
 //    in the atom index, b_j = c + g j, so with one integer d per row every unclipped atom j lands
 //    on bins j + d - 1, j + d, j + d + 1 only; each lane gathers its output bins i from the three
@@ -14,7 +14,8 @@
 //    No scans, no division per atom, the same cost whatever the clipping. For K >= 16 the same
 //    rows take this path as take the CPU kernel's ProjectC51Shift (td_target_cpu_impl.h,
 //    PlanShift; the CPU declines K < 16 for its vector width, the GPU does not);
-//  - scan (every other g >= 0: mask 0, discounts far from 1): the bins low_j are non-decreasing in
+//  - terminal (g = 0, mask 0): every atom lands on clip(r); the row's total goes to two bins;
+//  - scan (every other g >= 0: discounts far from 1): the bins low_j are non-decreasing in
 //    j, so 32 source atoms at a time a segmented warp scan sums each run of atoms sharing a bin and
 //    one lane adds it.
 // HL-Gauss is a warp-parallel erf histogram. Cross-entropy: a warp per sample, all members, with the
@@ -305,6 +306,28 @@ __device__ float ProjectC51Shift(const float* p, const TargetParams& a, const Sh
   return v;
 }
 
+// Phase 2 (C51) for g = discount * mask = 0 (terminal rows, mask 0): every atom lands on clip(r),
+// so the row's total mass is split once between that bin and the next (as the CPU's ProjectRow)
+// instead of scanning K atoms that all share one bin. Writes the row; returns this lane's part of
+// its expected value.
+__device__ float ProjectC51Terminal(const float* p, const TargetParams& a, float r, float ent,
+                                    float* __restrict__ out, int lane) {
+  const int k = a.num_atoms;
+  int l;
+  float frac;
+  BinOf(0, r, 0.0f, ent, a, &l, &frac);  // the same bin for every atom
+  float total = 0.0f;
+  for (int j = lane; j < k; j += kWarp) total += p[j];
+  total = WarpSum(total);
+  float v = 0.0f;
+  for (int i = lane; i < k; i += kWarp) {
+    const float y = i == l ? total * (1.0f - frac) : (i == l + 1 ? total * frac : 0.0f);
+    out[i] = y;
+    v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
+  }
+  return v;
+}
+
 // Inclusive sum of `v` over the run of lanes up to this one whose `key` equals this lane's
 // (keys are non-decreasing across the lanes, so equal keys are contiguous).
 __device__ __forceinline__ float SegmentedSum(float v, int key, int lane) {
@@ -434,6 +457,8 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   ShiftPlan plan;
   if (a.projection == Projection::kHlGauss) {
     v = HlGauss(t, a, r, g, ent, out, lane);
+  } else if (g == 0.0f) {  // warp-uniform
+    v = ProjectC51Terminal(t.hi, a, r, ent, out, lane);
   } else if (PlanShift(r, g, ent, a, &plan)) {  // warp-uniform
     v = ProjectC51Shift<KPL>(t.hi, a, plan, out, lane);
   } else {
@@ -563,30 +588,54 @@ __global__ void CrossEntropyRegKernel(const T* __restrict__ logits, T* __restric
 
 // loss = sum_b weight_b * td_error_b / B, one block, fixed reduction order (deterministic); also
 // the number of non-finite rows (their td_error is NaN), so no counter needs zeroing beforehand.
-__global__ void LossReduceKernel(const float* td_error, const float* weight, int64_t batch,
-                                 float* loss, int32_t* nonfinite_count) {
-  __shared__ double partial[1024];
-  __shared__ int bad[1024];
+// Each thread sums b = tid, tid + 1024, ... with kReduceLoads loads in flight (they hit L2 right
+// after the loss kernel), then warp shuffles and one warp combine the partial sums: 2.6 us at
+// B = 16384 on an H200, against 5.4 us for a shared-memory tree over one load at a time.
+constexpr int kReduceThreads = 1024;
+constexpr int kReduceLoads = 4;
+static_assert(kReduceThreads / kWarp == kWarp, "one warp combines the per-warp sums");
+
+__global__ void __launch_bounds__(kReduceThreads) LossReduceKernel(
+    const float* td_error, const float* weight, int64_t batch, float* loss,
+    int32_t* nonfinite_count) {
+  __shared__ double partial[kReduceThreads / kWarp];
+  __shared__ int bad[kReduceThreads / kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   double acc = 0.0;
   int nonfinite = 0;
-  for (int64_t b = threadIdx.x; b < batch; b += blockDim.x) {
-    const float td = td_error[b];
-    nonfinite += isfinite(td) ? 0 : 1;
-    acc += static_cast<double>(td) * (weight != nullptr ? weight[b] : 1.0f);
-  }
-  partial[threadIdx.x] = acc;
-  bad[threadIdx.x] = nonfinite;
-  __syncthreads();
-  for (int n = blockDim.x / 2; n > 0; n /= 2) {
-    if (threadIdx.x < n) {
-      partial[threadIdx.x] += partial[threadIdx.x + n];
-      bad[threadIdx.x] += bad[threadIdx.x + n];
+  for (int64_t b0 = threadIdx.x; b0 < batch; b0 += kReduceLoads * kReduceThreads) {
+    float td[kReduceLoads], w[kReduceLoads];
+#pragma unroll
+    for (int u = 0; u < kReduceLoads; ++u) {
+      const int64_t b = b0 + u * kReduceThreads;
+      td[u] = b < batch ? td_error[b] : 0.0f;
+      w[u] = b < batch && weight != nullptr ? weight[b] : 1.0f;
     }
-    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < kReduceLoads; ++u) {
+      nonfinite += isfinite(td[u]) ? 0 : 1;
+      acc += static_cast<double>(td[u]) * w[u];
+    }
   }
-  if (threadIdx.x == 0) {
-    *loss = static_cast<float>(partial[0] / static_cast<double>(batch));
-    *nonfinite_count = bad[0];
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    nonfinite += __shfl_xor_sync(0xffffffffu, nonfinite, o);
+  }
+  if (lane == 0) {
+    partial[warp] = acc;
+    bad[warp] = nonfinite;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  acc = partial[lane];
+  nonfinite = bad[lane];
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    nonfinite += __shfl_xor_sync(0xffffffffu, nonfinite, o);
+  }
+  if (lane == 0) {
+    *loss = static_cast<float>(acc / static_cast<double>(batch));
+    *nonfinite_count = nonfinite;
   }
 }
 
@@ -713,8 +762,8 @@ void CrossEntropyCuda(const CrossEntropyCudaArgs& args) {
                               static_cast<float*>(args.grad), p, blocks, stream);
   }
   Check(cudaGetLastError(), "CrossEntropyKernel launch");
-  LossReduceKernel<<<1, 1024, 0, stream>>>(args.td_error, args.weight, args.batch_size, args.loss,
-                                           args.nonfinite_count);
+  LossReduceKernel<<<1, kReduceThreads, 0, stream>>>(args.td_error, args.weight, args.batch_size,
+                                                     args.loss, args.nonfinite_count);
   Check(cudaGetLastError(), "LossReduceKernel launch");
 }
 
