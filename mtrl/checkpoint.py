@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from mtrl._atomic import replace_dir
 
 PREFIX = "iter_"
 # Fields that may differ between a checkpoint and the run resuming it (schedule, output, device).
@@ -35,22 +35,16 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
                     save_replay: Callable[[Path], None], keep: int) -> Path:
-    """Write state + replay into a temp dir, rename it into place, keep the last ``keep``."""
+    """Write state + replay into a temp dir, swap it into place, keep the last ``keep``."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the checkpoint just written is kept), got {keep}")
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{iteration:09d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    final = checkpoint_dir(run_dir) / f"{PREFIX}{iteration:09d}"
+
+    def write(tmp: Path) -> None:
         save_replay(tmp / "replay")
         torch.save(state, tmp / "state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    replace_dir(final, write)  # a checkpoint of the same iteration is swapped, never lost
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

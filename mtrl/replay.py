@@ -37,6 +37,8 @@ indexed by global slot ``g = task * capacity_per_task + slot``: ``obs`` (T*C, O)
 ``final_obs[-2 - next]``), ``priority`` f8 (the tree leaves, ``priority ** alpha``),
 ``pending_obs`` (N, O) f4, ``last_slot`` (N,) i8 and ``final_obs`` (final_rows, O) f4. Slots
 beyond a task's ``size`` are unused. Loading validates every link before replacing anything.
+``save`` replaces the directory as a whole (written beside it, then swapped in), and refuses a
+directory that holds anything but a previous save.
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mtrl import _core
+from mtrl._atomic import replace_dir
 
 __all__ = ["ReplayBatch", "ReplayBuffer", "ReplayMemoryError"]
 
@@ -60,6 +64,10 @@ _SHAPE_FIELDS = ("num_tasks", "capacity_per_task", "obs_dim", "action_dim", "num
 # int64, which cannot reach the core, are refused with the same message).
 _SHAPE_LIMITS = (2**20, 2**36, 2**24, 2**24, 2**24 - 1)
 _INT64 = (-2**63, 2**63 - 1)
+# Every file a save holds: a directory with anything else is not replaced by ``save``.
+_FILES = frozenset({"meta.json", *(f"{n}.npy" for n in (
+    "obs", "action", "reward", "terminated", "truncated", "env", "next", "priority",
+    "pending_obs", "last_slot", "final_obs"))})
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,28 @@ class ReplayBatch:
     def batch_size(self) -> int:
         """Rows in the batch (B)."""
         return int(self.reward.shape[0])
+
+
+def _check_replaceable(path: str) -> None:
+    """Refuses (ValueError) to replace ``path`` unless it is absent, empty or a replay save."""
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path):
+        raise ValueError(f"cannot save the replay buffer to {path}: it exists and is not a "
+                         f"directory")
+    names = sorted(os.listdir(path))
+    if not names:
+        return
+    foreign = [n for n in names if n not in _FILES]
+    why = f"it holds {', '.join(foreign[:5])}" + (" ..." if len(foreign) > 5 else "")
+    if not foreign:
+        try:
+            ReplayBuffer._read_meta(path)
+            return
+        except (OSError, ValueError) as e:
+            why = f"its meta.json: {e}"
+    raise ValueError(f"cannot save the replay buffer to {path}: it is not an mtrl replay save "
+                     f"({why}); choose a new or empty directory")
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -423,14 +453,25 @@ class ReplayBuffer:
 
     # ----------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Writes the whole state to ``directory`` (created if needed; files overwritten)."""
-        path = os.fspath(directory)
-        os.makedirs(path, exist_ok=True)
-        scalars = self._core.save(path)
-        meta = {"format": _FORMAT, "version": _VERSION, "alpha": self.alpha, "seed": self.seed,
-                **{f: getattr(self, f) for f in _SHAPE_FIELDS}, **scalars}
-        with open(os.path.join(path, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
+        """Writes the whole state to ``directory``, atomically.
+
+        The save is written to a hidden sibling directory and then swapped in (``mtrl._atomic``):
+        a crash or error mid-save leaves the previous save at ``directory`` complete.
+
+        Raises:
+            ValueError: ``directory`` exists but is not a replay save (a file, or a directory
+            holding anything other than the files of a save): it is left untouched.
+        """
+        _check_replaceable(os.path.realpath(os.fspath(directory)))
+
+        def write(tmp: Path) -> None:
+            scalars = self._core.save(os.fspath(tmp))
+            meta = {"format": _FORMAT, "version": _VERSION, "alpha": self.alpha,
+                    "seed": self.seed, **{f: getattr(self, f) for f in _SHAPE_FIELDS}, **scalars}
+            with open(tmp / "meta.json", "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=1)
+
+        replace_dir(directory, write)
 
     @staticmethod
     def _read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:

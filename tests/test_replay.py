@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -817,3 +818,91 @@ def test_unreadable_meta_and_priority_messages_name_the_problem(tmp_path):
     # The priority was printed with %f: a 310-digit number.
     with pytest.raises(ValueError, match=r"priority\[0\] = 1e\+308 is too large"):
         buf.update_priorities([0], [1e308])
+
+
+# ----------------------------------------------------------------------------- atomic save
+
+
+def test_save_over_a_previous_save_replaces_it(tmp_path):
+    first = ReplayBuffer(1, 8, 2, 1, 2, seed=1)
+    run_envs(first, None, 3, task_of_env=[0, 0])
+    first.save(tmp_path / "b")
+    second = ReplayBuffer(1, 8, 2, 1, 2, seed=2)
+    run_envs(second, None, 5, task_of_env=[0, 0], seed=7)
+    second.save(tmp_path / "b")  # the second save wins
+    loaded = ReplayBuffer.load(tmp_path / "b")
+    assert saved_state(loaded, tmp_path / "again") == saved_state(second, tmp_path / "ref")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "b", "ref"]  # no leftovers
+
+
+def _fail_meta_write(monkeypatch):
+    """Makes the meta.json write of the next save fail halfway (a full disk)."""
+    def dump(obj, f, **kw):
+        f.write('{"format": ')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", dump)
+
+
+def test_failed_save_keeps_the_previous_save(tmp_path, monkeypatch):
+    buf = ReplayBuffer(1, 8, 2, 1, 2)
+    run_envs(buf, None, 3, task_of_env=[0, 0])
+    before = saved_state(buf, tmp_path / "b")
+    run_envs(buf, None, 4, task_of_env=[0, 0], seed=5)
+    with monkeypatch.context() as m:
+        _fail_meta_write(m)
+        with pytest.raises(OSError, match="No space left"):
+            buf.save(tmp_path / "b")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
+    ReplayBuffer.load(tmp_path / "b")
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # the partial save was removed
+    # A failure while swapping the new save in puts the old one back.
+    import mtrl._atomic
+
+    real_rename = mtrl._atomic.os.rename
+    calls = []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # old aside, then new in: the second fails
+            raise OSError(5, "Input/output error")
+        real_rename(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(mtrl._atomic.os, "rename", rename)
+        with pytest.raises(OSError, match="Input/output error"):
+            buf.save(tmp_path / "b")
+    assert len(calls) == 3  # the third rename put the old save back
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_save_refuses_a_directory_that_is_not_a_replay_save(tmp_path):
+    buf = ReplayBuffer(1, 8, 2, 1, 2)
+    run_envs(buf, None, 3, task_of_env=[0, 0])
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError,
+                       match=rf"{re.escape(str(user))}: it is not an mtrl replay save.*notes.txt"):
+        buf.save(user)
+    assert [(p.name, p.read_text()) for p in user.iterdir()] == [("notes.txt", "mine")]
+    # A replay save with a foreign file added: the file would be lost, so it is refused too.
+    buf.save(tmp_path / "b")
+    (tmp_path / "b" / "README").write_text("keep")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
+    with pytest.raises(ValueError, match=r"not an mtrl replay save .*README"):
+        buf.save(tmp_path / "b")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
+    (tmp_path / "b" / "README").unlink()
+    (tmp_path / "b" / "meta.json").write_text('{"format": "other"}')  # replay-like names only
+    with pytest.raises(ValueError, match=r"not an mtrl replay save \(its meta.json"):
+        buf.save(tmp_path / "b")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"afile: it exists and is not a directory"):
+        buf.save(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "x"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    buf.save(empty)  # an empty directory holds nothing to lose
+    ReplayBuffer.load(empty)

@@ -274,3 +274,16 @@ def test_checkpoint_keep_and_listing(tmp_path):
     (tmp_path / "checkpoints" / "iter_abc").mkdir()
     (tmp_path / "checkpoints" / "iter_abc" / "state.pt").write_bytes(b"")
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["iter_000000001"]
+    # A second checkpoint of the same iteration (the signal save after a periodic one) is
+    # swapped in whole; a failing one leaves the first as it was; no temp dirs are left.
+    ckpt.save_checkpoint(tmp_path, 1, {"iteration": 1, "config": 2}, lambda p: p.mkdir(), 2)
+
+    def full_disk(path):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(tmp_path, 1, {}, full_disk, 2)
+    (only,) = ckpt.list_checkpoints(tmp_path)
+    assert ckpt.load_checkpoint(only)["config"] == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_000000001",
+                                                                           "iter_abc"]
