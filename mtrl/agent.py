@@ -174,22 +174,25 @@ class BRCAgent(nn.Module):
         finite = torch.isfinite(q_target) & torch.isfinite(logits.detach().sum(-1)).all(0)
         return loss.detach(), q_target, finite
 
-    def actor_step(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def actor_step(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One AdamW step on mean(alpha log pi - Q) with the updated critic (§2.2.3).
 
         The task embedding enters detached (§5.1); critic parameters receive no gradient.
-        Returns (loss, entropy estimate -mean log pi (detached), Q mean)."""
+        Returns (loss, entropy estimate -mean log pi (detached), Q mean, per-sample finiteness
+        of alpha log pi - Q (B,) bool)."""
         embedding = self.critic.embed(batch.task_id)
         embedding = None if embedding is None else embedding.detach()
         action, log_prob = self.actor.sample(batch.obs, embedding)
         with self._autocast():  # critic parameters detached: dQ/da only, no weight gradients
             logits = self._critic_fwd(batch.obs, action, batch.task_id, param_grads=False)
         q = brc_math.expected_q(logits, self.atoms)
-        loss = (alpha * log_prob - q).mean()
+        per_sample = alpha * log_prob - q
+        loss = per_sample.mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=self._actor_params)
         self.actor_optimizer.step()
-        return loss.detach(), -log_prob.detach().mean(), q.detach().mean()
+        finite = torch.isfinite(per_sample.detach())
+        return loss.detach(), -log_prob.detach().mean(), q.detach().mean(), finite
 
     def temperature_step(self, entropy: Tensor) -> Tensor:
         """One Adam step on alpha * (H - H_target) w.r.t. log alpha (§2.4)."""
@@ -203,7 +206,9 @@ class BRCAgent(nn.Module):
 
     def update(self, batch: Batch, denominator: Tensor) -> dict[str, Tensor]:
         """One BRC gradient step (§2.2) on ``batch``; rewards are divided by ``denominator`` (T,)
-        of their task (§4.2). Returns detached 0-d metrics plus ``nonfinite_per_task`` (T,)."""
+        of their task (§4.2). Returns detached 0-d metrics plus ``nonfinite_per_task`` (T,): per
+        task, the batch's samples with a non-finite critic target/logits (or, when all of those
+        are finite, a non-finite actor term)."""
         if denominator.shape != (self.num_tasks,):
             raise ValueError(f"denominator must have shape ({self.num_tasks},), got "
                              f"{tuple(denominator.shape)}")
@@ -214,11 +219,16 @@ class BRCAgent(nn.Module):
         reward = batch.reward / denominator[batch.task_id]
         critic_loss, q_target, finite = self.critic_step(batch, reward, alpha)
         # 3. Actor on the just-updated critic, embedding detached, alpha constant.
-        actor_loss, entropy, q_mean = self.actor_step(batch, alpha)
+        actor_loss, entropy, q_mean, actor_finite = self.actor_step(batch, alpha)
         # 4. Temperature from the same actor forward's entropy.
         temperature_loss = self.temperature_step(entropy)
+        # Per task, the samples where it went non-finite first (the training loop names their
+        # tasks): critic target/logits; if those are all finite, the actor term (e.g. a critic
+        # step that overflowed the weights). A NaN critic step makes every actor term NaN, so
+        # the actor's samples would name every task of the batch, not the one at fault.
+        bad = torch.where((~finite).any(), ~finite, ~actor_finite)
         nonfinite = torch.zeros(self.num_tasks, device=reward.device).index_add_(
-            0, batch.task_id, (~finite).float())
+            0, batch.task_id, bad.float())
         return {
             "critic_loss": critic_loss, "actor_loss": actor_loss,
             "temperature_loss": temperature_loss, "alpha": alpha, "entropy": entropy,

@@ -381,8 +381,8 @@ def _raise_nonfinite(metrics, tasks, iteration, update, host) -> None:
     values = {k: float(metrics[k]) for k in ("critic_loss", "actor_loss", "temperature_loss")}
     raise FloatingPointError(
         f"non-finite loss at iteration {iteration}, update {update}: {values}; samples with "
-        f"non-finite targets/logits come from task(s) {bad or 'none'}; non-finite reward/obs "
-        f"inputs from task(s) {inputs or 'none'}")
+        f"non-finite critic targets/logits or actor terms come from task(s) {bad or 'none'}; "
+        f"non-finite reward/obs inputs from task(s) {inputs or 'none'}")
 
 
 def parse_args(argv: list[str]) -> TrainConfig:

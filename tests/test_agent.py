@@ -132,6 +132,19 @@ def test_nonfinite_batch_is_attributed_to_its_task():
     assert metrics["nonfinite_per_task"].tolist() == [0.0, 0.0, 1.0]
 
 
+def test_nonfinite_actor_loss_is_attributed_to_the_tasks_of_its_batch():
+    # A critic step that blows the weights up (lr 1e30) leaves the critic loss finite (computed
+    # before the step) but the actor loss, on the updated critic, NaN: its samples' tasks must be
+    # counted too, else the training loop's error names no task (issue 4, "NaN in a loss").
+    agent = make_agent(lr=1e30)
+    batch = make_batch()
+    batch.task_id[:] = 0
+    batch.task_id[:5] = 2
+    metrics = agent.update(batch, torch.ones(TASKS))
+    assert torch.isfinite(metrics["critic_loss"]) and not torch.isfinite(metrics["actor_loss"])
+    assert metrics["nonfinite_per_task"].tolist() == [B - 5.0, 0.0, 5.0]
+
+
 @pytest.mark.skipif(not fused_ops_available(), reason="mtrl.ops fused kernels not built in this tree")
 def test_fused_and_reference_paths_agree():
     results = []
