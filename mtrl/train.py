@@ -294,7 +294,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metric_count, online = state["metric_count"], state["online"]
     t_start, it_start, up_start = time.perf_counter(), iteration, updates
     exit_reason = "finished"
-    updates_per_s = 0.0
+    it_per_s = updates_per_s = 0.0
     try:
         while iteration < cfg.iterations:
             # -- act: uniform warm-up (§2.1), then the stochastic policy (std x 1.0)
@@ -337,7 +337,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                        "it_per_s": (iteration - it_start) / elapsed,
                        "updates_per_s": (updates - up_start) / elapsed}
                 t_start, it_start, up_start = now, iteration, updates
-                updates_per_s = row["updates_per_s"]
+                it_per_s, updates_per_s = row["it_per_s"], row["updates_per_s"]
                 means = (metric_sum / max(metric_count, 1)).tolist()
                 row.update((k, v if metric_count else float("nan")) for k, v in zip(METRIC_NAMES, means))
                 for t, name in enumerate(tasks):  # fixed columns: NaN when no episode ended
@@ -356,7 +356,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t_start += time.perf_counter() - pause
             progress.update(iteration, {
                 "env_steps": iteration * num_tasks, "updates": updates,
-                "upd/s": round(updates_per_s, 1),
+                "it/s": round(it_per_s, 1), "upd/s": round(updates_per_s, 1),
                 "eval": round(last_eval.get("return_mean", float("nan")), 1)})
             if signals.received is not None:
                 path = save(iteration)

@@ -54,6 +54,10 @@ def test_smoke_cli_300_iterations(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "finished at iteration 300" in res.stdout
+    # plain progress lines (no TTY): env steps, iterations/s, updates/s, last eval (issue 4)
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("[mtrl] iteration 300 "))
+    for key in ("env_steps=600", "it/s=", "upd/s=", "eval="):
+        assert key in line, (key, line)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["resolved_tasks"] == ["dmc:cartpole-balance", "dmc:walker-stand"]
     assert cfg["agent"]["critic_width"] == 32
