@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from mtrl.fused_bronet import check_cpu_bf16
 from mtrl.networks import Actor, Critic
 from mtrl.normalizer import reward_denominator
 from mtrl.optim import FusedAdamW
+from mtrl.precision import cuda_matmul_precision
 
 try:  # fused kernels of the kernel component (issue 3); mtrl.math is the reference path
     from mtrl import ops as _ops
@@ -41,6 +44,22 @@ class Batch:
     task_id: Tensor
 
 
+def _refuse_tf32(device: str) -> None:
+    raise ValueError(
+        f"AgentConfig.tf32 needs a CUDA device, and this agent runs on {device}: TF32 is a mode "
+        f"of NVIDIA tensor cores (Ampere and later), CPU matmuls have none. Leave tf32 off here.")
+
+
+def _in_matmul_precision(method):
+    """Runs an agent method (its forwards, backward and optimizer step) under the agent's float32
+    matmul precision, BRCAgent._matmul_precision."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._matmul_precision():
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 def fused_ops_available() -> bool:
     """Whether mtrl.ops provides the fused categorical TD target and cross-entropy."""
     return _ops is not None and hasattr(_ops, "categorical_td_target") and hasattr(
@@ -60,6 +79,8 @@ class BRCAgent(nn.Module):
         super().__init__()
         if config.bf16 and not torch.cuda.is_available():
             check_cpu_bf16()  # the agent will run on this CPU (ValueError without AMX/AVX512-BF16)
+        if config.tf32 and not torch.cuda.is_available():
+            _refuse_tf32("cpu")  # the agent will run on this CPU
         self.config = config
         self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
         self.critic = Critic(
@@ -105,6 +126,7 @@ class BRCAgent(nn.Module):
         return self.log_alpha.detach().exp()
 
     @torch.no_grad()
+    @_in_matmul_precision
     def act(self, obs: Tensor, task_id: Tensor, deterministic: bool = False) -> Tensor:
         """Actions (B, A) in [-1, 1] for padded obs (B, O) of tasks task_id (B,) (§2.3)."""
         self._check_task_ids(task_id)
@@ -129,6 +151,18 @@ class BRCAgent(nn.Module):
                                   self.config.v_max)
 
     # ---------------------------------------------------------------- update
+    def _matmul_precision(self):
+        """The float32 matmul precision of the agent's CUDA work (AgentConfig.tf32), set around
+        each call and restored after it (mtrl.precision). A trap §11 does not list: JAX's default
+        precision lets float32 dots run in TF32 on Ampere and later GPUs, so the released
+        "float32" code ran TF32 matmuls there, while PyTorch's default is IEEE float32."""
+        device = self.atoms.device.type
+        if device == "cuda":
+            return cuda_matmul_precision(self.config.tf32)
+        if self.config.tf32:  # (a CPU agent built where CUDA exists was not refused at init)
+            _refuse_tf32(device)
+        return contextlib.nullcontext()
+
     def _autocast(self):
         """The critic's precision (AgentConfig.bf16): bf16 autocast on CUDA; on the CPU the same
         autocast, under which the critic takes mtrl.fused_bronet's bf16 path."""
@@ -152,6 +186,7 @@ class BRCAgent(nn.Module):
             return _ops.categorical_cross_entropy(logits, target, None, check_finite=False)
         return brc_math.categorical_cross_entropy(logits, target)
 
+    @_in_matmul_precision
     def critic_step(self, batch: Batch, reward: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One AdamW step on the critic CE loss against the projected soft target (§2.2.1, §3.2),
         then the Polyak update of the target critic, tau = 0.005 on every parameter including
@@ -174,6 +209,7 @@ class BRCAgent(nn.Module):
         finite = torch.isfinite(q_target) & torch.isfinite(logits.detach().sum(-1)).all(0)
         return loss.detach(), q_target, finite
 
+    @_in_matmul_precision
     def actor_step(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One AdamW step on mean(alpha log pi - Q) with the updated critic (§2.2.3).
 

@@ -11,11 +11,14 @@ import torch
 from mtrl._atomic import replace_dir
 
 PREFIX = "iter_"
-# Fields that may differ between a checkpoint and the run resuming it (schedule, output, device).
+# Fields that may differ between a checkpoint and the run resuming it (schedule, output, device;
+# and numerics that change no shape or state: compile, bf16, tf32, fused ops). A checkpoint written
+# before a field existed lacks it: listed here, it resumes.
 RESUMABLE_CHANGES = {
     "iterations", "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval",
     "keep_checkpoints", "run_dir", "resume", "device", "tensorboard", "wandb", "wandb_project",
     "progress", "torch_threads", "agent.compile", "agent.bf16", "agent.fused_ops", "env.num_threads",
+    "agent.tf32",
 }
 
 

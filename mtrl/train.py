@@ -192,6 +192,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     num_tasks = len(tasks)
     batch_size = check_feasible(cfg, num_tasks)
     device = resolve_device(cfg.device)
+    if cfg.agent.tf32 and device.type != "cuda":  # before the envs start (the agent checks too)
+        raise ValueError(f"AgentConfig.tf32 needs a CUDA device, and this run's device is "
+                         f"{device} (--device {cfg.device}); leave --agent.tf32 off here")
     run_dir = Path(cfg.run_dir)
     resolved = {**dataclasses.asdict(cfg), "resolved_tasks": tasks, "batch_size": batch_size}
     if run_dir.exists() and not run_dir.is_dir():

@@ -206,3 +206,89 @@ def test_task_ids_out_of_range_are_refused():
     with pytest.raises(ValueError, match="task_id must be an integer tensor, got torch.float32"):
         agent.act(obs, torch.zeros(2))
     assert agent.act(obs, torch.tensor([0, TASKS - 1])).shape == (2, ACT)
+
+
+# ---------------------------------------------------------------- AgentConfig.tf32
+MATMUL = torch.backends.cuda.matmul
+
+
+@pytest.fixture
+def default_precision():
+    """torch's default CUDA matmul precision before and after (the flag is process-global)."""
+    MATMUL.fp32_precision = "none"
+    yield
+    MATMUL.fp32_precision = "none"
+
+
+def _record_precision(agent: BRCAgent) -> list[tuple[str, str]]:
+    """(where, CUDA matmul precision) at every actor/critic forward and at the gradient of their
+    first parameters (computed inside backward)."""
+    seen = []
+    for name, module in (("actor", agent.actor), ("critic", agent.critic)):
+        module.register_forward_pre_hook(
+            lambda *_, name=name: seen.append((f"{name} forward", MATMUL.fp32_precision)))
+        next(module.parameters()).register_hook(
+            lambda grad, name=name: seen.append((f"{name} backward", MATMUL.fp32_precision)))
+    return seen
+
+
+def test_tf32_scopes_every_agent_call_and_restores(monkeypatch, default_precision):
+    # On the CPU the agent sets nothing and tf32 is refused; the CUDA branch of
+    # _matmul_precision is replaced by the real context manager, to check that act, the critic
+    # step and the actor step (forwards, backward) all run inside it and nothing leaks out.
+    from mtrl.precision import cuda_matmul_precision
+
+    agent = make_agent()
+    monkeypatch.setattr(BRCAgent, "_matmul_precision", lambda self: cuda_matmul_precision(True))
+    seen = _record_precision(agent)
+    agent.update(make_batch(), torch.ones(TASKS))
+    assert MATMUL.fp32_precision == "none"
+    agent.act(torch.zeros(2, OBS), torch.tensor([0, 1]), deterministic=True)
+    assert MATMUL.fp32_precision == "none"
+    wheres = {w for w, _ in seen}
+    assert wheres == {"actor forward", "critic forward", "actor backward", "critic backward"}
+    assert all(p == "tf32" for _, p in seen), seen
+
+
+def test_float32_agent_on_cpu_sets_no_flag(default_precision):
+    agent = make_agent()
+    MATMUL.fp32_precision = "tf32"  # a caller's TF32 is left alone on the CPU (CUDA-only flag)
+    seen = _record_precision(agent)
+    agent.update(make_batch(), torch.ones(TASKS))
+    assert seen and all(p == "tf32" for _, p in seen)
+    assert MATMUL.fp32_precision == "tf32"
+
+
+def test_tf32_on_cpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"AgentConfig.tf32 needs a CUDA device, and this agent "
+                                         r"runs on cpu.*Leave tf32 off here"):
+        make_agent(tf32=True)
+    make_agent(tf32=False)
+
+
+def test_tf32_cpu_agent_built_where_cuda_exists_is_refused_at_first_use(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # skips the construction check
+    agent = make_agent(tf32=True)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="AgentConfig.tf32 needs a CUDA device.*runs on cpu"):
+        agent.act(torch.zeros(2, OBS), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="AgentConfig.tf32 needs a CUDA device"):
+        agent.update(make_batch(), torch.ones(TASKS))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("tf32", [False, True])
+def test_cuda_agent_runs_in_its_precision(tf32, default_precision):
+    MATMUL.fp32_precision = "ieee" if tf32 else "tf32"  # the caller's is the other one
+    torch.manual_seed(0)
+    agent = BRCAgent(AgentConfig(critic_width=32, actor_width=16, tf32=tf32), OBS, ACT,
+                     TASKS).cuda()
+    seen = _record_precision(agent)
+    batch = Batch(**{k: v.cuda() for k, v in vars(make_batch()).items()})
+    metrics = agent.update(batch, torch.ones(TASKS, device="cuda"))
+    agent.act(batch.obs, batch.task_id)
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert {p for _, p in seen} == {"tf32" if tf32 else "ieee"}
+    assert MATMUL.fp32_precision == ("ieee" if tf32 else "tf32")

@@ -86,7 +86,8 @@ def test_help_documents_fields():
                          text=True, timeout=120)
     assert res.returncode == 0
     for flag in ("--agent.critic-width", "--buffer.batch-size", "--env.tasks", "--resume",
-                 "--preset", "Critic BroNet width"):
+                 "--preset", "Critic BroNet width", "--agent.tf32, --agent.no-tf32",
+                 "JAX's default matmul"):
         assert flag in res.stdout, flag
 
 
@@ -295,3 +296,32 @@ def test_checkpoint_keep_and_listing(tmp_path):
     assert ckpt.load_checkpoint(only)["config"] == 2
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_000000001",
                                                                            "iter_abc"]
+
+
+def test_tf32_on_a_cpu_device_is_refused_before_the_envs_start(tmp_path, monkeypatch, capsys):
+    import mtrl.train
+
+    def no_envs(*args, **kwargs):
+        raise AssertionError("environments were built before the device check")
+    monkeypatch.setattr(mtrl.envs, "make", no_envs)
+    for device in ("cpu", "auto") if not torch.cuda.is_available() else ("cpu",):
+        with pytest.raises(ValueError, match=rf"AgentConfig.tf32 needs a CUDA device, and this "
+                                             rf"run's device is cpu \(--device {device}\)"):
+            train(tiny_config(tmp_path / device, device=device,
+                              agent=AgentConfig(critic_width=32, actor_width=32, tf32=True)))
+    assert not (tmp_path / "cpu").exists()  # refused before the run dir was written
+    assert mtrl.train.main([*TINY, "--agent.tf32", "--device", "cpu",
+                            "--run-dir", str(tmp_path / "cli")]) == 2
+    assert "AgentConfig.tf32 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_resume_allows_tf32_and_bf16_to_change_but_not_shapes():
+    saved = {"agent": {"critic_width": 32, "bf16": False, "tf32": False}, "seed": 0}
+    ckpt.check_compatible(saved, {"agent": {"critic_width": 32, "bf16": True, "tf32": True},
+                                  "seed": 0})
+    older = {"agent": {"critic_width": 32, "bf16": False}, "seed": 0}  # written before tf32 existed
+    ckpt.check_compatible(older, {"agent": {"critic_width": 32, "bf16": False, "tf32": True},
+                                  "seed": 0})
+    with pytest.raises(ValueError, match="'agent.critic_width' is 32 in the checkpoint but 64"):
+        ckpt.check_compatible(saved, {"agent": {"critic_width": 64, "bf16": False, "tf32": True},
+                                      "seed": 0})
