@@ -8,7 +8,9 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['EnginePool', 'ReplayMemoryError', 'cuda_built', 'cuda_device_count', 'engine_tasks']
+__all__: list[str] = ['EnginePool', 'EnvMemoryError', 'ReplayMemoryError', 'cuda_built', 'cuda_device_count', 'engine_tasks']
+class EnvMemoryError(MemoryError):
+    pass
 class ReplayMemoryError(MemoryError):
     pass
 class _ReplayBuffer:

@@ -16,6 +16,7 @@ import mtrl.envs as envs
 from mtrl import _core
 from mtrl.envs import fidelity
 from mtrl.envs.engine import EngineTaskPool, dm_control_suite_dir, engine_tasks
+from mtrl.replay import ReplayMemoryError
 
 TASKS = engine_tasks()
 
@@ -217,10 +218,13 @@ def test_engine_errors():
         raw.env_info(3)
     # A pool far beyond the machine's memory is refused after its first env (MemAvailable),
     # instead of allocating until the OOM killer ends the process.
+    # It is the env engine's own MemoryError, not the replay buffer's.
     n = 2**20
-    with pytest.raises(MemoryError, match=rf"the env pool \({n} envs\) needs \d+ bytes but "
-                                          r"this machine has only"):
+    with pytest.raises(envs.EnvMemoryError, match=rf"the env pool \({n} envs\) needs \d+ "
+                                                  r"bytes but this machine has only") as info:
         _core.EnginePool(["dog-run"] * n, list(range(n)), suite, 1, 0)
+    assert isinstance(info.value, MemoryError)
+    assert not isinstance(info.value, ReplayMemoryError)
 
 
 def test_closed_engine_pool():

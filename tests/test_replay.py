@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mtrl.replay import ReplayBatch, ReplayBuffer
+from mtrl.replay import ReplayBatch, ReplayBuffer, ReplayMemoryError
 
 # ----------------------------------------------------------------------------- reference model
 
@@ -711,7 +711,7 @@ def test_update_priorities_bad_input():
     (dict(num_envs=2.0), TypeError, "num_envs"),
     (dict(alpha=float("nan")), ValueError, "alpha"),
     (dict(seed=-1), ValueError, "seed"),
-    (dict(capacity_per_task=2**35, obs_dim=4096), MemoryError, "bytes"),
+    (dict(capacity_per_task=2**35, obs_dim=4096), ReplayMemoryError, "the replay buffer needs"),
 ])
 def test_constructor_bad_input(kw, exc, match):
     args = dict(num_tasks=1, capacity_per_task=8, obs_dim=3, action_dim=2, num_envs=2)

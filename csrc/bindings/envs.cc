@@ -92,6 +92,8 @@ void SetState(EnvPool& pool, const py::list& states) {
 }  // namespace
 
 void RegisterEnvs(py::module_& m) {
+  // Its own MemoryError subclass: a pool too large for the machine is not a replay problem.
+  py::register_exception<EnvMemoryError>(m, "EnvMemoryError", PyExc_MemoryError);
   m.def("engine_tasks", [] {
     std::vector<std::string> names;
     for (const TaskDef& d : AllTasks()) names.push_back(d.name);

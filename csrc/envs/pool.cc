@@ -104,7 +104,7 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
   std::map<std::string, int64_t> envs_of_task;
   for (const std::string& name : env_tasks) ++envs_of_task[name];
   // From the first env of each task, the bytes of all its envs: a pool that cannot fit is a
-  // MemoryError before the rest are built, not minutes of allocation and the OOM killer.
+  // EnvMemoryError before the rest are built, not minutes of allocation and the OOM killer.
   uint64_t planned = 0;
   try {
     for (size_t k = 0; k < env_tasks.size(); ++k) {
@@ -120,8 +120,8 @@ EnvPool::EnvPool(const std::vector<std::string>& env_tasks, const std::vector<ui
       if (count->second > 0) {  // the first env of this task
         planned += envs_.back()->nbytes() * static_cast<uint64_t>(count->second);
         count->second = 0;
-        CheckFitsInMemory(planned, "the env pool (" + std::to_string(env_tasks.size()) +
-                                       " envs)");
+        CheckFitsInMemory<EnvMemoryError>(
+            planned, "the env pool (" + std::to_string(env_tasks.size()) + " envs)");
       }
       obs_dim_ = std::max(obs_dim_, envs_.back()->obs_dim());
       action_dim_ = std::max(action_dim_, envs_.back()->action_dim());

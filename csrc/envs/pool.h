@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -13,12 +14,19 @@
 
 namespace mtrl {
 
+// Thrown when the envs of a pool cannot fit in this machine's memory (-> mtrl.envs.EnvMemoryError).
+class EnvMemoryError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 class EnvPool {
  public:
   // `env_tasks`: the task name of each env ("cheetah-run"), `seeds`: each env's RNG seed,
   // `suite_dir`: the directory holding dm_control's suite XMLs. Each distinct task's XML is loaded
   // once and its model shared by that task's envs. `num_threads` >= 1.
-  // Throws std::invalid_argument (unknown task, bad sizes) or std::runtime_error (XML errors).
+  // Throws std::invalid_argument (unknown task, bad sizes), std::runtime_error (XML errors) or
+  // EnvMemoryError (the envs would not fit in MemAvailable).
   EnvPool(const std::vector<std::string>& env_tasks, const std::vector<uint64_t>& seeds,
           const std::string& suite_dir,
           int num_threads, int64_t max_episode_steps);

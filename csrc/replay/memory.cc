@@ -29,13 +29,9 @@ uint64_t AvailableMemoryBytes() {
   return UINT64_MAX;  // unknown: do not refuse
 }
 
-void CheckFitsInMemory(uint64_t nbytes, const std::string& what) {
-  const uint64_t available = AvailableMemoryBytes();
-  if (nbytes > available) {
-    throw OutOfMemoryError(what + " needs " + std::to_string(nbytes) +
-                           " bytes but this machine has only " + std::to_string(available) +
-                           " bytes available (MemAvailable)");
-  }
+std::string NoFitMessage(uint64_t nbytes, uint64_t available, const std::string& what) {
+  return what + " needs " + std::to_string(nbytes) + " bytes but this machine has only " +
+         std::to_string(available) + " bytes available (MemAvailable)";
 }
 
 PageBuffer::PageBuffer(size_t nbytes) : nbytes_(nbytes) {

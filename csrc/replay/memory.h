@@ -1,4 +1,5 @@
-// Large zero-initialised allocations for the replay buffer, with a fit-in-memory check.
+// Large zero-initialised allocations for the replay buffer, and the fit-in-memory check it
+// shares with the env pool.
 #pragma once
 
 #include <cstddef>
@@ -8,7 +9,7 @@
 
 namespace mtrl {
 
-// Thrown when a requested allocation cannot fit in this machine's memory (-> MemoryError).
+// Thrown when a replay allocation cannot fit in this machine's memory (-> ReplayMemoryError).
 class OutOfMemoryError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
@@ -18,8 +19,16 @@ class OutOfMemoryError : public std::runtime_error {
 // reads above zero, else sysconf(_SC_AVPHYS_PAGES) * page size, else unknown (UINT64_MAX). Thread-safe (reads the file each call).
 uint64_t AvailableMemoryBytes();
 
-// Throws OutOfMemoryError naming `what` if `nbytes` exceeds AvailableMemoryBytes().
-void CheckFitsInMemory(uint64_t nbytes, const std::string& what);
+// "<what> needs <nbytes> bytes but this machine has only <available> bytes available".
+std::string NoFitMessage(uint64_t nbytes, uint64_t available, const std::string& what);
+
+// Throws Error (a component's own MemoryError type; the replay buffer's by default) naming
+// `what` if `nbytes` exceeds AvailableMemoryBytes().
+template <typename Error = OutOfMemoryError>
+void CheckFitsInMemory(uint64_t nbytes, const std::string& what) {
+  const uint64_t available = AvailableMemoryBytes();
+  if (nbytes > available) throw Error(NoFitMessage(nbytes, available, what));
+}
 
 // Page-aligned, zero-filled anonymous memory (mmap). Blocks of 2 MiB and more are advised to
 // use transparent huge pages, which cuts TLB misses on the random-row gathers of sampling.

@@ -11,8 +11,13 @@ from __future__ import annotations
 import math
 import numbers
 
+from mtrl import _core
 from mtrl.envs.pool import StepOutput, TaskPool
 from mtrl.envs.registry import TaskSpec, available_tasks, resolve
+
+EnvMemoryError = _core.EnvMemoryError
+"""MemoryError raised when a pool's envs cannot fit in this machine's available memory (the C++
+engine checks MemAvailable after building the first env of each task)."""
 
 BACKENDS = ("auto", "engine", "envpool")
 # Most envs (num_tasks * envs_per_task) in one pool: a bound far above any training setup that
@@ -50,6 +55,7 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
     Raises:
       ValueError: unknown or repeated task, bad sizes (more than MAX_ENVS envs in all), seed
         outside [-2**63, 2**63 - num_envs], unknown backend.
+      EnvMemoryError: the engine's envs would not fit in the available memory.
     """
     if isinstance(tasks, str):
         raise ValueError("tasks must be a list of task names, got a single str")
@@ -118,4 +124,5 @@ def _build(specs: list[TaskSpec], envs_per_task: int, seed: int, num_threads: in
     return MixedTaskPool(specs, envs_per_task, parts)
 
 
-__all__ = ["StepOutput", "TaskPool", "TaskSpec", "available_tasks", "make", "resolve"]
+__all__ = ["EnvMemoryError", "StepOutput", "TaskPool", "TaskSpec", "available_tasks", "make",
+           "resolve"]
