@@ -34,6 +34,21 @@ def _rewrite_until(path: Path, iteration: int, jsonl: bool) -> None:
     os.replace(tmp, path)
 
 
+def _import_wandb():
+    """The wandb module, imported only for runs that ask for it (nothing else depends on W&B).
+
+    Raises:
+      ValueError: wandb is not installed (a clear message instead of an ImportError traceback).
+    """
+    try:
+        import wandb
+    except ImportError as e:
+        raise ValueError("--wandb needs the wandb package, which is not installed (pip install "
+                         "wandb); without --wandb the metrics still go to the CSV/JSONL files "
+                         "and TensorBoard") from e
+    return wandb
+
+
 class Logger:
     """Writes ``train/*`` and ``eval/*`` metrics of one run.
 
@@ -43,6 +58,7 @@ class Logger:
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, wandb: bool, wandb_project: str,
                  config: dict[str, Any], resume_iteration: int | None = None):
+        wandb_module = _import_wandb() if wandb else None  # before any file is touched
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = self.run_dir / "metrics.jsonl"
@@ -59,9 +75,7 @@ class Logger:
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_iteration)
         self._wandb = None
-        if wandb:
-            import wandb as wandb_module  # lazy: nothing else depends on W&B
-
+        if wandb_module is not None:
             self._wandb = wandb_module.init(project=wandb_project, config=config,
                                             dir=str(self.run_dir), resume="allow")
         self.eval_history: list[dict[str, Any]] = self._read_eval_history()

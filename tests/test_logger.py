@@ -40,3 +40,31 @@ def test_resume_names_a_damaged_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "iteration": 10}\n{bad\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a log row"):
         _logger(tmp_path, 20)
+
+
+def test_wandb_is_imported_only_when_asked(tmp_path, monkeypatch):
+    # Issue 4: W&B only when asked, nothing depends on it. With the module unimportable a run
+    # without --wandb logs as usual; --wandb gives a clear error, not an ImportError traceback.
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    logger = _logger(tmp_path / "a", None)
+    logger.log("eval", 1, {"return_mean": 1.0, "t/return": 1.0})
+    logger.close()
+    with pytest.raises(ValueError, match=r"--wandb needs the wandb package"):
+        Logger(tmp_path / "b", tensorboard=False, wandb=True, wandb_project="mtrl", config={})
+    assert not (tmp_path / "b").exists()  # refused before anything is written
+
+
+def test_curves_png_is_redrawn_at_each_evaluation(tmp_path):
+    logger = _logger(tmp_path, None)
+    png = tmp_path / "curves.png"
+    logger.log("train", 1, {"critic_loss": 1.0})
+    assert not png.exists()  # train rows do not draw
+    drawn = []
+    for it, ret in ((10, 1.0), (20, 5.0), (30, 2.0)):
+        logger.log("eval", it, {"return_mean": ret, "dmc:a/return": ret, "dmc:b/return": -ret})
+        drawn.append(png.read_bytes())
+    logger.close()
+    assert len(set(drawn)) == 3  # a new picture after every evaluation
+    assert [h["iteration"] for h in logger.eval_history] == [10, 20, 30]
