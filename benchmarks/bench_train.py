@@ -16,6 +16,11 @@ right after the float32 loop (same process, alternating order over --repeats rou
 bf16/float32 it/s ratio, one update's time in both precisions timed alternately on synthetic
 batches (the steadier ratio on a shared machine), and the bf16 bmm rate at the critic's shapes.
 The float32 keys and the floor fraction (a float32 metric) are unchanged.
+
+--paper (CUDA only): width 4096 / batch 1024 / the 4 tasks, one loop per precision variant in one
+process: float32 (IEEE), AgentConfig.tf32, AgentConfig.bf16 and both (keys it_per_s_w4096_mt4_
+fp32 / _tf32 / _bf16 / _bf16_tf32), plus the relative error of one 1024^3 CUDA matmul in IEEE and
+in TF32 against float64, which shows whether TF32 was in effect on this GPU.
 """
 
 from __future__ import annotations
@@ -169,14 +174,14 @@ def dims(tasks) -> tuple[int, int]:
 
 
 def loop_rate(tasks, width, batch, iters, window, compile_, threads, device="cpu",
-              bf16=False) -> tuple[float, int, int]:
+              bf16=False, tf32=False) -> tuple[float, int, int]:
     obs, act = dims(tasks)
     warm = max(window, -(-batch // len(tasks)))
     warm = -(-warm // window) * window
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = TrainConfig(
             env=EnvConfig(tasks=tuple(tasks)),
-            agent=AgentConfig(critic_width=width, compile=compile_, bf16=bf16),
+            agent=AgentConfig(critic_width=width, compile=compile_, bf16=bf16, tf32=tf32),
             buffer=BufferConfig(capacity_per_task=warm + iters + 10, batch_size=batch),
             iterations=warm + iters, random_iterations=warm, eval_interval=10**9, eval_episodes=1,
             log_interval=window, checkpoint_interval=0, run_dir=run_dir, tensorboard=False,
@@ -203,7 +208,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1,
                    help="with --bf16: float32/bf16 loop pairs per config (order alternates)")
     p.add_argument("--paper", action="store_true",
-                   help="CUDA only: paper configuration (width 4096, batch 1024, 4 tasks), bf16 off/on")
+                   help="CUDA only: paper configuration (width 4096, batch 1024, 4 tasks) in "
+                        "float32, tf32, bf16 and bf16 + tf32")
     args = p.parse_args()
     if args.paper:
         return paper(args)
@@ -272,18 +278,46 @@ def main() -> int:
     return 0
 
 
+# (RESULT key suffix, AgentConfig.bf16, AgentConfig.tf32) of the --paper loops, in run order.
+PAPER_VARIANTS = (("fp32", False, False), ("tf32", False, True), ("bf16", True, False),
+                  ("bf16_tf32", True, True))
+
+
+def matmul_rel_errors(n: int = 1024, device: str = "cuda") -> dict[str, float]:
+    """Max |error| / max |exact| of one (n, n) @ (n, n) float32 matmul against float64, in IEEE
+    float32 and in TF32 (mtrl.precision): ~1e-7 and ~1e-3 where TF32 is in effect (on a CPU
+    device both are IEEE: the flag is CUDA's)."""
+    from mtrl.precision import cuda_matmul_precision
+
+    g = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, generator=g) for _ in range(2))
+    exact = a.double() @ b.double()
+    errors = {}
+    for name, tf32 in (("ieee", False), ("tf32", True)):
+        with cuda_matmul_precision(tf32):
+            errors[name] = ((a @ b).double() - exact).abs().max().item() / exact.abs().max().item()
+    return errors
+
+
 def paper(args) -> int:
-    """Width 4096 / batch 1024 / the 4 tasks on CUDA, bf16 autocast off and on."""
+    """Width 4096 / batch 1024 / the 4 tasks on CUDA, in each of PAPER_VARIANTS."""
     if not torch.cuda.is_available():
         print("--paper needs a CUDA device")
         return 2
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    results = {}
-    for bf16 in (False, True):
+    errors = matmul_rel_errors()
+    results = {f"matmul_rel_err_{k}": float(f"{v:.3g}") for k, v in errors.items()}
+    print(f"1024^3 matmul relative error vs float64: IEEE {errors['ieee']:.2e}, "
+          f"TF32 {errors['tf32']:.2e}", flush=True)
+    for key, bf16, tf32 in PAPER_VARIANTS:
         speed, _, _ = loop_rate(MT4, 4096, 1024, 60 if args.quick else 200, 20, args.compile,
-                                args.threads, device="cuda", bf16=bf16)
-        results[f"it_per_s_w4096_mt4_{'bf16' if bf16 else 'fp32'}"] = round(speed, 3)
-        print(f"width 4096 batch 1024 4 tasks bf16={bf16}: {speed:.2f} it/s", flush=True)
+                                args.threads, device="cuda", bf16=bf16, tf32=tf32)
+        results[f"it_per_s_w4096_mt4_{key}"] = round(speed, 3)
+        print(f"width 4096 batch 1024 4 tasks bf16={bf16} tf32={tf32}: {speed:.2f} it/s",
+              flush=True)
+    for key, _, _ in PAPER_VARIANTS[1:]:
+        results[f"w4096_mt4_{key}_vs_fp32"] = round(
+            results[f"it_per_s_w4096_mt4_{key}"] / results["it_per_s_w4096_mt4_fp32"], 3)
     print("RESULT " + json.dumps(results), flush=True)
     return 0
 
