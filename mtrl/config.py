@@ -115,7 +115,7 @@ class AgentConfig:
     bf16: bool = False
     """bf16 matmuls in the critic (online, target, and its forward in the actor loss; the actor stays float32), as torch.autocast: on CUDA autocast itself; on the CPU only with AMX-BF16 or AVX512-BF16 (else ValueError), via mtrl.fused_bronet: matmul inputs (activations, weights cast once per forward) and outputs rounded to bf16 (nearest even), float32 accumulation, LayerNorm, residual stream, master weights and .grad; the categorical head (its logits feed the cross-entropy, TD target and actor's Q) stays float32, outside autocast, on CUDA and CPU alike."""
     compile: bool = False
-    """torch.compile the actor and critic forwards."""
+    """torch.compile the online and target critic forwards (where the FLOPs are, §11.13); the actor stays eager."""
     tf32: bool = False
     """CUDA only (ValueError on a CPU device): run the agent's float32 matmuls (updates, acting, evaluation, compiled forwards) on TF32 tensor cores, JAX's default matmul precision on recent NVIDIA GPUs, i.e. what the paper's "float32" code ran there. Set around the agent's calls only; torch's process-wide setting is restored after each (mtrl.precision). Off: IEEE float32, even if the process enabled TF32. With bf16 the critic's bf16 matmuls are unchanged and the float32 ones (actor, critic head) use TF32. Off by default: its effect on learning is not measured yet."""
 

@@ -292,3 +292,24 @@ def test_cuda_agent_runs_in_its_precision(tf32, default_precision):
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert {p for _, p in seen} == {"tf32" if tf32 else "ieee"}
     assert MATMUL.fp32_precision == ("ieee" if tf32 else "tf32")
+
+
+# Dynamo warns when it wraps the actor's action (a non-leaf input of the compiled critic in the
+# actor loss) and reads its .grad (the same filter as tests/test_bf16_cpu.py).
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_compile_option_compiles_the_critics_and_matches_eager():
+    # AgentConfig.compile in float32 (the bf16 + compile test skips on CPUs without native bf16):
+    # the online and target critic forwards are compiled, the actor is not, and one update gives
+    # what the eager agent gives (the compiled critic is the composed ops, the eager one the
+    # fused CPU node: equal up to float rounding). (~10 s of compilation.)
+    eager, compiled = make_agent(), make_agent(compile=True)
+    assert compiled._critic_fwd is not compiled.critic
+    assert compiled._target_fwd is not compiled.target_critic
+    assert eager._critic_fwd is eager.critic
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    batch = make_batch()
+    for agent in (eager, compiled):
+        torch.manual_seed(5)
+        agent.update(batch, torch.ones(TASKS))
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
