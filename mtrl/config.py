@@ -270,11 +270,15 @@ def resolve_tasks(names: tuple[str, ...], available: list[str]) -> list[str]:
             return name
         if ":" not in name and f"dmc:{name}" in available:
             return f"dmc:{name}"
-        close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+        # A misspelled task set (dmc-hardd) is named first, then close task names.
+        close = [f"{c} (task set)" for c in difflib.get_close_matches(name, TASK_SETS, n=2,
+                                                                        cutoff=0.6)]
+        close += difflib.get_close_matches(name, available, n=5, cutoff=0.5)
         if ":" not in name:
             bare = {a.split(":", 1)[1]: a for a in available}
             close += [bare[c] for c in difflib.get_close_matches(name, list(bare), n=5, cutoff=0.5)]
-        hint = ", ".join(dict.fromkeys(close)) or "none; see mtrl.envs.available_tasks()"
+        hint = ", ".join(dict.fromkeys(close)) or (
+            f"none; see mtrl.envs.available_tasks() and the task sets {', '.join(TASK_SETS)}")
         raise ValueError(f"unknown task {name!r}; close names: {hint}")
 
     out: list[str] = []

@@ -57,6 +57,15 @@ def test_task_errors():
         resolve_tasks(("chetah-run",), avail)
     with pytest.raises(ValueError, match="more than once"):
         resolve_tasks(("cheetah-run", "dmc:cheetah-run"), avail)
+    # A misspelled task set is suggested as the set, not only as look-alike task names.
+    with pytest.raises(ValueError, match=r"unknown task 'dmc-hardd'; close names: dmc-hard "
+                                         r"\(task set\), dmc:"):
+        resolve_tasks(("dmc-hardd",), avail)
+    with pytest.raises(ValueError, match=r"close names: dmc-mt30 \(task set\)"):
+        resolve_tasks(("dmc_mt30",), avail)
+    with pytest.raises(ValueError, match=r"close names: none; see mtrl.envs.available_tasks\(\) "
+                                         r"and the task sets dmc-hard, dmc-mt30"):
+        resolve_tasks(("zzzzqqqq",), avail)
 
 
 def _flat(obj, prefix=""):
