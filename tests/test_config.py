@@ -22,6 +22,12 @@ def test_paper_preset_is_the_released_configuration():
     assert (a.num_atoms, a.v_min, a.v_max, a.embedding_dim, a.actor_width) == (101, -10, 10, 32, 256)
 
 
+def test_tensorboard_by_default_wandb_only_when_asked():
+    # Issue 4: TensorBoard by default, W&B only when asked, in both presets.
+    for cfg in (paper_preset(), laptop_preset()):
+        assert cfg.tensorboard and not cfg.wandb
+
+
 def test_frozen_and_validated():
     cfg = laptop_preset()
     with pytest.raises(dataclasses.FrozenInstanceError):
