@@ -16,11 +16,18 @@ _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # The environment engine links the libmujoco shipped by the `mujoco` wheel. In a
 # regular install the RUNPATH finds it; in an editable install the extension lives
 # in the build tree, so importing mujoco first loads the library into the process.
-import mujoco as _mujoco  # noqa: F401
+# `python -m mtrl.train`: Ctrl-C or SIGTERM during the slow imports below (and the rest of the
+# startup) ends the run with one line instead of a traceback; see mtrl/_startup.py.
+from mtrl import _startup  # noqa: E402  (stdlib only)
+
+if _startup.launched_as_cli():
+    _startup.install().reached("imports")
+
+import mujoco as _mujoco  # noqa: E402, F401
 # The CPU kernels run on the OpenMP runtime (libgomp) and so do PyTorch's CPU ops. A process loads
 # one libgomp.so.1, so importing torch first makes the kernels use the copy torch ships with and
 # share its worker threads (two thread pools on the same cores would take turns preempting each other).
-import torch as _torch  # noqa: F401
+import torch as _torch  # noqa: E402, F401
 
 
 def _find_core():

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtrl import _startup
 from mtrl import checkpoint as ckpt
 from mtrl.agent import METRIC_NAMES, Batch, BRCAgent
 from mtrl.config import PRESETS, TrainConfig, resolve_tasks
@@ -149,13 +150,17 @@ class _Progress:
 
 
 class _Signals:
-    """SIGINT/SIGTERM set a flag; the loop writes a checkpoint and returns cleanly."""
+    """SIGINT/SIGTERM set a flag; the loop writes a checkpoint and returns cleanly.
 
-    def __init__(self):
+    ``previous``: the handlers to put back when done, when the ones replaced now are the
+    startup handler's (mtrl/_startup.py)."""
+
+    def __init__(self, previous: dict[int, Any] | None = None):
         self.received: str | None = None
         self._old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
+            old = signal.signal(sig, self._handle)
+            self._old[sig] = old if previous is None else previous[sig]
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
@@ -182,8 +187,14 @@ def _set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns the last eval metrics and counters."""
+def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the last eval metrics and counters.
+
+    Setup only reads (config, checkpoint) and builds (envs, agent, buffer): nothing is written
+    to run_dir before the loop's signal handler (checkpoint, then return) is installed.
+    ``startup``: the CLI's startup signal handler (mtrl/_startup.py), which covers setup and is
+    handed over to the loop's there.
+    """
     import mtrl.envs
     from mtrl.replay import ReplayBuffer
 
@@ -220,9 +231,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise ValueError(f"{e}: move it out of {latest.parent} to resume from an earlier "
                              f"checkpoint{older}") from e
         ckpt.check_compatible(state["config"], resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     keep_freed_memory()
@@ -267,9 +275,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             normalizer.load_state_dict({**state["normalizer"],
                                         "episode": [[] for _ in range(pool.num_envs)]})
             episode_return = np.zeros(pool.num_envs)
-    logger = Logger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
-                    wandb_project=cfg.wandb_project, config=resolved,
-                    resume_iteration=iteration if state is not None else None)
 
     def save(it: int) -> Path:
         try:
@@ -287,8 +292,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                     cfg.keep_checkpoints)
 
     # ------------------------------------------------------------------ loop (§6.1.2)
-    signals = _Signals()
-    progress = _Progress(cfg.progress, cfg.iterations, iteration, cfg.log_interval)
     metric_sum = torch.zeros(len(METRIC_NAMES), device=device)
     metric_count = 0
     online: dict[int, list[float]] = {t: [] for t in range(num_tasks)}
@@ -298,7 +301,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t_start, it_start, up_start = time.perf_counter(), iteration, updates
     exit_reason = "finished"
     it_per_s = updates_per_s = 0.0
+    # Nothing above wrote to run_dir: a signal up to here ends a CLI run with nothing saved
+    # (mtrl/_startup.py). From here on a signal sets a flag and the loop checkpoints.
+    if startup is not None:
+        startup.reached("ready")
+    signals = _Signals(None if startup is None else startup.hand_over())
+    logger = progress = None
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        logger = Logger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                        wandb_project=cfg.wandb_project, config=resolved,
+                        resume_iteration=iteration if state is not None else None)
+        progress = _Progress(cfg.progress, cfg.iterations, iteration, cfg.log_interval)
         while iteration < cfg.iterations:
             # -- act: uniform warm-up (§2.1), then the stochastic policy (std x 1.0)
             if iteration < cfg.random_iterations:
@@ -367,8 +382,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 break
     finally:
         signals.restore()
-        progress.close()
-        logger.close()
+        if progress is not None:
+            progress.close()
+        if logger is not None:
+            logger.close()
         pool.close()
         eval_pool.close()
     print(f"[mtrl] {exit_reason} at iteration {iteration}; run dir {run_dir}", flush=True)
@@ -412,12 +429,16 @@ def parse_args(argv: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    # Until training takes over, a signal ends the run with one line (mtrl/_startup.py; under
+    # `python -m mtrl.train` the package import installed it already, before torch).
+    startup = _startup.install()
     try:
-        train(cfg)
+        train(parse_args(sys.argv[1:] if argv is None else argv), startup=startup)
     except (ValueError, FloatingPointError, OSError) as err:
         print(f"mtrl.train: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        startup.release()
     return 0
 
 

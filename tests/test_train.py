@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -369,3 +370,65 @@ def test_resume_allows_tf32_and_bf16_to_change_but_not_shapes():
     with pytest.raises(ValueError, match="'agent.critic_width' is 32 in the checkpoint but 64"):
         ckpt.check_compatible(saved, {"agent": {"critic_width": 64, "bf16": False, "tf32": True},
                                       "seed": 0})
+
+
+# ----------------------------------------------------------------------------- signals at startup
+
+
+def _interrupt_startup(run, stage, sig, *args):
+    """Runs the CLI until its startup pauses at ``stage`` (a test hook), sends ``sig``; returns
+    (exit status, stderr after the pause line)."""
+    from mtrl._startup import PAUSE_ENV
+
+    cmd = [sys.executable, "-m", "mtrl.train", "--env.tasks", "cartpole-balance", "walker-stand",
+           "--run-dir", str(run), *TINY, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, PAUSE_ENV: stage})
+    watchdog = threading.Timer(120, proc.kill)  # a hang fails the test instead of blocking it
+    watchdog.start()
+    try:
+        before = []
+        for line in proc.stderr:  # everything up to the pause line
+            if line == f"mtrl.train: startup paused at {stage} ({PAUSE_ENV})\n":
+                break
+            before.append(line)
+        else:
+            raise AssertionError(f"startup never paused at {stage}: {''.join(before)[-3000:]}")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    return proc.returncode, err
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("stage", ["imports", "ready"])
+def test_sigterm_during_startup_exits_143_with_one_line(tmp_path, stage):
+    # "imports": before the package imports torch; "ready": envs, agent and replay built.
+    code, err = _interrupt_startup(tmp_path / "run", stage, signal.SIGTERM, "--iterations", "2",
+                                   "--random-iterations", "2")
+    assert (code, err) == (143, "mtrl.train: interrupted (SIGTERM) before training started; "
+                                "nothing was saved\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigint_during_resume_startup_leaves_the_run_dir_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    first = ["--iterations", "40", "--random-iterations", "40", "--eval-interval", "40",
+             "--log-interval", "20", "--checkpoint-interval", "40"]
+    assert main(["--env.tasks", "cartpole-balance", "walker-stand", "--run-dir", str(run),
+                  *TINY, *first]) == 0
+    before = _snapshot(run)
+    assert "checkpoints/iter_000000040/state.pt" in before
+    code, err = _interrupt_startup(run, "ready", signal.SIGINT, *first[2:], "--iterations", "80",
+                                   "--resume")
+    assert (code, err) == (130, "mtrl.train: interrupted (SIGINT) before training started; "
+                                "nothing was saved\n")
+    assert _snapshot(run) == before
