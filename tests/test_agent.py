@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+import mtrl
 from mtrl import math as M
 from mtrl.agent import Batch, BRCAgent, fused_ops_available
 from mtrl.config import AgentConfig
@@ -250,6 +251,38 @@ def test_tf32_scopes_every_agent_call_and_restores(monkeypatch, default_precisio
     assert all(p == "tf32" for _, p in seen), seen
 
 
+# Dynamo warns when it wraps the actor's action (a non-leaf input of the compiled critic in the
+# actor loss) and reads its .grad (as in test_bf16_cpu); nothing about precision.
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_compiled_critic_under_tf32_compiles_as_often_as_float32(monkeypatch, default_precision):
+    # Dynamo reads the CUDA matmul precision (a guard of every compiled graph, and state it
+    # restores after tracing): the critic compiled and run inside the agent's TF32 scope (the
+    # CUDA branch simulated as above) trains, compiles as many graphs as a float32 agent, so no
+    # graph is compiled twice for two precisions, and later updates reuse them.
+    from torch._dynamo.utils import counters
+
+    from mtrl.precision import cuda_matmul_precision
+
+    graphs = []
+    for tf32 in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        agent = make_agent(compile=True)
+        if tf32:
+            monkeypatch.setattr(BRCAgent, "_matmul_precision",
+                                lambda self: cuda_matmul_precision(True))
+        counts = []
+        for seed in range(3):
+            metrics = agent.update(make_batch(seed), torch.ones(TASKS))
+            assert all(torch.isfinite(v).all() for v in metrics.values())
+            counts.append(counters["stats"]["unique_graphs"])
+        assert counts[0] == counts[-1], counts  # no recompilation after the first update
+        graphs.append(counts[-1])
+        assert MATMUL.fp32_precision == "none"
+    torch._dynamo.reset()
+    assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
+
+
 def test_float32_agent_on_cpu_sets_no_flag(default_precision):
     agent = make_agent()
     MATMUL.fp32_precision = "tf32"  # a caller's TF32 is left alone on the CPU (CUDA-only flag)
@@ -278,13 +311,14 @@ def test_tf32_cpu_agent_built_where_cuda_exists_is_refused_at_first_use(monkeypa
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("tf32", [False, True])
-def test_cuda_agent_runs_in_its_precision(tf32, default_precision):
+@pytest.mark.skipif(not (torch.cuda.is_available() and mtrl.cuda_available()),
+                    reason="needs a CUDA device and mtrl built with CUDA")
+@pytest.mark.parametrize("tf32,bf16", [(False, False), (True, False), (True, True)])
+def test_cuda_agent_runs_in_its_precision(tf32, bf16, default_precision):
     MATMUL.fp32_precision = "ieee" if tf32 else "tf32"  # the caller's is the other one
     torch.manual_seed(0)
-    agent = BRCAgent(AgentConfig(critic_width=32, actor_width=16, tf32=tf32), OBS, ACT,
-                     TASKS).cuda()
+    agent = BRCAgent(AgentConfig(critic_width=32, actor_width=16, tf32=tf32, bf16=bf16), OBS,
+                     ACT, TASKS).cuda()
     seen = _record_precision(agent)
     batch = Batch(**{k: v.cuda() for k, v in vars(make_batch()).items()})
     metrics = agent.update(batch, torch.ones(TASKS, device="cuda"))
