@@ -1,4 +1,4 @@
-"""Scoped float32 matmul precision for CUDA work: TF32 tensor cores or IEEE float32 (AgentConfig.tf32)."""
+"""Scoped float32 matmul precision of CUDA work: TF32 tensor cores or IEEE (AgentConfig.tf32)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def cuda_matmul_precision(tf32: bool) -> Iterator[None]:
     (``allow_tf32`` and ``torch.set_float32_matmul_precision`` are the legacy one, to be
     deprecated; the latter also switches oneDNN's CPU matmuls). Both APIs read the same state, so
     the caller may have used either: the previous value is read and restored through the new one,
-    after which the legacy getters agree again. Inside the body, when the caller's legacy setting
-    disagrees, torch 2.13's *legacy getters* (``allow_tf32``, ``torch.get_float32_matmul_precision``)
-    raise RuntimeError about mixed APIs; cuBLAS, Dynamo's guards and Inductor read the new one.
-    When the caller's effective setting already is the requested one nothing is set at all.
+    after which the legacy getters agree again. Inside the body, where the caller's legacy
+    setting disagrees, torch 2.13's legacy getters (``allow_tf32``,
+    ``torch.get_float32_matmul_precision()``) raise RuntimeError about mixed APIs; cuBLAS,
+    Dynamo's guards and Inductor read the new one (in torch 2.13; Inductor's max-autotune
+    template cache key still calls the legacy getter, but the agent compiles in the default
+    mode). When the caller's effective setting already is the requested one, nothing is set.
 
     Only CUDA matmuls (cuBLAS / cuBLASLt, and Inductor's matmul codegen) are affected: CPU matmuls
     stay as they are, and cuDNN's flag is left alone (mtrl has no convolutions). On GPUs before
