@@ -459,6 +459,10 @@ def test_bad_inputs_raise_clear_errors():
         categorical_cross_entropy(online, target, torch.ones(3))
     with pytest.raises(TypeError, match="target must be a floating-point tensor"):
         categorical_cross_entropy(online, target.long())
+    with pytest.raises(ValueError, match="target is on meta but the logits are on cpu"):
+        categorical_cross_entropy(online.requires_grad_(), target.to("meta"))
+    with pytest.raises(ValueError, match="weight is on meta but the logits are on cpu"):
+        categorical_cross_entropy(online, target, torch.ones(8, device="meta"))
     with pytest.raises(ValueError, match="shape"):
         hl_gauss_target(torch.zeros(2, 2), -1, 1, 11)
 

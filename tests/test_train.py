@@ -432,3 +432,27 @@ def test_sigint_during_resume_startup_leaves_the_run_dir_as_it_was(tmp_path):
     assert (code, err) == (130, "mtrl.train: interrupted (SIGINT) before training started; "
                                 "nothing was saved\n")
     assert _snapshot(run) == before
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(capsys, monkeypatch):
+    # Issue 4: a progress bar (env steps, iterations/s, updates/s, last eval) on a terminal,
+    # plain periodic lines otherwise.
+    from mtrl.train import _Progress
+
+    def run(mode, n=50):
+        progress = _Progress(mode, total=100, start=0, every=20)
+        for it in range(1, n + 1):
+            progress.update(it, {"env_steps": 2 * it, "it/s": 5.0, "upd/s": 10.0, "eval": 1.5})
+        progress.close()
+        return progress, capsys.readouterr()
+
+    progress, out = run("auto")  # pytest's captured stderr is no terminal
+    assert progress.bar is None and out.err == ""
+    assert out.out.splitlines() == [
+        f"[mtrl] iteration {it} env_steps={2 * it} it/s=5.0 upd/s=10.0 eval=1.5" for it in (20, 40)]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    for mode in ("auto", "bar"):
+        progress, out = run(mode)
+        assert progress.bar is not None and out.out == ""
+        assert "50/100" in out.err  # tqdm shows its own it/s; the postfix the rest
+        assert all(k in out.err for k in ("env_steps=", "it/s=5", "upd/s=10", "eval=1.5"))
