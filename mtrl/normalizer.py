@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,9 @@ class RewardNormalizer:
     at all, G_bar = 0 and D is the entropy correction alone (finite and positive).
     """
 
-    def __init__(self, task_ids: np.ndarray, num_tasks: int, gamma: float = 0.99):
+    def __init__(self, task_ids: np.ndarray, num_tasks: int, gamma: float = 0.99, *,
+                 task_names: Sequence[str] | None = None):
+        """``task_names`` (num_tasks names, optional) only label errors."""
         task_ids = np.asarray(task_ids, dtype=np.int64)
         if task_ids.ndim != 1 or task_ids.size == 0:
             raise ValueError(f"task_ids must be a non-empty 1-d array, got shape {task_ids.shape}")
@@ -57,6 +60,9 @@ class RewardNormalizer:
             raise ValueError(f"task_ids must lie in [0, {num_tasks}), got {task_ids.min()}..{task_ids.max()}")
         if not 0.0 <= gamma < 1.0:
             raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+        if task_names is not None and len(task_names) != num_tasks:
+            raise ValueError(f"task_names must hold {num_tasks} names, got {len(task_names)}")
+        self.task_names = None if task_names is None else list(task_names)
         self.task_ids = task_ids
         self.num_tasks = num_tasks
         self.gamma = gamma
@@ -81,7 +87,9 @@ class RewardNormalizer:
                                  f"{value.shape}")
         if not np.isfinite(reward).all():
             k = int(np.flatnonzero(~np.isfinite(reward))[0])
-            raise ValueError(f"reward[{k}] = {reward[k]} is not finite")
+            task = int(self.task_ids[k])
+            name = repr(self.task_names[task]) if self.task_names else str(task)
+            raise ValueError(f"reward[{k}] = {reward[k]} is not finite (env {k}, task {name})")
         done = np.logical_or(terminated, truncated)
         for k, r in enumerate(reward.tolist()):
             self._episode[k].append(r)

@@ -247,7 +247,7 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
     buffer = ReplayBuffer(num_tasks=num_tasks, capacity_per_task=cfg.buffer.capacity_per_task,
                           obs_dim=obs_dim, action_dim=action_dim, num_envs=pool.num_envs,
                           seed=cfg.seed, pin_memory=pin)
-    normalizer = RewardNormalizer(pool.task_ids, num_tasks, cfg.agent.gamma)
+    normalizer = RewardNormalizer(pool.task_ids, num_tasks, cfg.agent.gamma, task_names=tasks)
     host_batches = [buffer.allocate_batch(batch_size) for _ in range(cfg.updates_per_iteration)]
     env_task_ids = pool.task_ids.astype(np.int64)
     env_task_ids_t = torch.from_numpy(env_task_ids).to(device)

@@ -127,6 +127,13 @@ def test_update_and_load_refuse_mismatched_or_non_finite_input():
         with pytest.raises(ValueError, match=r"reward\[1\] = (nan|inf) is not finite"):
             norm.update(np.array([0.0, bad]), np.ones(2, bool), flags)
     assert norm.episodes_done.tolist() == [0, 0] and norm._episode == [[], []]
+    # The error names the env's task (by name when the normaliser has them).
+    named = RewardNormalizer(np.array([0, 1, 1]), 2, task_names=["dmc:a", "dmc:b"])
+    with pytest.raises(ValueError, match=r"reward\[2\] = nan is not finite \(env 2, task "
+                                         r"'dmc:b'\)"):
+        named.update(np.array([0.0, 1.0, np.nan]), np.zeros(3, bool), np.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"task_names must hold 2 names, got 1"):
+        RewardNormalizer(np.array([0, 1]), 2, task_names=["dmc:a"])
     state = norm.state_dict()
     for key, value, message in (("g_min", np.zeros(5), r"g_min must have shape \(2,\)"),
                                 ("episode", [[1.0]], r"episode must hold 2 lists"),

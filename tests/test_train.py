@@ -456,3 +456,24 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(capsys, monkeypatch):
         assert progress.bar is not None and out.out == ""
         assert "50/100" in out.err  # tqdm shows its own it/s; the postfix the rest
         assert all(k in out.err for k in ("env_steps=", "it/s=5", "upd/s=10", "eval=1.5"))
+
+
+class _NanRewardEnv(_NeverEndingEnv):
+    """Returns a NaN reward at its third step."""
+
+    def reset(self, *, seed=None, options=None):
+        self._t = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self._t += 1
+        return np.zeros(2, np.float32), (float("nan") if self._t == 3 else 0.0), False, False, {}
+
+
+def test_nan_reward_from_an_env_names_its_task(tmp_path):
+    gymnasium.register("MtrlNanReward-v0", entry_point=_NanRewardEnv, max_episode_steps=20)
+    cfg = tiny_config(tmp_path, env=EnvConfig(tasks=("cartpole-balance", "gym:MtrlNanReward-v0"),
+                                              max_episode_steps=50))
+    with pytest.raises(ValueError, match=r"reward\[1\] = nan is not finite \(env 1, task "
+                                         r"'gym:MtrlNanReward-v0'\)"):
+        train(cfg)
