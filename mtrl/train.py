@@ -337,7 +337,7 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
                 scale = torch.from_numpy(normalizer.return_scale()).to(device, torch.float32)
                 denominator = agent.reward_denominator(scale)
                 for host in host_batches:
-                    buffer.sample(batch_size, out=host)
+                    buffer.sample(batch_size, out=host, gamma=cfg.agent.gamma)  # discount (§2.1)
                 for u, host in enumerate(host_batches):
                     metrics = agent.update(to_batch(host, device), denominator)
                     losses = torch.stack([metrics[k] for k in METRIC_NAMES])

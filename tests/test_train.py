@@ -477,3 +477,22 @@ def test_nan_reward_from_an_env_names_its_task(tmp_path):
     with pytest.raises(ValueError, match=r"reward\[1\] = nan is not finite \(env 1, task "
                                          r"'gym:MtrlNanReward-v0'\)"):
         train(cfg)
+
+
+def test_agent_gamma_is_the_discount_of_the_sampled_batches(tmp_path, monkeypatch):
+    # --agent.gamma reached the normaliser but not the TD target: the replay batches were
+    # sampled with ReplayBuffer.sample's default gamma (0.99), so batch.discount stayed 0.99.
+    from mtrl.agent import BRCAgent
+
+    seen = set()
+    update = BRCAgent.update
+
+    def recording_update(self, batch, denominator):
+        seen.update(batch.discount.unique().tolist())
+        return update(self, batch, denominator)
+
+    monkeypatch.setattr(BRCAgent, "update", recording_update)
+    agent = AgentConfig(critic_width=32, actor_width=32, gamma=0.9)
+    train(tiny_config(tmp_path, agent=agent, iterations=50, eval_interval=50,
+                      checkpoint_interval=0))
+    assert len(seen) == 1 and seen.pop() == pytest.approx(0.9)
