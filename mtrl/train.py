@@ -368,16 +368,17 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
             if iteration % cfg.eval_interval == 0 or iteration == cfg.iterations:
                 last_eval = evaluate(agent, eval_pool, tasks, device, cfg.seed + 42 + iteration)
                 logger.log("eval", iteration, last_eval)
+            saved = None
             if iteration == cfg.iterations or (
                     cfg.checkpoint_interval and iteration % cfg.checkpoint_interval == 0):
-                save(iteration)
+                saved = save(iteration)
             t_start += time.perf_counter() - pause
             progress.update(iteration, {
                 "env_steps": iteration * num_tasks, "updates": updates,
                 "it/s": round(it_per_s, 1), "upd/s": round(updates_per_s, 1),
                 "eval": round(last_eval.get("return_mean", float("nan")), 1)})
             if signals.received is not None:
-                path = save(iteration)
+                path = saved or save(iteration)  # this iteration's checkpoint is written once
                 exit_reason = f"{signals.received}: checkpoint {path}"
                 break
     finally:

@@ -496,3 +496,23 @@ def test_agent_gamma_is_the_discount_of_the_sampled_batches(tmp_path, monkeypatc
     train(tiny_config(tmp_path, agent=agent, iterations=50, eval_interval=50,
                       checkpoint_interval=0))
     assert len(seen) == 1 and seen.pop() == pytest.approx(0.9)
+
+
+def test_signal_on_a_checkpoint_iteration_saves_it_once(tmp_path, monkeypatch):
+    # SIGTERM arriving while the periodic checkpoint of iteration 60 is written: the loop used to
+    # write iteration 60 a second time for the signal (a second replay write, GBs at paper scale).
+    saved = []
+    save = ckpt.save_checkpoint
+
+    def save_and_signal(run_dir, iteration, *args, **kw):
+        path = save(run_dir, iteration, *args, **kw)
+        saved.append(iteration)
+        if len(saved) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by train's handler: a flag
+        return path
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_and_signal)
+    out = train(tiny_config(tmp_path, iterations=120, checkpoint_interval=60))
+    assert saved == [60]
+    assert out["iteration"] == 60 and out["exit"].startswith("SIGTERM: checkpoint ")
+    assert out["exit"].endswith("iter_000000060")
