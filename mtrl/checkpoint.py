@@ -50,7 +50,17 @@ def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
     replace_dir(final, write)  # a checkpoint of the same iteration is swapped, never lost
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    _remove_partial_saves(final.parent)
     return final
+
+
+def _remove_partial_saves(root: Path) -> None:
+    """Removes the temp dirs (``.iter_N.tmp-*``, mtrl/_atomic.py) of saves that a crash cut
+    short: never a complete checkpoint, and only this run writes here (a fresh run refuses a
+    run_dir holding another's checkpoints)."""
+    for partial in root.glob(f".{PREFIX}*.tmp-*"):
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

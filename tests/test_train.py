@@ -516,3 +516,15 @@ def test_signal_on_a_checkpoint_iteration_saves_it_once(tmp_path, monkeypatch):
     assert saved == [60]
     assert out["iteration"] == 60 and out["exit"].startswith("SIGTERM: checkpoint ")
     assert out["exit"].endswith("iter_000000060")
+
+
+def test_checkpoint_save_removes_partial_checkpoints_of_a_crashed_save(tmp_path):
+    # A save killed mid-write (OOM, kill -9, power) leaves its hidden temp dir (a partial replay
+    # copy, GBs at paper scale) in checkpoints/; nothing removed it, so crashes piled them up.
+    root = tmp_path / "checkpoints"
+    stale = root / ".iter_000000005.tmp-0123abcd"
+    (stale / "replay").mkdir(parents=True)
+    (stale / "replay" / "obs.npy").write_bytes(b"x" * 1000)
+    (root / "notes.txt").write_text("not a checkpoint: kept")
+    ckpt.save_checkpoint(tmp_path, 10, {"iteration": 10, "config": {}}, lambda p: p.mkdir(), 2)
+    assert sorted(p.name for p in root.iterdir()) == ["iter_000000010", "notes.txt"]
