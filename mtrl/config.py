@@ -193,7 +193,7 @@ class TrainConfig:
     run_dir: str = "runs/default"
     """Run directory (config, metrics, TensorBoard, plots, checkpoints)."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in run_dir."""
+    """Continue from the latest complete checkpoint in run_dir; fields not given on the command line then come from the run's config.json, not the preset."""
     device: str = "auto"
     """torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."""
     tensorboard: bool = True

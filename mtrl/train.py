@@ -426,7 +426,34 @@ def parse_args(argv: list[str]) -> TrainConfig:
     description = (
         f"{__doc__}\n--preset NAME: {', '.join(PRESETS)} (now: {preset}); the defaults shown "
         "below are that preset's.")
-    return tyro.cli(TrainConfig, default=PRESETS[preset](), args=argv, description=description)
+    cfg = tyro.cli(TrainConfig, default=PRESETS[preset](), args=argv, description=description)
+    if cfg.resume:  # continue the run as it was configured; flags given here still apply
+        saved = _saved_config(Path(cfg.run_dir))
+        if saved is not None:
+            cfg = tyro.cli(TrainConfig, default=saved.replace(run_dir=cfg.run_dir, resume=True),
+                           args=argv, description=description)
+    return cfg
+
+
+def _saved_config(run_dir: Path) -> TrainConfig | None:
+    """The TrainConfig that ``run_dir/config.json`` records (written by every start of the run),
+    or None when there is none or it cannot be read: then the preset's defaults stand, and
+    train() names any field that differs from the checkpoint's."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        parts = {}
+        for f in dataclasses.fields(TrainConfig):
+            if f.name not in saved:
+                continue
+            value = saved[f.name]
+            if dataclasses.is_dataclass(f.default_factory):
+                names = {g.name for g in dataclasses.fields(f.default_factory)}
+                value = f.default_factory(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in value.items() if k in names})
+            parts[f.name] = value
+        return TrainConfig(**parts)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

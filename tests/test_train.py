@@ -528,3 +528,26 @@ def test_checkpoint_save_removes_partial_checkpoints_of_a_crashed_save(tmp_path)
     (root / "notes.txt").write_text("not a checkpoint: kept")
     ckpt.save_checkpoint(tmp_path, 10, {"iteration": 10, "config": {}}, lambda p: p.mkdir(), 2)
     assert sorted(p.name for p in root.iterdir()) == ["iter_000000010", "notes.txt"]
+
+
+def test_resume_takes_the_runs_config_for_flags_not_given(tmp_path):
+    # README: `python -m mtrl.train --run-dir runs/mt10 --resume` continues a run started with
+    # `--env.tasks metaworld-mt10 --run-dir runs/mt10`. It failed: every field not repeated took
+    # the preset's default and the checkpoint check refused the run (env.tasks differs).
+    from mtrl.train import parse_args
+
+    run = tmp_path / "run"
+    first = ["--env.tasks", "cartpole-balance", "walker-stand", "--iterations", "60",
+             "--random-iterations", "40", "--log-interval", "20", "--eval-interval", "60",
+             "--checkpoint-interval", "30", "--run-dir", str(run), *TINY]
+    assert main(first) == 0
+    cfg = parse_args(["--run-dir", str(run), "--resume", "--iterations", "90"])
+    assert cfg.resume and cfg.iterations == 90 and cfg.run_dir == str(run)
+    assert cfg.env.tasks == ("cartpole-balance", "walker-stand")
+    assert (cfg.agent.critic_width, cfg.buffer.batch_size, cfg.progress) == (32, 64, "lines")
+    assert main(["--run-dir", str(run), "--resume", "--iterations", "90"]) == 0
+    assert ckpt.list_checkpoints(run)[-1].name == "iter_000000090"
+    assert int(read_csv(run / "train.csv")[-1]["iteration"]) == 80  # logged every 20
+    # Flags given with --resume still win; a run dir without config.json keeps the preset.
+    assert parse_args(["--run-dir", str(run), "--resume", "--seed", "3"]).seed == 3
+    assert parse_args(["--run-dir", str(tmp_path / "none"), "--resume"]).agent.critic_width == 256
