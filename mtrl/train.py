@@ -240,41 +240,49 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
     env_kw = {"backend": cfg.env.backend, "num_threads": cfg.env.num_threads,
               "max_episode_steps": cfg.env.max_episode_steps}
     pool = mtrl.envs.make(tasks, seed=cfg.seed, **env_kw)
-    eval_pool = mtrl.envs.make(tasks, envs_per_task=cfg.eval_episodes, seed=cfg.seed + 42, **env_kw)
-    obs_dim, action_dim = pool.obs_dim, pool.action_dim  # padded (§5.2)
-    agent = BRCAgent(cfg.agent, obs_dim, action_dim, num_tasks).to(device)
-    pin = device.type == "cuda"
-    buffer = ReplayBuffer(num_tasks=num_tasks, capacity_per_task=cfg.buffer.capacity_per_task,
-                          obs_dim=obs_dim, action_dim=action_dim, num_envs=pool.num_envs,
-                          seed=cfg.seed, pin_memory=pin)
-    normalizer = RewardNormalizer(pool.task_ids, num_tasks, cfg.agent.gamma, task_names=tasks)
-    host_batches = [buffer.allocate_batch(batch_size) for _ in range(cfg.updates_per_iteration)]
-    env_task_ids = pool.task_ids.astype(np.int64)
-    env_task_ids_t = torch.from_numpy(env_task_ids).to(device)
-    obs = pool.reset()
-    iteration, updates = 0, 0
-    episode_return = np.zeros(pool.num_envs)
-    last_eval: dict[str, Any] = {}
-    if state is not None:  # restore everything the checkpoint holds
-        agent.load_full_state_dict(state["agent"])
-        normalizer.load_state_dict(state["normalizer"])
-        try:
-            buffer.load_into(str(latest / "replay"))
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ValueError(f"cannot resume from {latest}: replay buffer: {e}") from e
-        _set_rng_state(state["rng"], np_rng)
-        iteration, updates = state["iteration"], state["updates"]
-        episode_return = state["episode_return"]
-        last_eval = state["last_eval"]
-        if state["env_state"] is not None:
-            pool.set_state(state["env_state"])
-            obs = state["obs"]
-        else:  # backend without state (envpool): continue with fresh episodes, documented
-            pool.seed(cfg.seed + 7919 * iteration)
-            obs = pool.reset()
-            normalizer.load_state_dict({**state["normalizer"],
-                                        "episode": [[] for _ in range(pool.num_envs)]})
-            episode_return = np.zeros(pool.num_envs)
+    eval_pool = None
+    try:  # the pools run threads and hold models: close them if setup fails
+        eval_pool = mtrl.envs.make(tasks, envs_per_task=cfg.eval_episodes,
+                                   seed=cfg.seed + 42, **env_kw)
+        obs_dim, action_dim = pool.obs_dim, pool.action_dim  # padded (§5.2)
+        agent = BRCAgent(cfg.agent, obs_dim, action_dim, num_tasks).to(device)
+        pin = device.type == "cuda"
+        buffer = ReplayBuffer(num_tasks=num_tasks, capacity_per_task=cfg.buffer.capacity_per_task,
+                              obs_dim=obs_dim, action_dim=action_dim, num_envs=pool.num_envs,
+                              seed=cfg.seed, pin_memory=pin)
+        normalizer = RewardNormalizer(pool.task_ids, num_tasks, cfg.agent.gamma, task_names=tasks)
+        host_batches = [buffer.allocate_batch(batch_size) for _ in range(cfg.updates_per_iteration)]
+        env_task_ids = pool.task_ids.astype(np.int64)
+        env_task_ids_t = torch.from_numpy(env_task_ids).to(device)
+        obs = pool.reset()
+        iteration, updates = 0, 0
+        episode_return = np.zeros(pool.num_envs)
+        last_eval: dict[str, Any] = {}
+        if state is not None:  # restore everything the checkpoint holds
+            agent.load_full_state_dict(state["agent"])
+            normalizer.load_state_dict(state["normalizer"])
+            try:
+                buffer.load_into(str(latest / "replay"))
+            except (OSError, ValueError, RuntimeError) as e:
+                raise ValueError(f"cannot resume from {latest}: replay buffer: {e}") from e
+            _set_rng_state(state["rng"], np_rng)
+            iteration, updates = state["iteration"], state["updates"]
+            episode_return = state["episode_return"]
+            last_eval = state["last_eval"]
+            if state["env_state"] is not None:
+                pool.set_state(state["env_state"])
+                obs = state["obs"]
+            else:  # backend without state (envpool): continue with fresh episodes, documented
+                pool.seed(cfg.seed + 7919 * iteration)
+                obs = pool.reset()
+                normalizer.load_state_dict({**state["normalizer"],
+                                            "episode": [[] for _ in range(pool.num_envs)]})
+                episode_return = np.zeros(pool.num_envs)
+    except BaseException:
+        pool.close()
+        if eval_pool is not None:
+            eval_pool.close()
+        raise
 
     def save(it: int) -> Path:
         try:

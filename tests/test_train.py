@@ -551,3 +551,28 @@ def test_resume_takes_the_runs_config_for_flags_not_given(tmp_path):
     # Flags given with --resume still win; a run dir without config.json keeps the preset.
     assert parse_args(["--run-dir", str(run), "--resume", "--seed", "3"]).seed == 3
     assert parse_args(["--run-dir", str(tmp_path / "none"), "--resume"]).agent.critic_width == 256
+
+
+def test_pools_are_closed_when_setup_fails(tmp_path, monkeypatch):
+    # An error after the env pools were built (agent, replay allocation, a restore on --resume)
+    # left them open until garbage collection (engine worker threads and MuJoCo models).
+    import mtrl.train as train_module
+
+    closed, made = [], []
+    make = mtrl.envs.make
+
+    def recording_make(*args, **kw):
+        pool = make(*args, **kw)
+        close = pool.close
+        pool.close = lambda: (closed.append(pool), close())[1]
+        made.append(pool)
+        return pool
+
+    def failing_agent(*args, **kw):
+        raise ValueError("agent construction failed")
+
+    monkeypatch.setattr(mtrl.envs, "make", recording_make)
+    monkeypatch.setattr(train_module, "BRCAgent", failing_agent)
+    with pytest.raises(ValueError, match="agent construction failed"):
+        train(tiny_config(tmp_path))
+    assert len(made) == 2 and all(any(p is c for c in closed) for p in made)
