@@ -33,6 +33,7 @@ from mtrl.ops import (
     categorical_td_target,
     categorical_td_target_reference,
 )
+from mtrl.ops.shift_plan import shift_rows
 
 E = 2
 
@@ -60,22 +61,6 @@ def make_set(name, b, k, dtype, seed):
         mask = torch.ones(b, device="cuda")
     entropy = torch.randn(b, device="cuda", generator=gen) * 0.5 + 0.01
     return logits, reward, mask, 0.9 if name == "scan" else 0.99, entropy
-
-
-def shift_rows(reward, mask, discount, entropy, k, v_min=-10.0, v_max=10.0):
-    """Boolean (B,): rows the CUDA kernel projects by the shift path (its PlanShift, float64)."""
-    g = (torch.as_tensor(discount, dtype=torch.float32, device=reward.device) * mask).double()
-    inv_dz = (k - 1) / (v_max - v_min)
-    c = (reward.double() + g * (v_min - entropy.double()) - v_min) * inv_dz
-    t_lo = (-c / g).clamp(-1, k)
-    t_hi = ((k - 1 - c) / g).clamp(-1, k)
-    ja = (t_lo.floor() + 1).clamp(max=k)
-    jb = torch.maximum(t_hi.ceil(), ja)
-    ua, ub = c + (g - 1) * ja, c + (g - 1) * (jb - 1)
-    lo, hi = torch.minimum(ua, ub), torch.maximum(ua, ub)
-    d = (0.5 * (lo + hi) + 0.5).floor()
-    fits = (lo - d >= -1) & (hi - d <= 1)
-    return (g > 0) & ((ja >= jb) | fits)
 
 
 def check_target_parity(logits, reward, mask, discount, entropy):

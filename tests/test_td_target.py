@@ -648,3 +648,22 @@ def test_support_beyond_float32_and_missing_or_sparse_inputs_raise():
     for k in (11.5, "11"):
         with pytest.raises(TypeError, match="num_atoms must be an int"):
             hl_gauss_target(torch.zeros(2), -1, 1, k)
+
+
+def test_shift_plan_rows():
+    """mtrl.ops.shift_plan.shift_rows, the kernels' shift-path row test: every row at discount 0.99
+    with mask 1 and K <= 101 ((1 - g)(K - 1) <= 1), no mask-0 row, no row at discount 0.5 whose
+    unclipped range spans more than 2 bins, and per-sample discounts row by row."""
+    from mtrl.ops.shift_plan import shift_rows
+
+    gen = torch.Generator().manual_seed(3)
+    reward = torch.randn(512, generator=gen) * 15 + 0.05
+    entropy = torch.randn(512, generator=gen) * 0.5
+    ones, zeros = torch.ones(512), torch.zeros(512)
+    assert shift_rows(reward, ones, 0.99, entropy, 101).all()
+    assert not shift_rows(reward, zeros, 0.99, entropy, 101).any()
+    inside = torch.linspace(-3, 3, 512)  # unclipped over ~50 of 101 atoms at g = 0.5
+    assert not shift_rows(inside, ones, 0.5, zeros, 101).any()
+    discount = torch.where(torch.arange(512) % 2 == 0, torch.tensor(0.99), torch.tensor(0.5))
+    rows = shift_rows(inside, ones, discount, zeros, 101)
+    assert rows[0::2].all() and not rows[1::2].any()

@@ -3,9 +3,9 @@
 The C51 target kernel has three projections (csrc/kernels/td_target_cuda.cu): the shift path,
 taken by rows with g = discount * mask > 0 whose unclipped atoms fit one integer offset (always for
 discount 0.99, mask 1 and K <= 101, since (1 - 0.99)(K - 1) <= 1), the terminal path (g = 0: mask
-0 or discount 0), and the segmented-scan path (discounts far from 1). `shift_rows` below is the
-kernel's row test, so the tests can check that the paths are exercised. Member softmax runs with
-the row in registers for K <= 256 and through shared memory above (K = 513 below).
+0 or discount 0), and the segmented-scan path (discounts far from 1). The kernels' row test is
+`mtrl.ops.shift_plan.shift_rows`, so the tests can check that the paths are exercised. Member
+softmax runs with the row in registers for K <= 256 and through shared memory above (K = 513).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mtrl.ops import (
     categorical_td_target,
     categorical_td_target_reference,
 )
+from mtrl.ops.shift_plan import shift_rows
 
 pytestmark = [
     pytest.mark.cuda,
@@ -37,21 +38,6 @@ def make_inputs(e, b, k, seed=0, dtype=torch.float32):
     entropy = torch.randn(b, generator=gen) * 0.5 + 0.01
     discount = 0.9 + 0.09 * torch.rand(b, generator=gen)
     return [t.cuda() for t in (logits, reward, mask, discount, entropy)]
-
-
-def shift_rows(reward, mask, discount, entropy, k, v_min=-10.0, v_max=10.0):
-    """Boolean (B,): rows the CUDA kernel projects by the shift path (its PlanShift, in float64)."""
-    g = (torch.as_tensor(discount, dtype=torch.float32, device=reward.device) * mask).double()
-    inv_dz = (k - 1) / (v_max - v_min)
-    c = (reward.double() + g * (v_min - entropy.double()) - v_min) * inv_dz
-    t_lo = (-c / g).clamp(-1, k)
-    t_hi = ((k - 1 - c) / g).clamp(-1, k)
-    ja = (t_lo.floor() + 1).clamp(max=k)
-    jb = torch.maximum(t_hi.ceil(), ja)
-    ua, ub = c + (g - 1) * ja, c + (g - 1) * (jb - 1)
-    lo, hi = torch.minimum(ua, ub), torch.maximum(ua, ub)
-    d = (0.5 * (lo + hi) + 0.5).floor()
-    return (g > 0) & ((ja >= jb) | ((lo - d >= -1) & (hi - d <= 1)))
 
 
 def assert_matches_float64(logits, reward, mask, discount, entropy, combine="mean", v_min=-10.0,
@@ -117,6 +103,27 @@ def test_cuda_cross_entropy_matches_reference(dtype, weighted):
     torch.testing.assert_close(grad.float(), ref_online.grad, **tol)
 
 
+def assert_graph_replay_equals_eager(step, static, fresh):
+    """Captures step() in a CUDA graph (after a warm-up on a side stream), copies ``fresh`` into
+    the ``static`` input tensors, replays, and checks each output equals an eager step() on the new
+    inputs bit for bit."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    for dst, src in zip(static, fresh, strict=True):
+        dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    expect = step()
+    for x, y in zip(outs, expect, strict=True):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+
+
 def test_cuda_graph_capture_and_replay():
     logits, reward, mask, discount, entropy = make_inputs(2, 1024, 101, seed=13)
     online = torch.randn(2, 1024, 101, device="cuda")
@@ -127,22 +134,8 @@ def test_cuda_graph_capture_and_replay():
         loss, td = categorical_cross_entropy(static[5], target, return_td_error=True)
         return target, value, loss, td
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up outside capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = step()
     fresh = make_inputs(2, 1024, 101, seed=14) + [torch.randn(2, 1024, 101, device="cuda")]
-    for dst, src in zip(static, fresh):
-        dst.copy_(src)
-    graph.replay()
-    torch.cuda.synchronize()
-    expect = step()
-    for x, y in zip(outs, expect):
-        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    assert_graph_replay_equals_eager(step, static, fresh)
 
 
 def test_cuda_torch_compile():
@@ -260,22 +253,8 @@ def test_cuda_shift_path_graph_capture_and_determinism(dtype):
     first = step()
     for x, y in zip(first, step()):
         torch.testing.assert_close(x, y, atol=0, rtol=0)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = step()
     fresh = make_inputs(2, 4096, 101, seed=30, dtype=dtype)
-    for dst, src in zip(static, (fresh[0], fresh[1], fresh[2], fresh[4])):
-        dst.copy_(src)
-    graph.replay()
-    torch.cuda.synchronize()
-    expect = step()
-    for x, y in zip(outs, expect):
-        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    assert_graph_replay_equals_eager(step, static, (fresh[0], fresh[1], fresh[2], fresh[4]))
     assert_matches_float64(static[0], static[1], static[2], 0.99, static[3])
 
 
