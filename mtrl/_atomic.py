@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import secrets
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
+
+_SUFFIX = re.compile(r"[0-9a-f]{8}")
 
 
 def _new_sibling(final: Path, kind: str) -> Path:
@@ -27,6 +32,8 @@ def replace_dir(final: str | os.PathLike[str], write: Callable[[Path], None]) ->
     aside (``.<name>.old-*``), the new one renamed in and the old one removed, so a crash at any
     instant leaves a complete old or new copy (between the two renames, under the ``.old-``
     name). On an error the partial copy is removed and ``final`` is left, or put back, as it was.
+    After a successful swap the leftovers of earlier killed saves of ``final`` are removed
+    (``remove_leftovers``); ``recover_dir`` puts back an old copy that such a kill left aside.
 
     Returns:
       The resolved path of ``final`` (symbolic links followed).
@@ -36,22 +43,82 @@ def replace_dir(final: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp = _new_sibling(final, "tmp")
     try:
         write(tmp)
+        aside = None
         if not os.path.lexists(final):
             os.rename(tmp, final)
-            return final
-        aside = _new_sibling(final, "old")
-        try:
-            os.rename(final, aside)  # replaces the empty placeholder (POSIX directory rename)
-        except BaseException:
-            aside.rmdir()
-            raise
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            os.rename(aside, final)
-            raise
+        else:
+            aside = _new_sibling(final, "old")
+            try:
+                os.rename(final, aside)  # replaces the empty placeholder (POSIX directory rename)
+            except BaseException:
+                aside.rmdir()
+                raise
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                os.rename(aside, final)
+                raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    remove_leftovers(final.parent, glob.escape(final.name))
     return final
+
+
+def _siblings(parent: Path, name: str, kind: str) -> list[Path]:
+    """The directories ``.<name>.<kind>-XXXXXXXX`` (as ``_new_sibling`` names them) in
+    ``parent``, sorted; ``name`` is a glob pattern. Symbolic links are never listed."""
+    found = []
+    for path in parent.glob(f".{name}.{kind}-*"):
+        if (_SUFFIX.fullmatch(path.name.rsplit(f".{kind}-", 1)[1])
+                and path.is_dir() and not path.is_symlink()):
+            found.append(path)
+    return sorted(found)
+
+
+def remove_leftovers(parent: Path, name: str) -> None:
+    """Removes what killed saves of ``parent/<name>`` left (``name`` a glob pattern): every
+    ``.<name>.tmp-*`` (a partial new copy, never complete) and the ``.<name>.old-*`` of a
+    ``<name>`` that exists (superseded: the old copy of a swap killed before its removal, or an
+    empty placeholder). Call it only after a successful save: it assumes no other save of these
+    paths is running."""
+    for path in _siblings(parent, name, "tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in _siblings(parent, name, "old"):
+        final = path.with_name(path.name[1:].rsplit(".old-", 1)[0])
+        if os.path.lexists(final):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def recover_dir(final: str | os.PathLike[str], is_complete: Callable[[Path], bool],
+                what: str = "save", stacklevel: int = 3) -> None:
+    """Puts back the old copy of ``final`` that a kill between the two renames of
+    ``replace_dir`` left only under ``.<name>.old-*``.
+
+    Does nothing if ``final`` exists or no such sibling is complete (``is_complete``). With
+    exactly one complete sibling it is renamed back to ``final``, with a ``RuntimeWarning``.
+
+    Raises:
+      ValueError: several complete siblings (which one is wanted cannot be told): naming them;
+      nothing is moved.
+    """
+    final = Path(os.path.realpath(final))
+    if os.path.lexists(final):
+        return
+    copies = [p for p in _siblings(final.parent, glob.escape(final.name), "old")
+              if is_complete(p)]
+    if not copies:
+        return
+    if len(copies) > 1:
+        raise ValueError(
+            f"{final} does not exist, and {len(copies)} complete copies of it are in "
+            f"{final.parent}: {', '.join(p.name for p in copies)} (left aside by saves killed "
+            f"while swapping a new {what} in); rename the one to keep to {final.name} and "
+            f"delete the others")
+    os.rename(copies[0], final)
+    warnings.warn(
+        f"{final} was missing: a save there was killed while swapping the new {what} in, and "
+        f"the complete previous {what} was left as {copies[0].name}; it was renamed back to "
+        f"{final}", RuntimeWarning, stacklevel=stacklevel)

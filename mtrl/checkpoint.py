@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from mtrl._atomic import replace_dir
+from mtrl._atomic import recover_dir, remove_leftovers, replace_dir
 
 PREFIX = "iter_"
 # Fields that may differ between a checkpoint and the run resuming it (schedule, output, device;
@@ -31,6 +32,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
+    _recover_checkpoints(root)
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
              and p.name[len(PREFIX):].isdigit() and (p / "state.pt").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
@@ -54,13 +56,22 @@ def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
     return final
 
 
+def _recover_checkpoints(root: Path) -> None:
+    """Renames back a checkpoint that a kill while it was replaced by one of the same iteration
+    left only as ``.iter_N.old-*`` (``mtrl._atomic.recover_dir``: a warning; a ValueError if
+    several complete copies)."""
+    names = {m[1] for p in root.iterdir()
+             if (m := re.fullmatch(rf"\.({PREFIX}\d+)\.old-[0-9a-f]{{8}}", p.name))}
+    for name in sorted(names):
+        recover_dir(root / name, lambda p: (p / "state.pt").is_file(), "checkpoint", stacklevel=4)
+
+
 def _remove_partial_saves(root: Path) -> None:
     """Removes the temp dirs (``.iter_N.tmp-*``, mtrl/_atomic.py) of saves that a crash cut
-    short: never a complete checkpoint, and only this run writes here (a fresh run refuses a
+    short, and the superseded ``.iter_N.old-*`` of an existing ``iter_N``: never a complete
+    checkpoint that is not also in place, and only this run writes here (a fresh run refuses a
     run_dir holding another's checkpoints)."""
-    for partial in root.glob(f".{PREFIX}*.tmp-*"):
-        if partial.is_dir():
-            shutil.rmtree(partial, ignore_errors=True)
+    remove_leftovers(root, f"{PREFIX}*")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

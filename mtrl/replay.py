@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from mtrl import _core
-from mtrl._atomic import replace_dir
+from mtrl._atomic import recover_dir, replace_dir
 
 __all__ = ["ReplayBatch", "ReplayBuffer", "ReplayMemoryError"]
 
@@ -122,6 +122,20 @@ def _check_replaceable(path: str) -> None:
             why = f"its meta.json: {e}"
     raise ValueError(f"cannot save the replay buffer to {path}: it is not an mtrl replay save "
                      f"({why}); choose a new or empty directory")
+
+
+def _is_complete_save(path: Path) -> bool:
+    try:
+        ReplayBuffer._read_meta(path)
+    except (OSError, ValueError):
+        return False
+    return all((path / name).is_file() for name in _FILES)
+
+
+def _recover(directory: str | os.PathLike[str]) -> None:
+    """``mtrl._atomic.recover_dir`` for a replay save (the warning points at the caller of
+    ``load``/``load_into``)."""
+    recover_dir(directory, _is_complete_save, "replay save", stacklevel=4)
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -495,6 +509,7 @@ class ReplayBuffer:
             ValueError: naming the first field (shape, task count, alpha, array) that differs.
             FileNotFoundError: no such directory / file.
         """
+        _recover(directory)
         meta = self._read_meta(directory)
         for field in (*_SHAPE_FIELDS, "alpha"):
             if meta.get(field) != getattr(self, field):
@@ -509,7 +524,13 @@ class ReplayBuffer:
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, pin_memory: bool = False
              ) -> ReplayBuffer:
-        """Creates a buffer from a directory written by ``save``."""
+        """Creates a buffer from a directory written by ``save``.
+
+        ``load`` and ``load_into`` recover a save left aside by a kill mid-save: if
+        ``directory`` does not exist but one complete ``.<name>.old-*`` sibling does, it is
+        renamed back (a ``RuntimeWarning`` says so); several are refused (``ValueError``).
+        """
+        _recover(directory)
         meta = cls._read_meta(directory)
         try:
             buf = cls(*(meta[f] for f in _SHAPE_FIELDS), alpha=meta["alpha"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 
 import numpy as np
@@ -875,6 +876,78 @@ def test_failed_save_keeps_the_previous_save(tmp_path, monkeypatch):
     assert len(calls) == 3  # the third rename put the old save back
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def _crash_between_the_renames(final):
+    """The state a save over ``final`` leaves when killed between the two renames of
+    ``mtrl._atomic.replace_dir``: the complete old save only under ``.<name>.old-*``."""
+    aside = final.with_name(f".{final.name}.old-0123abcd")
+    final.rename(aside)
+    return aside
+
+
+def test_load_recovers_a_save_left_aside_by_a_crash_between_the_renames(tmp_path):
+    buf = ReplayBuffer(1, 8, 2, 1, 2, seed=3)
+    run_envs(buf, None, 5, task_of_env=[0, 0])
+    b = tmp_path / "b"
+    before = saved_state(buf, b)
+    aside = _crash_between_the_renames(b)
+    # An empty placeholder (a kill between its mkdir and the first rename) is not a save.
+    (tmp_path / ".b.old-fedcba98").mkdir()
+    with pytest.warns(RuntimeWarning, match=r"\.b\.old-0123abcd.*renamed back to .*b"):
+        loaded = ReplayBuffer.load(b)
+    assert {f.name: f.read_bytes() for f in sorted(b.iterdir())} == before
+    assert not aside.exists()
+    assert saved_state(loaded, tmp_path / "again") == before
+    # load_into recovers too.
+    _crash_between_the_renames(b)
+    other = ReplayBuffer(1, 8, 2, 1, 2, seed=3)
+    with pytest.warns(RuntimeWarning, match="renamed back"):
+        other.load_into(b)
+    assert saved_state(other, tmp_path / "again2") == before
+
+
+def test_load_refuses_to_guess_between_several_saves_left_aside(tmp_path):
+    buf = ReplayBuffer(1, 8, 2, 1, 2)
+    run_envs(buf, None, 3, task_of_env=[0, 0])
+    b = tmp_path / "b"
+    buf.save(b)
+    first = _crash_between_the_renames(b)
+    second = tmp_path / ".b.old-99999999"  # kills in two saves in a row (the 2nd before its cleanup)
+    shutil.copytree(first, second)
+    with pytest.raises(ValueError, match=r"\.b\.old-0123abcd, \.b\.old-99999999"):
+        ReplayBuffer.load(b)
+    assert first.is_dir() and second.is_dir() and not b.exists()  # nothing was moved
+    # A copy without a valid meta.json is not complete: it is neither recovered nor counted.
+    (second / "meta.json").write_text("{")
+    with pytest.warns(RuntimeWarning, match="0123abcd"):
+        ReplayBuffer.load(b)
+    assert second.is_dir()
+    # No complete copy at all: the missing directory is reported as before.
+    with pytest.raises(FileNotFoundError):
+        ReplayBuffer.load(tmp_path / "none")
+
+
+def test_save_removes_the_leftovers_of_crashed_saves_of_the_same_path(tmp_path):
+    buf = ReplayBuffer(1, 8, 2, 1, 2)
+    run_envs(buf, None, 3, task_of_env=[0, 0])
+    partial = tmp_path / ".b.tmp-0123abcd"  # a save killed while writing
+    partial.mkdir()
+    (partial / "obs.npy").write_bytes(b"x" * 1000)
+    (tmp_path / ".b.old-fedcba98").mkdir()  # killed between the placeholder and the rename
+    kept = [tmp_path / ".c.tmp-0123abcd", tmp_path / ".b.tmp-notmine", tmp_path / "b.tmp-01234567"]
+    for p in kept:  # another path's save, and names replace_dir never makes
+        p.mkdir()
+    buf.save(tmp_path / "b")
+    ReplayBuffer.load(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b", *(p.name for p in kept)])
+    # A failed save removes nothing of the others.
+    partial.mkdir()
+    with pytest.MonkeyPatch.context() as m:
+        _fail_meta_write(m)
+        with pytest.raises(OSError, match="No space left"):
+            buf.save(tmp_path / "b")
+    assert partial.is_dir()
 
 
 def test_save_refuses_a_directory_that_is_not_a_replay_save(tmp_path):

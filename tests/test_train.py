@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -528,6 +529,30 @@ def test_checkpoint_save_removes_partial_checkpoints_of_a_crashed_save(tmp_path)
     (root / "notes.txt").write_text("not a checkpoint: kept")
     ckpt.save_checkpoint(tmp_path, 10, {"iteration": 10, "config": {}}, lambda p: p.mkdir(), 2)
     assert sorted(p.name for p in root.iterdir()) == ["iter_000000010", "notes.txt"]
+
+
+def test_a_checkpoint_left_aside_by_a_crash_between_the_renames_is_recovered(tmp_path):
+    # Saving a checkpoint of an iteration already saved swaps it (mtrl/_atomic.py); a kill
+    # between the two renames left the complete old one only under a hidden .old- name, so
+    # --resume did not see it (or fell back to an older one).
+    root = tmp_path / "checkpoints"
+    for it in (5, 10):
+        ckpt.save_checkpoint(tmp_path, it, {"iteration": it, "config": {}}, lambda p: p.mkdir(), 3)
+    (root / "iter_000000010").rename(root / ".iter_000000010.old-0123abcd")
+    (root / ".iter_000000005.old-fedcba98").mkdir()  # an empty placeholder: not a checkpoint
+    with pytest.warns(RuntimeWarning, match=r"\.iter_000000010\.old-0123abcd.*renamed back"):
+        found = ckpt.list_checkpoints(tmp_path)
+    assert [p.name for p in found] == ["iter_000000005", "iter_000000010"]
+    assert ckpt.load_checkpoint(found[-1])["iteration"] == 10
+    # Two complete copies of one checkpoint: refused, naming both, nothing moved.
+    (root / "iter_000000010").rename(root / ".iter_000000010.old-0123abcd")
+    shutil.copytree(root / ".iter_000000010.old-0123abcd", root / ".iter_000000010.old-99999999")
+    with pytest.raises(ValueError, match=r"old-0123abcd, \.iter_000000010\.old-99999999"):
+        ckpt.list_checkpoints(tmp_path)
+    assert not (root / "iter_000000010").exists()
+    # The next save of that iteration removes both (and the placeholder).
+    ckpt.save_checkpoint(tmp_path, 10, {"iteration": 10, "config": {}}, lambda p: p.mkdir(), 3)
+    assert sorted(p.name for p in root.iterdir()) == ["iter_000000005", "iter_000000010"]
 
 
 def test_resume_takes_the_runs_config_for_flags_not_given(tmp_path):
