@@ -17,7 +17,7 @@ from mtrl.fused_bronet import check_cpu_bf16
 from mtrl.networks import Actor, Critic
 from mtrl.normalizer import reward_denominator
 from mtrl.optim import FusedAdamW
-from mtrl.precision import cuda_matmul_precision
+from mtrl.precision import check_tf32_device, cuda_matmul_precision
 
 try:  # fused kernels of the kernel component (issue 3); mtrl.math is the reference path
     from mtrl import ops as _ops
@@ -42,12 +42,6 @@ class Batch:
     mask: Tensor
     discount: Tensor
     task_id: Tensor
-
-
-def _refuse_tf32(device: str) -> None:
-    raise ValueError(
-        f"AgentConfig.tf32 needs a CUDA device, and this agent runs on {device}: TF32 is a mode "
-        f"of NVIDIA tensor cores (Ampere and later), CPU matmuls have none. Leave tf32 off here.")
 
 
 def _in_matmul_precision(method):
@@ -79,8 +73,8 @@ class BRCAgent(nn.Module):
         super().__init__()
         if config.bf16 and not torch.cuda.is_available():
             check_cpu_bf16()  # the agent will run on this CPU (ValueError without AMX/AVX512-BF16)
-        if config.tf32 and not torch.cuda.is_available():
-            _refuse_tf32("cpu")  # the agent will run on this CPU
+        if not torch.cuda.is_available():  # the agent will run on this CPU
+            check_tf32_device(config.tf32, "cpu", "this agent runs on cpu")
         self.config = config
         self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
         self.critic = Critic(
@@ -156,11 +150,11 @@ class BRCAgent(nn.Module):
         each call and restored after it (mtrl.precision). A trap §11 does not list: JAX's default
         precision lets float32 dots run in TF32 on Ampere and later GPUs, so the released
         "float32" code ran TF32 matmuls there, while PyTorch's default is IEEE float32."""
-        device = self.atoms.device.type
-        if device == "cuda":
+        device = self.atoms.device
+        # (a CPU agent built where CUDA exists was not refused at init)
+        check_tf32_device(self.config.tf32, device, f"this agent runs on {device.type}")
+        if device.type == "cuda":
             return cuda_matmul_precision(self.config.tf32)
-        if self.config.tf32:  # (a CPU agent built where CUDA exists was not refused at init)
-            _refuse_tf32(device)
         return contextlib.nullcontext()
 
     def _autocast(self):

@@ -52,7 +52,9 @@ def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
     replace_dir(final, write)  # a checkpoint of the same iteration is swapped, never lost
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    _remove_partial_saves(final.parent)
+    # replace_dir removed this iteration's leftovers; other iterations' crashed saves go too
+    # (only this run writes here: a fresh run refuses a run_dir holding another's checkpoints)
+    remove_leftovers(final.parent, f"{PREFIX}*")
     return final
 
 
@@ -64,14 +66,6 @@ def _recover_checkpoints(root: Path) -> None:
              if (m := re.fullmatch(rf"\.({PREFIX}\d+)\.old-[0-9a-f]{{8}}", p.name))}
     for name in sorted(names):
         recover_dir(root / name, lambda p: (p / "state.pt").is_file(), "checkpoint", stacklevel=4)
-
-
-def _remove_partial_saves(root: Path) -> None:
-    """Removes the temp dirs (``.iter_N.tmp-*``, mtrl/_atomic.py) of saves that a crash cut
-    short, and the superseded ``.iter_N.old-*`` of an existing ``iter_N``: never a complete
-    checkpoint that is not also in place, and only this run writes here (a fresh run refuses a
-    run_dir holding another's checkpoints)."""
-    remove_leftovers(root, f"{PREFIX}*")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

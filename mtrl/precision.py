@@ -50,3 +50,15 @@ def cuda_matmul_precision(tf32: bool) -> Iterator[None]:
         yield
     finally:
         matmul.fp32_precision = restore
+
+
+def check_tf32_device(tf32: bool, device: torch.device | str, runs_on: str) -> None:
+    """ValueError when TF32 is asked of work that does not run on CUDA (AgentConfig.tf32).
+
+    Args:
+        runs_on: where the work runs, for the message ("this agent runs on cpu", ...).
+    """
+    if tf32 and torch.device(device).type != "cuda":
+        raise ValueError(
+            f"AgentConfig.tf32 needs a CUDA device, and {runs_on}: TF32 is a mode of NVIDIA "
+            f"tensor cores (Ampere and later), CPU matmuls have none. Leave tf32 off here.")

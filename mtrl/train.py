@@ -24,6 +24,7 @@ from mtrl.agent import METRIC_NAMES, Batch, BRCAgent
 from mtrl.config import PRESETS, TrainConfig, resolve_tasks
 from mtrl.logger import Logger
 from mtrl.normalizer import RewardNormalizer
+from mtrl.precision import check_tf32_device
 
 
 def resolve_device(name: str) -> torch.device:
@@ -203,9 +204,9 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
     num_tasks = len(tasks)
     batch_size = check_feasible(cfg, num_tasks)
     device = resolve_device(cfg.device)
-    if cfg.agent.tf32 and device.type != "cuda":  # before the envs start (the agent checks too)
-        raise ValueError(f"AgentConfig.tf32 needs a CUDA device, and this run's device is "
-                         f"{device} (--device {cfg.device}); leave --agent.tf32 off here")
+    # before the envs start (the agent checks too)
+    check_tf32_device(cfg.agent.tf32, device,
+                      f"this run's device is {device} (--device {cfg.device})")
     run_dir = Path(cfg.run_dir)
     resolved = {**dataclasses.asdict(cfg), "resolved_tasks": tasks, "batch_size": batch_size}
     if run_dir.exists() and not run_dir.is_dir():
