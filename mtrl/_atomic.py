@@ -1,7 +1,16 @@
-"""Replace a directory as a whole (run checkpoints, replay saves): write a sibling, swap it in."""
+"""Replace a directory (run checkpoints, replay saves) or a file (a run's config.json) as a
+whole: write a sibling, swap it in.
+
+Durability: a rename orders nothing on disk. After a power loss or kernel crash the renamed-in
+copy could hold empty or truncated files (their data not yet written back) while the old copy's
+removal was: the save would be lost. So the new copy's files and directories are fsynced before
+the first rename, and the parent directory after the last one (the renames themselves), before
+the old copy is removed.
+"""
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -25,13 +34,69 @@ def _new_sibling(final: Path, kind: str) -> Path:
             continue
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsyncs a directory (its entries: names created, renamed or removed in it). Skipped where a
+    directory cannot be opened (Windows) or synced (some network filesystems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """fsyncs a regular file's data (written through any descriptor, e.g. by the C++ core)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsyncs every regular file under ``root`` (their data), then every directory, ``root``
+    included (their entries)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                fsync_file(path)
+    for dirpath, _, _ in os.walk(root):
+        fsync_dir(dirpath)
+
+
+def replace_file(path: str | os.PathLike[str], text: str) -> None:
+    """Writes ``text`` to ``path`` (UTF-8) as a whole: a temp file beside it, fsynced, then
+    ``os.replace``d in and the directory fsynced. A crash leaves the old or the new file, never
+    a truncated one; on an error the old file is left as it was and the temp file removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def replace_dir(final: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Writes a new directory ``final`` with ``write(tmp)`` and swaps it in as a whole.
 
     ``write`` fills an empty sibling ``.<name>.tmp-*``. Then an existing ``final`` is renamed
     aside (``.<name>.old-*``), the new one renamed in and the old one removed, so a crash at any
     instant leaves a complete old or new copy (between the two renames, under the ``.old-``
-    name). On an error the partial copy is removed and ``final`` is left, or put back, as it was.
+    name), power losses included (fsyncs: see the module docstring). On an error the partial
+    copy is removed and ``final`` is left, or put back, as it was.
     After a successful swap the leftovers of earlier killed saves of ``final`` are removed
     (``remove_leftovers``); ``recover_dir`` puts back an old copy that such a kill left aside.
 
@@ -39,10 +104,12 @@ def replace_dir(final: str | os.PathLike[str], write: Callable[[Path], None]) ->
       The resolved path of ``final`` (symbolic links followed).
     """
     final = Path(os.path.realpath(final))
+    new_parent = not final.parent.is_dir()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(final, "tmp")
     try:
         write(tmp)
+        _fsync_tree(tmp)  # the new copy is on disk before any rename can expose it
         aside = None
         if not os.path.lexists(final):
             os.rename(tmp, final)
@@ -61,6 +128,9 @@ def replace_dir(final: str | os.PathLike[str], write: Callable[[Path], None]) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_dir(final.parent)  # the renames are on disk before the old copy goes
+    if new_parent:
+        fsync_dir(final.parent.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
     remove_leftovers(final.parent, glob.escape(final.name))

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mtrl._atomic import fsync_dir, fsync_file, replace_file
+
 
 def _row_iteration(path: Path, number: int, line: str, jsonl: bool) -> int:
     try:
@@ -29,9 +31,7 @@ def _rewrite_until(path: Path, iteration: int, jsonl: bool) -> None:
     first = 0 if jsonl else 1  # the CSV header
     keep = lines[:first] + [ln for k, ln in enumerate(lines[first:], first + 1) if ln.strip()
                             and _row_iteration(path, k, ln, jsonl) <= iteration]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    replace_file(path, "".join(keep))  # the run's whole history: never left half-written
 
 
 def _import_wandb():
@@ -108,6 +108,16 @@ class Logger:
         if kind == "eval":
             self.eval_history.append({"kind": kind, **row})
             self.plot()
+
+    def sync(self) -> None:
+        """fsyncs ``train.csv``, ``eval.csv``, ``metrics.jsonl`` and ``run_dir``: called before
+        each checkpoint, so that the rows up to a checkpoint survive a power loss with it (rows
+        after the checkpoint a resume drops anyway). Not per row: that would cost a disk flush
+        per log line. ``curves.png`` is not synced: it is redrawn from ``metrics.jsonl``."""
+        for name in ("train.csv", "eval.csv", "metrics.jsonl"):
+            if (self.run_dir / name).exists():
+                fsync_file(self.run_dir / name)
+        fsync_dir(self.run_dir)
 
     def plot(self) -> None:
         """Redraw ``curves.png``: eval return per task and the aggregate mean vs iteration."""

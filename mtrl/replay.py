@@ -470,7 +470,8 @@ class ReplayBuffer:
         """Writes the whole state to ``directory``, atomically.
 
         The save is written to a hidden sibling directory and then swapped in (``mtrl._atomic``):
-        a crash or error mid-save leaves the previous save at ``directory`` complete.
+        a crash or error mid-save leaves the previous save at ``directory`` complete, and the new
+        save is fsynced before it replaces it (a power loss just after ``save`` keeps it).
 
         Raises:
             ValueError: ``directory`` exists but is not a replay save (a file, or a directory

@@ -20,6 +20,7 @@ import torch
 
 from mtrl import _startup
 from mtrl import checkpoint as ckpt
+from mtrl._atomic import replace_file
 from mtrl.agent import METRIC_NAMES, Batch, BRCAgent
 from mtrl.config import PRESETS, TrainConfig, resolve_tasks
 from mtrl.logger import Logger
@@ -297,6 +298,7 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
             "episode_return": episode_return.copy(), "last_eval": last_eval,
             "metric_sum": metric_sum.cpu(), "metric_count": metric_count, "online": online,
         }
+        logger.sync()  # the metrics up to this checkpoint are on disk before it is
         return ckpt.save_checkpoint(run_dir, it, payload, lambda p: buffer.save(str(p)),
                                     cfg.keep_checkpoints)
 
@@ -318,7 +320,8 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
     logger = progress = None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        # whole and fsynced: --resume reads it (never a truncated one after a crash)
+        replace_file(run_dir / "config.json", json.dumps(resolved, indent=2, default=str))
         logger = Logger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                         wandb_project=cfg.wandb_project, config=resolved,
                         resume_iteration=iteration if state is not None else None)

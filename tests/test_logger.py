@@ -68,3 +68,25 @@ def test_curves_png_is_redrawn_at_each_evaluation(tmp_path):
     logger.close()
     assert len(set(drawn)) == 3  # a new picture after every evaluation
     assert [h["iteration"] for h in logger.eval_history] == [10, 20, 30]
+
+
+def test_sync_fsyncs_the_metrics_files_and_the_run_dir(tmp_path, monkeypatch):
+    # Called before each checkpoint (mtrl/train.py): the rows up to it survive a power loss.
+    import os
+
+    logger = _logger(tmp_path, None)
+    logger.log("train", 1, {"x": 1.0})
+    logger.log("eval", 1, {"return_mean": 1.0, "dmc:a/return": 1.0})
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        real_fsync(fd)
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    logger.log("train", 2, {"x": 2.0})
+    assert synced == []  # not per row
+    logger.sync()
+    logger.close()
+    assert sorted(synced) == sorted(["train.csv", "eval.csv", "metrics.jsonl", tmp_path.name])

@@ -601,3 +601,39 @@ def test_pools_are_closed_when_setup_fails(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="agent construction failed"):
         train(tiny_config(tmp_path))
     assert len(made) == 2 and all(any(p is c for c in closed) for p in made)
+
+
+def test_run_files_are_on_disk_before_the_checkpoint_that_needs_them(tmp_path, monkeypatch):
+    # A power loss just after a checkpoint must keep it, the metrics rows up to it and a whole
+    # config.json (--resume reads it): each is fsynced before the checkpoint is renamed in.
+    events = []
+    real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+
+    def fsync(fd):
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def rename(src, dst):
+        events.append(("rename", os.fspath(dst)))
+        real_rename(src, dst)
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    run = Path(os.path.realpath(tmp_path))
+    train(tiny_config(run, iterations=50, eval_interval=50, checkpoint_interval=0))
+    final = os.fspath(run / "checkpoints" / "iter_000000050")
+    swapped_in = events.index(("rename", final))
+    synced = [e[1] for e in events[:swapped_in] if e[0] == "fsync"]
+    for name in ("train.csv", "eval.csv", "metrics.jsonl"):
+        assert os.fspath(run / name) in synced, name
+    config_in = events.index(("replace", os.fspath(run / "config.json")))
+    assert config_in < swapped_in  # written as a temp file, synced, then replaced in
+    assert any(e[0] == "fsync" and Path(e[1]).name.startswith(".config.json.tmp-")
+               for e in events[:config_in])
+    assert ("fsync", os.fspath(run / "checkpoints")) in events[swapped_in:]
+    assert ckpt.load_checkpoint(Path(final))["iteration"] == 50
