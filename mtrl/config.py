@@ -261,10 +261,35 @@ PRESETS = {"laptop": laptop_preset, "paper": paper_preset}
 
 
 def resolve_tasks(names: tuple[str, ...], available: list[str]) -> list[str]:
-    """Expand task-set names and canonicalise task names against ``available`` (mtrl.envs names).
+    """Expand task-set names and canonicalise task names against ``available`` (mtrl.envs names),
+    in the order listed (the run's task order: task ids, engine, checkpoints).
 
-    Raises ValueError naming an unknown task with the closest available names.
+    Raises ValueError naming an unknown task with the closest available names, or a task listed
+    more than once (also through a set).
     """
+    out = [t for _, tasks in _expand(names, available) for t in tasks]
+    if len(set(out)) != len(out):
+        dup = sorted({t for t in out if out.count(t) > 1})
+        raise ValueError(f"task(s) listed more than once: {', '.join(dup)}")
+    return out
+
+
+def group_tasks(names: tuple[str, ...], available: list[str]) -> dict[str, list[str]]:
+    """The tasks of ``resolve_tasks(names, available)`` by where they came from: each task set's
+    under its name, task names given one by one under ``"other"`` (groups in order of first
+    appearance). The logger draws a curve PNG per group when there are several.
+
+    Raises: as ``resolve_tasks``.
+    """
+    resolve_tasks(names, available)  # its checks (unknown or repeated tasks)
+    groups: dict[str, list[str]] = {}
+    for task_set, tasks in _expand(names, available):
+        groups.setdefault(task_set or "other", []).extend(tasks)
+    return groups
+
+
+def _expand(names: tuple[str, ...], available: list[str]) -> list[tuple[str | None, list[str]]]:
+    """Per entry of ``names``: (its task-set name, or None for a task name; its tasks)."""
     def canon(name: str) -> str:
         if name in available:
             return name
@@ -281,26 +306,23 @@ def resolve_tasks(names: tuple[str, ...], available: list[str]) -> list[str]:
             f"none; see mtrl.envs.available_tasks() and the task sets {', '.join(TASK_SETS)}")
         raise ValueError(f"unknown task {name!r}; close names: {hint}")
 
-    out: list[str] = []
+    out: list[tuple[str | None, list[str]]] = []
     for name in names:
         if name == "dmc-hard":
-            out += [canon(t) for t in DMC_HARD]
+            out.append((name, [canon(t) for t in DMC_HARD]))
         elif name == "laptop":
-            out += [canon(t) for t in LAPTOP_TASKS]
+            out.append((name, [canon(t) for t in LAPTOP_TASKS]))
         elif name == "dmc-mt30":
-            out += [canon(t) for t in DMC_MT30]
+            out.append((name, [canon(t) for t in DMC_MT30]))
         elif name == "metaworld-mt10":
-            out += [_metaworld(t, available) for t in METAWORLD_MT10]
+            out.append((name, [_metaworld(t, available) for t in METAWORLD_MT10]))
         elif name == "metaworld-mt50":
             mw = [t for t in available if t.startswith("metaworld:")]
             if not mw:
                 raise ValueError("task set 'metaworld-mt50' needs MetaWorld tasks, none are available in mtrl.envs")
-            out += mw
+            out.append((name, mw))
         else:
-            out.append(canon(name))
-    if len(set(out)) != len(out):
-        dup = sorted({t for t in out if out.count(t) > 1})
-        raise ValueError(f"task(s) listed more than once: {', '.join(dup)}")
+            out.append((None, [canon(name)]))
     return out
 
 

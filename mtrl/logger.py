@@ -1,4 +1,4 @@
-"""Run-directory logging: CSV + JSONL always, TensorBoard by default, W&B on request, curve PNG."""
+"""Run-directory logging: CSV + JSONL always, TensorBoard by default, W&B on request, curve PNGs."""
 
 from __future__ import annotations
 
@@ -53,13 +53,19 @@ class Logger:
     """Writes ``train/*`` and ``eval/*`` metrics of one run.
 
     Files in ``run_dir``: ``train.csv``, ``eval.csv``, ``metrics.jsonl`` (every row with its kind),
-    ``tb/`` (TensorBoard, when enabled), ``curves.png`` (eval return per task, updated each eval).
+    ``tb/`` (TensorBoard, when enabled), ``curves.png`` (eval return per task, updated each eval),
+    and ``curves-<group>.png`` per group of ``task_groups`` when it has several (``curves``).
+
+    ``task_groups``: the run's tasks by task set (``mtrl.config.group_tasks``); None: one group.
     """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, wandb: bool, wandb_project: str,
-                 config: dict[str, Any], resume_iteration: int | None = None):
+                 config: dict[str, Any], resume_iteration: int | None = None,
+                 task_groups: dict[str, list[str]] | None = None):
         wandb_module = _import_wandb() if wandb else None  # before any file is touched
         self.run_dir = Path(run_dir)
+        # a run of one task set (or of task names only) has its curves in curves.png alone
+        self._task_groups = dict(task_groups) if task_groups and len(task_groups) > 1 else {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = self.run_dir / "metrics.jsonl"
         if resume_iteration is not None:
@@ -119,36 +125,62 @@ class Logger:
                 fsync_file(self.run_dir / name)
         fsync_dir(self.run_dir)
 
-    def plot(self) -> None:
-        """Redraw ``curves.png``: eval return per task and the aggregate mean vs iteration."""
-        import matplotlib
+    def curves(self) -> dict[str, list[tuple[str, list[float]]]]:
+        """The panels of each curve PNG: file name -> [(title, eval return per evaluation)].
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        ``curves.png``: the run's mean return and every task. When the run's tasks came from
+        several groups (``task_groups``: task sets, and task names given one by one as
+        ``other``), also ``curves-<group>.png``: the group's mean return (unnormalised, as the
+        run's) and its tasks.
+        """
         hist = self.eval_history
+
+        def series(key: str) -> list[float]:
+            return [h.get(key, math.nan) for h in hist]
+
         tasks = sorted({k[len("eval/"):-len("/return")] for k in hist[-1]
                         if k.startswith("eval/") and k.endswith("/return")})
-        cols = min(4, len(tasks) + 1)
-        rows = math.ceil((len(tasks) + 1) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-        its = [h["iteration"] for h in hist]
-        panels = [("mean return", "eval/return_mean")] + [(t, f"eval/{t}/return") for t in tasks]
-        for ax, (title, key) in zip(axes.flat, panels):
-            ax.plot(its, [h.get(key, math.nan) for h in hist], marker="o", ms=3)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("iteration", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(panels):]:
-            ax.axis("off")
-        fig.tight_layout()
-        tmp = self.run_dir / "curves.tmp.png"
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-        os.replace(tmp, self.run_dir / "curves.png")
+        out = {"curves.png": [("mean return", series("eval/return_mean"))]
+               + [(t, series(f"eval/{t}/return")) for t in tasks]}
+        for name, group in self._task_groups.items():
+            returns = [series(f"eval/{t}/return") for t in group]
+            mean = [sum(r) / len(r) for r in zip(*returns)]
+            out[f"curves-{name}.png"] = [(f"{name}: mean return", mean), *zip(group, returns)]
+        return out
+
+    def plot(self) -> None:
+        """Redraw every curve PNG (``curves``): eval return vs iteration."""
+        iterations = [h["iteration"] for h in self.eval_history]
+        for name, panels in self.curves().items():
+            _draw(self.run_dir / name, iterations, panels)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _draw(path: Path, iterations: list[int], panels: list[tuple[str, list[float]]]) -> None:
+    """One PNG with a panel per (title, values); written as a temp file then os.replace'd in,
+    so a reader never sees a half-written picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, (title, values) in zip(axes.flat, panels):
+        ax.plot(iterations, values, marker="o", ms=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)

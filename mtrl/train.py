@@ -22,7 +22,7 @@ from mtrl import _startup
 from mtrl import checkpoint as ckpt
 from mtrl._atomic import replace_file
 from mtrl.agent import METRIC_NAMES, Batch, BRCAgent
-from mtrl.config import PRESETS, TrainConfig, resolve_tasks
+from mtrl.config import PRESETS, TrainConfig, group_tasks, resolve_tasks
 from mtrl.logger import Logger
 from mtrl.normalizer import RewardNormalizer
 from mtrl.precision import check_tf32_device
@@ -202,6 +202,8 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
 
     # ------------------------------------------------------------------ setup (§6.1.1)
     tasks = resolve_tasks(cfg.env.tasks, mtrl.envs.available_tasks())
+    # a curve PNG per task set (the logger); on --resume cfg.env.tasks is the run's config.json's
+    task_groups = group_tasks(cfg.env.tasks, mtrl.envs.available_tasks())
     num_tasks = len(tasks)
     batch_size = check_feasible(cfg, num_tasks)
     device = resolve_device(cfg.device)
@@ -324,7 +326,8 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
         replace_file(run_dir / "config.json", json.dumps(resolved, indent=2, default=str))
         logger = Logger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                         wandb_project=cfg.wandb_project, config=resolved,
-                        resume_iteration=iteration if state is not None else None)
+                        resume_iteration=iteration if state is not None else None,
+                        task_groups=task_groups)
         progress = _Progress(cfg.progress, cfg.iterations, iteration, cfg.log_interval)
         while iteration < cfg.iterations:
             # -- act: uniform warm-up (§2.1), then the stochastic policy (std x 1.0)

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 import mtrl.envs
-from mtrl.config import (AgentConfig, BufferConfig, EnvConfig, TrainConfig, laptop_preset,
-                         paper_preset, resolve_tasks)
+from mtrl.config import (AgentConfig, BufferConfig, EnvConfig, TrainConfig, group_tasks,
+                         laptop_preset, paper_preset, resolve_tasks)
 
 
 def test_paper_preset_is_the_released_configuration():
@@ -55,6 +55,27 @@ def test_task_sets_resolve():
     assert len(mt50) == 50
     assert resolve_tasks(("cheetah-run", "dmc:walker-walk"), avail) == ["dmc:cheetah-run", "dmc:walker-walk"]
     assert len(resolve_tasks(("laptop",), avail)) == 4
+
+
+def test_group_tasks_by_the_task_set_they_came_from():
+    # The logger draws a curve PNG per task set from these groups (issue 4).
+    avail = mtrl.envs.available_tasks()
+    names = ("laptop", "cheetah-run", "dmc-hard", "dmc:hopper-hop")
+    groups = group_tasks(names, avail)
+    assert list(groups) == ["laptop", "other", "dmc-hard"]  # order of first appearance
+    laptop, hard = resolve_tasks(("laptop",), avail), resolve_tasks(("dmc-hard",), avail)
+    assert groups == {"laptop": laptop, "other": ["dmc:cheetah-run", "dmc:hopper-hop"],
+                      "dmc-hard": hard}
+    # The run's task order (engine, checkpoints) is not the groups' order: it stays as listed.
+    assert resolve_tasks(names, avail) == [*laptop, "dmc:cheetah-run", *hard, "dmc:hopper-hop"]
+    assert group_tasks(("laptop",), avail) == {"laptop": laptop}
+    assert group_tasks(("cheetah-run", "walker-walk"), avail) == {
+        "other": ["dmc:cheetah-run", "dmc:walker-walk"]}
+    # The same checks as resolve_tasks: a task in a set and named again is refused.
+    with pytest.raises(ValueError, match="listed more than once: dmc:walker-walk"):
+        group_tasks(("laptop", "walker-walk"), avail)
+    with pytest.raises(ValueError, match="unknown task 'chetah-run'"):
+        group_tasks(("laptop", "chetah-run"), avail)
 
 
 def test_task_errors():

@@ -90,3 +90,52 @@ def test_sync_fsyncs_the_metrics_files_and_the_run_dir(tmp_path, monkeypatch):
     logger.sync()
     logger.close()
     assert sorted(synced) == sorted(["train.csv", "eval.csv", "metrics.jsonl", tmp_path.name])
+
+
+def _eval_rows(logger, returns_at):
+    """Logs eval rows: ``returns_at`` maps iteration -> {task: return}; the run's mean too."""
+    for it, returns in returns_at.items():
+        row = {"return_mean": sum(returns.values()) / len(returns)}
+        row.update({f"{t}/return": r for t, r in returns.items()})
+        logger.log("eval", it, row)
+
+
+def test_a_curve_png_per_task_set_when_the_run_combines_sets(tmp_path):
+    # Issue 4: a learning-curve PNG per task set. Tasks from two sets plus an explicit name:
+    # curves.png (every task) and one file per set, explicit names in curves-other.png.
+    import matplotlib.image
+
+    groups = {"laptop": ["dmc:a", "dmc:b"], "dmc-hard": ["dmc:c"], "other": ["dmc:d"]}
+    logger = Logger(tmp_path, tensorboard=False, wandb=False, wandb_project="mtrl", config={},
+                    task_groups=groups)
+    drawn = []
+    for it in (10, 20):
+        _eval_rows(logger, {it: {"dmc:a": it, "dmc:b": 3.0 * it, "dmc:c": -it, "dmc:d": 1.0}})
+        drawn.append({p.name: p.read_bytes() for p in tmp_path.glob("*.png")})
+    logger.close()
+    names = ["curves-dmc-hard.png", "curves-laptop.png", "curves-other.png", "curves.png"]
+    assert sorted(drawn[-1]) == names  # no temp files left
+    for name in names:
+        assert (tmp_path / name).stat().st_size > 0
+        assert matplotlib.image.imread(tmp_path / name).ndim == 3  # a valid PNG
+        assert drawn[0][name] != drawn[1][name]  # redrawn at each evaluation
+    panels = {name: [(title, values) for title, values in p] for name, p in logger.curves().items()}
+    assert panels["curves-laptop.png"] == [
+        ("laptop: mean return", [20.0, 40.0]), ("dmc:a", [10.0, 20.0]), ("dmc:b", [30.0, 60.0])]
+    assert panels["curves-dmc-hard.png"] == [("dmc-hard: mean return", [-10.0, -20.0]),
+                                             ("dmc:c", [-10.0, -20.0])]
+    assert panels["curves-other.png"] == [("other: mean return", [1.0, 1.0]), ("dmc:d", [1.0, 1.0])]
+    assert [t for t, _ in panels["curves.png"]] == ["mean return", "dmc:a", "dmc:b", "dmc:c", "dmc:d"]
+    assert panels["curves.png"][0][1] == [(10 + 30 - 10 + 1) / 4, (20 + 60 - 20 + 1) / 4]
+
+
+@pytest.mark.parametrize("groups", [None, {"laptop": ["dmc:a", "dmc:b"]},
+                                    {"other": ["dmc:a", "dmc:b"]}],
+                         ids=["not-given", "one-set", "explicit-names-only"])
+def test_a_run_of_one_task_set_draws_only_curves_png(tmp_path, groups):
+    logger = Logger(tmp_path, tensorboard=False, wandb=False, wandb_project="mtrl", config={},
+                    task_groups=groups)
+    _eval_rows(logger, {10: {"dmc:a": 1.0, "dmc:b": 2.0}})
+    logger.close()
+    assert [p.name for p in tmp_path.glob("*.png")] == ["curves.png"]
+    assert list(logger.curves()) == ["curves.png"]

@@ -77,6 +77,7 @@ def test_smoke_cli_300_iterations(tmp_path):
             float(r["eval/dmc:walker-stand/return"]) / 1000)
         assert 0 <= float(r["eval/dmc:walker-stand/success"]) <= 1
     assert (run / "curves.png").stat().st_size > 0
+    assert [p.name for p in run.glob("*.png")] == ["curves.png"]  # task names only: one group
     assert any((run / "tb").iterdir())
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["iter_000000200", "iter_000000300"]
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -637,3 +638,25 @@ def test_run_files_are_on_disk_before_the_checkpoint_that_needs_them(tmp_path, m
                for e in events[:config_in])
     assert ("fsync", os.fspath(run / "checkpoints")) in events[swapped_in:]
     assert ckpt.load_checkpoint(Path(final))["iteration"] == 50
+
+
+def test_a_run_combining_task_sets_draws_a_curve_png_per_set_also_on_resume(tmp_path):
+    # Issue 4: the laptop set plus one task named on its own: curves.png, curves-laptop.png and
+    # curves-other.png. A resume takes the sets from the run's config.json and redraws them.
+    from mtrl.train import parse_args
+
+    run = tmp_path / "run"
+    first = ["--env.tasks", "laptop", "pendulum-swingup", "--iterations", "20",
+             "--random-iterations", "40", "--log-interval", "20", "--eval-interval", "20",
+             "--checkpoint-interval", "20", "--run-dir", str(run), *TINY]
+    first[first.index("--eval-episodes") + 1] = "1"
+    assert main(first) == 0
+    pngs = ["curves-laptop.png", "curves-other.png", "curves.png"]
+    assert sorted(p.name for p in run.glob("*.png")) == pngs
+    before = {name: (run / name).read_bytes() for name in pngs}
+    assert parse_args(["--run-dir", str(run), "--resume"]).env.tasks == ("laptop",
+                                                                        "pendulum-swingup")
+    assert main(["--run-dir", str(run), "--resume", "--iterations", "40"]) == 0
+    assert sorted(p.name for p in run.glob("*.png")) == pngs
+    for name in pngs:  # redrawn with the evaluation of iteration 40
+        assert (run / name).read_bytes() != before[name], name
