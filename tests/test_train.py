@@ -604,6 +604,8 @@ def test_pools_are_closed_when_setup_fails(tmp_path, monkeypatch):
     assert len(made) == 2 and all(any(p is c for c in closed) for p in made)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                    reason="names a descriptor's path through /proc/self/fd")
 def test_run_files_are_on_disk_before_the_checkpoint_that_needs_them(tmp_path, monkeypatch):
     # A power loss just after a checkpoint must keep it, the metrics rows up to it and a whole
     # config.json (--resume reads it): each is fsynced before the checkpoint is renamed in.
