@@ -205,7 +205,7 @@ class TrainConfig:
     progress: Literal["auto", "bar", "lines"] = "auto"
     """Progress display: tqdm bar on a TTY (auto), always bar, or plain periodic lines."""
     torch_threads: int = 0
-    """CPU threads for torch (0: torch's default); 1 avoids spin-waiting on a busy machine."""
+    """CPU threads for torch, 0 to 4096 (0: torch's default); 1 avoids spin-waiting on a busy machine."""
 
     def __post_init__(self):
         _positive(self, "iterations", "updates_per_iteration", "eval_interval", "eval_episodes",
@@ -214,8 +214,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.seed must be in [0, 2**62], got {self.seed}")
         if self.random_iterations < 0:
             raise ValueError(f"TrainConfig.random_iterations must be >= 0, got {self.random_iterations}")
-        if self.torch_threads < 0:
-            raise ValueError(f"TrainConfig.torch_threads must be >= 0, got {self.torch_threads}")
+        # The bound of EnvConfig.num_threads: a count libgomp cannot create aborts the process
+        # at the first parallel op, not at torch.set_num_threads.
+        if not 0 <= self.torch_threads <= 4096:
+            raise ValueError(f"TrainConfig.torch_threads must be in [0, 4096], got {self.torch_threads}")
         if self.checkpoint_interval < 0:
             raise ValueError(f"TrainConfig.checkpoint_interval must be >= 0, got {self.checkpoint_interval}")
 

@@ -137,3 +137,12 @@ def test_non_finite_and_out_of_range_values_are_refused():
     for seed in (-1, 2**70):
         with pytest.raises(ValueError, match=r"TrainConfig.seed must be in \[0, 2\*\*62\]"):
             TrainConfig(seed=seed)
+
+
+def test_torch_threads_range():
+    # torch.set_num_threads takes any count, and a huge one aborts the process later when
+    # libgomp fails to create the threads; the config refuses it up front.
+    for threads in (-1, 4097, 10**5):
+        with pytest.raises(ValueError, match=r"TrainConfig.torch_threads must be in \[0, 4096\]"):
+            TrainConfig(torch_threads=threads)
+    assert TrainConfig(torch_threads=4096).torch_threads == 4096
