@@ -189,6 +189,12 @@ def _set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _earlier_checkpoint_hint(found: list[Path]) -> str:
+    """How to resume past the latest checkpoint ``found[-1]`` when it cannot be read."""
+    older = f"; the one before it is {found[-2].name}" if len(found) > 1 else ""
+    return f": move it out of {found[-1].parent} to resume from an earlier checkpoint{older}"
+
+
 def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the last eval metrics and counters.
 
@@ -231,9 +237,7 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
         try:
             state = ckpt.load_checkpoint(latest)
         except ValueError as e:
-            older = f"; the one before it is {found[-2].name}" if len(found) > 1 else ""
-            raise ValueError(f"{e}: move it out of {latest.parent} to resume from an earlier "
-                             f"checkpoint{older}") from e
+            raise ValueError(f"{e}{_earlier_checkpoint_hint(found)}") from e
         ckpt.check_compatible(state["config"], resolved)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -268,7 +272,8 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
             try:
                 buffer.load_into(str(latest / "replay"))
             except (OSError, ValueError, RuntimeError) as e:
-                raise ValueError(f"cannot resume from {latest}: replay buffer: {e}") from e
+                raise ValueError(f"cannot resume from {latest}: replay buffer: {e}"
+                                 f"{_earlier_checkpoint_hint(found)}") from e
             _set_rng_state(state["rng"], np_rng)
             iteration, updates = state["iteration"], state["updates"]
             episode_return = state["episode_return"]

@@ -299,7 +299,8 @@ def test_resume_from_a_damaged_checkpoint_names_it(tmp_path):
     replay = latest / "replay"
     replay.rename(tmp_path / "replay")
     with pytest.raises(ValueError,
-                       match=rf"cannot resume from {latest}: replay buffer: .*meta.json"):
+                       match=rf"cannot resume from {latest}: replay buffer: .*meta.json.*: "
+                             rf"move it out of .*the one before it is {first.name}$"):
         train(cfg.replace(resume=True, iterations=90))
     (tmp_path / "replay").rename(replay)
     data = (latest / "state.pt").read_bytes()
