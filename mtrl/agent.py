@@ -193,10 +193,10 @@ class BRCAgent(nn.Module):
             with self._autocast():
                 target_logits = self._target_fwd(batch.next_obs, next_action, batch.task_id)
             target, q_target = self._td_target(
-                target_logits.float(), reward, batch.mask, batch.discount, alpha * next_log_prob)
+                brc_math.widen(target_logits), reward, batch.mask, batch.discount, alpha * next_log_prob)
         with self._autocast():
             logits = self._critic_fwd(batch.obs, batch.action, batch.task_id)
-        loss = self._cross_entropy(logits.float(), target)
+        loss = self._cross_entropy(brc_math.widen(logits), target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step_with_polyak(self._target_params, self.config.tau)

@@ -22,6 +22,12 @@ def atoms_support(v_min: float, v_max: float, num_atoms: int, device=None) -> Te
     return torch.linspace(v_min, v_max, num_atoms, device=device, dtype=torch.float32)
 
 
+def widen(logits: Tensor) -> Tensor:
+    """Logits in float32 for the softmax and the categorical ops (bf16 / fp16 under autocast),
+    float64 kept as it is (a float64 agent, as the whole-update reference test runs)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def categorical_td_target(
     target_logits: Tensor,
     reward: Tensor,
@@ -46,7 +52,7 @@ def categorical_td_target(
     semantics); this is its BRC configuration.
     """
     return categorical_td_target_reference(
-        target_logits.float(), reward, mask, discount, entropy, v_min=v_min, v_max=v_max)
+        widen(target_logits), reward, mask, discount, entropy, v_min=v_min, v_max=v_max)
 
 
 def categorical_cross_entropy(
@@ -56,12 +62,12 @@ def categorical_cross_entropy(
 
     online_logits (E, B, K), target (B, K), optional weight (B,); returns the scalar loss.
     """
-    return categorical_cross_entropy_reference(online_logits.float(), target, weight)
+    return categorical_cross_entropy_reference(widen(online_logits), target, weight)
 
 
 def expected_q(logits: Tensor, atoms: Tensor) -> Tensor:
     """Q = sum_j z_j * mean_k softmax(logits_k)_j; logits (E, B, K) -> (B,) (§3.3)."""
-    probs = torch.softmax(logits.float(), dim=-1).mean(0)
+    probs = torch.softmax(widen(logits), dim=-1).mean(0)
     return probs @ atoms
 
 
