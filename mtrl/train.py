@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from mtrl.config import PRESETS, TrainConfig, group_tasks, resolve_tasks
 from mtrl.logger import Logger
 from mtrl.normalizer import RewardNormalizer
 from mtrl.precision import check_tf32_device
+
+if TYPE_CHECKING:  # (train() imports it when it runs)
+    from mtrl.replay import ReplayBuffer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,6 +152,57 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _count(n: int) -> str:
+    """137.6M, 24.1k, 512."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def startup_summary(cfg: TrainConfig, tasks: list[str], task_groups: dict[str, list[str]],
+                    device: torch.device, agent: BRCAgent, buffer: ReplayBuffer, batch_size: int,
+                    resumed_from: Path | None, iteration: int) -> list[str]:
+    """What a run is about to do, printed once before the first iteration: run dir and device,
+    tasks, network and replay sizes, schedule; and a note when a wide critic runs on a CPU."""
+    a = cfg.agent
+    precision = "bf16 critic" if a.bf16 else "float32"
+    precision += " + TF32 matmuls" if a.tf32 else ""
+    precision += ", torch.compile" if a.compile else ""
+    where = f"{device}" + (f", {torch.get_num_threads()} torch thread(s)"
+                           if device.type == "cpu" else "")
+    start = (f"resuming {resumed_from.name} at iteration {iteration:,}" if resumed_from
+             else "new run")
+    shown = ", ".join(tasks) if len(tasks) <= 8 else (
+        ", ".join(tasks[:6]) + f", ... ({len(tasks) - 6} more)")
+    sets = "" if set(task_groups) == {"other"} else f" from {', '.join(task_groups)}"
+    critic = sum(p.numel() for p in agent.critic.parameters())
+    actor = sum(p.numel() for p in agent.actor.parameters())
+    every = (f"checkpoint every {cfg.checkpoint_interval:,} (last {cfg.keep_checkpoints} kept)"
+             if cfg.checkpoint_interval else "checkpoint at the end")
+    lines = [
+        f"[mtrl] run dir {cfg.run_dir}: {start}; device {where}; {precision}",
+        f"[mtrl] {len(tasks)} task(s){sets}: {shown}",
+        f"[mtrl] critic: {a.ensemble_size} x BroNet, width {a.critic_width}, "
+        f"{a.critic_depth} blocks, {a.num_atoms} atoms, {_count(critic)} parameters; "
+        f"actor: width {a.actor_width}, {_count(actor)} parameters",
+        f"[mtrl] replay: {len(tasks)} x {cfg.buffer.capacity_per_task:,} transitions "
+        f"({buffer.nbytes / 2**30:.2f} GiB); batch {batch_size}, "
+        f"{cfg.updates_per_iteration} update(s) per iteration",
+        f"[mtrl] {cfg.iterations:,} iterations: random actions for the first "
+        f"{cfg.random_iterations:,}, eval every {cfg.eval_interval:,} ({cfg.eval_episodes} "
+        f"episode(s) per task), {every}",
+    ]
+    if device.type == "cpu" and a.critic_width >= 2048:
+        # 6 critic forwards' worth of matmuls per update (target, online forward + backward,
+        # the actor step's forward + input gradient), on every sample of the batch
+        d_in = agent.obs_dim + agent.action_dim + agent.critic.embedding_dim
+        w = a.critic_width
+        flops = 6 * batch_size * 2 * a.ensemble_size * (
+            d_in * w + 2 * a.critic_depth * w * w + w * a.num_atoms)
+        lines.append(f"[mtrl] note: a {w}-wide critic on the CPU is ~{flops / 1e12:.1f} TFLOP "
+                     f"per update (seconds to minutes each); the paper's width is meant for a "
+                     f"GPU")
+    return lines
 
 
 class _Signals:
@@ -333,6 +387,8 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
                         wandb_project=cfg.wandb_project, config=resolved,
                         resume_iteration=iteration if state is not None else None,
                         task_groups=task_groups)
+        print("\n".join(startup_summary(cfg, tasks, task_groups, device, agent, buffer,
+                                        batch_size, latest, iteration)), flush=True)
         progress = _Progress(cfg.progress, cfg.iterations, iteration, cfg.log_interval)
         while iteration < cfg.iterations:
             # -- act: uniform warm-up (§2.1), then the stochastic policy (std x 1.0)

@@ -663,3 +663,42 @@ def test_a_run_combining_task_sets_draws_a_curve_png_per_set_also_on_resume(tmp_
     assert sorted(p.name for p in run.glob("*.png")) == pngs
     for name in pngs:  # redrawn with the evaluation of iteration 40
         assert (run / name).read_bytes() != before[name], name
+
+
+def test_startup_summary_says_what_the_run_does(tmp_path, capsys):
+    train(tiny_config(tmp_path / "r", iterations=60, checkpoint_interval=30,
+                      env=EnvConfig(tasks=("laptop", "pendulum-swingup"), max_episode_steps=50)))
+    out = capsys.readouterr().out.splitlines()
+    summary = out[:out.index(next(ln for ln in out if ln.startswith("[mtrl] iteration ")))]
+    assert summary == [
+        f"[mtrl] run dir {tmp_path / 'r'}: new run; device cpu, 1 torch thread(s); float32",
+        "[mtrl] 5 task(s) from laptop, other: dmc:cartpole-balance, dmc:cartpole-swingup, "
+        "dmc:walker-stand, dmc:walker-walk, dmc:pendulum-swingup",
+        "[mtrl] critic: 2 x BroNet, width 32, 2 blocks, 101 atoms, 19.9k parameters; actor: "
+        "width 32, 4.5k parameters",  # spec §3.4: 2 x 9,893 + 5 x 32; actor 4,524
+        summary[3],  # replay size: checked below
+        "[mtrl] 60 iterations: random actions for the first 40, eval every 60 (2 episode(s) per "
+        "task), checkpoint every 30 (last 2 kept)"]
+    assert summary[3].startswith("[mtrl] replay: 5 x 1,000 transitions (")
+    assert summary[3].endswith(" GiB); batch 64, 2 update(s) per iteration")
+    # a resumed run says where it starts; a wide critic on the CPU gets a note
+    train(tiny_config(tmp_path / "r", iterations=90, checkpoint_interval=30, resume=True,
+                      env=EnvConfig(tasks=("laptop", "pendulum-swingup"), max_episode_steps=50)))
+    assert (f"[mtrl] run dir {tmp_path / 'r'}: resuming iter_000000060 at iteration 60; device "
+            f"cpu") in capsys.readouterr().out
+    cfg = tiny_config(tmp_path / "w", agent=AgentConfig(critic_width=2048, actor_width=32))
+    from mtrl.agent import BRCAgent
+    from mtrl.train import startup_summary
+
+    class Sized:
+        nbytes = 0
+    with torch.device("meta"):  # sizes only (a real 2048-wide init takes seconds)
+        agent = BRCAgent(cfg.agent, 3, 1, 1)
+    lines = startup_summary(cfg, ["dmc:cartpole-balance"], {"other": ["dmc:cartpole-balance"]},
+                            torch.device("cpu"), agent, Sized(), 64, None, 0)
+    flops = 6 * 64 * 2 * 2 * (4 * 2048 + 4 * 2048 * 2048 + 2048 * 101)
+    assert lines[-1] == (f"[mtrl] note: a 2048-wide critic on the CPU is ~{flops / 1e12:.1f} TFLOP "
+                         "per update (seconds to minutes each); the paper's width is meant for a GPU")
+    assert "note" not in "".join(startup_summary(cfg.replace(agent=AgentConfig(critic_width=1024)),
+                                                 ["a"], {"other": ["a"]}, torch.device("cpu"),
+                                                 agent, Sized(), 64, None, 0))
