@@ -54,6 +54,29 @@ def test_initial_state_distribution_matches_dm_control(task):
     assert shifted_gap > 4 * np.sqrt(2 / n)
 
 
+def test_initial_obs_samples_in_chunks_are_the_same_samples(monkeypatch):
+    # benchmarks/check_engine_fidelity.py takes 200 resets per task: 200 dog envs at once were
+    # refused on a 24 GB machine (EnvMemoryError, ~109 MB each). The engine envs are built a
+    # chunk at a time, env k still seeded seed + k, so the samples do not depend on the chunk.
+    task, n = "dmc:cartpole-swingup", 7
+    whole, ref_whole = fidelity.initial_obs_samples(task, n, seed=3, chunk=n)
+    built = []
+    real_pool = fidelity.EngineTaskPool
+
+    def recording_pool(tasks, *, envs_per_task, **kwargs):
+        built.append(envs_per_task)
+        return real_pool(tasks, envs_per_task=envs_per_task, **kwargs)
+
+    monkeypatch.setattr(fidelity, "EngineTaskPool", recording_pool)
+    chunked, ref_chunked = fidelity.initial_obs_samples(task, n, seed=3, chunk=3)
+    assert built == [3, 3, 1]
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_array_equal(ref_chunked, ref_whole)
+    assert len(np.unique(whole[:, 0])) == n  # distinct resets, not one state repeated
+    with pytest.raises(ValueError, match="chunk"):
+        fidelity.initial_obs_samples(task, n, chunk=0)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_contract_every_task(task):
     with envs.make([task], envs_per_task=2, backend="engine", seed=0) as p:
