@@ -234,7 +234,7 @@ def paper_preset() -> TrainConfig:
 
 def laptop_preset() -> TrainConfig:
     """Default with no arguments: 4 cheap DMC tasks (``LAPTOP_TASKS``), a 256-wide critic,
-    batch 256, 15k iterations (60k env steps), ~30 minutes on 2 CPU cores.
+    batch 256, 15k iterations (60k env steps), ~15-25 minutes on 2 idle CPU cores (README).
 
     Only size and schedule differ from the released configuration, plus one optimiser knob:
     the temperature's Adam learning rate is 3e-3 instead of 3e-4. The method is unchanged

@@ -1,6 +1,6 @@
 """Train one BRC agent on many tasks at once: ``python -m mtrl.train`` (brc-spec §6, §14).
 
-With no arguments it runs the ``laptop`` preset (4 cheap DMC tasks, 256-wide critic, ~30 min on
+With no arguments it runs the ``laptop`` preset (4 cheap DMC tasks, 256-wide critic, ~15-25 min on
 2 CPU cores); ``--preset paper`` is the released configuration. ``--help`` lists every field.
 """
 
@@ -506,12 +506,17 @@ def parse_args(argv: list[str]) -> TrainConfig:
     description = (
         f"{__doc__}\n--preset NAME: {', '.join(PRESETS)} (now: {preset}); the defaults shown "
         "below are that preset's.")
-    cfg = tyro.cli(TrainConfig, default=PRESETS[preset](), args=argv, description=description)
+    # The usage line names the command typed (argparse's default is sys.argv[0], which under
+    # `python -m` is the path of this file).
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    prog = script if script == "mtrl-train" else "python -m mtrl.train"
+    cfg = tyro.cli(TrainConfig, default=PRESETS[preset](), args=argv, description=description,
+                   prog=prog)
     if cfg.resume:  # continue the run as it was configured; flags given here still apply
         saved = _saved_config(Path(cfg.run_dir))
         if saved is not None:
             cfg = tyro.cli(TrainConfig, default=saved.replace(run_dir=cfg.run_dir, resume=True),
-                           args=argv, description=description)
+                           args=argv, description=description, prog=prog)
     return cfg
 
 

@@ -92,6 +92,9 @@ def test_help_documents_fields():
                  "--preset", "Critic BroNet width", "--agent.tf32, --agent.no-tf32",
                  "JAX's default matmul"):
         assert flag in res.stdout, flag
+    # The usage line shows the command a user types, not the path of mtrl/train.py.
+    usage = [line for line in res.stdout.splitlines() if line.startswith("usage:")]
+    assert usage and usage[0].startswith("usage: python -m mtrl.train [-h]"), usage
 
 def _field_docstrings():
     """{(class name, field): docstring} of the config dataclasses, read from mtrl/config.py."""
