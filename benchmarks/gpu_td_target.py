@@ -148,6 +148,15 @@ def copy_bandwidth_gbs():
     return 2 * src.numel() * 4 / (t * 1e-6) / 1e9
 
 
+def copy_time_us(nbytes: int) -> float:
+    """One device copy moving ``nbytes`` in all (half read, half written), timed as the ops are:
+    the scale for an op of that traffic (at tens of MB a copy itself stays below the 256 MB
+    copy's rate: launch, ramp-up and tail weigh more)."""
+    src = torch.empty(max(nbytes // 8, 1), device="cuda")
+    dst = torch.empty_like(src)
+    return graph_time_us(lambda: dst.copy_(src))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="B in {1024, 16384}, K = 101 only")
@@ -165,7 +174,7 @@ def main() -> None:
           "scan = discount 0.9; [share of rows on the shift path]")
     head = " ".join(f"{n + ' us':>9} {'%cp':>3}" for n in sets)
     print(f"{'dtype':>9} {'B':>6} {'K':>4} | {head} | {'loss us':>8} {'%cp':>3} | "
-          f"{'ref eager us':>12} | shift rows | parity max err")
+          f"{'ref eager us':>12} | shift rows | parity max err | same-bytes copy us %cp")
     for dtype in (torch.float32, torch.bfloat16):
         elem = torch.finfo(dtype).bits // 8
         for k in atoms:
@@ -206,13 +215,16 @@ def main() -> None:
                     categorical_cross_entropy_reference(ref_online, y).backward()
 
                 t_ref = eager_time_us(reference)
+                t_copy = copy_time_us(bytes_target)  # a copy of the target op's traffic
+                copy_pct = 100 * bytes_target / (t_copy * 1e-6) / 1e9 / copy_bw
                 bw_l = bytes_loss / (t_loss * 1e-6) / 1e9
                 cols = " ".join(f"{t_sets[n]:9.1f} {result[f'target_{n}_pct_copy_bw_{key}']:3.0f}"
                                 for n in sets)
                 share_txt = "/".join(f"{shares[n]:.2f}" for n in sets)
                 print(f"{name:>9} {b:>6} {k:>4} | {cols} | {t_loss:8.1f} "
                       f"{100 * bw_l / copy_bw:3.0f} | {t_ref:12.1f} | {share_txt:>10} | "
-                      f"{'ok' if ok else 'FAIL'} {max(errors.values()):.1e}")
+                      f"{'ok' if ok else 'FAIL'} {max(errors.values()):.1e} | "
+                      f"{t_copy:8.1f} {copy_pct:3.0f}")
                 if not ok:
                     print("  parity errors: "
                           + ", ".join(f"{n} {v:.1e}" for n, v in errors.items()))
@@ -222,6 +234,8 @@ def main() -> None:
                 result[f"loss_us_{key}"] = round(t_loss, 2)
                 result[f"loss_pct_copy_bw_{key}"] = round(100 * bw_l / copy_bw, 1)
                 result[f"ref_eager_fwdbwd_us_{key}"] = round(t_ref, 1)
+                result[f"copy_target_bytes_us_{key}"] = round(t_copy, 2)
+                result[f"copy_target_bytes_pct_copy_bw_{key}"] = round(copy_pct, 1)
     print("RESULT " + json.dumps(result))
 
 
