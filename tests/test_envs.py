@@ -136,6 +136,24 @@ def test_reseed_restarts_sequences(backend):
         np.testing.assert_array_equal(p.reset(), first)
 
 
+@pytest.mark.parametrize("tasks,backend", [
+    (["cheetah-run"], "engine"), (["cheetah-run"], "envpool"), (["gym:Pendulum-v1"], "auto"),
+    (["cheetah-run", "metaworld:reach"], "auto")])
+def test_reseed_refuses_what_make_refuses(tasks, backend):
+    # pool.seed() used to take int(seed): 1.5 became 1, "7" became 7, silently
+    from mtrl.envs.gym import GymVectorEnv
+
+    with envs.make(tasks, seed=1, backend=backend) as p:
+        first = p.reset()
+        for bad in (1.5, "7", None, True, float("nan"), 2**63):
+            with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63"):
+                p.seed(bad)
+        with pytest.raises(ValueError, match="seed must be an int"):
+            GymVectorEnv(p).reset(seed=1.5)
+        p.seed(1.0)  # an integral float, as make() takes
+        np.testing.assert_array_equal(p.reset(), first)
+
+
 def test_bad_actions_raise_and_out_of_range_clips():
     with envs.make(["cheetah-run", "pendulum-swingup"], seed=0) as p:
         with pytest.raises(RuntimeError, match="reset"):

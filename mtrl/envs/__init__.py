@@ -8,11 +8,8 @@ replay-friendly episode ends (``final_obs`` vs ``obs``).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 from mtrl import _core
-from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, is_int
 from mtrl.envs.registry import TaskSpec, available_tasks, resolve
 
 EnvMemoryError = _core.EnvMemoryError
@@ -23,12 +20,6 @@ BACKENDS = ("auto", "engine", "envpool")
 # Most envs (num_tasks * envs_per_task) in one pool: a bound far above any training setup that
 # turns a mistyped size into an error instead of minutes of building envs or the OOM killer.
 MAX_ENVS = 65536
-
-
-def _is_int(value: object) -> bool:
-    """An integer, or an integral float (2.0); not a bool, str or None."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and int(value) == value)
 
 
 def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
@@ -70,18 +61,16 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"tasks must be distinct (use envs_per_task for copies), repeated: {dup}")
-    if not _is_int(envs_per_task) or envs_per_task < 1:
+    if not is_int(envs_per_task) or envs_per_task < 1:
         raise ValueError(f"envs_per_task must be an int >= 1, got {envs_per_task!r}")
     num_envs = len(specs) * int(envs_per_task)
     if num_envs > MAX_ENVS:
         raise ValueError(f"at most {MAX_ENVS} envs in one pool, got {len(specs)} tasks x "
                          f"{int(envs_per_task)} envs_per_task = {num_envs}")
-    if not _is_int(seed) or not -2**63 <= seed <= 2**63 - num_envs:
-        raise ValueError(f"seed must be an int in [-2**63, 2**63 - num_envs] (env k gets "
-                         f"seed + k), got {seed!r}")
+    seed = check_seed(seed, num_envs)
     for name, value, top in (("num_threads", num_threads, 4096),
                              ("max_episode_steps", max_episode_steps, 2**62)):
-        if value is not None and (not _is_int(value) or not 1 <= value <= top):
+        if value is not None and (not is_int(value) or not 1 <= value <= top):
             raise ValueError(f"{name} must be None or an int in [1, {top}], got {value!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

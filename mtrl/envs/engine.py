@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mtrl import _core
-from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed
 from mtrl.envs.registry import TaskSpec
 
 
@@ -92,8 +92,9 @@ class EngineTaskPool(TaskPool):
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Reseed env k with ``seed + k`` (or ``env_seeds[k]``); call `reset` afterwards."""
         self._check_open()
+        seed = check_seed(seed, self.num_envs)
         seeds = np.asarray(env_seeds if env_seeds is not None
-                           else [int(seed) + k for k in range(self.num_envs)], dtype=np.int64)
+                           else [seed + k for k in range(self.num_envs)], dtype=np.int64)
         self._pool.seed(self._seed_words(seeds))
         self._has_reset = False
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed
 from mtrl.envs.registry import TaskSpec
 
 
@@ -138,11 +138,12 @@ class EnvpoolTaskPool(TaskPool):
         """Re-create the pools with env k seeded ``seed + k`` (or ``env_seeds[k]``); call
         `reset` afterwards."""
         self._check_open()
+        seed = check_seed(seed, self.num_envs)
         for p in self._pools:
             p.close()
         self._pools = self._make_pools(
             list(env_seeds) if env_seeds is not None
-            else [int(seed) + k for k in range(self.num_envs)])
+            else [seed + k for k in range(self.num_envs)])
         self._has_reset = False
 
     def get_state(self) -> Any:

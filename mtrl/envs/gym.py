@@ -45,7 +45,7 @@ class GymVectorEnv(gymnasium.vector.VectorEnv):
         if options:
             raise ValueError(f"reset options are not supported, got {sorted(options)}")
         if seed is not None:
-            self.pool.seed(int(seed))
+            self.pool.seed(seed)  # (refuses a non-integral seed)
         return self.pool.reset(), {"task_id": self.pool.task_ids}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,

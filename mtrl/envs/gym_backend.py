@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed
 from mtrl.envs.registry import TaskSpec
 
 
@@ -164,6 +164,7 @@ class GymTaskPool(TaskPool):
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Seed env k with ``seed + k`` (or ``env_seeds[k]``) at the next `reset` (call it)."""
         self._check_open()
+        seed = check_seed(seed, self.num_envs)
         seeds = list(env_seeds) if env_seeds is not None else [
             int(seed) + k for k in range(self.num_envs)]
         if len(seeds) != self.num_envs:

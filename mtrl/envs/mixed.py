@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed
 from mtrl.envs.registry import TaskSpec
 
 
@@ -62,8 +62,9 @@ class MixedTaskPool(TaskPool):
     def seed(self, seed: int) -> None:
         """Reseed env k with ``seed + k``; call `reset` afterwards."""
         self._check_open()
+        seed = check_seed(seed, self.num_envs)
         for pool, rows in self._parts:
-            pool.seed(seed, env_seeds=[int(seed) + int(r) for r in rows])
+            pool.seed(seed, env_seeds=[seed + int(r) for r in rows])
         self._has_reset = False
 
     def get_state(self) -> Any:

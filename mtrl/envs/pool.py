@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +11,21 @@ import numpy as np
 
 from mtrl import _core
 from mtrl.envs.registry import TaskSpec
+
+
+def is_int(value: object) -> bool:
+    """An integer, or an integral float (2.0); not a bool, str or None."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and int(value) == value)
+
+
+def check_seed(seed: object, num_envs: int) -> int:
+    """``seed`` as an int, when env k's ``seed + k`` fits in int64; ValueError otherwise (a
+    float such as 1.5 or a string is refused, not truncated or parsed)."""
+    if not is_int(seed) or not -2**63 <= seed <= 2**63 - num_envs:
+        raise ValueError(f"seed must be an int in [-2**63, 2**63 - num_envs] (env k gets "
+                         f"seed + k), got {seed!r}")
+    return int(seed)
 
 
 @dataclass(frozen=True)
