@@ -384,13 +384,14 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
     signals = _Signals(None if startup is None else startup.hand_over())
     logger = progress = None
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # whole and fsynced: --resume reads it (never a truncated one after a crash)
-        replace_file(run_dir / "config.json", json.dumps(resolved, indent=2, default=str))
+        # The Logger first: with --wandb and no wandb package it refuses before writing
+        # anything (it creates run_dir).
         logger = Logger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                         wandb_project=cfg.wandb_project, config=resolved,
                         resume_iteration=iteration if state is not None else None,
                         task_groups=task_groups)
+        # whole and fsynced: --resume reads it (never a truncated one after a crash)
+        replace_file(run_dir / "config.json", json.dumps(resolved, indent=2, default=str))
         print("\n".join(startup_summary(cfg, tasks, task_groups, device, agent, buffer,
                                         batch_size, latest, iteration)), flush=True)
         progress = _Progress(cfg.progress, cfg.iterations, iteration, cfg.log_interval)

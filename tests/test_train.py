@@ -705,3 +705,10 @@ def test_startup_summary_says_what_the_run_does(tmp_path, capsys):
     assert "note" not in "".join(startup_summary(cfg.replace(agent=AgentConfig(critic_width=1024)),
                                                  ["a"], {"other": ["a"]}, torch.device("cpu"),
                                                  agent, Sized(), 64, None, 0))
+
+
+def test_wandb_without_the_package_leaves_the_run_dir_untouched(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    with pytest.raises(ValueError, match=r"--wandb needs the wandb package"):
+        train(tiny_config(tmp_path / "r", wandb=True))
+    assert not (tmp_path / "r").exists()  # config.json was written before the refusal
