@@ -38,14 +38,10 @@ import mtrl  # noqa: F401,I001  (before torch: the OpenMP spin count the CLI run
 import torch
 
 from mtrl.config import AgentConfig, BufferConfig, EnvConfig, TrainConfig
+from mtrl.networks import critic_forward_flops
 from mtrl.train import train
 
 MT4 = ("cheetah-run", "walker-walk", "cartpole-swingup", "reacher-easy")
-
-
-def critic_fwd_flops(d_in: int, width: int, depth: int, atoms: int, members: int) -> int:
-    """Matmul FLOPs of one critic forward per sample (all members)."""
-    return 2 * members * (d_in * width + 2 * depth * width * width + width * atoms)
 
 
 def actor_fwd_flops(d_in: int, width: int, action_dim: int) -> int:
@@ -56,7 +52,7 @@ def iteration_flops(obs: int, act: int, tasks: int, width: int, batch: int, upda
     """Per update: target fwd (1x), online fwd+bwd (3x), actor-step critic fwd + input-grad bwd (2x)
     = 6 critic forwards; actor: next-action fwd (1x) + actor step fwd+bwd (3x)."""
     emb = 32 if tasks > 1 else 0
-    critic = critic_fwd_flops(obs + act + emb, width, 2, 101, 2)
+    critic = critic_forward_flops(obs + act + emb, width, 2, 101, 2)
     actor = actor_fwd_flops(obs + emb, 256, act)
     return updates * batch * (6 * critic + 4 * actor)
 

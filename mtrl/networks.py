@@ -22,6 +22,12 @@ def _p(param: Tensor, param_grads: bool) -> Tensor:
     return param if param_grads else param.detach()
 
 
+def critic_forward_flops(d_in: int, width: int, depth: int, atoms: int, members: int) -> int:
+    """Matmul FLOPs of one critic forward per sample, all members (§3.1: input layer, 2 per
+    residual block, head)."""
+    return 2 * members * (d_in * width + 2 * depth * width * width + width * atoms)
+
+
 class EnsembleLinear(nn.Module):
     """E independent Linear layers applied as one batched matmul: (E, B, in) -> (E, B, out).
 

@@ -24,6 +24,7 @@ from mtrl._atomic import replace_file
 from mtrl.agent import METRIC_NAMES, Batch, BRCAgent
 from mtrl.config import PRESETS, TrainConfig, group_tasks, resolve_tasks
 from mtrl.logger import Logger
+from mtrl.networks import critic_forward_flops
 from mtrl.normalizer import RewardNormalizer
 from mtrl.precision import check_tf32_device
 
@@ -196,10 +197,9 @@ def startup_summary(cfg: TrainConfig, tasks: list[str], task_groups: dict[str, l
         # 6 critic forwards' worth of matmuls per update (target, online forward + backward,
         # the actor step's forward + input gradient), on every sample of the batch
         d_in = agent.obs_dim + agent.action_dim + agent.critic.embedding_dim
-        w = a.critic_width
-        flops = 6 * batch_size * 2 * a.ensemble_size * (
-            d_in * w + 2 * a.critic_depth * w * w + w * a.num_atoms)
-        lines.append(f"[mtrl] note: a {w}-wide critic on the CPU is ~{flops / 1e12:.1f} TFLOP "
+        flops = 6 * batch_size * critic_forward_flops(d_in, a.critic_width, a.critic_depth,
+                                                      a.num_atoms, a.ensemble_size)
+        lines.append(f"[mtrl] note: a {a.critic_width}-wide critic on the CPU is ~{flops / 1e12:.1f} TFLOP "
                      f"per update (seconds to minutes each); the paper's width is meant for a "
                      f"GPU")
     return lines
@@ -261,9 +261,10 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
     from mtrl.replay import ReplayBuffer
 
     # ------------------------------------------------------------------ setup (§6.1.1)
-    tasks = resolve_tasks(cfg.env.tasks, mtrl.envs.available_tasks())
+    available = mtrl.envs.available_tasks()
+    tasks = resolve_tasks(cfg.env.tasks, available)
     # a curve PNG per task set (the logger); on --resume cfg.env.tasks is the run's config.json's
-    task_groups = group_tasks(cfg.env.tasks, mtrl.envs.available_tasks())
+    task_groups = group_tasks(cfg.env.tasks, available)
     num_tasks = len(tasks)
     batch_size = check_feasible(cfg, num_tasks)
     device = resolve_device(cfg.device)
