@@ -29,14 +29,27 @@ Threads: every call takes one mutex inside the core with the GIL released, so ``
 ``sample``/``update_priorities`` may run on different threads (they serialise). The internal
 batch returned by ``sample(out=None)`` is shared: with several sampling threads pass ``out``.
 
-Directory format (``save``/``load``): ``meta.json`` (config, per-task ``size``/``position``,
-``max_priority``, the xoshiro256** ``rng_state``, ``final_rows``) and NumPy ``.npy`` files
-indexed by global slot ``g = task * capacity_per_task + slot``: ``obs`` (T*C, O) f4, ``action``
-(T*C, A) f4, ``reward`` f4, ``terminated``/``truncated`` bool, ``env`` i4, ``next`` i8 (link:
-``>= 0`` next obs is ``obs[next]``; ``-1`` it is ``pending_obs[env]``; ``<= -2`` it is
-``final_obs[-2 - next]``), ``priority`` f8 (the tree leaves, ``priority ** alpha``),
-``pending_obs`` (N, O) f4, ``last_slot`` (N,) i8 and ``final_obs`` (final_rows, O) f4. Slots
-beyond a task's ``size`` are unused. Loading validates every link before replacing anything.
+Directory format (``save``/``load``), version 2: ``meta.json`` (config, per-task
+``size``/``position``, ``max_priority``, the xoshiro256** ``rng_state``, ``final_rows``) and
+NumPy ``.npy`` files holding the stored transitions only. A task's live slots are always its
+slots ``0 .. size - 1`` (a ring fills slot 0, 1, ... before it wraps; ``position`` is the next
+slot to write, so when ``size == capacity_per_task`` the oldest transition is at ``position``).
+The per-transition arrays hold task 0's live slots in slot order, then task 1's, and so on:
+``S = sum(size)`` rows, row ``offset[t] + slot`` (``offset[t]`` = the sizes of the tasks
+before ``t``) for slot ``slot`` of task ``t``. They are ``obs`` (S, O) f4, ``action`` (S, A) f4,
+``reward`` f4, ``terminated``/``truncated`` bool, ``env`` i4, ``next`` i8 and ``priority`` f8
+(the tree leaves, ``priority ** alpha``). Links and ``last_slot`` name global slots
+``g = task * capacity_per_task + slot`` (not rows): ``next >= 0``, the next obs is slot
+``next``'s obs; ``-1``, it is ``pending_obs[env]``; ``<= -2``, it is ``final_obs[-2 - next]``.
+Beside them: ``pending_obs`` (N, O) f4, ``last_slot`` (N,) i8 and ``final_obs``
+(final_rows, O) f4, the pool of episode-end observations (whole chunks of 1024 rows; it never
+holds more rows than were live at once, plus one chunk). So a save's size grows with the stored
+transitions, not with the capacity. Loading puts every row back in its slot, so the rings, their
+FIFO order, the priorities and sum trees and the sampler state are restored exactly.
+Version 1 (mtrl before this layout) had the same files with ``num_tasks * capacity_per_task``
+rows each, indexed by global slot, unused slots included: ``load`` still reads it, and
+``save(..., version=1)`` writes it (for an older mtrl to read). Loading validates every header
+(dtype, shape, data length), link and value before replacing anything.
 ``save`` replaces the directory as a whole (written beside it, then swapped in), and refuses a
 directory that holds anything but a previous save.
 """
@@ -58,7 +71,8 @@ __all__ = ["ReplayBatch", "ReplayBuffer", "ReplayMemoryError"]
 
 ReplayMemoryError = _core.ReplayMemoryError
 _FORMAT = "mtrl-replay"
-_VERSION = 1
+_VERSION = 2  # what ``save`` writes; ``load`` also reads ...
+_VERSIONS = (1, 2)  # ... every version here (1: every slot at full capacity)
 _SHAPE_FIELDS = ("num_tasks", "capacity_per_task", "obs_dim", "action_dim", "num_envs")
 # Upper bounds of the shape fields (ReplayConfig::Validate checks them; here only values beyond
 # int64, which cannot reach the core, are refused with the same message).
@@ -466,22 +480,32 @@ class ReplayBuffer:
         self._core.update_priorities(idx, pri)
 
     # ----------------------------------------------------------- save / load
-    def save(self, directory: str | os.PathLike[str]) -> None:
+    def save(self, directory: str | os.PathLike[str], *, version: int = _VERSION) -> None:
         """Writes the whole state to ``directory``, atomically.
 
         The save is written to a hidden sibling directory and then swapped in (``mtrl._atomic``):
         a crash or error mid-save leaves the previous save at ``directory`` complete, and the new
         save is fsynced before it replaces it (a power loss just after ``save`` keeps it).
 
+        Args:
+            directory: where the save goes (created, or replacing a previous save).
+            version: directory format (module docstring). 2 (the default) writes the stored
+                transitions only; 1 writes every slot at full capacity, the format an mtrl
+                older than version 2 reads.
+
         Raises:
             ValueError: ``directory`` exists but is not a replay save (a file, or a directory
-            holding anything other than the files of a save): it is left untouched.
+            holding anything other than the files of a save): it is left untouched. Or a
+            ``version`` that is not 1 or 2.
         """
+        version = _check_int("version", version)
+        if version not in _VERSIONS:
+            raise ValueError(f"`version` must be one of {_VERSIONS}, got {version}")
         _check_replaceable(os.path.realpath(os.fspath(directory)))
 
         def write(tmp: Path) -> None:
-            scalars = self._core.save(os.fspath(tmp))
-            meta = {"format": _FORMAT, "version": _VERSION, "alpha": self.alpha,
+            scalars = self._core.save(os.fspath(tmp), version)
+            meta = {"format": _FORMAT, "version": version, "alpha": self.alpha,
                     "seed": self.seed, **{f: getattr(self, f) for f in _SHAPE_FIELDS}, **scalars}
             with open(tmp / "meta.json", "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=1)
@@ -498,9 +522,10 @@ class ReplayBuffer:
                 raise ValueError(f"{path} is not valid JSON ({e})") from e
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise ValueError(f"{path} is not an mtrl replay buffer directory")
-        if meta.get("version") != _VERSION:
-            raise ValueError(f"{path} has format version {meta.get('version')}, expected "
-                             f"{_VERSION}")
+        version = meta.get("version")
+        if isinstance(version, bool) or version not in _VERSIONS:
+            raise ValueError(f"{path} has format version {version!r}; this mtrl reads versions "
+                             f"{', '.join(map(str, _VERSIONS))} (a newer mtrl wrote it?)")
         return meta
 
     def load_into(self, directory: str | os.PathLike[str]) -> None:
@@ -518,7 +543,8 @@ class ReplayBuffer:
                                  f"{meta.get(field)} there but {getattr(self, field)} here")
         try:
             self._core.load(os.fspath(directory), meta["size"], meta["position"],
-                            meta["max_priority"], meta["rng_state"], meta["final_rows"])
+                            meta["max_priority"], meta["rng_state"], meta["final_rows"],
+                            meta["version"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"{os.fspath(directory)}/meta.json is malformed: {e}") from e
 

@@ -431,6 +431,305 @@ def test_load_rejects_non_finite_stored_values(tmp_path, name, row):
         ReplayBuffer.load(tmp_path)
 
 
+# Task fills used below: task 0 empty, 1 partly filled (5 of 10), 2 wrapped (15 added: full,
+# oldest at slot 5), 3 exactly full (10 added: oldest at slot 0).
+FILL_ENVS = [1, 2, 2, 2, 3, 3]
+PER_SLOT = ("obs", "action", "reward", "terminated", "truncated", "env", "next", "priority")
+
+
+def mixed_fill_buffer(seed=0):
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(4, 10, 3, 2, 6, alpha=0.6, seed=5)
+    ref = RefBuffer(4, 10, 6)
+    run_envs(buf, ref, 5, task_of_env=FILL_ENVS, p_end=0.3, p_jump=0.05, seed=seed)
+    set_random_priorities(buf, rng)
+    buf.sample(16, prioritized=True)  # the sampler state moves on
+    return buf, ref
+
+
+def assert_same_state(a: ReplayBuffer, b: ReplayBuffer, live: np.ndarray) -> None:
+    assert np.array_equal(a.sizes, b.sizes)
+    assert a.max_priority == b.max_priority
+    for t in range(a.num_tasks):
+        for x, y in zip(a.tree_levels(t), b.tree_levels(t), strict=True):
+            assert np.array_equal(x, y)
+    for x, y in zip(a.top_levels(), b.top_levels(), strict=True):
+        assert np.array_equal(x, y)
+    if live.size:
+        x, y = a.fetch(live, n_step=3), b.fetch(live, n_step=3)
+        for name in ("obs", "action", "reward", "next_obs", "mask", "discount"):
+            assert np.array_equal(getattr(x, name), getattr(y, name)), name
+
+
+def assert_same_samples(a: ReplayBuffer, b: ReplayBuffer) -> None:
+    for kw in (dict(), dict(prioritized=True, n_step=2, beta=0.5)):
+        x, y = a.sample(64, **kw), b.sample(64, **kw)
+        for name in ("index", "obs", "action", "next_obs", "reward", "mask", "weight"):
+            assert np.array_equal(getattr(x, name), getattr(y, name)), name
+
+
+def as_version_1(src, dst) -> None:
+    """Writes the save at ``src`` (version 2) as a version-1 directory, independently of the
+    C++ writer: every per-slot array at num_tasks * capacity_per_task rows, indexed by global
+    slot, unused slots zero (as the previous code wrote them: never-written memory)."""
+    dst.mkdir()
+    meta = json.loads((src / "meta.json").read_text())
+    T, C = meta["num_tasks"], meta["capacity_per_task"]
+    offsets = np.concatenate([[0], np.cumsum(meta["size"])])
+    for name in PER_SLOT:
+        rows = np.load(src / f"{name}.npy")
+        full = np.zeros((T * C, *rows.shape[1:]), rows.dtype)
+        for t in range(T):
+            full[t * C:t * C + meta["size"][t]] = rows[offsets[t]:offsets[t + 1]]
+        np.save(dst / f"{name}.npy", full)
+    for name in ("pending_obs", "last_slot", "final_obs"):
+        shutil.copy(src / f"{name}.npy", dst / f"{name}.npy")
+    (dst / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+
+
+def test_save_holds_only_the_stored_transitions(tmp_path):
+    buf, ref = mixed_fill_buffer()
+    assert buf.sizes.tolist() == [0, 5, 10, 10]
+    buf.save(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    assert meta["version"] == 2
+    assert meta["size"] == [0, 5, 10, 10] and meta["position"] == [0, 5, 5, 0]
+    for name in PER_SLOT:
+        assert np.load(tmp_path / "b" / f"{name}.npy").shape[0] == 25, name
+    # Row offset[t] + slot holds slot `slot` of task t, in slot order (not oldest first).
+    obs, env = np.load(tmp_path / "b" / "obs.npy"), np.load(tmp_path / "b" / "env.npy")
+    offsets = [0, 0, 5, 15]
+    for t in range(1, 4):
+        for slot in range(buf.size(t)):
+            x = ref.rings[t][slot]
+            assert np.array_equal(obs[offsets[t] + slot], x["obs"])
+            assert env[offsets[t] + slot] == x["env"]
+    # The tree leaves of the stored slots, as priority.npy.
+    leaves = np.concatenate([buf.tree_levels(t)[0][:buf.size(t)] for t in range(4)])
+    assert np.array_equal(np.load(tmp_path / "b" / "priority.npy"), leaves)
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_round_trip_at_every_fill_level(tmp_path, version):
+    buf, ref = mixed_fill_buffer()
+    buf.save(tmp_path / "b", version=version)
+    rows = np.load(tmp_path / "b" / "obs.npy").shape[0]
+    assert rows == (25 if version == 2 else 40)
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["version"] == version
+    loaded = ReplayBuffer.load(tmp_path / "b")
+    check_against_ref(loaded, ref, n_step=3)
+    assert_same_state(buf, loaded, ref.live())
+    assert_same_samples(buf, loaded)
+    # Both continue identically: the wrapped ring overwrites from its oldest slot, the partly
+    # filled and the empty ring fill on, and a second save round-trips again.
+    for b in (buf, loaded):
+        run_envs(b, None, 4, task_of_env=[0, 1, 2, 2, 3, 0], p_end=0.3, seed=8)
+    ref_live = np.concatenate([t * 10 + np.arange(buf.size(t)) for t in range(4)])
+    assert buf.sizes.tolist() == [8, 9, 10, 10]
+    assert_same_state(buf, loaded, ref_live)
+    assert_same_samples(buf, loaded)
+    loaded.save(tmp_path / "b")
+    assert_same_state(buf, ReplayBuffer.load(tmp_path / "b"), ref_live)
+
+
+def test_save_keeps_the_final_observations_in_use_only(tmp_path):
+    # Many episode ends and overwrites: pool rows are freed and reused out of order, so the
+    # saved rows are renumbered and every link to them rewritten.
+    buf = ReplayBuffer(2, 50, 3, 1, 4, seed=6)
+    ref = RefBuffer(2, 50, 4)
+    run_envs(buf, ref, 150, task_of_env=[0, 0, 1, 1], p_end=0.3, p_jump=0.1, seed=6)
+    in_use = buf.final_obs_in_use
+    assert 0 < in_use < 1024
+    buf.save(tmp_path / "b")
+    assert np.load(tmp_path / "b" / "final_obs.npy").shape == (in_use, 3)
+    nxt = np.load(tmp_path / "b" / "next.npy")
+    assert sorted(-2 - nxt[nxt <= -2]) == list(range(in_use))  # each row used once
+    loaded = ReplayBuffer.load(tmp_path / "b")
+    assert loaded.final_obs_in_use == in_use
+    check_against_ref(loaded, ref, n_step=4)
+    assert_same_samples(buf, loaded)
+    for b in (buf, loaded):
+        run_envs(b, None, 40, task_of_env=[0, 1, 1, 0], p_end=0.3, seed=7)
+    assert_same_state(buf, loaded, np.r_[0:100])
+    assert_same_samples(buf, loaded)
+
+
+def test_round_trip_of_an_empty_buffer(tmp_path):
+    buf = ReplayBuffer(2, 16, 3, 1, 2, seed=4)
+    buf.save(tmp_path / "b")
+    assert np.load(tmp_path / "b" / "obs.npy").shape == (0, 3)
+    assert np.load(tmp_path / "b" / "final_obs.npy").shape == (0, 3)
+    loaded = ReplayBuffer.load(tmp_path / "b")
+    assert len(loaded) == 0
+    with pytest.raises(RuntimeError):
+        loaded.sample(4)
+    for b in (buf, loaded):
+        run_envs(b, None, 6, task_of_env=[0, 1], p_end=0.3, seed=2)
+    assert_same_state(buf, loaded, np.r_[0:6, 16:22])
+    assert_same_samples(buf, loaded)
+
+
+def test_save_size_follows_the_stored_transitions(tmp_path):
+    """A 1%-filled buffer saves ~1% of the bytes of a full-capacity (version 1) save."""
+    buf = ReplayBuffer(1, 20_000, 16, 4, 4, seed=0)
+    run_envs(buf, None, 50, task_of_env=[0] * 4, p_end=0.0)
+    assert len(buf) == 200
+    buf.save(tmp_path / "v2")
+    buf.save(tmp_path / "v1", version=1)
+    size = {v: sum(f.stat().st_size for f in (tmp_path / v).iterdir()) for v in ("v1", "v2")}
+    assert size["v2"] < 0.02 * size["v1"]
+    assert_same_state(buf, ReplayBuffer.load(tmp_path / "v2"), np.arange(200))
+
+
+def test_version_1_writer_matches_the_previous_layout(tmp_path):
+    buf, _ = mixed_fill_buffer(seed=1)
+    buf.save(tmp_path / "v2")
+    as_version_1(tmp_path / "v2", tmp_path / "expected")
+    buf.save(tmp_path / "v1", version=1)
+    # Version 1 keeps the whole final-observation pool (1024-row chunks, free rows included),
+    # version 2 only the rows in use: compare the observations the links point at.
+    assert np.load(tmp_path / "v1" / "final_obs.npy").shape == (1024, 3)
+    for name in PER_SLOT + ("pending_obs", "last_slot"):
+        x, y = (np.load(tmp_path / d / f"{name}.npy") for d in ("v1", "expected"))
+        assert x.dtype == y.dtype, name
+        if name == "next":
+            assert np.array_equal(x >= -1, y >= -1) and np.array_equal(x[x >= -1], y[y >= -1])
+            x, y = (np.load(tmp_path / d / "final_obs.npy")[-2 - a[a <= -2]]
+                    for d, a in (("v1", x), ("expected", y)))
+        assert np.array_equal(x, y), name
+    # The independently written version-1 directory loads to the same state and samples.
+    live = np.concatenate([t * 10 + np.arange(buf.size(t)) for t in range(4)])
+    loaded = ReplayBuffer.load(tmp_path / "expected")
+    assert_same_state(buf, loaded, live)
+    assert_same_samples(buf, loaded)
+
+
+def v1_fixture_buffer():
+    """The buffer saved in tests/data/replay_v1 by mtrl at 398faa8 (version 1, the last code that
+    wrote it): 3 tasks of 6 slots, obs 3, action 2, 4 envs; task 0 partly filled (5), task 1
+    wrapped (15 added, oldest at slot 3), task 2 empty; episode ends, priorities, 5 samples."""
+    rng = np.random.default_rng(20261127)
+    buf = ReplayBuffer(3, 6, 3, 2, 4, alpha=0.5, seed=77)
+    task = np.array([0, 1, 1, 1])
+    obs = rng.standard_normal((4, 3)).astype(np.float32)
+    for step in range(5):
+        nxt = rng.standard_normal((4, 3)).astype(np.float32)
+        end = np.array([step == 1, step == 2, step == 4, step in (0, 3)])
+        trunc = np.array([False, step == 2, False, False])
+        buf.add(task, obs, rng.uniform(-1, 1, (4, 2)).astype(np.float32),
+                rng.standard_normal(4).astype(np.float32), end & ~trunc, trunc, nxt)
+        obs = nxt.copy()
+        obs[end] = rng.standard_normal((int(end.sum()), 3)).astype(np.float32)
+    live = np.array([g for t in range(3) for g in range(t * 6, t * 6 + buf.size(t))])
+    buf.update_priorities(live, rng.uniform(0.1, 3.0, live.size))
+    buf.sample(5, prioritized=True)
+    return buf
+
+
+def test_loads_a_version_1_directory_of_the_previous_code(tmp_path):
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "data" / "replay_v1"
+    meta = json.loads((fixture / "meta.json").read_text())
+    assert meta["version"] == 1 and np.load(fixture / "obs.npy").shape == (18, 3)
+    expected = v1_fixture_buffer()
+    live = np.r_[0:5, 6:12]
+    loaded = ReplayBuffer.load(fixture)
+    assert loaded.sizes.tolist() == [5, 6, 0] and loaded.final_obs_in_use == 3
+    assert_same_state(expected, loaded, live)
+    assert_same_samples(expected, loaded)
+    into = ReplayBuffer(3, 6, 3, 2, 4, alpha=0.5, seed=1)
+    into.load_into(fixture)
+    # Saved again, it is version 2 (11 rows) and loads to the same state; saving over a
+    # version-1 directory replaces it.
+    copy = tmp_path / "b"
+    shutil.copytree(fixture, copy)
+    into.save(copy)
+    assert json.loads((copy / "meta.json").read_text())["version"] == 2
+    assert np.load(copy / "obs.npy").shape == (11, 3)
+    assert np.load(copy / "final_obs.npy").shape == (3, 3)  # the rows in use, not the pool
+    again, expected = ReplayBuffer.load(copy), v1_fixture_buffer()
+    assert_same_state(expected, again, live)
+    assert_same_samples(expected, again)
+
+
+def damage(path, name, fn):
+    arr = np.load(path / name)
+    np.save(path / name, fn(arr))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("more_rows", r"obs.npy has shape \(26, 3\), expected \(25, 3\) \(format version 2: rows = "
+                  r"the stored transitions, the sum of meta.json's `size`\)"),
+    ("fewer_rows", r"reward.npy has shape \(24,\), expected \(25,\)"),
+    ("size_grew", r"obs.npy has shape \(25, 3\), expected \(26, 3\)"),
+    ("size_beyond_capacity", r"task 1 has an impossible size \(11\)"),
+    ("truncated", r"next.npy is truncated: 192 bytes of data, its shape \(25,\) needs 200"),
+    ("trailing", r"priority.npy has 208 bytes of data, but its shape \(25,\) needs 200 "
+                 r"\(trailing bytes\)"),
+    ("missing", r"terminated.npy is missing"),
+    ("dtype", r"env.npy has dtype '<i8', expected '<i4'"),
+    ("link_to_unused_slot", r"next.npy: slot 10 links to slot 16"),
+    ("last_slot_unused", r"last_slot.npy: env 3 points at slot 5, which is not its pending"),
+    ("labelled_version_1", r"obs.npy has shape \(25, 3\), expected \(40, 3\) \(format version 1"),
+    ("version_3", r"format version 3; this mtrl reads versions 1, 2"),
+    ("version_string", r"format version '2'"),
+    ("final_rows", r"final_obs.npy has shape \(\d+, 3\), expected \(5, 3\)"),
+])
+def test_load_rejects_damaged_version_2_directories(tmp_path, case, match):
+    buf, _ = mixed_fill_buffer()
+    b = tmp_path / "b"
+    buf.save(b)
+    meta = json.loads((b / "meta.json").read_text())
+    if case == "more_rows":
+        damage(b, "obs.npy", lambda a: np.concatenate([a, a[:1]]))
+    elif case == "fewer_rows":
+        damage(b, "reward.npy", lambda a: a[:-1])
+    elif case in ("size_grew", "size_beyond_capacity"):
+        meta["size"][1] += 1 if case == "size_grew" else 6
+        meta["position"][1] = meta["size"][1] % 10
+    elif case in ("truncated", "trailing"):
+        name = "next.npy" if case == "truncated" else "priority.npy"
+        data = (b / name).read_bytes()
+        (b / name).write_bytes(data[:-8] if case == "truncated" else data + bytes(8))
+    elif case == "missing":
+        (b / "terminated.npy").unlink()
+    elif case == "dtype":
+        damage(b, "env.npy", lambda a: a.astype(np.int64))
+    elif case == "link_to_unused_slot":  # row 0: task 1's slot 0 (global 10) -> unused slot 6
+        damage(b, "next.npy", lambda a: np.where(np.arange(a.size) == 0, 16, a))
+    elif case == "last_slot_unused":  # env 3's episode ended last step: it has none pending
+        assert np.load(b / "last_slot.npy")[3] == -1
+        damage(b, "last_slot.npy", lambda a: np.where(np.arange(a.size) == 3, 5, a))
+    elif case == "labelled_version_1":
+        meta["version"] = 1
+    elif case == "version_3":
+        meta["version"] = 3
+    elif case == "version_string":
+        meta["version"] = "2"
+    elif case == "final_rows":
+        meta["final_rows"] = 5
+    (b / "meta.json").write_text(json.dumps(meta))
+    other = ReplayBuffer(4, 10, 3, 2, 6, alpha=0.6, seed=5)
+    run_envs(other, None, 2, task_of_env=FILL_ENVS, seed=3)
+    before = other.fetch(np.r_[10:12]).obs.copy()
+    with pytest.raises(ValueError, match=match):
+        other.load_into(b)
+    assert other.sizes.tolist() == [0, 2, 6, 4]  # unchanged on failure
+    assert np.array_equal(other.fetch(np.r_[10:12]).obs, before)
+    with pytest.raises(ValueError, match=match):
+        ReplayBuffer.load(b)
+
+
+def test_save_version_argument(tmp_path):
+    buf = ReplayBuffer(1, 4, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"`version` must be one of \(1, 2\), got 3"):
+        buf.save(tmp_path / "b", version=3)
+    with pytest.raises(TypeError, match="`version` must be an int"):
+        buf.save(tmp_path / "b", version="2")
+    assert not (tmp_path / "b").exists()
+
+
 # ----------------------------------------------------------------------------- threads
 
 

@@ -22,6 +22,12 @@ int64_t FinalObsPool::Allocate() {
   return row;
 }
 
+std::vector<uint8_t> FinalObsPool::InUse() const {
+  std::vector<uint8_t> in_use(static_cast<size_t>(rows()), 1);
+  for (int64_t r : free_) in_use[r] = 0;
+  return in_use;
+}
+
 void FinalObsPool::ResetForLoad(int64_t rows) {
   chunks_.clear();
   free_.clear();

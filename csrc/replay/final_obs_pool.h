@@ -39,6 +39,9 @@ class FinalObsPool {
     return static_cast<uint64_t>(kChunkRows) * obs_dim * sizeof(float) + kChunkRows * 8;
   }
 
+  // (rows(),) 1 for a row in use, 0 for a free one.
+  std::vector<uint8_t> InUse() const;
+
   // Restores a saved pool: `rows` rows (rounded up to whole chunks), contents copied by the
   // caller through Row(); rows with in_use[row] == 0 become free.
   void ResetForLoad(int64_t rows);

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <sys/types.h>
 #include <stdexcept>
 
 namespace mtrl {
@@ -100,7 +101,9 @@ NpyReader::NpyReader(const std::string& path, const std::string& descr,
     : path_(path) {
   file_ = std::fopen(path.c_str(), "rb");
   if (file_ == nullptr) {
-    throw std::runtime_error("cannot read " + path + ": " + std::strerror(errno));
+    const int err = errno;
+    if (err == ENOENT) throw std::invalid_argument(path + " is missing");
+    throw std::runtime_error("cannot read " + path + ": " + std::strerror(err));
   }
   unsigned char pre[8];
   if (std::fread(pre, 1, 8, file_) != 8 || std::memcmp(pre, "\x93NUMPY", 6) != 0) {
@@ -147,6 +150,28 @@ NpyReader::NpyReader(const std::string& path, const std::string& descr,
                                 ShapeString(shape));
   }
   shape_ = shape;
+  // The data must be exactly what the header's shape says: fewer bytes is a truncated file,
+  // more is not a file NpyWriter wrote (checked here, before any caller allocates or reads).
+  const off_t data_start = ftello(file_);
+  if (data_start < 0 || fseeko(file_, 0, SEEK_END) != 0) {
+    throw std::runtime_error("cannot read " + path + ": " + std::strerror(errno));
+  }
+  const off_t file_end = ftello(file_);
+  if (file_end < 0 || fseeko(file_, data_start, SEEK_SET) != 0) {
+    throw std::runtime_error("cannot read " + path + ": " + std::strerror(errno));
+  }
+  const uint64_t have = static_cast<uint64_t>(file_end - data_start);
+  const uint64_t need = static_cast<uint64_t>(Count(shape)) * ItemSize(descr);
+  if (have < need) {
+    throw std::invalid_argument(path + " is truncated: " + std::to_string(have) +
+                                " bytes of data, its shape " + ShapeString(shape) + " needs " +
+                                std::to_string(need));
+  }
+  if (have > need) {
+    throw std::invalid_argument(path + " has " + std::to_string(have) + " bytes of data, but its "
+                                "shape " + ShapeString(shape) + " needs " + std::to_string(need) +
+                                " (trailing bytes)");
+  }
 }
 
 NpyReader::~NpyReader() {

@@ -27,8 +27,9 @@ class NpyWriter {
   size_t written_ = 0;
 };
 
-// Opens a .npy file and checks its dtype and shape. A wrong dtype or shape throws
-// std::invalid_argument naming the file; a missing or truncated file std::runtime_error.
+// Opens a .npy file and checks its dtype, shape and data length. A wrong dtype or shape, or data
+// shorter (truncated) or longer than the shape says, throws std::invalid_argument naming the
+// file, and so does a missing file; an unreadable one throws std::runtime_error.
 // If `shape` has a -1 entry that dimension is accepted as is (see shape()).
 class NpyReader {
  public:

@@ -125,11 +125,14 @@ class ReplayBuffer {
   std::vector<std::vector<double>> TopLevels() const;
 
   // Writes the arrays as .npy files into an existing directory (see mtrl/replay.py for the
-  // format) and returns the scalars that complete them.
-  ReplayScalars Save(const std::string& directory) const;
-  // Reads arrays written by Save for the same config, validates every link and value, then
-  // replaces the contents (nothing changes if anything is wrong: std::invalid_argument).
-  void Load(const std::string& directory, const ReplayScalars& scalars);
+  // format) and returns the scalars that complete them. Format version 2 writes each task's
+  // stored transitions only (rows 0..size-1 of its ring); version 1, the previous format, every
+  // slot (num_tasks * capacity_per_task rows, filled or not).
+  ReplayScalars Save(const std::string& directory, int64_t version) const;
+  // Reads arrays written by Save (format `version`, 1 or 2) for the same config, validates every
+  // header, link and value, then replaces the contents (nothing changes if anything is wrong:
+  // std::invalid_argument).
+  void Load(const std::string& directory, const ReplayScalars& scalars, int64_t version);
 
  private:
   // A transition's record: this 16-byte header followed by its action floats, padded to a full
@@ -161,6 +164,8 @@ class ReplayBuffer {
   void ChooseSlots(const SampleRequest& request, int64_t* global, float* weight);
   void Gather(const SampleRequest& request, const int64_t* global, const BatchView& out);
   void ValidateLoaded(Storage& s) const;
+  // Rows each task has in the saved per-slot arrays (format `version`, given the task sizes).
+  std::vector<int64_t> SavedRows(const std::vector<int64_t>& size, int64_t version) const;
 
   float* ObsRow(int64_t g) const { return s_.obs.as<float>() + g * config_.obs_dim; }
   Slot& SlotAt(const Storage& s, int64_t g) const {
