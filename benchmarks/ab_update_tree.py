@@ -2,17 +2,21 @@
 the working tree, plus a bit-identity check of the two.
 
   python benchmarks/ab_update_tree.py [--base main] [--threads 2] [--rounds 80] [--width 512]
+      [--actor-width 256] [--tasks 1] [--batch 256] [--emulate-cuda]
 
 The base commit's ``mtrl/`` is extracted into a temporary directory as package ``mtrl_base``
 (imports rewritten), except ``mtrl._core`` and ``mtrl.ops`` (the C++ core and the torch.library
 ops, which can be registered once per process): both sides use the working tree's. So this
 compares Python-side changes (agent, networks, optimizer, norm/bronet wrappers, ...), not C++ ones.
 
-Both agents are built from the same seed on the same synthetic batch (single task, obs 17, action 6,
-batch 256: ``bench_train.synthetic_agent``'s setup) and first run ``--check`` updates each, seeded
+Both agents are built from the same seed on the same synthetic batch (by default single task, obs 17,
+action 6, batch 256: ``bench_train.synthetic_agent``'s setup; ``--tasks 4 --width 256`` is the
+laptop preset's update shape) and first run ``--check`` updates each, seeded
 alike; every parameter, optimizer state entry and metric must then be bit-identical (else the
 script exits 1). Then rounds alternate the order (base/new, new/base, ...), each timing one update
 per side: thread CPU time with one thread (robust to other processes), wall time otherwise.
+``--emulate-cuda``: both sides take the code paths of a CUDA agent, on the CPU
+(count_update_ops.emulate_cuda_paths), so that changes to those paths are checked bit for bit too.
 Reported: medians of each side and the median of the per-round ratios new/base. Last line:
 RESULT {json}.
 """
@@ -20,6 +24,7 @@ RESULT {json}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import io
 import json
@@ -34,6 +39,9 @@ from pathlib import Path
 
 import mtrl  # noqa: F401,I001  (before torch, as the CLI)
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from count_update_ops import emulate_cuda_paths, make_agent  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,15 +60,9 @@ def extract_base(rev: str, into: Path) -> None:
         path.write_text(text)
 
 
-def make(agent_module, config_module, width: int):
-    torch.manual_seed(0)
-    obs, act, tasks, batch = 17, 6, 1, 256
-    agent = agent_module.BRCAgent(config_module.AgentConfig(critic_width=width), obs, act, tasks)
-    sample = agent_module.Batch(
-        obs=torch.randn(batch, obs), action=torch.rand(batch, act) * 2 - 1,
-        reward=torch.rand(batch), next_obs=torch.randn(batch, obs), mask=torch.ones(batch),
-        discount=torch.full((batch,), 0.99), task_id=torch.randint(0, tasks, (batch,)))
-    return agent, sample, torch.ones(tasks)
+def make(agent_module, config_module, width: int, actor_width: int = 256, tasks: int = 1,
+         batch: int = 256):
+    return make_agent(agent_module, config_module, width, actor_width, batch, tasks)
 
 
 def flatten(tree, prefix=""):
@@ -85,7 +87,12 @@ def main() -> int:
     p.add_argument("--base", default="main", help="git revision of the 'before' package")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=80)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--width", type=int, default=512, help="critic width")
+    p.add_argument("--actor-width", type=int, default=256)
+    p.add_argument("--tasks", type=int, default=1)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--emulate-cuda", action="store_true",
+                   help="both sides on the code paths of a CUDA agent (on the CPU)")
     p.add_argument("--check", type=int, default=8, help="updates before the bit-identity check")
     args = p.parse_args()
     from mtrl.train import keep_freed_memory
@@ -99,8 +106,17 @@ def main() -> int:
         base_config = importlib.import_module("mtrl_base.config")
     import mtrl.agent as new_agent
     import mtrl.config as new_config
-    sides = {"base": make(base_agent, base_config, args.width),
-             "new": make(new_agent, new_config, args.width)}
+    with contextlib.ExitStack() as paths:
+        if args.emulate_cuda:
+            paths.enter_context(emulate_cuda_paths("mtrl"))
+            paths.enter_context(emulate_cuda_paths("mtrl_base"))
+        return compare(args, base_agent, base_config, new_agent, new_config)
+
+
+def compare(args, base_agent, base_config, new_agent, new_config) -> int:
+    shape = (args.width, args.actor_width, args.tasks, args.batch)
+    sides = {"base": make(base_agent, base_config, *shape),
+             "new": make(new_agent, new_config, *shape)}
 
     metrics = {}
     for i in range(args.check):
@@ -125,12 +141,16 @@ def main() -> int:
     saved = statistics.median(b - n for b, n in zip(times["base"], times["new"]))
     base_ms, new_ms = statistics.median(times["base"]), statistics.median(times["new"])
     print(f"{'':8}{'base ms':>10}{'new ms':>10}   ({clock.__name__}, {args.threads} thread(s), "
-          f"width {args.width}, {args.rounds} rounds of one update each)")
+          f"width {args.width}, actor width {args.actor_width}, {args.tasks} task(s), batch "
+          f"{args.batch}{', CUDA paths' if args.emulate_cuda else ''}, {args.rounds} rounds of one "
+          "update each)")
     print(f"{'median':8}{base_ms:10.2f}{new_ms:10.2f}")
     print(f"median per-round ratio new/base {statistics.median(ratios):.3f}; "
           f"median per-round saving {saved:.2f} ms")
     print("RESULT " + json.dumps({
-        "base": args.base, "threads": args.threads, "width": args.width, "clock": clock.__name__,
+        "base": args.base, "threads": args.threads, "width": args.width,
+        "actor_width": args.actor_width, "tasks": args.tasks, "batch": args.batch,
+        "emulate_cuda": args.emulate_cuda, "clock": clock.__name__,
         "bit_identical": not diff, "base_ms": round(base_ms, 3), "new_ms": round(new_ms, 3),
         "ratio_median": round(statistics.median(ratios), 4),
         "saved_ms_median": round(saved, 3)}))
