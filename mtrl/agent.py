@@ -159,8 +159,11 @@ class BRCAgent(nn.Module):
 
     def _autocast(self):
         """The critic's precision (AgentConfig.bf16): bf16 autocast on CUDA; on the CPU the same
-        autocast, under which the critic takes mtrl.fused_bronet's bf16 path."""
+        autocast, under which the critic takes mtrl.fused_bronet's bf16 path. bf16 off: autocast
+        disabled, i.e. nothing to do unless the caller's autocast is on (~6 us a context)."""
         device = self.atoms.device.type
+        if not self.config.bf16 and not torch.is_autocast_enabled(device):
+            return contextlib.nullcontext()
         if device == "cpu" and self.config.bf16 and not self._cpu_bf16_checked:
             check_cpu_bf16()  # (a CPU agent built where CUDA exists was not checked at init)
             self._cpu_bf16_checked = True
@@ -200,7 +203,8 @@ class BRCAgent(nn.Module):
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step_with_polyak(self._target_params, self.config.tau)
-        finite = torch.isfinite(q_target) & torch.isfinite(logits.detach().sum(-1)).all(0)
+        # Per sample: the target value and every member's logit sum finite (one isfinite).
+        finite = torch.cat((q_target.unsqueeze(0), logits.detach().sum(-1))).isfinite().all(0)
         return loss.detach(), q_target, finite
 
     @_in_matmul_precision
@@ -256,7 +260,7 @@ class BRCAgent(nn.Module):
         # tasks): critic target/logits; if those are all finite, the actor term (e.g. a critic
         # step that overflowed the weights). A NaN critic step makes every actor term NaN, so
         # the actor's samples would name every task of the batch, not the one at fault.
-        bad = torch.where((~finite).any(), ~finite, ~actor_finite)
+        bad = ~torch.where(finite.all(), actor_finite, finite)
         nonfinite = torch.zeros(self.num_tasks, device=reward.device).index_add_(
             0, batch.task_id, bad.float())
         return {

@@ -114,7 +114,7 @@ def _forward(x: Tensor, params: list[Tensor], depth: int, eps: float):
 
 
 def _members(x: Tensor, members: int) -> Tensor:
-    return x.unsqueeze(0).expand(members, -1, -1)  # one input for all members (no copy)
+    return x.expand(members, -1, -1)  # one input for all members (a view: no copy)
 
 
 class _BroNetFunction(torch.autograd.Function):

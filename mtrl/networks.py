@@ -56,7 +56,7 @@ class EnsembleLinear(nn.Module):
 
     def _members(self, x: Tensor) -> Tensor:
         if x.dim() == 2:  # shared input for all members
-            return x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
+            return x.expand(self.weight.shape[0], -1, -1)
         return x
 
 
@@ -242,7 +242,7 @@ class Actor(EnsembleBroNet):
     def forward(self, obs: Tensor, embedding: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Returns the pre-tanh mean and log sigma, each (B, A)."""
         x = obs if embedding is None else torch.cat([obs, embedding], dim=-1)
-        mean, raw_log_std = self.forward_network(x)[0].split(self.action_dim, dim=-1)
+        mean, raw_log_std = self.forward_network(x).squeeze(0).split(self.action_dim, dim=-1)
         return mean, squash_log_std(raw_log_std)
 
     def sample(
@@ -251,7 +251,9 @@ class Actor(EnsembleBroNet):
         """Reparameterised action a = tanh(mean + std_scale * sigma * eps) (B, A) and log pi(a) (B,)
         (mtrl.tanh_gaussian: one autograd node on the CPU)."""
         x = obs if embedding is None else torch.cat([obs, embedding], dim=-1)
-        return sample_tanh_gaussian(self.forward_network(x)[0], self.action_dim, std_scale)
+        # (the one member; squeeze's backward is a view, indexing's a zero-filled copy)
+        return sample_tanh_gaussian(self.forward_network(x).squeeze(0), self.action_dim,
+                                    std_scale)
 
     def act(self, obs: Tensor, embedding: Tensor | None = None, deterministic: bool = False) -> Tensor:
         """Environment action (B, A) in [-1, 1]: tanh(mean) when deterministic (§2.3, §6.2)."""

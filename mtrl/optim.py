@@ -113,9 +113,10 @@ class FusedAdamW(torch.optim.AdamW):
         for group in self.param_groups:  # what torch's fused step would get wrong
             params = group["params"]
             _check_moment_shapes(params, [self.state.get(p, {}) for p in params])
-            for p in params:
-                if p.grad is not None and not p.grad.is_sparse and _overlaps(p.grad):
-                    p.grad = p.grad.contiguous()
+            for p in params:  # (a contiguous tensor never overlaps: one C call decides)
+                g = p.grad
+                if g is not None and not g.is_sparse and not g.is_contiguous() and _overlaps(g):
+                    p.grad = g.contiguous()
         loss = super().step(closure)
         if targets is not None:
             polyak_update(targets, self.param_groups[0]["params"], tau)
@@ -132,8 +133,12 @@ class FusedAdamW(torch.optim.AdamW):
         if targets is not None and len(targets) != len(params):
             raise ValueError(f"step_with_polyak: {len(targets)} targets for {len(params)} "
                              "parameters")
+        # Off the CPU (a CUDA agent) torch's step runs: known before the counts are stacked
+        # (one more kernel launch per step there).
+        if not params or not params[0].is_cpu:
+            return False
         grads = [p.grad for p in params]
-        if not params or any(g is None or g.is_sparse for g in grads):
+        if any(g is None or g.is_sparse for g in grads):
             return False
         states = [self.state[p] for p in params]
         views = self._count_views
