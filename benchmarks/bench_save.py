@@ -181,7 +181,9 @@ def fill_cases(root: Path, capacity: int, fills: list[float], repeats: int,
         print(f"{fill:6.1%} {len(buf):9,} | {size[1] / 1e6:8.1f} {size[2] / 1e6:8.1f} "
               f"{size[1] / size[2]:6.1f} | {med['save', 1]:9.3f} {med['save', 2]:9.3f} "
               f"{med['save', 1] / med['save', 2]:6.1f} | {med['load', 1]:9.3f} "
-              f"{med['load', 2]:9.3f} {med['load', 1] / med['load', 2]:6.1f}", flush=True)
+              f"{med['load', 2]:9.3f} {med['load', 1] / med['load', 2]:6.1f}   runs: "
+              + "  ".join(f"{op} v{v} {[round(t, 3) for t in times[op, v]]}"
+                          for op in ("save", "load") for v in (1, 2)), flush=True)
     buf.close()
     # The laptop preset's run checkpoints at iterations 5,000, 10,000 and 15,000, one env step
     # per task per iteration: 5,000, 10,000 and 15,000 of its 100,000 slots per task.

@@ -42,13 +42,16 @@ before ``t``) for slot ``slot`` of task ``t``. They are ``obs`` (S, O) f4, ``act
 ``g = task * capacity_per_task + slot`` (not rows): ``next >= 0``, the next obs is slot
 ``next``'s obs; ``-1``, it is ``pending_obs[env]``; ``<= -2``, it is ``final_obs[-2 - next]``.
 Beside them: ``pending_obs`` (N, O) f4, ``last_slot`` (N,) i8 and ``final_obs``
-(final_rows, O) f4, the pool of episode-end observations (whole chunks of 1024 rows; it never
-holds more rows than were live at once, plus one chunk). So a save's size grows with the stored
-transitions, not with the capacity. Loading puts every row back in its slot, so the rings, their
-FIFO order, the priorities and sum trees and the sampler state are restored exactly.
+(final_rows, O) f4, the episode-end observations that stored transitions link to, one row each,
+in the order of their rows in the in-memory pool (renumbered from 0; the pool's free rows are
+not saved). So a save's size grows with the stored transitions, not with the capacity. Loading
+puts every row back in its slot, so the rings, their FIFO order, the priorities and sum trees
+and the sampler state are restored exactly (only the pool's row numbers and spare rows differ:
+``nbytes`` may be smaller after a load).
 Version 1 (mtrl before this layout) had the same files with ``num_tasks * capacity_per_task``
-rows each, indexed by global slot, unused slots included: ``load`` still reads it, and
-``save(..., version=1)`` writes it (for an older mtrl to read). Loading validates every header
+rows each, indexed by global slot, unused slots included, and the whole pool (chunks of 1024
+rows, free rows included): ``load`` still reads it, and ``save(..., version=1)`` writes it (for
+an older mtrl to read). Loading validates every header
 (dtype, shape, data length), link and value before replacing anything.
 ``save`` replaces the directory as a whole (written beside it, then swapped in), and refuses a
 directory that holds anything but a previous save.
