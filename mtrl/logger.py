@@ -20,9 +20,17 @@ def _row_iteration(path: Path, number: int, line: str, jsonl: bool) -> int:
                          f"repair or remove it to resume") from e
 
 
+def _jsonl_line(row: dict[str, Any]) -> str:
+    """One metrics.jsonl line: strict JSON, a NaN or infinite value written as null."""
+    strict = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+              for k, v in row.items()}
+    return json.dumps(strict, allow_nan=False) + "\n"
+
+
 def _rewrite_until(path: Path, iteration: int, jsonl: bool) -> None:
     """Drop rows logged after ``iteration`` (a resumed run re-logs them), and a last line
-    without its newline (a write cut short by a crash)."""
+    without its newline (a write cut short by a crash). JSONL rows kept are rewritten as strict
+    JSON (a run logged before the nulls has bare NaN/Infinity tokens)."""
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
@@ -31,6 +39,8 @@ def _rewrite_until(path: Path, iteration: int, jsonl: bool) -> None:
     first = 0 if jsonl else 1  # the CSV header
     keep = lines[:first] + [ln for k, ln in enumerate(lines[first:], first + 1) if ln.strip()
                             and _row_iteration(path, k, ln, jsonl) <= iteration]
+    if jsonl:
+        keep = [_jsonl_line(json.loads(ln)) for ln in keep]
     replace_file(path, "".join(keep))  # the run's whole history: never left half-written
 
 
@@ -52,7 +62,10 @@ def _import_wandb():
 class Logger:
     """Writes ``train/*`` and ``eval/*`` metrics of one run.
 
-    Files in ``run_dir``: ``train.csv``, ``eval.csv``, ``metrics.jsonl`` (every row with its kind),
+    Files in ``run_dir``: ``train.csv``, ``eval.csv``, ``metrics.jsonl`` (every row with its kind;
+    strict JSON: a NaN or infinite value, e.g. a metric before the first update or a task's
+    return before its first episode ends, is ``null`` there (read back as NaN), while the CSV
+    files write ``nan``/``inf`` and TensorBoard skips it),
     ``tb/`` (TensorBoard, when enabled), ``curves.png`` (eval return per task, updated each eval),
     and ``curves-<group>.png`` per group of ``task_groups`` when it has several (``curves``).
 
@@ -90,7 +103,10 @@ class Logger:
         if not self._jsonl.exists():
             return []
         rows = [json.loads(ln) for ln in self._jsonl.read_text().splitlines() if ln.strip()]
-        return [r for r in rows if r["kind"] == "eval"]
+        # null is a value that was not finite (NaN in memory, as log() keeps it); files written
+        # before nulls hold bare NaN/Infinity tokens, which json.loads reads as floats too
+        return [{k: math.nan if v is None else v for k, v in r.items()}
+                for r in rows if r["kind"] == "eval"]
 
     def log(self, kind: str, iteration: int, values: dict[str, float]) -> None:
         """Append one row of ``kind`` ("train" or "eval") at ``iteration``."""
@@ -103,7 +119,7 @@ class Logger:
                 writer.writeheader()
             writer.writerow(row)
         with self._jsonl.open("a") as f:
-            f.write(json.dumps({"kind": kind, **row}) + "\n")
+            f.write(_jsonl_line({"kind": kind, **row}))
         if self._tb is not None:
             for k, v in row.items():
                 if k != "iteration" and math.isfinite(v):

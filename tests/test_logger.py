@@ -140,3 +140,71 @@ def test_a_run_of_one_task_set_draws_only_curves_png(tmp_path, groups):
     logger.close()
     assert [p.name for p in tmp_path.glob("*.png")] == ["curves.png"]
     assert list(logger.curves()) == ["curves.png"]
+
+
+def _strict_json(line):
+    """json.loads that refuses NaN/Infinity tokens, as JSON itself (and jq, JSON.parse) does."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_metrics_jsonl_is_valid_json_with_null_for_non_finite_values(tmp_path):
+    # metrics.jsonl held bare NaN / Infinity (Python's json default), which is not JSON: a
+    # train row before the first update or before a task's first episode end has NaN metrics.
+    import math
+
+    nan, inf = float("nan"), float("inf")
+    logger = _logger(tmp_path, None)
+    logger.log("train", 1, {"critic_loss": nan, "dmc:a/online_return": inf, "x": 2.5})
+    logger.log("eval", 2, {"return_mean": -inf, "dmc:a/return": 1.0, "dmc:b/return": nan})
+    logger.log("eval", 3, {"return_mean": 4.0, "dmc:a/return": 3.0, "dmc:b/return": 5.0})
+    logger.close()
+    rows = [_strict_json(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0] == {"kind": "train", "iteration": 1, "train/critic_loss": None,
+                       "train/dmc:a/online_return": None, "train/x": 2.5}
+    assert rows[1] == {"kind": "eval", "iteration": 2, "eval/return_mean": None,
+                       "eval/dmc:a/return": 1.0, "eval/dmc:b/return": None}
+    # The CSV files keep writing nan/inf (Python's csv and float parsing read them back).
+    assert (tmp_path / "train.csv").read_text().splitlines()[1] == "1,nan,inf,2.5"
+    assert (tmp_path / "eval.csv").read_text().splitlines()[1] == "2,-inf,1.0,nan"
+    # In memory (and so in the curves) a non-finite value stays NaN/inf as it was logged.
+    assert math.isinf(logger.eval_history[0]["eval/return_mean"])
+    # A resumed run reads the nulls back as NaN: its curves and group means still work.
+    groups = {"laptop": ["dmc:a", "dmc:b"], "other": ["dmc:c"]}
+    resumed = Logger(tmp_path, tensorboard=False, wandb=False, wandb_project="mtrl", config={},
+                     resume_iteration=3, task_groups=groups)
+    hist = resumed.eval_history
+    assert [h["iteration"] for h in hist] == [2, 3]
+    assert math.isnan(hist[0]["eval/return_mean"]) and math.isnan(hist[0]["eval/dmc:b/return"])
+    resumed.log("eval", 4, {"return_mean": 1.0, "dmc:a/return": 1.0, "dmc:b/return": nan,
+                            "dmc:c/return": 2.0})
+    resumed.close()
+    panels = dict(resumed.curves()["curves-laptop.png"])
+    assert panels["dmc:a"] == [1.0, 3.0, 1.0]
+    mean = panels["laptop: mean return"]
+    assert math.isnan(mean[0]) and mean[1] == 4.0 and math.isnan(mean[2])
+    assert (tmp_path / "curves-laptop.png").stat().st_size > 0
+    for ln in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        _strict_json(ln)
+
+
+def test_resume_reads_metrics_jsonl_written_with_bare_nan(tmp_path):
+    # Runs logged before the nulls hold NaN/Infinity tokens: they still resume, and the rows
+    # kept are rewritten as strict JSON.
+    import math
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"kind": "eval", "iteration": 10, "eval/return_mean": NaN, "eval/dmc:a/return": '
+        'Infinity}\n{"kind": "train", "iteration": 20, "train/x": -Infinity}\n')
+    logger = _logger(tmp_path, 15)
+    # (null does not tell NaN from inf: read back, both are NaN; train.csv/eval.csv keep which)
+    assert math.isnan(logger.eval_history[0]["eval/return_mean"])
+    assert math.isnan(logger.eval_history[0]["eval/dmc:a/return"])
+    logger.log("eval", 20, {"return_mean": math.nan, "dmc:a/return": 1.0})
+    logger.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [_strict_json(ln) for ln in lines] == [
+        {"kind": "eval", "iteration": 10, "eval/return_mean": None, "eval/dmc:a/return": None},
+        {"kind": "eval", "iteration": 20, "eval/return_mean": None, "eval/dmc:a/return": 1.0}]
