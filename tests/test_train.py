@@ -188,6 +188,31 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, bf16):
     assert full_eval == [r for r in part_eval if r["iteration"] != "70"]
 
 
+def test_resume_from_a_checkpoint_with_a_version_1_replay(tmp_path):
+    # Checkpoints written before replay format 2 hold the replay at full capacity (version 1):
+    # they still resume, to the same run as an uninterrupted one.
+    from mtrl.replay import ReplayBuffer
+
+    env = EnvConfig(tasks=("cartpole-balance", "walker-stand"), max_episode_steps=50,
+                    backend=_backend_with_state())
+    full = tiny_config(tmp_path / "full", env=env, iterations=90, eval_interval=45,
+                       checkpoint_interval=45)
+    train(full)
+    part = tiny_config(tmp_path / "part", env=env, iterations=45, eval_interval=45,
+                       checkpoint_interval=45)
+    train(part)
+    replay = ckpt.list_checkpoints(tmp_path / "part")[-1] / "replay"
+    assert np.load(replay / "obs.npy").shape[0] == 2 * 45  # version 2: the stored rows
+    ReplayBuffer.load(replay).save(replay, version=1)
+    assert json.loads((replay / "meta.json").read_text())["version"] == 1
+    assert np.load(replay / "obs.npy").shape[0] == 2 * 1000  # every slot
+    train(part.replace(iterations=90, resume=True))
+    a, b = read_csv(tmp_path / "full" / "train.csv"), read_csv(tmp_path / "part" / "train.csv")
+    keys = [k for k in a[0] if not k.endswith("_per_s")]
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    assert read_csv(tmp_path / "full" / "eval.csv") == read_csv(tmp_path / "part" / "eval.csv")
+
+
 def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "sig"
     cmd = [sys.executable, "-m", "mtrl.train", "--env.tasks", "cartpole-balance", "walker-stand",
