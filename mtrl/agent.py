@@ -16,7 +16,7 @@ from mtrl.config import AgentConfig
 from mtrl.fused_bronet import check_cpu_bf16
 from mtrl.networks import Actor, Critic
 from mtrl.normalizer import reward_denominator
-from mtrl.optim import FusedAdamW
+from mtrl.optim import FusedAdamW, fused_kernel_step
 from mtrl.precision import check_tf32_device, cuda_matmul_precision
 
 try:  # fused kernels of the kernel component (issue 3); mtrl.math is the reference path
@@ -235,7 +235,9 @@ class BRCAgent(nn.Module):
             # d loss / d log alpha = exp(log alpha) * (H - H_target) = loss itself: the value
             # autograd computes (the same two factors), without a backward pass for one scalar.
             self.log_alpha.grad = loss.clone()
-        self.temperature_optimizer.step()
+        # torch's fused Adam step, by its kernels alone (most of a step's time is Python).
+        if not fused_kernel_step(self.temperature_optimizer):
+            self.temperature_optimizer.step()
         return loss
 
     def update(self, batch: Batch, denominator: Tensor) -> dict[str, Tensor]:

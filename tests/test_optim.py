@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtrl import math as brc_math
-from mtrl.optim import FusedAdamW
+from mtrl.optim import FusedAdamW, fused_kernel_step
 
 
 def _params(seed, shapes=((2, 37, 64), (2, 1, 64), (5,), (), (3, 4, 5, 6))):
@@ -198,3 +198,67 @@ def test_polyak_tau_outside_0_1_raises():
         with pytest.raises(ValueError, match="tau must be in"):
             opt.step_with_polyak([target], tau)
     assert torch.equal(target, torch.zeros(3)) and torch.equal(param.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_fused_kernel_step_is_torchs_fused_step_bit_for_bit(cls):
+    ours, ref = _params(3), _params(3)
+    kwargs = dict(lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-2, fused=True)
+    opt, ref_opt = cls(ours, **kwargs), cls(ref, **kwargs)
+    _set_grads(ours, 0)
+    assert not fused_kernel_step(opt)  # no state yet: torch's first step creates it
+    assert all(len(opt.state[p]) == 0 for p in ours)
+    opt.step()
+    _set_grads(ref, 0)
+    ref_opt.step()
+    for step in range(1, 6):
+        _set_grads(ours, step)
+        _set_grads(ref, step)
+        assert fused_kernel_step(opt)
+        ref_opt.step()
+        for p, r in zip(ours, ref):
+            assert torch.equal(p, r)
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(opt.state[p][key], ref_opt.state[r][key])
+
+
+def test_fused_kernel_step_leaves_other_cases_to_torch():
+    def stepped(**kwargs):
+        params = _params(4)
+        _set_grads(params, 0)
+        opt = torch.optim.Adam(params, **{"lr": 1e-3, "fused": True, **kwargs})
+        opt.step()
+        return params, opt
+
+    for kwargs in ({"fused": False}, {"amsgrad": True}, {"maximize": True},
+                   {"lr": torch.tensor(1e-3)}):
+        params, opt = stepped(**kwargs)
+        before = [p.detach().clone() for p in params]
+        assert not fused_kernel_step(opt), kwargs
+        assert all(torch.equal(p, b) for p, b in zip(params, before))
+    params, opt = stepped()
+    params[1].grad = None
+    assert not fused_kernel_step(opt)
+    params = _params(5)
+    _set_grads(params, 0)
+    opt = torch.optim.Adam([{"params": params[:2]}, {"params": params[2:]}], lr=1e-3, fused=True)
+    opt.step()
+    assert not fused_kernel_step(opt)
+
+
+def test_fused_adamw_off_the_one_pass_path_is_torchs_step_bit_for_bit(monkeypatch):
+    # What a CUDA agent runs (the one-pass step is CPU-only): torch's fused kernels, directly.
+    monkeypatch.setattr(FusedAdamW, "_step_in_one_pass", lambda self, targets, tau: False)
+    ours, ref = _params(6), _params(6)
+    targets = [p.detach().clone() + 0.5 for p in ours]
+    ref_targets = [t.clone() for t in targets]
+    opt = FusedAdamW(ours, lr=3e-3, weight_decay=1e-2)
+    ref_opt = torch.optim.AdamW(ref, lr=3e-3, weight_decay=1e-2, fused=True)
+    for step in range(4):
+        _set_grads(ours, step)
+        _set_grads(ref, step)
+        opt.step_with_polyak(targets, 0.005)
+        ref_opt.step()
+        brc_math.polyak_update(ref_targets, ref, 0.005)
+        assert all(torch.equal(p, r) for p, r in zip(ours, ref))
+        assert all(torch.equal(t, r) for t, r in zip(targets, ref_targets))
