@@ -17,8 +17,12 @@ times each, then each save is loaded back (``ReplayBuffer.load``; the files are 
 cache: a warm read) and checked to sample like the original. Bytes on disk, median save and load
 seconds, and the ratios v1 / v2 are printed.
 
+paper case (``--cases paper``, not in the default run): a ``--preset paper`` checkpoint for
+dmc-hard at iteration 5,000 (the 4096-wide agent's full state, 7 x 1M replay holding 5,000
+transitions per task), saved once with each replay format.
+
     python benchmarks/bench_save.py [--dir DIR] [--repeats 3] [--replay-mb 200]
-        [--cases fsync fill] [--capacity 1000000] [--fills 0.005 0.1 1.0]
+        [--cases fsync fill paper] [--capacity 1000000] [--fills 0.005 0.1 1.0]
 
 Ends with ``RESULT {json}``.
 """
@@ -208,6 +212,54 @@ def fill_cases(root: Path, capacity: int, fills: list[float], repeats: int,
         print(line, flush=True)
 
 
+def paper_case(root: Path, result: dict[str, float]) -> None:
+    """A --preset paper checkpoint for dmc-hard (the agent's full state: width 4096, 7 tasks,
+    optimiser moments allocated) at iteration 5,000, the first updates (7 x 1,000,000 replay
+    slots, 5,000 transitions per task), saved once in replay format version 2 and once in
+    version 1, durably."""
+    import torch
+
+    import mtrl.envs
+    from mtrl.agent import BRCAgent
+    from mtrl.config import paper_preset, resolve_tasks
+
+    cfg = paper_preset()
+    tasks = resolve_tasks(("dmc-hard",), mtrl.envs.available_tasks())
+    pool = mtrl.envs.make(tasks, seed=0)
+    obs_dim, action_dim, num_envs = pool.obs_dim, pool.action_dim, pool.num_envs
+    pool.close()
+    t0 = time.perf_counter()
+    agent = BRCAgent(cfg.agent, obs_dim, action_dim, len(tasks))
+    print(f"\npaper preset, dmc-hard ({len(tasks)} tasks, obs {obs_dim}, action {action_dim}): "
+          f"agent built in {time.perf_counter() - t0:.0f} s", flush=True)
+    # The optimisers' moments exist from the first update on (they are allocated by the first
+    # step): one step with zero gradients gives them their size without a 4096-wide update.
+    for opt in (agent.critic_optimizer, agent.actor_optimizer, agent.temperature_optimizer):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    buf = filled_buffer(len(tasks), cfg.buffer.capacity_per_task, obs_dim, action_dim,
+                        num_envs // len(tasks), stored_per_task=5_000)
+    payload = {"config": {}, "iteration": 5_000, "agent": agent.full_state_dict()}
+    for version in (2, 1):
+        run = root / f"paper-v{version}"
+        os.sync()
+        t0 = time.perf_counter()
+        ckpt.save_checkpoint(run, 5_000, payload, lambda p: buf.save(str(p), version=version), 1)
+        secs = time.perf_counter() - t0
+        where = ckpt.list_checkpoints(run)[-1]
+        gb, replay_gb = du(where) / 1e9, du(where / "replay") / 1e9
+        result[f"paper_ckpt_v{version}_gb"] = round(gb, 3)
+        result[f"paper_ckpt_v{version}_replay_gb"] = round(replay_gb, 3)
+        result[f"paper_ckpt_v{version}_save_s"] = round(secs, 2)
+        print(f"  replay format v{version}: checkpoint {gb:6.3f} GB (replay {replay_gb:6.3f} GB), "
+              f"saved in {secs:6.2f} s", flush=True)
+        shutil.rmtree(run)
+    buf.close()
+
+
 def fsync_cases(root: Path, replay_mb: float, repeats: int, result: dict[str, float]) -> None:
     # ReplayBuffer.save: 4 tasks, obs 64, action 8; 314 bytes per slot on disk.
     per_task = int(replay_mb * 1e6 / 314 / 4)
@@ -243,7 +295,9 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to save (default: a temp dir)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--replay-mb", type=float, default=200.0)
-    ap.add_argument("--cases", nargs="+", choices=("fsync", "fill"), default=["fsync", "fill"])
+    ap.add_argument("--cases", nargs="+", choices=("fsync", "fill", "paper"),
+                    default=["fsync", "fill"], help="paper: a --preset paper checkpoint, v1 "
+                    "against v2 (builds the 4096-wide agent: minutes, ~3 GB of memory)")
     ap.add_argument("--capacity", type=int, default=1_000_000, help="fill cases: slots")
     ap.add_argument("--fills", type=float, nargs="+", default=[0.005, 0.1, 1.0])
     args = ap.parse_args()
@@ -256,6 +310,8 @@ def main() -> None:
             fsync_cases(root, args.replay_mb, args.repeats, result)
         if "fill" in args.cases:
             fill_cases(root, args.capacity, args.fills, args.repeats, result)
+        if "paper" in args.cases:
+            paper_case(root, result)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print("RESULT " + json.dumps(result))
