@@ -2,7 +2,7 @@
 the working tree, plus a bit-identity check of the two.
 
   python benchmarks/ab_update_tree.py [--base main] [--threads 2] [--rounds 80] [--width 512]
-      [--actor-width 256] [--tasks 1] [--batch 256] [--emulate-cuda]
+      [--actor-width 256] [--tasks 1] [--batch 256] [--emulate-cuda] [--bf16]
 
 The base commit's ``mtrl/`` is extracted into a temporary directory as package ``mtrl_base``
 (imports rewritten), except ``mtrl._core`` and ``mtrl.ops`` (the C++ core and the torch.library
@@ -61,8 +61,8 @@ def extract_base(rev: str, into: Path) -> None:
 
 
 def make(agent_module, config_module, width: int, actor_width: int = 256, tasks: int = 1,
-         batch: int = 256):
-    return make_agent(agent_module, config_module, width, actor_width, batch, tasks)
+         batch: int = 256, bf16: bool = False):
+    return make_agent(agent_module, config_module, width, actor_width, batch, tasks, bf16)
 
 
 def flatten(tree, prefix=""):
@@ -91,6 +91,7 @@ def main() -> int:
     p.add_argument("--actor-width", type=int, default=256)
     p.add_argument("--tasks", type=int, default=1)
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--bf16", action="store_true", help="AgentConfig.bf16 on both sides")
     p.add_argument("--emulate-cuda", action="store_true",
                    help="both sides on the code paths of a CUDA agent (on the CPU)")
     p.add_argument("--check", type=int, default=8, help="updates before the bit-identity check")
@@ -114,7 +115,7 @@ def main() -> int:
 
 
 def compare(args, base_agent, base_config, new_agent, new_config) -> int:
-    shape = (args.width, args.actor_width, args.tasks, args.batch)
+    shape = (args.width, args.actor_width, args.tasks, args.batch, args.bf16)
     sides = {"base": make(base_agent, base_config, *shape),
              "new": make(new_agent, new_config, *shape)}
 
@@ -142,7 +143,7 @@ def compare(args, base_agent, base_config, new_agent, new_config) -> int:
     base_ms, new_ms = statistics.median(times["base"]), statistics.median(times["new"])
     print(f"{'':8}{'base ms':>10}{'new ms':>10}   ({clock.__name__}, {args.threads} thread(s), "
           f"width {args.width}, actor width {args.actor_width}, {args.tasks} task(s), batch "
-          f"{args.batch}{', CUDA paths' if args.emulate_cuda else ''}, {args.rounds} rounds of one "
+          f"{args.batch}{', bf16' if args.bf16 else ''}{', CUDA paths' if args.emulate_cuda else ''}, {args.rounds} rounds of one "
           "update each)")
     print(f"{'median':8}{base_ms:10.2f}{new_ms:10.2f}")
     print(f"median per-round ratio new/base {statistics.median(ratios):.3f}; "
@@ -150,7 +151,7 @@ def compare(args, base_agent, base_config, new_agent, new_config) -> int:
     print("RESULT " + json.dumps({
         "base": args.base, "threads": args.threads, "width": args.width,
         "actor_width": args.actor_width, "tasks": args.tasks, "batch": args.batch,
-        "emulate_cuda": args.emulate_cuda, "clock": clock.__name__,
+        "bf16": args.bf16, "emulate_cuda": args.emulate_cuda, "clock": clock.__name__,
         "bit_identical": not diff, "base_ms": round(base_ms, 3), "new_ms": round(new_ms, 3),
         "ratio_median": round(statistics.median(ratios), 4),
         "saved_ms_median": round(saved, 3)}))

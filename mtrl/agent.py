@@ -133,11 +133,11 @@ class BRCAgent(nn.Module):
         dtype = task_id.dtype
         if dtype.is_floating_point or dtype.is_complex or dtype is torch.bool:
             raise ValueError(f"task_id must be an integer tensor, got {dtype}")
-        if task_id.device.type == "cpu" and task_id.numel():
-            low, high = torch.aminmax(task_id)
+        if task_id.is_cpu and task_id.numel():
+            low, high = map(int, torch.aminmax(task_id))
             if low < 0 or high >= self.num_tasks:
                 bad = low if low < 0 else high
-                raise ValueError(f"task_id {int(bad)} out of range for {self.num_tasks} task(s)")
+                raise ValueError(f"task_id {bad} out of range for {self.num_tasks} task(s)")
 
     def reward_denominator(self, return_scale: Tensor) -> Tensor:
         """Per-task divisors D (T,) from G_bar (T,) with the current alpha (§4.2)."""

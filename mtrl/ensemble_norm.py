@@ -111,8 +111,8 @@ def kernel_applies(*tensors: Tensor | None) -> bool:
     not compiling, no dispatch mode); None entries are ignored."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() != 0:
         return False
-    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32
-                             and t.is_contiguous()) for t in tensors)
+    return all(t is None or (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous())
+               for t in tensors)
 
 
 def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: float,

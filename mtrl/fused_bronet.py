@@ -258,12 +258,14 @@ def _forward_bf16(x: Tensor, params: list[Tensor], depth: int, eps: float,
         weights, token = [w.detach().to(_BF16) for w in weights], None
     else:
         weights, token = cache.cast(weights, lease)
-    inputs, norms = [_members(x.detach().to(_BF16), members)], []
+    # (No autograd here: inside the Function's forward grad mode is off, and otherwise nothing
+    # that requires grad reaches an op that records; the kernels read parameters as DLPack.)
+    inputs, norms = [_members(x.to(_BF16), members)], []
 
     def layer(weight, bias, gamma, beta, epilogue, residual=None, keep_out=True):
         y = torch.bmm(inputs[-1], weight)
-        out, out_bf, stats = forward_kernel_bf16(y, bias.detach(), gamma.detach(), beta.detach(),
-                                                 residual, epilogue, eps, keep_out)
+        out, out_bf, stats = forward_kernel_bf16(y, bias, gamma, beta, residual, epilogue, eps,
+                                                 keep_out)
         norms.append((y, stats))
         inputs.append(out_bf)
         return out
@@ -314,8 +316,7 @@ class _BroNetBf16Function(torch.autograd.Function):
             y, stats = norms[index]
             bias, gamma, beta = params[first + 1:first + 4]
             grad_y, norm_grads, used = backward_kernel_bf16(
-                grad_out, y, bias.detach(), gamma.detach(), beta.detach(), stats, relu, need,
-                grad_add, keep_sum)
+                grad_out, y, bias, gamma, beta, stats, relu, need, grad_add, keep_sum)
             if need:
                 grads[first] = torch.bmm(inputs[index].transpose(1, 2), grad_y).float()
                 grads[first + 1:first + 4] = norm_grads.unbind(0)

@@ -199,7 +199,8 @@ class Critic(EnsembleBroNet):
         if self.task_embedding is None:
             return None
         e = self.task_embedding[task_id]
-        return e / e.norm(dim=-1, keepdim=True)
+        # (Tensor.norm's Python wrapper ends in this call)
+        return e / torch.linalg.vector_norm(e, dim=-1, keepdim=True)
 
     def forward(self, obs: Tensor, action: Tensor, task_id: Tensor, *,
                 param_grads: bool = True) -> Tensor:
