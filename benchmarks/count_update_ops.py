@@ -2,7 +2,7 @@
 path as it runs and on the path a CUDA agent takes (emulated on the CPU).
 
   python benchmarks/count_update_ops.py [--width 16] [--actor-width 16] [--batch 256]
-      [--tasks 1 4] [--updates 20] [--rounds 200] [--bf16]
+      [--tasks 1 4] [--updates 20] [--rounds 200] [--bf16] [--base REV]
 
 Per configuration (path x tasks x precision) on synthetic batches (obs 17, action 6, seeded):
   * top-level aten ops per update: ops called from Python or by the autograd engine, not those
@@ -24,6 +24,10 @@ by the incoming 1 (2 ops more), and the CPU parts of torch ops (the CPU fused Ad
 bf16 autocast (needs AMX-BF16 / AVX512-BF16 here; the "cuda path" then runs the composed ops
 under CPU autocast, as CUDA autocast would).
 
+``--base REV``: also the ``mtrl/`` package of a git revision, imported as ``mtrl_base`` in this
+process (benchmarks/ab_update_tree.py's extraction: the same C++ core and mtrl.ops), each
+configuration counted and timed for both, timed in alternating order.
+
 Last line: RESULT {json}.
 """
 
@@ -36,11 +40,15 @@ import importlib
 import json
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import mtrl  # noqa: F401,I001  (before torch, as the CLI)
 import torch
 from torch.profiler import profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @contextlib.contextmanager
@@ -108,14 +116,17 @@ def count_ops(agent, sample, denominator, updates: int) -> tuple[float, float, c
     return sum(top.values()) / updates, len(events) / updates, top
 
 
-def thread_ms(agent, sample, denominator, rounds: int) -> float:
-    """Median thread CPU time of one update, ms."""
-    times = []
-    for _ in range(rounds):
-        start = time.thread_time()
-        agent.update(sample, denominator)
-        times.append((time.thread_time() - start) * 1e3)
-    return statistics.median(times)
+def thread_ms(sides: dict, rounds: int) -> dict[str, float]:
+    """Median thread CPU time of one update per side (name -> (agent, batch, denominator)), ms;
+    the sides take turns, in alternating order."""
+    times = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            agent, sample, denominator = sides[name]
+            start = time.thread_time()
+            agent.update(sample, denominator)
+            times[name].append((time.thread_time() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> int:
@@ -128,38 +139,58 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=200, help="timed updates per configuration")
     p.add_argument("--bf16", action="store_true", help="also the bf16 critic")
     p.add_argument("--top", type=int, default=12, help="most frequent ops listed per config")
+    p.add_argument("--base", default=None, help="git revision to count and time alongside")
     args = p.parse_args()
     torch.set_num_threads(1)
     import mtrl.agent
     import mtrl.config
+    packages = {"new": (mtrl.agent, mtrl.config)}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.base:
+            from ab_update_tree import extract_base
+            extract_base(args.base, Path(tmp))
+            sys.path.insert(0, tmp)
+            packages["base"] = (importlib.import_module("mtrl_base.agent"),
+                                importlib.import_module("mtrl_base.config"))
+        return run(args, packages)
 
+
+def run(args, packages: dict) -> int:
     results, rows = {}, []
     for path in ("cpu", "cuda"):
         for tasks in args.tasks:
             for bf16 in (False, True) if args.bf16 else (False,):
                 key = f"{path}_t{tasks}" + ("_bf16" if bf16 else "")
-                with emulate_cuda_paths() if path == "cuda" else contextlib.nullcontext():
-                    agent, sample, denominator = make_agent(
-                        mtrl.agent, mtrl.config, args.width, args.actor_width, args.batch, tasks,
-                        bf16)
-                    for _ in range(10):  # optimizer state, caches
-                        agent.update(sample, denominator)
+                with contextlib.ExitStack() as paths:
+                    if path == "cuda":
+                        for name in packages:
+                            paths.enter_context(emulate_cuda_paths(
+                                "mtrl" if name == "new" else "mtrl_base"))
+                    sides = {name: make_agent(agent_module, config_module, args.width,
+                                              args.actor_width, args.batch, tasks, bf16)
+                             for name, (agent_module, config_module) in packages.items()}
+                    for agent, sample, denominator in sides.values():
+                        for _ in range(10):  # optimizer state, caches
+                            agent.update(sample, denominator)
                     # (timed first: the profiler leaves the process slower for a while)
-                    ms = thread_ms(agent, sample, denominator, args.rounds)
-                    top_ops, all_ops, counts = count_ops(agent, sample, denominator, args.updates)
-                results[key] = {"top_level_ops": round(top_ops, 1), "all_aten_events":
-                                round(all_ops, 1), "thread_ms": round(ms, 3)}
-                rows.append((key, top_ops, all_ops, ms))
-                common = ", ".join(f"{name[6:]} {n / args.updates:g}"
-                                   for name, n in counts.most_common(args.top))
-                print(f"{key}: {common}", flush=True)
+                    ms = thread_ms(sides, args.rounds)
+                    for name, (agent, sample, denominator) in sides.items():
+                        top_ops, all_ops, counts = count_ops(agent, sample, denominator,
+                                                             args.updates)
+                        label = key if name == "new" else f"{key}_base"
+                        results[label] = {"top_level_ops": round(top_ops, 1), "all_aten_events":
+                                          round(all_ops, 1), "thread_ms": round(ms[name], 3)}
+                        rows.append((label, top_ops, all_ops, ms[name]))
+                        common = ", ".join(f"{op[6:]} {n / args.updates:g}"
+                                           for op, n in counts.most_common(args.top))
+                        print(f"{label}: {common}", flush=True)
     print(f"\ncritic width {args.width}, actor width {args.actor_width}, batch {args.batch}, "
-          f"1 thread, torch {torch.__version__}")
-    print(f"{'config':14}{'top-level ops':>14}{'all aten':>10}{'thread ms':>11}")
-    for key, top_ops, all_ops, ms in rows:
-        print(f"{key:14}{top_ops:14.1f}{all_ops:10.1f}{ms:11.3f}")
+          f"1 thread, torch {torch.__version__}" + (f", base {args.base}" if args.base else ""))
+    print(f"{'config':18}{'top-level ops':>14}{'all aten':>10}{'thread ms':>11}")
+    for label, top_ops, all_ops, ms in rows:
+        print(f"{label:18}{top_ops:14.1f}{all_ops:10.1f}{ms:11.3f}")
     print("RESULT " + json.dumps({"width": args.width, "actor_width": args.actor_width,
-                                  "batch": args.batch, **results}))
+                                  "batch": args.batch, "base": args.base, **results}))
     return 0
 
 
