@@ -218,7 +218,8 @@ class BRCAgent(nn.Module):
         embedding = None if embedding is None else embedding.detach()
         action, log_prob = self.actor.sample(batch.obs, embedding)
         with self._autocast():  # critic parameters detached: dQ/da only, no weight gradients
-            logits = self._critic_fwd(batch.obs, action, batch.task_id, param_grads=False)
+            logits = self._critic_fwd(batch.obs, action, batch.task_id, param_grads=False,
+                                      embedding=embedding)
         q = brc_math.expected_q(logits, self.atoms)
         per_sample = alpha * log_prob - q
         loss = per_sample.mean()

@@ -190,12 +190,13 @@ class Critic(EnsembleBroNet):
         return e / torch.linalg.vector_norm(e, dim=-1, keepdim=True)
 
     def forward(self, obs: Tensor, action: Tensor, task_id: Tensor, *,
-                param_grads: bool = True) -> Tensor:
+                param_grads: bool = True, embedding: Tensor | None = None) -> Tensor:
         """Logits (E, B, num_atoms). ``param_grads=False``: every parameter (embedding included)
         enters detached, so a backward reaches only the inputs (the actor loss, §2.2 step 3)
-        and builds no weight-gradient graph."""
+        and builds no weight-gradient graph. ``embedding``: ``self.embed(task_id)`` when the
+        caller has it already (the actor step, with param_grads=False), else computed here."""
         parts = [obs, action]
-        emb = self.embed(task_id)
+        emb = self.embed(task_id) if embedding is None else embedding
         if emb is not None:
             parts.append(_p(emb, param_grads).to(obs.dtype))
         return self.forward_network(torch.cat(parts, dim=-1), param_grads=param_grads)

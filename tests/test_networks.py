@@ -110,3 +110,21 @@ def test_critic_without_param_grads_matches_and_reaches_inputs_only():
     assert all(p.grad is None for p in critic.parameters())
     out_a.sum().backward()
     torch.testing.assert_close(act_a.grad, act_b.grad)
+
+
+def test_critic_forward_with_the_callers_embedding_is_the_same():
+    # The actor step hands the critic the (detached) embedding it already computed.
+    torch.manual_seed(0)
+    critic = Critic(5, 2, 3, width=16)
+    obs, action = torch.randn(7, 5), torch.rand(7, 2).requires_grad_()
+    task_id = torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    own = critic(obs, action, task_id, param_grads=False)
+    given = critic(obs, action, task_id, param_grads=False,
+                   embedding=critic.embed(task_id).detach())
+    assert torch.equal(own, given)
+    (grad_own,) = torch.autograd.grad(own.sum(), action)
+    (grad_given,) = torch.autograd.grad(given.sum(), action)
+    assert torch.equal(grad_own, grad_given)
+    other = critic(obs, action, task_id, param_grads=False,
+                   embedding=critic.embed(task_id.roll(1)).detach())
+    assert not torch.equal(own, other)  # the given embedding is the one used
