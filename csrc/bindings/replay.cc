@@ -232,10 +232,6 @@ void RegisterReplay(py::module_& m) {
       .def("top_levels", [](const ReplayBuffer& b) { return ToArrays(b.TopLevels()); })
       .def("save",
            [](const ReplayBuffer& b, const std::string& dir, int64_t version) {
-             if (version != 1 && version != 2) {
-               throw py::value_error("replay format `version` must be 1 or 2, got " +
-                                     std::to_string(version));
-             }
              ReplayScalars s;
              {
                py::gil_scoped_release release;  // file I/O on plain C++ state
@@ -256,10 +252,6 @@ void RegisterReplay(py::module_& m) {
               int64_t final_rows, int64_t version) {
              if (rng.size() != 4) throw py::value_error("`rng_state` must have 4 entries");
              if (final_rows < 0) throw py::value_error("`final_rows` must be >= 0");
-             if (version != 1 && version != 2) {
-               throw py::value_error("replay format `version` must be 1 or 2, got " +
-                                     std::to_string(version));
-             }
              ReplayScalars s{std::move(size), std::move(position), max_priority,
                              {rng[0], rng[1], rng[2], rng[3]}, final_rows};
              py::gil_scoped_release release;  // file I/O on plain C++ state
