@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run ON the lent GPU machine (device tool), after benchmarks/gpu_prepare.sh here:
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=590)
+# Everything a GPU session checks, in one call that fits a 15-minute device budget (the start
+# takes 1-2 of them): build with the CUDA kernels, the CUDA tests, the TD kernels' parity, time and
+# bandwidth, and the paper configuration's loop. Each step has its own time limit, so one that hangs
+# cannot eat the others', and every log is written to $OUT (it comes back even on a timeout).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+SITE=/tmp/site
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, report rc and time
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc, $((SECONDS - t0)) s"; tail -n 25 "$OUT/$name.log"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .gpu/wheels/*.whl || exit 1
+cp -r .gpu/site/dm_control "$SITE"/
+export PYTHONPATH=$SITE
+# The build: --no-deps (the image's torch is 2.11; pyproject pins 2.13 for the CPU wheel).
+step build 220 python3 -m pip install --no-build-isolation --no-deps --target "$SITE" . \
+  -Ccmake.define.MTRL_WITH_CUDA=ON -Ccmake.define.MTRL_CUDA_ARCHITECTURES=90
+python3 -P -c "import mtrl; assert mtrl.cuda_available(), 'no usable CUDA build/device'" || exit 1
+# Sequential, so nothing else shares the GPU while a step is timed. -P: `python -m pytest` would
+# put the repository root first on sys.path, whose mtrl/ has no _core. The limits sum to 570 s.
+step tests_cuda 130 python3 -P -m pytest -q -m cuda -p no:cacheprovider tests/
+step td_target 80 python3 -P benchmarks/gpu_td_target.py --quick
+step train_paper 140 python3 -P benchmarks/bench_train.py --paper --quick
