@@ -169,12 +169,14 @@ def test_exact_hits_put_all_mass_on_the_hit_atom():
     torch.testing.assert_close(target, ref_t, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("e,k", [(1, 51), (2, 101), (5, 101), (2, 201), (2, 16), (2, 17)])
+@pytest.mark.parametrize("e,k", [(1, 51), (2, 101), (5, 101), (2, 201), (2, 16), (2, 17), (2, 8),
+                                 (2, 9), (1, 24)])
 @pytest.mark.parametrize("combine", [0, 1])
 def test_discounts_near_one_match_numpy_in_every_build(e, k, combine):
-    # gamma * mask within ~2 / (K - 1) of 1 takes the AVX-512 build's shifted-row projection
-    # (ProjectC51Shift), others its gather or the scatter: rows that clip at v_min, at v_max, at
-    # both or not at all, exact unit discounts, discounts just above 1, masks 0 and 1.
+    # gamma * mask within ~2 / (K - 1) of 1 takes the AVX-512 and AVX2 builds' shifted-row
+    # projection (ProjectC51Shift), others the AVX-512 gather or the scatter (always the scatter
+    # in the baseline build): rows that clip at v_min, at v_max, at both or not at all, exact unit
+    # discounts, discounts just above 1, masks 0 and 1.
     b = 600
     gen = torch.Generator().manual_seed(83 + k + e)
     logits = torch.randn(e, b, k, generator=gen) * 2.5
@@ -187,7 +189,7 @@ def test_discounts_near_one_match_numpy_in_every_build(e, k, combine):
     np_t, np_v = np_td_target(logits, reward, mask, discount, entropy, -10, 10,
                               combine="mean" if combine == 0 else "min")
     outs = []
-    for max_isa in (2, 1):
+    for max_isa in (2, 1, 0):
         target, value = torch.empty(b, k), torch.empty(b)
         assert _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), discount.numpy(),
                                     0.0, entropy.numpy(), target.numpy(), value.numpy(), -10.0,
@@ -198,12 +200,15 @@ def test_discounts_near_one_match_numpy_in_every_build(e, k, combine):
         assert (target >= 0).all()
         outs.append(target)
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+    # The shifted rows against the scatter: each within ~1e-5 of float64 at K = 201 (float32 atom
+    # positions), on opposite sides in a few bins.
+    torch.testing.assert_close(outs[1], outs[2], atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("k", [257, 4096])
 def test_shifted_projection_of_long_rows_matches_the_scatter(k):
     # Rewards far beyond both ends (shifts of about +-K bins) and unit or near-unit discounts:
-    # the AVX-512 shifted-row projection against the AVX2 build's scatter.
+    # the AVX-512 and AVX2 shifted-row projections against the baseline build's scatter.
     b = 64
     gen = torch.Generator().manual_seed(k)
     logits = torch.randn(2, b, k, generator=gen)
@@ -211,15 +216,16 @@ def test_shifted_projection_of_long_rows_matches_the_scatter(k):
     discount = torch.ones(b)
     discount[::3] = 1.0 - 1.5 / (k - 1)
     outs = []
-    for max_isa in (2, 1):
+    for max_isa in (2, 1, 0):
         target, value = torch.empty(b, k), torch.empty(b)
         assert _core._td_target_cpu(logits.numpy(), reward.numpy(), torch.ones(b).numpy(),
                                     discount.numpy(), 0.0, None, target.numpy(), value.numpy(),
                                     -10.0, 10.0, 0, 0, 0.0, 1, max_isa) == 0
         outs.append((target, value))
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(outs[0][0].sum(-1), torch.ones(b), atol=1e-5, rtol=0)
+    for target, value in outs[:2]:
+        torch.testing.assert_close(target, outs[2][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(value, outs[2][1], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(target.sum(-1), torch.ones(b), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("e", [1, 2])

@@ -339,7 +339,7 @@ struct ShiftRow {
 // (K < kW, g <= 0, or the unclipped u_j do not fit one d).
 inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float inv_dz,
                       GatherPlan* plan, ShiftRow* row) {
-  if (kW < 16 || k < kW || !(g > 0.0f)) return false;
+  if (kW < 8 || k < kW || !(g > 0.0f)) return false;  // AVX-512 and AVX2 builds only
   const double gd = g, kd = static_cast<double>(k);
   if (g != plan->shift_g) {  // g takes few values: one division per distinct g
     plan->shift_g = g;
@@ -545,9 +545,168 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
     default: return ProjectC51ShiftRows<0>(p, scale, atoms, k, row, t, y, expected_value, plan);
   }
 }
+#elif defined(__AVX2__)
+// The AVX2 + FMA form of the same projection (8 lanes): the same weights, sums and order per bin
+// as the AVX-512 code above (bitwise the same bins; the clipped masses and the expected value
+// are reduced over 8 lanes instead of 16, so their rounding differs). AVX2 has no masked
+// arithmetic, no valignd and no vpermt2ps: the masks are vector masks (and / blend), a one-lane
+// rotation across two vectors is vperm2f128 + vpalignr, and an output vector is two vpermps of
+// the two aligned T vectors and a blend. On AMD Zen 3 (K = 101) this replaced the scalar scatter.
+struct ShiftWeights {
+  __attribute__((always_inline)) ShiftWeights(const ShiftRow& row, float* t_row)
+      : t_lo(_mm256_set1_ps(row.t_lo)), t_hi(_mm256_set1_ps(row.t_hi)),
+        gm1(_mm256_set1_ps(row.gm1)), cf(_mm256_set1_ps(row.cf)),
+        jv(__builtin_bit_cast(__m256, LaneIndex())), t(t_row) {}
+
+  static __m256 ShiftW1(__m256 cur, __m256 prev) {  // lane L: lane L - 1 of (prev, cur)
+    const __m256 mid = _mm256_permute2f128_ps(prev, cur, 0x21);  // prev[4..7], cur[0..3]
+    return _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(cur), _mm256_castps_si256(mid), 12));
+  }
+  static __m256 ShiftWm1(__m256 next, __m256 cur) {  // lane L: lane L + 1 of (cur, next)
+    const __m256 mid = _mm256_permute2f128_ps(cur, next, 0x21);  // cur[4..7], next[0..3]
+    return _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(mid), _mm256_castps_si256(cur), 4));
+  }
+
+  // Atoms [kW q, kW q + kW) with masses pj; stores T_{q-1}.
+  __attribute__((always_inline)) void Step(int64_t q, __m256 pj) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 low = _mm256_cmp_ps(jv, t_lo, _CMP_LE_OQ);
+    const __m256 high = _mm256_cmp_ps(jv, t_hi, _CMP_GE_OQ);
+    const __m256 clipped = _mm256_or_ps(low, high);
+    const __m256 u = _mm256_fmadd_ps(jv, gm1, cf);  // b_j - j - d, in [-1, 1] where not clipped
+    jv = _mm256_add_ps(jv, _mm256_set1_ps(static_cast<float>(kW)));
+    const __m256 pu = _mm256_andnot_ps(clipped, _mm256_mul_ps(pj, u));  // clipped: no weight
+    const __m256 w1 = _mm256_max_ps(pu, zero);                           // to bin j + d + 1
+    const __m256 apu = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), pu);
+    const __m256 w0 = _mm256_andnot_ps(clipped, _mm256_sub_ps(pj, apu));  // to bin j + d
+    const __m256 wm1 = _mm256_sub_ps(w1, pu);                             // to bin j + d - 1
+    m_lo = _mm256_add_ps(m_lo, _mm256_and_ps(low, pj));
+    m_hi = _mm256_add_ps(m_hi, _mm256_and_ps(high, pj));
+    _mm256_store_ps(t + (q - 1) * kW,
+                    _mm256_add_ps(_mm256_add_ps(w0_prev, ShiftW1(w1_prev, w1_prev2)),
+                                  ShiftWm1(wm1, wm1_prev)));
+    w0_prev = w0;
+    w1_prev2 = w1_prev;
+    w1_prev = w1;
+    wm1_prev = wm1;
+  }
+  // The atoms [kW full, K) from the last vector of the row (atoms K - kW .. K - 1), K % kW != 0.
+  __attribute__((always_inline)) void Last(int64_t k, __m256 p_last) {
+    const int64_t full = k / kW, rem = k - full * kW;
+    const __m256i iota_i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i idx = _mm256_add_epi32(iota_i, _mm256_set1_epi32(static_cast<int>(kW - rem)));
+    const __m256 keep = _mm256_castsi256_ps(
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), iota_i));
+    Step(full, _mm256_and_ps(keep, _mm256_permutevar8x32_ps(p_last, idx)));
+  }
+  // After the last Step: T_{nq - 1} (no atoms above) and T_nq (W_1 of the last atom only).
+  __attribute__((always_inline)) void Finish(int64_t nq) {
+    const __m256 zero = _mm256_setzero_ps();
+    _mm256_store_ps(t + (nq - 1) * kW,
+                    _mm256_add_ps(_mm256_add_ps(w0_prev, ShiftW1(w1_prev, w1_prev2)),
+                                  ShiftWm1(zero, wm1_prev)));
+    _mm256_store_ps(t + nq * kW, ShiftW1(zero, w1_prev));
+  }
+
+  __m256 t_lo, t_hi, gm1, cf;
+  __m256 jv;  // atom indices of the next vector
+  __m256 m_lo = _mm256_setzero_ps(), m_hi = _mm256_setzero_ps();  // clipped masses
+  __m256 w0_prev = _mm256_setzero_ps(), w1_prev = _mm256_setzero_ps();
+  __m256 w1_prev2 = _mm256_setzero_ps(), wm1_prev = _mm256_setzero_ps();
+  float* t;
+};
+
+// The sum of the 8 lanes in every lane.
+inline __m256 AllLanesSum8(__m256 v) {
+  v = _mm256_add_ps(v, _mm256_permute2f128_ps(v, v, 0x01));
+  v = _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+// Output bins [i0, i0 + kW) = scale T[i0 - d .. i0 - d + kW) (see the AVX-512 ShiftOutputs): lane L
+// reads lane o + L of the aligned vector at base (o + L < kW) or lane o + L - kW of the next one,
+// i.e. vpermps of both by the same index (its low 3 bits) and a blend on o + L >= kW.
+template <int kFull>
+__attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, float scale,
+                                                        const float* atoms, int64_t k,
+                                                        const ShiftRow& row, const float* t,
+                                                        float* y, float* expected_value,
+                                                        const GatherPlan& plan) {
+  const int64_t full = kFull > 0 ? kFull : k / kW, nq = (k + kW - 1) / kW;
+  const __m256 zero = _mm256_setzero_ps(), vscale = _mm256_set1_ps(scale);
+  const __m256i iota_i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i seven = _mm256_set1_epi32(kW - 1);
+  const __m256 mass_lo = _mm256_mul_ps(AllLanesSum8(w.m_lo), vscale);
+  const __m256 mass_hi = _mm256_mul_ps(AllLanesSum8(w.m_hi), vscale);
+  __m256 ev_a = zero, ev_b = zero;
+  auto out = [&](int64_t i0, int64_t base, __m256i idx, __m256 upper, __m256& ev, __m256 keep,
+                 int clip) {
+    const __m256 lo = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base), idx);
+    const __m256 hi = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base + kW), idx);
+    __m256 acc = _mm256_mul_ps(_mm256_blendv_ps(lo, hi, upper), vscale);
+    if (clip >= 0) {
+      acc = _mm256_fmadd_ps(_mm256_load_ps(plan.clip_share[clip][0]), mass_lo, acc);
+      acc = _mm256_fmadd_ps(_mm256_load_ps(plan.clip_share[clip][1]), mass_hi, acc);
+    }
+    _mm256_storeu_ps(y + i0, acc);
+    ev = _mm256_blendv_ps(ev, _mm256_fmadd_ps(_mm256_loadu_ps(atoms + i0), acc, ev), keep);
+  };
+  const __m256 all = _mm256_castsi256_ps(_mm256_cmpeq_epi32(iota_i, iota_i));
+  const int64_t base0 = (-row.d) & ~static_cast<int64_t>(kW - 1);  // floor(-d / kW) kW
+  const __m256i idx0 =
+      _mm256_add_epi32(iota_i, _mm256_set1_epi32(static_cast<int>(-row.d - base0)));
+  const __m256 upper0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx0, seven));
+  auto clip_of = [&](int64_t v) { return v == full - 1 ? 1 : (v == 0 ? 0 : -1); };
+  int64_t v = 0;
+#pragma GCC unroll 8
+  for (; v + 2 <= full; v += 2) {
+    out(v * kW, base0 + v * kW, idx0, upper0, ev_a, all, clip_of(v));
+    out(v * kW + kW, base0 + v * kW + kW, idx0, upper0, ev_b, all, clip_of(v + 1));
+  }
+  if (v < full) out(v * kW, base0 + v * kW, idx0, upper0, ev_a, all, clip_of(v));
+  if (full < nq) {  // the last vector overlaps the previous one: its new lanes only
+    const int64_t src = k - kW - row.d, base = src & ~static_cast<int64_t>(kW - 1);
+    const __m256i idx = _mm256_add_epi32(iota_i, _mm256_set1_epi32(static_cast<int>(src - base)));
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        iota_i, _mm256_set1_epi32(static_cast<int>(kW - (k - full * kW)) - 1)));
+    out(k - kW, base, idx, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, seven)), ev_b, keep, 2);
+  }
+  *expected_value = _mm256_cvtss_f32(AllLanesSum8(_mm256_add_ps(ev_a, ev_b)));
+}
+
+template <int kFull>
+__attribute__((always_inline)) inline void ProjectC51ShiftRows(const float* p, float scale,
+                                                               const float* atoms, int64_t k,
+                                                               const ShiftRow& row, float* t,
+                                                               float* y, float* expected_value,
+                                                               const GatherPlan& plan) {
+  const int64_t full = kFull > 0 ? kFull : k / kW, nq = (k + kW - 1) / kW;
+  ShiftWeights w(row, t);
+#pragma GCC unroll 16
+  for (int64_t q = 0; q < full; ++q) w.Step(q, _mm256_load_ps(p + q * kW));
+  if (full < nq) w.Last(k, _mm256_loadu_ps(p + k - kW));
+  w.Finish(nq);
+  ShiftOutputs<kFull>(w, scale, atoms, k, row, t, y, expected_value, plan);
+}
+__attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, const float* atoms,
+                                               int64_t k, const ShiftRow& row, float* t, float* y,
+                                               float* expected_value, const GatherPlan& plan) {
+  switch (k / kW) {
+#define MTRL_SHIFT_CASE(n) \
+  case n: return ProjectC51ShiftRows<n>(p, scale, atoms, k, row, t, y, expected_value, plan);
+    MTRL_SHIFT_CASE(1) MTRL_SHIFT_CASE(2) MTRL_SHIFT_CASE(3) MTRL_SHIFT_CASE(4)
+    MTRL_SHIFT_CASE(5) MTRL_SHIFT_CASE(6) MTRL_SHIFT_CASE(7) MTRL_SHIFT_CASE(8)
+    MTRL_SHIFT_CASE(9) MTRL_SHIFT_CASE(10) MTRL_SHIFT_CASE(11) MTRL_SHIFT_CASE(12)
+    MTRL_SHIFT_CASE(13) MTRL_SHIFT_CASE(14) MTRL_SHIFT_CASE(15) MTRL_SHIFT_CASE(16)
+#undef MTRL_SHIFT_CASE
+    default: return ProjectC51ShiftRows<0>(p, scale, atoms, k, row, t, y, expected_value, plan);
+  }
+}
 #else
 void ProjectC51Shift(const float*, float, const float*, int64_t, const ShiftRow&, float*, float*,
-                     float*, const GatherPlan&) {}  // never called: PlanShift declines below 16 lanes
+                     float*, const GatherPlan&) {}  // never called: PlanShift declines below 8 lanes
 #endif
 
 // Mixed next-state distribution p (combine over members) for sample b; false if not finite.
