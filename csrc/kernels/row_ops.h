@@ -367,7 +367,7 @@ __attribute__((always_inline)) inline void SumEmitRegs2(const FV (&e)[NV], const
                                                        After after, Emit emit) {
   const int64_t full = k / kW;
   FV a0 = Splat(0.0f), b0 = Splat(0.0f), a1 = Splat(0.0f), b1 = Splat(0.0f);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     if (v >= full) {  // the tail: only its lanes not yet counted
       const IV tail = TailMask(k, full * kW);
@@ -384,7 +384,7 @@ __attribute__((always_inline)) inline void SumEmitRegs2(const FV (&e)[NV], const
   *s0 = Horizontal(a0 + b0, AddV);
   *s1 = Horizontal(a1 + b1, AddV);
   after(*s0, *s1);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) emit(v < full ? v * kW : k - kW, e[v], f[v]);
 }
 
@@ -397,7 +397,7 @@ __attribute__((always_inline)) inline void ExpSumRegs2(const float* x0, const fl
                                                       float* s1, After after, Emit emit) {
   FV e[NV], f[NV];
   const int64_t full = k / kW;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     const int64_t j = v < full ? v * kW : k - kW;
     e[v] = FastExpV(LoadV(x0 + j) - m0);
@@ -418,7 +418,7 @@ __attribute__((always_inline)) inline void MaxExpSumRegs2(const float* x0, const
   const int64_t full = k / kW;
   const float ninf = -__builtin_inff();
   FV ma0 = Splat(ninf), mb0 = Splat(ninf), ma1 = Splat(ninf), mb1 = Splat(ninf);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     const int64_t j = v < full ? v * kW : k - kW;
     e[v] = LoadV(x0 + j);
@@ -433,7 +433,7 @@ __attribute__((always_inline)) inline void MaxExpSumRegs2(const float* x0, const
   }
   *m0 = Horizontal(MaxV(ma0, mb0), MaxV);
   *m1 = Horizontal(MaxV(ma1, mb1), MaxV);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     e[v] = FastExpV(e[v] - *m0);
     f[v] = FastExpV(f[v] - *m1);
@@ -456,7 +456,7 @@ __attribute__((always_inline)) inline void MaxDotExpSumRegs2(const float* x0, co
   FV ma0 = Splat(ninf), mb0 = Splat(ninf), ma1 = Splat(ninf), mb1 = Splat(ninf);
   FV da0 = Splat(0.0f), db0 = Splat(0.0f), da1 = Splat(0.0f), db1 = Splat(0.0f);
   FV sa = Splat(0.0f), sb = Splat(0.0f);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     const int64_t j = v < full ? v * kW : k - kW;
     e[v] = LoadV(x0 + j);
@@ -489,7 +489,7 @@ __attribute__((always_inline)) inline void MaxDotExpSumRegs2(const float* x0, co
   *d0 = Horizontal(da0 + db0, AddV);
   *d1 = Horizontal(da1 + db1, AddV);
   *sum_y = Horizontal(sa + sb, AddV);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
     e[v] = FastExpV(e[v] - *m0);
     f[v] = FastExpV(f[v] - *m1);
@@ -497,8 +497,23 @@ __attribute__((always_inline)) inline void MaxDotExpSumRegs2(const float* x0, co
   SumEmitRegs2<NV>(e, f, k, s0, s1, after, emit);
 }
 
-// Rows short enough for ExpSumRegs2: the AVX-512 float build, kW < k <= 8 kW.
-inline bool RegisterRows(int64_t k) { return kW == 16 && k > kW && k <= 8 * kW; }
+// Rows short enough for ExpSumRegs2 and the loops built on it: the AVX-512 float build with
+// kW < k <= 8 kW, the AVX2 build with kW < k <= 16 kW (K <= 128 both; a pair of 8-lane rows
+// then holds up to 32 vectors, more than the 16 registers: GCC keeps some of them on the stack,
+// each stored once and read back from an aligned slot, which still beat the separate
+// max / exp-and-store / mix loops on AMD Zen 3).
+#if defined(__AVX512F__)
+constexpr int kMaxRowVectors = 8;
+#define MTRL_WIDE_ROW_CASES(CASE)
+#else
+constexpr int kMaxRowVectors = 16;
+#define MTRL_WIDE_ROW_CASES(CASE) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15)
+#endif
+inline bool RegisterRows(int64_t k) { return kW >= 8 && k > kW && k <= kMaxRowVectors * kW; }
+// The loss's row pairs in registers (the gradient written from the exps still in registers) only
+// where they fit, i.e. the AVX-512 build: with 8 lanes the spilled pair measured 2-7% slower on
+// Zen 3 than storing the exps into the gradient rows and rescaling them there.
+inline bool LossRegisterRows(int64_t k) { return kW == 16 && RegisterRows(k); }
 
 // ExpSumRegs2 with NV picked from k (RegisterRows(k) must hold).
 template <typename After, typename Emit>
@@ -511,7 +526,10 @@ inline void ExpSumRegs(const float* x0, const float* x1, int64_t k, float m0, fl
     case 5: return ExpSumRegs2<5>(x0, x1, k, m0, m1, s0, s1, after, emit);
     case 6: return ExpSumRegs2<6>(x0, x1, k, m0, m1, s0, s1, after, emit);
     case 7: return ExpSumRegs2<7>(x0, x1, k, m0, m1, s0, s1, after, emit);
-    default: return ExpSumRegs2<8>(x0, x1, k, m0, m1, s0, s1, after, emit);
+#define MTRL_CASE(n) case n: return ExpSumRegs2<n>(x0, x1, k, m0, m1, s0, s1, after, emit);
+    MTRL_WIDE_ROW_CASES(MTRL_CASE)
+#undef MTRL_CASE
+    default: return ExpSumRegs2<kMaxRowVectors>(x0, x1, k, m0, m1, s0, s1, after, emit);
   }
 }
 

@@ -619,7 +619,7 @@ struct ShiftWeights {
 };
 
 // The sum of the 8 lanes in every lane.
-inline __m256 AllLanesSum8(__m256 v) {
+__attribute__((always_inline)) inline __m256 AllLanesSum8(__m256 v) {
   v = _mm256_add_ps(v, _mm256_permute2f128_ps(v, v, 0x01));
   v = _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
   return _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -986,7 +986,10 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
         case 5: bad = TdTargetPairRows<5>(a, begin, end, c, s, plan); break;
         case 6: bad = TdTargetPairRows<6>(a, begin, end, c, s, plan); break;
         case 7: bad = TdTargetPairRows<7>(a, begin, end, c, s, plan); break;
-        default: bad = TdTargetPairRows<8>(a, begin, end, c, s, plan); break;
+#define MTRL_CASE(n) case n: bad = TdTargetPairRows<n>(a, begin, end, c, s, plan); break;
+        MTRL_WIDE_ROW_CASES(MTRL_CASE)
+#undef MTRL_CASE
+        default: bad = TdTargetPairRows<kMaxRowVectors>(a, begin, end, c, s, plan); break;
       }
       if (bad != 0) __atomic_fetch_add(&job->bad_rows, bad, __ATOMIC_RELAXED);
       return;
@@ -1090,7 +1093,7 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
   const CrossEntropyArgs<T>& a = *job->args;
   const int64_t k = a.num_atoms;
   if constexpr (sizeof(T) == sizeof(float)) {
-    if (a.num_members == 2 && a.grad != nullptr && RegisterRows(k)) {
+    if (a.num_members == 2 && a.grad != nullptr && LossRegisterRows(k)) {
       int64_t bad = 0;
       switch ((k + kW - 1) / kW) {
         case 2: bad = CrossEntropyPairRows<2>(a, begin, end); break;
@@ -1099,7 +1102,10 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
         case 5: bad = CrossEntropyPairRows<5>(a, begin, end); break;
         case 6: bad = CrossEntropyPairRows<6>(a, begin, end); break;
         case 7: bad = CrossEntropyPairRows<7>(a, begin, end); break;
-        default: bad = CrossEntropyPairRows<8>(a, begin, end); break;
+#define MTRL_CASE(n) case n: bad = CrossEntropyPairRows<n>(a, begin, end); break;
+        MTRL_WIDE_ROW_CASES(MTRL_CASE)
+#undef MTRL_CASE
+        default: bad = CrossEntropyPairRows<kMaxRowVectors>(a, begin, end); break;
       }
       if (bad != 0) __atomic_fetch_add(&job->bad_rows, bad, __ATOMIC_RELAXED);
       return;
@@ -1133,7 +1139,7 @@ void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
       }
       bool grad_done = false;
       if constexpr (sizeof(T) == sizeof(float)) {
-        if (a.grad != nullptr && RegisterRows(k)) {  // exps in registers up to the gradient
+        if (a.grad != nullptr && LossRegisterRows(k)) {  // exps in registers up to the gradient
           PairGradientSink grad{y, coef, &sum_y, ex0, ex1};
           ExpSumRegs(x0, x1, k, m0, m1, &s0, &s1, std::ref(grad), std::ref(grad));
           grad_done = true;
