@@ -194,6 +194,23 @@ inline FV FastExpV(FV x) {
   const FV p = ExpPolynomial(r);
   return __builtin_bit_cast(FV, _mm512_scalef_ps(__builtin_bit_cast(__m512, p), __builtin_bit_cast(__m512, n)));
 }
+#elif defined(__AVX2__)
+// AVX2 + FMA: the AVX-512 version's reduction (one ln2 constant, one FMA instead of two: 12
+// operations per 8 lanes instead of 13; 1-4% of each kernel on Zen 3) with 2^n built by the
+// shift below. Same n, r and polynomial as the AVX-512 exp (n may differ only where x / ln2 is
+// exactly halfway between integers: the two shift constants round such ties to different
+// neighbours, both valid).
+inline FV FastExpV(FV x) {
+  const FV lo = Splat(-86.5f);
+  x = x < lo ? lo : x;  // NaN passes through
+  const FV shift = Splat(12582912.0f + 127.0f);
+  const FV t = x * 1.44269504088896341f + shift;
+  const FV n = t - shift;
+  const FV r = x - n * 0.693147180559945309f;
+  const FV p = ExpPolynomial(r);
+  const IV bits = __builtin_bit_cast(IV, t) << 23;  // (n + 127) << 23 = 2^n
+  return p * __builtin_bit_cast(FV, bits);
+}
 #else
 inline FV FastExpV(FV x) {
   const FV lo = Splat(-86.5f);
