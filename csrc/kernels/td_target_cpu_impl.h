@@ -642,7 +642,7 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
   const __m256 mass_hi = _mm256_mul_ps(AllLanesSum8(w.m_hi), vscale);
   __m256 ev_a = zero, ev_b = zero;
   auto out = [&](int64_t i0, int64_t base, __m256i idx, __m256 upper, __m256& ev, __m256 keep,
-                 int clip) {
+                 int clip) __attribute__((always_inline)) {
     const __m256 lo = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base), idx);
     const __m256 hi = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base + kW), idx);
     __m256 acc = _mm256_mul_ps(_mm256_blendv_ps(lo, hi, upper), vscale);
@@ -1087,12 +1087,75 @@ __attribute__((noinline)) int64_t CrossEntropyPairRows(const CrossEntropyArgs<fl
   return bad;
 }
 
+// CrossEntropyChunk's rows for exactly two members with the gradient in the builds whose row
+// pairs do not stay in registers (AVX2 and baseline; LossRegisterRows is false there): the
+// general loop's operations, in its order per sample (bitwise the same results), except that a
+// sample's exps are rescaled into its gradient only after the next sample's exps are stored
+// (software pipelining by one sample). The rescale waits for the sample's sums, log and
+// division, a dependency chain of ~100 cycles; issued right after them it filled the reorder
+// buffer and held up the next sample's independent loads and exps (measured on Zen 3).
+__attribute__((noinline)) int64_t CrossEntropyPairRowsStored(const CrossEntropyArgs<float>& a,
+                                                             int64_t begin, int64_t end) {
+  const int64_t k = a.num_atoms, member = a.batch_size * k;
+  const float batch = static_cast<float>(a.batch_size), unit_coef = 1.0f / batch;
+  int64_t bad = 0;
+  // The sample whose rescale is pending: its gradient rows (holding its exps), target row and
+  // per-row factors sum(y) / s_e * w / B.
+  float* p0 = nullptr;
+  float* p1 = nullptr;
+  const float* py = nullptr;
+  float pscale0 = 0.0f, pscale1 = 0.0f, pcoef = 0.0f;
+  auto rescale = [&]() {
+    for (int64_t j = 0; j < k; ++j) {
+      const float yc = py[j] * pcoef;
+      p0[j] = p0[j] * pscale0 - yc;
+      p1[j] = p1[j] * pscale1 - yc;
+    }
+  };
+  for (int64_t b = begin; b < end; ++b) {
+    const float* y = a.target + b * k;
+    const float w = a.weight != nullptr ? a.weight[b] : 1.0f;
+    const float coef = a.weight != nullptr ? w / batch : unit_coef;
+    const float* x0 = a.online_logits + b * k;
+    const float* x1 = x0 + member;
+    float* g0 = a.grad + b * k;
+    float* g1 = g0 + member;
+    float m0, m1, d0, d1, sum_y, s0, s1;
+    MaxDotSum2(x0, x1, y, k, &m0, &m1, &d0, &d1, &sum_y);
+    ExpSum2(x0, x1, k, m0, m1, g0, g1, &s0, &s1);
+    if (p0 != nullptr) rescale();
+    float log0, log1;
+    Log2(s0, s1, &log0, &log1);
+    const float ce0 = (m0 + log0) * sum_y - d0, ce1 = (m1 + log1) * sum_y - d1;
+    const bool ok = Finite(w) && Finite(m0) && Finite(s0) && Finite(ce0) && Finite(m1) &&
+                    Finite(s1) && Finite(ce1) && Finite(sum_y);
+    float td = 0.0f;
+    td += ce0;
+    td += ce1;
+    if (!ok) {
+      td = NaN<float>();
+      ++bad;
+    }
+    a.td_error[b] = td;
+    p0 = g0, p1 = g1, py = y, pcoef = coef;
+    pscale0 = sum_y / s0 * coef;
+    pscale1 = sum_y / s1 * coef;
+  }
+  if (p0 != nullptr) rescale();
+  return bad;
+}
+
 template <typename T>
 void CrossEntropyChunk(void* ctx, int64_t begin, int64_t end) {
   auto* job = static_cast<CrossEntropyJob<T>*>(ctx);
   const CrossEntropyArgs<T>& a = *job->args;
   const int64_t k = a.num_atoms;
   if constexpr (sizeof(T) == sizeof(float)) {
+    if (kW < 16 && a.num_members == 2 && a.grad != nullptr) {  // AVX2 and baseline builds
+      const int64_t bad = CrossEntropyPairRowsStored(a, begin, end);
+      if (bad != 0) __atomic_fetch_add(&job->bad_rows, bad, __ATOMIC_RELAXED);
+      return;
+    }
     if (a.num_members == 2 && a.grad != nullptr && LossRegisterRows(k)) {
       int64_t bad = 0;
       switch ((k + kW - 1) / kW) {
