@@ -577,11 +577,15 @@ struct ShiftWeights {
     const __m256 clipped = _mm256_or_ps(low, high);
     const __m256 u = _mm256_fmadd_ps(jv, gm1, cf);  // b_j - j - d, in [-1, 1] where not clipped
     jv = _mm256_add_ps(jv, _mm256_set1_ps(static_cast<float>(kW)));
-    const __m256 pu = _mm256_andnot_ps(clipped, _mm256_mul_ps(pj, u));  // clipped: no weight
-    const __m256 w1 = _mm256_max_ps(pu, zero);                           // to bin j + d + 1
+    // Clipped atoms get no weight: their p is zeroed once (the AVX-512 code masks pu and w0; the
+    // weights are the same, +0 in clipped lanes: u is finite, 0 u = -0 at worst and every weight
+    // formed from it below is +0).
+    const __m256 pm = _mm256_andnot_ps(clipped, pj);
+    const __m256 pu = _mm256_mul_ps(pm, u);
+    const __m256 w1 = _mm256_max_ps(pu, zero);  // to bin j + d + 1
     const __m256 apu = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), pu);
-    const __m256 w0 = _mm256_andnot_ps(clipped, _mm256_sub_ps(pj, apu));  // to bin j + d
-    const __m256 wm1 = _mm256_sub_ps(w1, pu);                             // to bin j + d - 1
+    const __m256 w0 = _mm256_sub_ps(pm, apu);  // to bin j + d
+    const __m256 wm1 = _mm256_sub_ps(w1, pu);  // to bin j + d - 1
     m_lo = _mm256_add_ps(m_lo, _mm256_and_ps(low, pj));
     m_hi = _mm256_add_ps(m_hi, _mm256_and_ps(high, pj));
     _mm256_store_ps(t + (q - 1) * kW,
@@ -641,8 +645,9 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
   const __m256 mass_lo = _mm256_mul_ps(AllLanesSum8(w.m_lo), vscale);
   const __m256 mass_hi = _mm256_mul_ps(AllLanesSum8(w.m_hi), vscale);
   __m256 ev_a = zero, ev_b = zero;
-  auto out = [&](int64_t i0, int64_t base, __m256i idx, __m256 upper, __m256& ev, __m256 keep,
-                 int clip) __attribute__((always_inline)) {
+  // keep: nullptr for a whole new vector, else the lanes that enter the expected value.
+  auto out = [&](int64_t i0, int64_t base, __m256i idx, __m256 upper, __m256& ev,
+                 const __m256* keep, int clip) __attribute__((always_inline)) {
     const __m256 lo = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base), idx);
     const __m256 hi = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base + kW), idx);
     __m256 acc = _mm256_mul_ps(_mm256_blendv_ps(lo, hi, upper), vscale);
@@ -651,9 +656,9 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
       acc = _mm256_fmadd_ps(_mm256_load_ps(plan.clip_share[clip][1]), mass_hi, acc);
     }
     _mm256_storeu_ps(y + i0, acc);
-    ev = _mm256_blendv_ps(ev, _mm256_fmadd_ps(_mm256_loadu_ps(atoms + i0), acc, ev), keep);
+    const __m256 sum = _mm256_fmadd_ps(_mm256_loadu_ps(atoms + i0), acc, ev);
+    ev = keep == nullptr ? sum : _mm256_blendv_ps(ev, sum, *keep);
   };
-  const __m256 all = _mm256_castsi256_ps(_mm256_cmpeq_epi32(iota_i, iota_i));
   const int64_t base0 = (-row.d) & ~static_cast<int64_t>(kW - 1);  // floor(-d / kW) kW
   const __m256i idx0 =
       _mm256_add_epi32(iota_i, _mm256_set1_epi32(static_cast<int>(-row.d - base0)));
@@ -662,16 +667,16 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
   int64_t v = 0;
 #pragma GCC unroll 8
   for (; v + 2 <= full; v += 2) {
-    out(v * kW, base0 + v * kW, idx0, upper0, ev_a, all, clip_of(v));
-    out(v * kW + kW, base0 + v * kW + kW, idx0, upper0, ev_b, all, clip_of(v + 1));
+    out(v * kW, base0 + v * kW, idx0, upper0, ev_a, nullptr, clip_of(v));
+    out(v * kW + kW, base0 + v * kW + kW, idx0, upper0, ev_b, nullptr, clip_of(v + 1));
   }
-  if (v < full) out(v * kW, base0 + v * kW, idx0, upper0, ev_a, all, clip_of(v));
+  if (v < full) out(v * kW, base0 + v * kW, idx0, upper0, ev_a, nullptr, clip_of(v));
   if (full < nq) {  // the last vector overlaps the previous one: its new lanes only
     const int64_t src = k - kW - row.d, base = src & ~static_cast<int64_t>(kW - 1);
     const __m256i idx = _mm256_add_epi32(iota_i, _mm256_set1_epi32(static_cast<int>(src - base)));
     const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
         iota_i, _mm256_set1_epi32(static_cast<int>(kW - (k - full * kW)) - 1)));
-    out(k - kW, base, idx, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, seven)), ev_b, keep, 2);
+    out(k - kW, base, idx, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, seven)), ev_b, &keep, 2);
   }
   *expected_value = _mm256_cvtss_f32(AllLanesSum8(_mm256_add_ps(ev_a, ev_b)));
 }
