@@ -550,8 +550,8 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
 // as the AVX-512 code above (bitwise the same bins; the clipped masses and the expected value
 // are reduced over 8 lanes instead of 16, so their rounding differs). AVX2 has no masked
 // arithmetic, no valignd and no vpermt2ps: the masks are vector masks (and / blend), a one-lane
-// rotation across two vectors is vperm2f128 + vpalignr, and an output vector is two vpermps of
-// the two aligned T vectors and a blend. On AMD Zen 3 (K = 101) this replaced the scalar scatter.
+// rotation across two vectors is vperm2f128 + vpalignr, and an output vector is one unaligned
+// load of T (see ShiftOutputs). On AMD Zen 3 (K = 101) this replaced the scalar scatter.
 struct ShiftWeights {
   __attribute__((always_inline)) ShiftWeights(const ShiftRow& row, float* t_row)
       : t_lo(_mm256_set1_ps(row.t_lo)), t_hi(_mm256_set1_ps(row.t_hi)),
@@ -629,9 +629,11 @@ __attribute__((always_inline)) inline __m256 AllLanesSum8(__m256 v) {
   return _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
-// Output bins [i0, i0 + kW) = scale T[i0 - d .. i0 - d + kW) (see the AVX-512 ShiftOutputs): lane L
-// reads lane o + L of the aligned vector at base (o + L < kW) or lane o + L - kW of the next one,
-// i.e. vpermps of both by the same index (its low 3 bits) and a blend on o + L >= kW.
+// Output bins [i0, i0 + kW) = scale T[i0 - d .. i0 - d + kW) (see the AVX-512 ShiftOutputs), read
+// with one unaligned load. It spans two of the T vectors just stored, so it cannot be
+// store-forwarded; on AMD Zen 3 that cost less than the AVX-512 code's aligned loads and permutes
+// (two vpermps and a blend per output vector here: target kernel 1.05x slower). |d| <= K + 1
+// keeps the reads inside the padding of t.
 template <int kFull>
 __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, float scale,
                                                         const float* atoms, int64_t k,
@@ -640,17 +642,14 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
                                                         const GatherPlan& plan) {
   const int64_t full = kFull > 0 ? kFull : k / kW, nq = (k + kW - 1) / kW;
   const __m256 zero = _mm256_setzero_ps(), vscale = _mm256_set1_ps(scale);
-  const __m256i iota_i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i seven = _mm256_set1_epi32(kW - 1);
   const __m256 mass_lo = _mm256_mul_ps(AllLanesSum8(w.m_lo), vscale);
   const __m256 mass_hi = _mm256_mul_ps(AllLanesSum8(w.m_hi), vscale);
+  const float* src = t - row.d;  // bin i of the output is T[i - d]
   __m256 ev_a = zero, ev_b = zero;
   // keep: nullptr for a whole new vector, else the lanes that enter the expected value.
-  auto out = [&](int64_t i0, int64_t base, __m256i idx, __m256 upper, __m256& ev,
-                 const __m256* keep, int clip) __attribute__((always_inline)) {
-    const __m256 lo = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base), idx);
-    const __m256 hi = _mm256_permutevar8x32_ps(_mm256_load_ps(t + base + kW), idx);
-    __m256 acc = _mm256_mul_ps(_mm256_blendv_ps(lo, hi, upper), vscale);
+  auto out = [&](int64_t i0, __m256& ev, const __m256* keep, int clip)
+                 __attribute__((always_inline)) {
+    __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(src + i0), vscale);
     if (clip >= 0) {
       acc = _mm256_fmadd_ps(_mm256_load_ps(plan.clip_share[clip][0]), mass_lo, acc);
       acc = _mm256_fmadd_ps(_mm256_load_ps(plan.clip_share[clip][1]), mass_hi, acc);
@@ -659,24 +658,19 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
     const __m256 sum = _mm256_fmadd_ps(_mm256_loadu_ps(atoms + i0), acc, ev);
     ev = keep == nullptr ? sum : _mm256_blendv_ps(ev, sum, *keep);
   };
-  const int64_t base0 = (-row.d) & ~static_cast<int64_t>(kW - 1);  // floor(-d / kW) kW
-  const __m256i idx0 =
-      _mm256_add_epi32(iota_i, _mm256_set1_epi32(static_cast<int>(-row.d - base0)));
-  const __m256 upper0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx0, seven));
   auto clip_of = [&](int64_t v) { return v == full - 1 ? 1 : (v == 0 ? 0 : -1); };
   int64_t v = 0;
 #pragma GCC unroll 8
   for (; v + 2 <= full; v += 2) {
-    out(v * kW, base0 + v * kW, idx0, upper0, ev_a, nullptr, clip_of(v));
-    out(v * kW + kW, base0 + v * kW + kW, idx0, upper0, ev_b, nullptr, clip_of(v + 1));
+    out(v * kW, ev_a, nullptr, clip_of(v));
+    out(v * kW + kW, ev_b, nullptr, clip_of(v + 1));
   }
-  if (v < full) out(v * kW, base0 + v * kW, idx0, upper0, ev_a, nullptr, clip_of(v));
+  if (v < full) out(v * kW, ev_a, nullptr, clip_of(v));
   if (full < nq) {  // the last vector overlaps the previous one: its new lanes only
-    const int64_t src = k - kW - row.d, base = src & ~static_cast<int64_t>(kW - 1);
-    const __m256i idx = _mm256_add_epi32(iota_i, _mm256_set1_epi32(static_cast<int>(src - base)));
+    const __m256i iota_i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
         iota_i, _mm256_set1_epi32(static_cast<int>(kW - (k - full * kW)) - 1)));
-    out(k - kW, base, idx, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, seven)), ev_b, &keep, 2);
+    out(k - kW, ev_b, &keep, 2);
   }
   *expected_value = _mm256_cvtss_f32(AllLanesSum8(_mm256_add_ps(ev_a, ev_b)));
 }
