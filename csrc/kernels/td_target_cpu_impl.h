@@ -52,14 +52,23 @@ constexpr int64_t kPad = 48;
 // atoms before its start and after its end.
 constexpr int64_t kShiftPad = kMaxAtoms + 64;
 
+// The padded rows of ProjectC51Shift (float): the row T (AVX-512), or its three weight rows (AVX2,
+// see there), kShiftRowStride floats apart.
+constexpr int64_t kShiftRowStride = kMaxAtoms + 2 * kShiftPad;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+constexpr int64_t kShiftRows = 3;
+#else
+constexpr int64_t kShiftRows = 1;
+#endif
+
 template <typename T>
 struct Scratch {
   T atoms[kMaxAtoms];
   alignas(64) T pad0[kMaxAtoms + 2 * kPad];  // buf0 and buf1 (the member mix p): zero padding
   T pad1[kMaxAtoms + 2 * kPad];
   T bpos_pad[kMaxAtoms + 2 * kPad];  // C51 gather: fractional bins (padding: far sentinel)
-  // C51 shift (float only): the row T with its zero padding.
-  alignas(64) T t_pad[sizeof(T) == sizeof(float) ? kMaxAtoms + 2 * kShiftPad : 1];
+  // C51 shift (float only): the row T (AVX2: three weight rows) with its zero padding.
+  alignas(64) T t_pad[sizeof(T) == sizeof(float) ? kShiftRows * kShiftRowStride : 1];
   T* buf0 = pad0 + kPad;  // 64-byte aligned (kPad floats are three cache lines)
   T* t = sizeof(T) == sizeof(float) ? t_pad + kShiftPad : t_pad;
   T* buf1 = pad1 + kPad;
@@ -546,30 +555,22 @@ __attribute__((noinline)) void ProjectC51Shift(const float* p, float scale, cons
   }
 }
 #elif defined(__AVX2__)
-// The AVX2 + FMA form of the same projection (8 lanes): the same weights, sums and order per bin
-// as the AVX-512 code above (bitwise the same bins; the clipped masses and the expected value
-// are reduced over 8 lanes instead of 16, so their rounding differs). AVX2 has no masked
-// arithmetic, no valignd and no vpermt2ps: the masks are vector masks (and / blend), a one-lane
-// rotation across two vectors is vperm2f128 + vpalignr, and an output vector is one unaligned
-// load of T (see ShiftOutputs). On AMD Zen 3 (K = 101) this replaced the scalar scatter.
+// The AVX2 + FMA form of the same projection (8 lanes): the same weights, and per bin the same
+// sum in the same order, as the AVX-512 code above (bitwise the same bins; the clipped masses and
+// the expected value are reduced over 8 lanes instead of 16, so their rounding differs). Instead of
+// forming T in registers (a one-lane rotation across two vectors is two shuffles with AVX2), the
+// weights W_0, W_1, W_-1 of every atom are stored in three rows at atom positions (t, t + S,
+// t + 2 S with S = kShiftRowStride, zero-padded like T) and an output vector reads
+// T[i - d + L] = (W_0[i - d + L] + W_1[i - d + L - 1]) + W_-1[i - d + L + 1] with three unaligned
+// loads. Those loads span vectors just stored and cannot be store-forwarded; on AMD Zen 3 that
+// cost less than the shuffles (4 per vector for T's rotations, 3 per output vector to align T).
 struct ShiftWeights {
   __attribute__((always_inline)) ShiftWeights(const ShiftRow& row, float* t_row)
       : t_lo(_mm256_set1_ps(row.t_lo)), t_hi(_mm256_set1_ps(row.t_hi)),
         gm1(_mm256_set1_ps(row.gm1)), cf(_mm256_set1_ps(row.cf)),
         jv(__builtin_bit_cast(__m256, LaneIndex())), t(t_row) {}
 
-  static __m256 ShiftW1(__m256 cur, __m256 prev) {  // lane L: lane L - 1 of (prev, cur)
-    const __m256 mid = _mm256_permute2f128_ps(prev, cur, 0x21);  // prev[4..7], cur[0..3]
-    return _mm256_castsi256_ps(
-        _mm256_alignr_epi8(_mm256_castps_si256(cur), _mm256_castps_si256(mid), 12));
-  }
-  static __m256 ShiftWm1(__m256 next, __m256 cur) {  // lane L: lane L + 1 of (cur, next)
-    const __m256 mid = _mm256_permute2f128_ps(cur, next, 0x21);  // cur[4..7], next[0..3]
-    return _mm256_castsi256_ps(
-        _mm256_alignr_epi8(_mm256_castps_si256(mid), _mm256_castps_si256(cur), 4));
-  }
-
-  // Atoms [kW q, kW q + kW) with masses pj; stores T_{q-1}.
+  // Atoms [kW q, kW q + kW) with masses pj: their weights to the rows.
   __attribute__((always_inline)) void Step(int64_t q, __m256 pj) {
     const __m256 zero = _mm256_setzero_ps();
     const __m256 low = _mm256_cmp_ps(jv, t_lo, _CMP_LE_OQ);
@@ -588,13 +589,9 @@ struct ShiftWeights {
     const __m256 wm1 = _mm256_sub_ps(w1, pu);  // to bin j + d - 1
     m_lo = _mm256_add_ps(m_lo, _mm256_and_ps(low, pj));
     m_hi = _mm256_add_ps(m_hi, _mm256_and_ps(high, pj));
-    _mm256_store_ps(t + (q - 1) * kW,
-                    _mm256_add_ps(_mm256_add_ps(w0_prev, ShiftW1(w1_prev, w1_prev2)),
-                                  ShiftWm1(wm1, wm1_prev)));
-    w0_prev = w0;
-    w1_prev2 = w1_prev;
-    w1_prev = w1;
-    wm1_prev = wm1;
+    _mm256_store_ps(t + q * kW, w0);
+    _mm256_store_ps(t + kShiftRowStride + q * kW, w1);
+    _mm256_store_ps(t + 2 * kShiftRowStride + q * kW, wm1);
   }
   // The atoms [kW full, K) from the last vector of the row (atoms K - kW .. K - 1), K % kW != 0.
   __attribute__((always_inline)) void Last(int64_t k, __m256 p_last) {
@@ -605,20 +602,11 @@ struct ShiftWeights {
         _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), iota_i));
     Step(full, _mm256_and_ps(keep, _mm256_permutevar8x32_ps(p_last, idx)));
   }
-  // After the last Step: T_{nq - 1} (no atoms above) and T_nq (W_1 of the last atom only).
-  __attribute__((always_inline)) void Finish(int64_t nq) {
-    const __m256 zero = _mm256_setzero_ps();
-    _mm256_store_ps(t + (nq - 1) * kW,
-                    _mm256_add_ps(_mm256_add_ps(w0_prev, ShiftW1(w1_prev, w1_prev2)),
-                                  ShiftWm1(zero, wm1_prev)));
-    _mm256_store_ps(t + nq * kW, ShiftW1(zero, w1_prev));
-  }
+  __attribute__((always_inline)) void Finish(int64_t) {}  // the rows are complete
 
   __m256 t_lo, t_hi, gm1, cf;
   __m256 jv;  // atom indices of the next vector
   __m256 m_lo = _mm256_setzero_ps(), m_hi = _mm256_setzero_ps();  // clipped masses
-  __m256 w0_prev = _mm256_setzero_ps(), w1_prev = _mm256_setzero_ps();
-  __m256 w1_prev2 = _mm256_setzero_ps(), wm1_prev = _mm256_setzero_ps();
   float* t;
 };
 
@@ -629,11 +617,9 @@ __attribute__((always_inline)) inline __m256 AllLanesSum8(__m256 v) {
   return _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
-// Output bins [i0, i0 + kW) = scale T[i0 - d .. i0 - d + kW) (see the AVX-512 ShiftOutputs), read
-// with one unaligned load. It spans two of the T vectors just stored, so it cannot be
-// store-forwarded; on AMD Zen 3 that cost less than the AVX-512 code's aligned loads and permutes
-// (two vpermps and a blend per output vector here: target kernel 1.05x slower). |d| <= K + 1
-// keeps the reads inside the padding of t.
+// Output bins [i0, i0 + kW) = scale T[i0 - d .. i0 - d + kW) (see the AVX-512 ShiftOutputs), T
+// summed from the three weight rows (see ShiftWeights). |d| <= K + 1 keeps the reads inside the
+// rows' padding.
 template <int kFull>
 __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, float scale,
                                                         const float* atoms, int64_t k,
@@ -644,12 +630,18 @@ __attribute__((always_inline)) inline void ShiftOutputs(const ShiftWeights& w, f
   const __m256 zero = _mm256_setzero_ps(), vscale = _mm256_set1_ps(scale);
   const __m256 mass_lo = _mm256_mul_ps(AllLanesSum8(w.m_lo), vscale);
   const __m256 mass_hi = _mm256_mul_ps(AllLanesSum8(w.m_hi), vscale);
-  const float* src = t - row.d;  // bin i of the output is T[i - d]
+  // Bin i of the output: W_0[i - d], W_1[i - d - 1], W_-1[i - d + 1].
+  const float* w0 = t - row.d;
+  const float* w1 = t + kShiftRowStride - row.d - 1;
+  const float* wm1 = t + 2 * kShiftRowStride - row.d + 1;
   __m256 ev_a = zero, ev_b = zero;
   // keep: nullptr for a whole new vector, else the lanes that enter the expected value.
   auto out = [&](int64_t i0, __m256& ev, const __m256* keep, int clip)
                  __attribute__((always_inline)) {
-    __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(src + i0), vscale);
+    const __m256 tv = _mm256_add_ps(
+        _mm256_add_ps(_mm256_loadu_ps(w0 + i0), _mm256_loadu_ps(w1 + i0)),
+        _mm256_loadu_ps(wm1 + i0));
+    __m256 acc = _mm256_mul_ps(tv, vscale);
     if (clip >= 0) {
       acc = _mm256_fmadd_ps(_mm256_load_ps(plan.clip_share[clip][0]), mass_lo, acc);
       acc = _mm256_fmadd_ps(_mm256_load_ps(plan.clip_share[clip][1]), mass_hi, acc);
@@ -976,6 +968,10 @@ void TdTargetChunk(void* ctx, int64_t begin, int64_t end) {
   int64_t bad = 0;
   if constexpr (sizeof(T) == sizeof(float)) {
     for (int64_t j = 0; j < k + 64; ++j) s.t[-1 - j] = s.t[k + j] = T(0);
+    for (int64_t row = 1; row < kShiftRows; ++row) {  // AVX2: the rows of W_1 and W_-1
+      T* t = s.t + row * kShiftRowStride;
+      for (int64_t j = 0; j < k + 64; ++j) t[-1 - j] = t[k + j] = T(0);
+    }
     if (a.num_members == 2 && a.combine == Combine::kMean &&
         a.projection == Projection::kC51 && RegisterRows(k)) {
       switch ((k + kW - 1) / kW) {
