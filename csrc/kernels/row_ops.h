@@ -50,6 +50,8 @@ inline FV Select(IV mask, FV a, FV b) { return mask ? a : b; }
 inline FV MaxOrSecond(FV a, FV b) {
 #if defined(__AVX512F__)
   return __builtin_bit_cast(FV, _mm512_max_ps(__builtin_bit_cast(__m512, a), __builtin_bit_cast(__m512, b)));
+#elif defined(__AVX2__)  // the same for vmaxps on 8 lanes (GCC emitted compare + blend here too)
+  return __builtin_bit_cast(FV, _mm256_max_ps(__builtin_bit_cast(__m256, a), __builtin_bit_cast(__m256, b)));
 #else
   return a > b ? a : b;
 #endif
@@ -201,8 +203,7 @@ inline FV FastExpV(FV x) {
 // exactly halfway between integers: the two shift constants round such ties to different
 // neighbours, both valid).
 inline FV FastExpV(FV x) {
-  const FV lo = Splat(-86.5f);
-  x = x < lo ? lo : x;  // NaN passes through
+  x = MaxOrSecond(Splat(-86.5f), x);  // x < -86.5 ? -86.5 : x in one vmaxps; NaN passes through
   const FV shift = Splat(12582912.0f + 127.0f);
   const FV t = x * 1.44269504088896341f + shift;
   const FV n = t - shift;
