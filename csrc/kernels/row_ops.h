@@ -453,8 +453,16 @@ __attribute__((always_inline)) inline void MaxExpSumRegs2(const float* x0, const
   *m1 = Horizontal(MaxV(ma1, mb1), MaxV);
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
-    e[v] = FastExpV(e[v] - *m0);
-    f[v] = FastExpV(f[v] - *m1);
+    if constexpr (kW == 8) {
+      // AVX2: the rows are loaded again (a load is cheap) rather than kept from the max sweep: with
+      // 8 lanes a pair's vectors do not fit the registers and would be spilled (a store and a load).
+      const int64_t j = v < full ? v * kW : k - kW;
+      e[v] = FastExpV(LoadV(x0 + j) - *m0);
+      f[v] = FastExpV(LoadV(x1 + j) - *m1);
+    } else {
+      e[v] = FastExpV(e[v] - *m0);
+      f[v] = FastExpV(f[v] - *m1);
+    }
   }
   SumEmitRegs2<NV>(e, f, k, s0, s1, after, emit);
 }
