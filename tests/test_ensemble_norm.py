@@ -105,6 +105,32 @@ def _numpy_kernels(y, params, residual, grad, epilogue, with_params, threads, ma
 
 
 @pytest.mark.parametrize("max_isa", [0, 1, 2])
+@pytest.mark.parametrize("epilogue", [0, 1, 2])
+def test_forward_rows_do_not_depend_on_how_they_are_grouped(epilogue, max_isa):
+    """The forward interleaves a few rows per step (how many depends on the build and the
+    epilogue: csrc/nn/ensemble_norm_impl.h); each row's output and statistics must be bit for bit
+    those of the row computed alone."""
+    members, rows, width = 2, 11, 515  # odd rows: full groups and the remainder rows
+    y, params, residual, _ = make(members, rows, width, seed=3)
+    p = [t.reshape(members, width).numpy() for t in params]
+
+    def forward(y_, res_):
+        out = np.empty(y_.shape, np.float32)
+        mean = np.empty(y_.shape[:2], np.float32)
+        rstd = np.empty(y_.shape[:2], np.float32)
+        _core._ensemble_norm_forward(np.ascontiguousarray(y_), *p,
+                                     np.ascontiguousarray(res_) if epilogue == 2 else None,
+                                     epilogue, EPS, out, mean, rstd, 1, max_isa=max_isa)
+        return out, mean, rstd
+
+    whole = forward(y.numpy(), residual.numpy())
+    for r in range(rows):
+        alone = forward(y.numpy()[:, r:r + 1], residual.numpy()[:, r:r + 1])
+        for a, b in zip(alone, whole):
+            np.testing.assert_array_equal(a, b[:, r:r + 1])
+
+
+@pytest.mark.parametrize("max_isa", [0, 1, 2])
 @pytest.mark.parametrize("epilogue,with_params", [(1, True), (2, True), (1, False), (0, True)])
 @pytest.mark.parametrize("shape", [(2, 131, 515), (1, 5, 7), (2, 64, 48)])
 def test_every_instruction_set_build_matches_the_reference(shape, epilogue, with_params, max_isa):
