@@ -107,9 +107,9 @@ def _numpy_kernels(y, params, residual, grad, epilogue, with_params, threads, ma
 @pytest.mark.parametrize("max_isa", [0, 1, 2])
 @pytest.mark.parametrize("epilogue", [0, 1, 2])
 def test_forward_rows_do_not_depend_on_how_they_are_grouped(epilogue, max_isa):
-    """The forward interleaves a few rows per step (how many depends on the build and the
-    epilogue: csrc/nn/ensemble_norm_impl.h); each row's output and statistics must be bit for bit
-    those of the row computed alone."""
+    """The forward interleaves several rows per step (kForwardRows, csrc/nn/ensemble_norm_impl.h:
+    a tuning knob); each row's output and statistics must be bit for bit those of the row
+    computed alone, whatever the grouping."""
     members, rows, width = 2, 11, 515  # odd rows: full groups and the remainder rows
     y, params, residual, _ = make(members, rows, width, seed=3)
     p = [t.reshape(members, width).numpy() for t in params]

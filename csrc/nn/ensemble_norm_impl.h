@@ -147,18 +147,8 @@ struct ForwardCtx {
 inline const float* YOf(const ForwardCtx& c, float) { return c.y; }
 inline const uint16_t* YOf(const ForwardCtx& c, uint16_t) { return c.y_bf; }
 
-// Rows interleaved per step of the forward (see ForwardRows): more rows hide more latency but
-// keep more streams (y, out and the residual of each row) in flight through L1. 4 everywhere but
-// the AVX2 build, tuned on Intel with AVX-512 (48 KB L1d, 2 MB L2). The AVX2 build, measured on
-// AMD Zen 3 (32 KB L1d, 512 KB L2; benchmarks/RESULTS.md "Twelfth session"), is fastest with 2
-// rows for the ReLU epilogue and 1 for the residual one (three streams per row). Each row's
-// arithmetic is the same for any grouping, so the results are too (bit for bit).
-constexpr int kForwardRows = 4;  // the most rows of any step (scratch size)
-template <NormEpilogue kEpilogue>
-constexpr int ForwardRowsPerStep() {
-  if (kW != 8) return kForwardRows;
-  return kEpilogue == NormEpilogue::kResidual ? 1 : 2;
-}
+// Rows interleaved per step of the forward (see ForwardRows).
+constexpr int kForwardRows = 4;
 
 template <NormEpilogue kEpilogue, typename Y>
 void ForwardRange(const ForwardCtx& c, int64_t begin, int64_t end) {
@@ -178,11 +168,10 @@ void ForwardRange(const ForwardCtx& c, int64_t begin, int64_t end) {
     const int64_t stop = std::min(end, (e + 1) * rows);  // this member's rows
     const float *b = c.bias + e * w, *g = c.gamma + e * w, *be = c.beta + e * w;
     auto res = [&] { return kEpilogue == NormEpilogue::kResidual ? c.residual + r * w : nullptr; };
-    constexpr int kRows = ForwardRowsPerStep<kEpilogue>();
-    for (; r + kRows <= stop; r += kRows) {
-      ForwardRows<kEpilogue, kRows>(y + r * w, b, g, be, res(), c.eps, w, out(r), out_bf(r),
-                                    c.mean + r, c.rstd + r,
-                                    std::min<int64_t>(kRows, end - r - kRows));
+    for (; r + kForwardRows <= stop; r += kForwardRows) {
+      ForwardRows<kEpilogue, kForwardRows>(y + r * w, b, g, be, res(), c.eps, w, out(r),
+                                           out_bf(r), c.mean + r, c.rstd + r,
+                                           std::min<int64_t>(kForwardRows, end - r - kForwardRows));
     }
     for (; r < stop; ++r) {
       ForwardRows<kEpilogue, 1>(y + r * w, b, g, be, res(), c.eps, w, out(r), out_bf(r),
