@@ -20,20 +20,27 @@ def _set_grads(params, seed):
         p.grad = torch.randn(p.shape, generator=gen) * 0.1
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_matches_torch_adamw_and_polyak(threads):
-    torch.set_num_threads(threads)
-    ours, ref = _params(0), _params(0)
+def _steps_against_torch(seed, steps, **ref_kwargs):
+    """FusedAdamW + Polyak next to torch's AdamW + mtrl.math.polyak_update on equal parameters and
+    gradients; yields (ours, ref, targets, ref_targets, opt, ref_opt) after every step."""
+    ours, ref = _params(seed), _params(seed)
     targets = [p.detach().clone() + 0.5 for p in ours]
     ref_targets = [t.clone() for t in targets]
     opt = FusedAdamW(ours, lr=3e-3, weight_decay=1e-2)
-    ref_opt = torch.optim.AdamW(ref, lr=3e-3, weight_decay=1e-2)
-    for step in range(7):
+    ref_opt = torch.optim.AdamW(ref, lr=3e-3, weight_decay=1e-2, **ref_kwargs)
+    for step in range(steps):
         _set_grads(ours, step)
         _set_grads(ref, step)
         opt.step_with_polyak(targets, 0.005)
         ref_opt.step()
         brc_math.polyak_update(ref_targets, ref, 0.005)
+        yield ours, ref, targets, ref_targets, opt, ref_opt
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_torch_adamw_and_polyak(threads):
+    torch.set_num_threads(threads)
+    for ours, ref, targets, ref_targets, opt, ref_opt in _steps_against_torch(0, 7):
         for p, r in zip(ours, ref):
             torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
         for t, r in zip(targets, ref_targets):
@@ -249,16 +256,6 @@ def test_fused_kernel_step_leaves_other_cases_to_torch():
 def test_fused_adamw_off_the_one_pass_path_is_torchs_step_bit_for_bit(monkeypatch):
     # What a CUDA agent runs (the one-pass step is CPU-only): torch's fused kernels, directly.
     monkeypatch.setattr(FusedAdamW, "_step_in_one_pass", lambda self, targets, tau: False)
-    ours, ref = _params(6), _params(6)
-    targets = [p.detach().clone() + 0.5 for p in ours]
-    ref_targets = [t.clone() for t in targets]
-    opt = FusedAdamW(ours, lr=3e-3, weight_decay=1e-2)
-    ref_opt = torch.optim.AdamW(ref, lr=3e-3, weight_decay=1e-2, fused=True)
-    for step in range(4):
-        _set_grads(ours, step)
-        _set_grads(ref, step)
-        opt.step_with_polyak(targets, 0.005)
-        ref_opt.step()
-        brc_math.polyak_update(ref_targets, ref, 0.005)
+    for ours, ref, targets, ref_targets, opt, ref_opt in _steps_against_torch(6, 4, fused=True):
         assert all(torch.equal(p, r) for p, r in zip(ours, ref))
         assert all(torch.equal(t, r) for t, r in zip(targets, ref_targets))
