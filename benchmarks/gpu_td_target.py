@@ -16,7 +16,9 @@ The target is timed on three input sets of the same size, side by side:
   - "scan": discount 0.9, mask 1, rewards N(0.05, 3^2): (almost) every row takes the scan
     projection ((1 - 0.9)(K - 1) > 2 and few rows are clipped enough to fit the shift).
 The share of rows on the shift path is computed on the host by ``shift_rows`` (the kernel's
-PlanShift in float64) and printed. The last line is ``RESULT {json}``.
+PlanShift in float64) and printed. Each set is also checked and timed with the target kernel's
+other row layouts forced (16 and 32 lanes per row; the default is 8 for K <= 128), printed in a
+second table. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from mtrl.ops import (
     categorical_td_target,
     categorical_td_target_reference,
 )
+from mtrl.ops import _kernels
 from mtrl.ops.shift_plan import shift_rows
 
 E = 2
+FORCED_LANES = (16, 32)  # row layouts timed beside the launcher's choice
 
 
 def make_inputs(b, k, dtype, seed):
@@ -169,6 +173,7 @@ def main() -> None:
     atoms = [101] if args.quick else [51, 101]
     result = {"device": device, "copy_bandwidth_gbs": round(copy_bw, 1), "parity_ok": True}
     sets = ("brc", "shift", "scan")
+    layouts = []  # lines of the forced-layout table
     print(f"device: {device}; measured copy bandwidth {copy_bw:.0f} GB/s; E = {E}")
     print("target us (%copy) per input set: brc = discount 0.99, 70% mask 1; shift = 0.99, mask 1; "
           "scan = discount 0.9; [share of rows on the shift path]")
@@ -195,11 +200,21 @@ def main() -> None:
                     logits, reward, mask, discount, entropy = inputs
                     rows = shift_rows(reward, mask, discount, entropy, k)
                     shares[set_name] = rows.float().mean().item()
-                    t_sets[set_name] = graph_time_us(lambda: categorical_td_target(
-                        logits, reward, mask, discount, entropy, check_finite=False))
-                    pct = 100 * bytes_target / (t_sets[set_name] * 1e-6) / 1e9 / copy_bw
-                    result[f"target_{set_name}_us_{key}"] = round(t_sets[set_name], 2)
-                    result[f"target_{set_name}_pct_copy_bw_{key}"] = round(pct, 1)
+                    for lanes in (0, *FORCED_LANES):
+                        _kernels.CUDA_TARGET_ROW_LANES = lanes
+                        tag = "" if lanes == 0 else f"_lanes{lanes}"
+                        if lanes:
+                            set_ok, set_errors = check_target_parity(*inputs)
+                            ok &= set_ok
+                            errors.update({f"{set_name}{tag}_{n}": v
+                                           for n, v in set_errors.items()})
+                        t = graph_time_us(lambda: categorical_td_target(
+                            logits, reward, mask, discount, entropy, check_finite=False))
+                        pct = 100 * bytes_target / (t * 1e-6) / 1e9 / copy_bw
+                        result[f"target_{set_name}{tag}_us_{key}"] = round(t, 2)
+                        result[f"target_{set_name}{tag}_pct_copy_bw_{key}"] = round(pct, 1)
+                    _kernels.CUDA_TARGET_ROW_LANES = 0
+                    t_sets[set_name] = result[f"target_{set_name}_us_{key}"]
                     result[f"target_{set_name}_shift_rows_{key}"] = round(shares[set_name], 3)
                 result["parity_ok"] &= ok
                 logits, reward, mask, entropy, online = make_inputs(b, k, dtype, seed=1)
@@ -225,6 +240,10 @@ def main() -> None:
                       f"{100 * bw_l / copy_bw:3.0f} | {t_ref:12.1f} | {share_txt:>10} | "
                       f"{'ok' if ok else 'FAIL'} {max(errors.values()):.1e} | "
                       f"{t_copy:8.1f} {copy_pct:3.0f}")
+                layouts.append(f"{name:>9} {b:>6} {k:>4} | " + " | ".join(
+                    " ".join(f"{result[f'target_{n}_lanes{lanes}_us_{key}']:9.1f} "
+                             f"{result[f'target_{n}_lanes{lanes}_pct_copy_bw_{key}']:3.0f}"
+                             for n in sets) for lanes in FORCED_LANES))
                 if not ok:
                     print("  parity errors: "
                           + ", ".join(f"{n} {v:.1e}" for n, v in errors.items()))
@@ -236,6 +255,9 @@ def main() -> None:
                 result[f"ref_eager_fwdbwd_us_{key}"] = round(t_ref, 1)
                 result[f"copy_target_bytes_us_{key}"] = round(t_copy, 2)
                 result[f"copy_target_bytes_pct_copy_bw_{key}"] = round(copy_pct, 1)
+    print(f"\nthe same sets with the row layout forced (target us %copy; parity checked): "
+          + " | ".join(f"{lanes} lanes per row: {' '.join(sets)}" for lanes in FORCED_LANES))
+    print("\n".join(layouts))
     print("RESULT " + json.dumps(result))
 
 

@@ -515,6 +515,10 @@ def test_cuda_entry_points_fail_cleanly_without_a_device():
     with pytest.raises(ValueError, match=r"K must be in \[2, 4096\], got 1") if mtrl.cuda_built() \
             else pytest.raises(RuntimeError, match="mtrl was built without CUDA"):
         _core._td_target_cuda(1, 0, 2, 8, 1, 1, 1, 0, 0.99, 0, 1, 1, 1, -10.0, 10.0, 0, 0, 0.0, 0, 0)
+    if mtrl.cuda_built():  # checked before any CUDA call, so safe with fake pointers
+        with pytest.raises(ValueError, match=r"row_lanes must be 0 \(auto\), 8, 16 or 32, got 4"):
+            _core._td_target_cuda(1, 0, 2, 8, 11, 1, 1, 0, 0.99, 0, 1, 1, 1, -10.0, 10.0, 0, 0, 0.0,
+                                  0, 0, 4)
     if mtrl.cuda_built() and _core.cuda_device_count() > 0:
         pytest.skip("a CUDA device is present: launching with fake pointers would be unsafe")
     # Built without CUDA: the documented RuntimeError. Built with CUDA but no driver/device: the

@@ -6,6 +6,8 @@ discount 0.99, mask 1 and K <= 101, since (1 - 0.99)(K - 1) <= 1), the terminal 
 0 or discount 0), and the segmented-scan path (discounts far from 1). The kernels' row test is
 `mtrl.ops.shift_plan.shift_rows`, so the tests can check that the paths are exercised. Member
 softmax runs with the row in registers for K <= 256 and through shared memory above (K = 513).
+A row is owned by 8 lanes for K <= 128, 16 for K <= 256, a warp above; the other tests run that
+default layout, and test_cuda_every_row_layout_matches_float64 forces each layout on every path.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mtrl.ops import (
     categorical_td_target,
     categorical_td_target_reference,
 )
+from mtrl.ops import _kernels
 from mtrl.ops.shift_plan import shift_rows
 
 pytestmark = [
@@ -283,3 +286,38 @@ def test_cuda_nonfinite_count_only_when_read():
         target, value = categorical_td_target(bad, reward, mask, 0.99, entropy, check_finite=False)
         assert torch.isnan(target[5]).all() and torch.isnan(value[5])
         assert torch.isfinite(target[torch.arange(64, device="cuda") != 5]).all()
+
+
+@pytest.mark.parametrize("k", [2, 11, 51, 101, 128, 129, 201, 256, 513])
+@pytest.mark.parametrize("projection", ["c51", "hl_gauss"])
+def test_cuda_every_row_layout_matches_float64(k, projection, monkeypatch):
+    """8, 16 and 32 lanes per row (a forced group falls back to a warp where K > 16 lanes) give
+    the reference's target on every path in one launch: per-sample discounts put rows on the shift
+    (0.99, 1.0), scan (0.9, 0.5), terminal (0, or mask 0) and serial (-0.5) projections, side by
+    side in the same warps; B = 1001 leaves a partial last block."""
+    b = 1001
+    gen = torch.Generator().manual_seed(k + 41)
+    logits, reward, mask, _, entropy = make_inputs(2, b, k, seed=k + 40)
+    choices = torch.tensor([0.99, 1.0, 0.9, 0.5, 0.0, -0.5])
+    discount = choices[torch.randint(0, len(choices), (b,), generator=gen)].cuda()
+    results = []
+    for lanes in (8, 16, 32):
+        monkeypatch.setattr(_kernels, "CUDA_TARGET_ROW_LANES", lanes)
+        for combine in ("mean", "min"):
+            target, value = categorical_td_target(logits, reward, mask, discount, entropy,
+                                                  combine=combine, projection=projection)
+            as64 = [t.double() for t in (logits, reward, mask, discount, entropy)]
+            ref_t, ref_v = categorical_td_target_reference(*as64, v_min=-10.0, v_max=10.0,
+                                                           combine=combine, projection=projection)
+            torch.testing.assert_close(target.double(), ref_t, atol=3e-5 if k <= 256 else 1e-4,
+                                       rtol=0)
+            torch.testing.assert_close(value.double(), ref_v, atol=1e-4, rtol=1e-5)
+            # The serial scatter of g < 0 rows adds K float32 terms one by one in atom order:
+            # at K = 256 its rounding reaches 1e-6 (the CPU kernel's too); 1e-6 on all others.
+            row_tol = torch.where(discount < 0, 2e-6, 1e-6).double()
+            assert ((target.double().sum(-1) - 1).abs() <= row_tol).all()
+            results.append((target, value))
+    # The layouts differ only in the order of their float sums (results: mean, min per layout).
+    for i, (target, value) in enumerate(results[2:], start=2):
+        torch.testing.assert_close(target, results[i % 2][0], atol=2e-6, rtol=0)
+        torch.testing.assert_close(value, results[i % 2][1], atol=1e-5, rtol=1e-6)

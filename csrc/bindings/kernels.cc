@@ -329,7 +329,7 @@ void TdTargetCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64
                          double discount_value, uintptr_t entropy, uintptr_t target,
                          uintptr_t expected_value, uintptr_t nonfinite_count, double v_min,
                          double v_max, int combine, int projection, double sigma, int device,
-                         uintptr_t stream) {
+                         uintptr_t stream, int row_lanes) {
 #ifdef MTRL_WITH_CUDA
   CheckTdTargetSizes(num_members, batch_size, num_atoms, v_min, v_max, sigma);
   if (combine != 0 && combine != 1) throw std::invalid_argument("combine must be 0 (mean) or 1 (min)");
@@ -337,6 +337,10 @@ void TdTargetCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64
     throw std::invalid_argument("projection must be 0 (c51) or 1 (hl_gauss)");
   }
   if (projection == 1 && !(sigma > 0.0)) throw std::invalid_argument("HL-Gauss needs sigma > 0");
+  if (row_lanes != 0 && row_lanes != 8 && row_lanes != 16 && row_lanes != 32) {
+    throw std::invalid_argument("row_lanes must be 0 (auto), 8, 16 or 32, got " +
+                                std::to_string(row_lanes));
+  }
   TdTargetCudaArgs a;
   a.target_logits = DevicePtr<const void>(logits, "target_logits");
   a.dtype = CheckDType(dtype);
@@ -356,6 +360,7 @@ void TdTargetCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64
   a.target = DevicePtr<float>(target, "target");
   a.expected_value = DevicePtr<float>(expected_value, "expected_value");
   a.nonfinite_count = DevicePtr<int32_t>(nonfinite_count, "nonfinite_count", false);  // optional
+  a.row_lanes = row_lanes;
   a.device = device;
   a.stream = reinterpret_cast<void*>(stream);
   // Only enqueues work on the stream; touches no Python object.
@@ -365,7 +370,7 @@ void TdTargetCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64
   (void)logits, (void)dtype, (void)num_members, (void)batch_size, (void)num_atoms, (void)reward;
   (void)mask, (void)discount, (void)discount_value, (void)entropy, (void)target;
   (void)expected_value, (void)nonfinite_count, (void)v_min, (void)v_max, (void)combine;
-  (void)projection, (void)sigma, (void)device, (void)stream;
+  (void)projection, (void)sigma, (void)device, (void)stream, (void)row_lanes;
   throw std::runtime_error("mtrl was built without CUDA");
 #endif
 }
@@ -437,9 +442,10 @@ void RegisterKernels(py::module_& m) {
         py::arg("mask"), py::arg("discount"), py::arg("discount_value"), py::arg("entropy"),
         py::arg("target"), py::arg("expected_value"), py::arg("nonfinite_count"), py::arg("v_min"),
         py::arg("v_max"), py::arg("combine"), py::arg("projection"), py::arg("sigma"),
-        py::arg("device"), py::arg("stream"),
+        py::arg("device"), py::arg("stream"), py::arg("row_lanes") = 0,
         "Enqueue the CUDA TD target (device pointers as integers; 0 = absent optional input) on "
-        "`stream`. RuntimeError when mtrl was built without CUDA.");
+        "`stream`. row_lanes: lanes per row of the kernel (0 chooses; 8, 16 or 32 force a layout "
+        "where the row fits; same results). RuntimeError when mtrl was built without CUDA.");
   m.def("_cross_entropy_cuda", &CrossEntropyCudaBinding, py::arg("online_logits"),
         py::arg("dtype"), py::arg("num_members"), py::arg("batch_size"), py::arg("num_atoms"),
         py::arg("target"), py::arg("weight"), py::arg("td_error"), py::arg("grad"),

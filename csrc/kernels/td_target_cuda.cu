@@ -1,26 +1,31 @@
 // CUDA fused categorical TD target and cross-entropy (see td_target_cuda.h; semantics td_target.h).
 //
-// TD target: a warp per row from start to finish (8 rows per block, three [K + 1] shared tiles per
-// row), so warps never wait on each other and the SM hides one row's load latency behind others'
-// arithmetic. Softmax of each member (for K <= 256 with the row in registers, KPL logits per lane;
+// TD target: each row is owned, start to finish, by one group of G lanes of a warp: G = 8 for
+// K <= 128 (BRC's 101 atoms: 13 per lane, four rows per warp), 16 for K <= 256, the whole warp
+// (G = 32) above. A group's shuffles and syncs name only its own lanes, so the rows of one warp
+// may take different paths, and no warp ever waits for another. Small groups keep a row's atoms
+// in a lane's registers (13 independent loads in flight per member instead of 4), fill 104 of
+// their slots instead of 128 at K = 101, and share every per-row step (the reductions, now 3
+// shuffle levels instead of 5, and the projection's plan) among four rows per instruction.
+// Per row: softmax of each member (for K <= 16 G with the row in registers, KPL logits per lane;
 // above that through shared memory with 4 loads in flight per lane), combined (mean, or the
 // min-expected-value member) into the row p in shared memory; then the C51 projection,
-// deterministic and without atomics, by one of three warp-parallel paths:
+// deterministic and without atomics, by one of three group-parallel paths:
 //  - shift (g = discount * mask > 0 and close to 1, as BRC's 0.99 with mask 1): the bins are affine
 //    in the atom index, b_j = c + g j, so with one integer d per row every unclipped atom j lands
 //    on bins j + d - 1, j + d, j + d + 1 only; each lane gathers its output bins i from the three
 //    atoms i - d - 1, i - d, i - d + 1 with the hat weights max(0, 1 - |b_j - i|), and the masses
-//    of the atoms clipped at v_min / v_max (a warp sum per end that clips) go to bins 0 / K - 1.
+//    of the atoms clipped at v_min / v_max (a group sum per end that clips) go to bins 0 / K - 1.
 //    No scans, no division per atom, the same cost whatever the clipping. For K >= 16 the same
 //    rows take this path as take the CPU kernel's ProjectC51Shift (td_target_cpu_impl.h,
 //    PlanShift; the CPU declines K < 16 for its vector width, the GPU does not);
 //  - terminal (g = 0, mask 0): every atom lands on clip(r); the row's total goes to two bins;
 //  - scan (every other g >= 0: discounts far from 1): the bins low_j are non-decreasing in
-//    j, so 32 source atoms at a time a segmented warp scan sums each run of atoms sharing a bin and
-//    one lane adds it.
-// HL-Gauss is a warp-parallel erf histogram. Cross-entropy: a warp per sample, all members, with the
-// sample's target and logits held in registers for K <= 256; the gradient is written in the same
-// pass, and the loss is reduced by a second one-block kernel in a fixed order.
+//    j, so G source atoms at a time a segmented group scan sums each run of atoms sharing a bin
+//    and one lane adds it.
+// HL-Gauss is a group-parallel erf histogram. Cross-entropy: a warp per sample, all members, with
+// the sample's target and logits held in registers for K <= 256; the gradient is written in the
+// same pass, and the loss is reduced by a second one-block kernel in a fixed order.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -33,7 +38,7 @@ namespace mtrl {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kTargetRows = 8;  // rows (warps) per block of the target kernel
+constexpr int kTargetThreads = 256;  // threads per block of the target kernel (8 warps)
 constexpr int kLossThreads = 256;
 constexpr int kSharedBytes = 48 * 1024;
 
@@ -54,6 +59,34 @@ __device__ __forceinline__ float WarpMax(float v) {
   for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+
+// The G lanes (G divides 32) that own one row of the target kernel: lane = 0 .. G - 1 within the
+// group; mask names exactly the group's lanes of the warp, so a group may branch apart from the
+// others (every lane of a group always takes the same branch: the branches depend on the row only).
+template <int G>
+struct RowLanes {
+  static_assert(G == 8 || G == 16 || G == kWarp, "a row is owned by 8, 16 or 32 lanes");
+  int lane;
+  unsigned mask;
+  __device__ explicit RowLanes(int thread) : lane(thread % G) {
+    if constexpr (G == kWarp) {
+      mask = 0xffffffffu;
+    } else {
+      mask = ((1u << G) - 1u) << (thread % kWarp / G * G);
+    }
+  }
+  __device__ float Sum(float v) const {
+#pragma unroll
+    for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(mask, v, o, G);
+    return v;
+  }
+  __device__ float Max(float v) const {
+#pragma unroll
+    for (int o = G / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(mask, v, o, G));
+    return v;
+  }
+  __device__ void Sync() const { __syncwarp(mask); }
+};
 
 struct TargetParams {
   const float* reward;
@@ -86,70 +119,71 @@ __device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const 
   *frac = b - static_cast<float>(*low);
 }
 
-// Shared memory of one row: three tiles of `row_stride` (>= K + 1) floats.
+// Shared memory of one row: two tiles of `row_stride` (>= K + 1) floats. `lo` and `y` are the same
+// tile: no path uses both (the shared-memory softmax and HL-Gauss use lo, the scans use y).
 struct RowTiles {
-  float* lo;  // one member's softmax values; the HL-Gauss erf edges
+  float* lo;  // one member's softmax values (K > 16 G); the HL-Gauss erf edges
   float* hi;  // the combined distribution p
-  float* y;   // the C51 target being accumulated
+  float* y;   // the C51 target being accumulated by the scan paths
 };
 
-// Phase 1 (one warp, one row): softmax of every member, combined into t.hi (mean, or the member
+// Phase 1 (one group, one row): softmax of every member, combined into t.hi (mean, or the member
 // with the lowest expected value). Loads are issued 4 per lane at a time so their latencies overlap.
-template <typename T>
+template <typename T, int G>
 __device__ bool CombineMembers(const T* __restrict__ logits, int64_t b, const TargetParams& a,
-                               const RowTiles& t, int lane) {
-  const int k = a.num_atoms;
+                               const RowTiles& t, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
   bool ok = true;
   float best_value = 0.0f;
   for (int64_t e = 0; e < a.num_members; ++e) {
     const T* x = logits + (e * a.batch_size + b) * k;
     float m = -INFINITY;
-    for (int j0 = 0; j0 < k; j0 += 4 * kWarp) {
+    for (int j0 = 0; j0 < k; j0 += 4 * G) {
       float v[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int j = j0 + u * kWarp + lane;
+        const int j = j0 + u * G + lane;
         v[u] = j < k ? Load(x, j) : -INFINITY;
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int j = j0 + u * kWarp + lane;
+        const int j = j0 + u * G + lane;
         if (j < k) t.lo[j] = v[u];
         m = fmaxf(m, v[u]);
       }
     }
-    m = WarpMax(m);
+    m = g.Max(m);
     float s = 0.0f, zs = 0.0f;
-    for (int j = lane; j < k; j += kWarp) {
+    for (int j = lane; j < k; j += G) {
       const float v = __expf(t.lo[j] - m);
       t.lo[j] = v;
       s += v;
       zs += v * (a.v_min + static_cast<float>(j) * a.dz);
     }
-    s = WarpSum(s);
+    s = g.Sum(s);
     ok = ok && isfinite(m) && isfinite(s);
     if (a.combine == Combine::kMean) {
       const float scale = 1.0f / (s * static_cast<float>(a.num_members));
-      for (int j = lane; j < k; j += kWarp) t.hi[j] = (e == 0 ? 0.0f : t.hi[j]) + t.lo[j] * scale;
+      for (int j = lane; j < k; j += G) t.hi[j] = (e == 0 ? 0.0f : t.hi[j]) + t.lo[j] * scale;
     } else {
-      const float value = WarpSum(zs) / s;  // warp-uniform
+      const float value = g.Sum(zs) / s;  // uniform over the group
       if (e == 0 || value < best_value) {
         best_value = value;
         const float scale = 1.0f / s;
-        for (int j = lane; j < k; j += kWarp) t.hi[j] = t.lo[j] * scale;
+        for (int j = lane; j < k; j += G) t.hi[j] = t.lo[j] * scale;
       }
     }
   }
   return ok;
 }
 
-// Phase 1 for K <= 32 * KPL: the same, with each member's row in registers (lane L holds atoms
-// L, L + 32, ...): every logit is loaded once, the next member's KPL loads are issued before this
+// Phase 1 for K <= G * KPL: the same, with each member's row in registers (lane L holds atoms
+// L, L + G, ...): every logit is loaded once, the next member's KPL loads are issued before this
 // member's softmax (two members' loads in flight), and only the combined row p is stored to t.hi.
-template <typename T, int KPL>
+template <typename T, int G, int KPL>
 __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, const TargetParams& a,
-                                   const RowTiles& t, int lane) {
-  const int k = a.num_atoms;
+                                   const RowTiles& t, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
   bool ok = true;
   float best_value = 0.0f;
   float p[KPL] = {};
@@ -158,7 +192,7 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
     const T* x = logits + (e * a.batch_size + b) * k;
 #pragma unroll
     for (int u = 0; u < KPL; ++u) {
-      const int j = u * kWarp + lane;
+      const int j = u * G + lane;
       v[u] = j < k ? Load(x, j) : -INFINITY;
     }
   };
@@ -171,14 +205,14 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
     float m = -INFINITY;
 #pragma unroll
     for (int u = 0; u < KPL; ++u) m = fmaxf(m, v[u]);
-    m = WarpMax(m);
+    m = g.Max(m);
     float s = 0.0f;
 #pragma unroll
     for (int u = 0; u < KPL; ++u) {
-      v[u] = u * kWarp + lane < k ? __expf(v[u] - m) : 0.0f;
+      v[u] = u * G + lane < k ? __expf(v[u] - m) : 0.0f;
       s += v[u];
     }
-    s = WarpSum(s);
+    s = g.Sum(s);
     ok = ok && isfinite(m) && isfinite(s);
     if (a.combine == Combine::kMean) {
       const float scale = 1.0f / (s * static_cast<float>(a.num_members));
@@ -188,9 +222,9 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
       float zs = 0.0f;
 #pragma unroll
       for (int u = 0; u < KPL; ++u) {
-        zs += v[u] * (a.v_min + static_cast<float>(u * kWarp + lane) * a.dz);
+        zs += v[u] * (a.v_min + static_cast<float>(u * G + lane) * a.dz);
       }
-      const float value = WarpSum(zs) / s;  // warp-uniform
+      const float value = g.Sum(zs) / s;  // uniform over the group
       if (e == 0 || value < best_value) {
         best_value = value;
         const float scale = 1.0f / s;
@@ -201,7 +235,7 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
   }
 #pragma unroll
   for (int u = 0; u < KPL; ++u) {
-    const int j = u * kWarp + lane;
+    const int j = u * G + lane;
     if (j < k) t.hi[j] = p[u];
   }
   return ok;
@@ -220,7 +254,7 @@ struct ShiftPlan {
 
 // False when the shift does not apply: g <= 0 (mask 0 or a negative discount), or the u_j of the
 // unclipped atoms span more than [-1, 1] for every d (g too far from 1 for this row). Inputs are
-// finite. Double precision for c, the clip bounds and d (warp-uniform, once per row).
+// finite. Double precision for c, the clip bounds and d (uniform over the group, once per row).
 __device__ __forceinline__ bool PlanShift(float r, float g, float ent, const TargetParams& a,
                                           ShiftPlan* s) {
   if (!(g > 0.0f)) return false;
@@ -253,40 +287,40 @@ __device__ __forceinline__ bool PlanShift(float r, float g, float ent, const Tar
   return true;
 }
 
-// Phase 2 (C51) by the shift plan: lane L owns output bins L, L + 32, ...; bin i gathers atoms
+// Phase 2 (C51) by the shift plan: lane L owns output bins L, L + G, ...; bin i gathers atoms
 // j = i - d + q (q = -1, 0, 1) that are unclipped (j in [ja, jb)), with weight
-// max(0, 1 - |b_j - i|), b_j - i = u_{i-d} + q g; the masses of the clipped atoms (warp sums over
+// max(0, 1 - |b_j - i|), b_j - i = u_{i-d} + q g; the masses of the clipped atoms (group sums over
 // the lanes' own atoms) go to bins 0 and K - 1. Writes the row and returns this lane's part of
-// its expected value. p: the combined row (t.hi). KPL > 0: K <= 32 * KPL (loops fully unrolled).
-template <int KPL>
+// its expected value. p: the combined row (t.hi). KPL > 0: K <= G * KPL (loops fully unrolled).
+template <int G, int KPL>
 __device__ float ProjectC51Shift(const float* p, const TargetParams& a, const ShiftPlan& s,
-                                 float* __restrict__ out, int lane) {
-  const int k = a.num_atoms;
-  const int slots = KPL > 0 ? KPL : (k + kWarp - 1) / kWarp;  // bins per lane
-  // The clipped masses, each summed only when some atom is clipped at that end (warp-uniform;
-  // with g <= 1 at most one end clips, so a row costs one warp sum at most).
+                                 float* __restrict__ out, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
+  const int slots = KPL > 0 ? KPL : (k + G - 1) / G;  // bins per lane
+  // The clipped masses, each summed only when some atom is clipped at that end (uniform over the
+  // group; with g <= 1 at most one end clips, so a row costs one group sum at most).
   float lo = 0.0f, hi = 0.0f;
   if (s.ja > 0) {
 #pragma unroll
     for (int u = 0; u < slots; ++u) {
-      const int i = u * kWarp + lane;
+      const int i = u * G + lane;
       if (i < k) lo += i < s.ja ? p[i] : 0.0f;
     }
-    lo = WarpSum(lo);
+    lo = g.Sum(lo);
   }
   if (s.jb < k) {
 #pragma unroll
     for (int u = 0; u < slots; ++u) {
-      const int i = u * kWarp + lane;
+      const int i = u * G + lane;
       if (i < k) hi += i >= s.jb ? p[i] : 0.0f;
     }
-    hi = WarpSum(hi);
+    hi = g.Sum(hi);
   }
   const unsigned n = static_cast<unsigned>(s.jb - s.ja);
   float v = 0.0f;
 #pragma unroll
   for (int u = 0; u < slots; ++u) {
-    const int i = u * kWarp + lane;
+    const int i = u * G + lane;
     if (i < k) {
       const int jc = i - s.d;  // the atom whose u is measured from bin i
       const float uc = fmaf(s.gm1, static_cast<float>(jc), s.cf);  // b_jc - i
@@ -310,17 +344,18 @@ __device__ float ProjectC51Shift(const float* p, const TargetParams& a, const Sh
 // so the row's total mass is split once between that bin and the next (as the CPU's ProjectRow)
 // instead of scanning K atoms that all share one bin. Writes the row; returns this lane's part of
 // its expected value.
+template <int G>
 __device__ float ProjectC51Terminal(const float* p, const TargetParams& a, float r, float ent,
-                                    float* __restrict__ out, int lane) {
-  const int k = a.num_atoms;
+                                    float* __restrict__ out, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
   int l;
   float frac;
   BinOf(0, r, 0.0f, ent, a, &l, &frac);  // the same bin for every atom
   float total = 0.0f;
-  for (int j = lane; j < k; j += kWarp) total += p[j];
-  total = WarpSum(total);
+  for (int j = lane; j < k; j += G) total += p[j];
+  total = g.Sum(total);
   float v = 0.0f;
-  for (int i = lane; i < k; i += kWarp) {
+  for (int i = lane; i < k; i += G) {
     const float y = i == l ? total * (1.0f - frac) : (i == l + 1 ? total * frac : 0.0f);
     out[i] = y;
     v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
@@ -328,57 +363,60 @@ __device__ float ProjectC51Terminal(const float* p, const TargetParams& a, float
   return v;
 }
 
-// Inclusive sum of `v` over the run of lanes up to this one whose `key` equals this lane's
-// (keys are non-decreasing across the lanes, so equal keys are contiguous).
-__device__ __forceinline__ float SegmentedSum(float v, int key, int lane) {
+// Inclusive sum of `v` over the run of the group's lanes up to this one whose `key` equals this
+// lane's (keys are non-decreasing across the lanes, so equal keys are contiguous).
+template <int G>
+__device__ __forceinline__ float SegmentedSum(float v, int key, const RowLanes<G>& g) {
 #pragma unroll
-  for (int d = 1; d < kWarp; d <<= 1) {
-    const float other = __shfl_up_sync(0xffffffffu, v, d);
-    const int other_key = __shfl_up_sync(0xffffffffu, key, d);
-    if (lane >= d && other_key == key) v += other;
+  for (int d = 1; d < G; d <<= 1) {
+    const float other = __shfl_up_sync(g.mask, v, d, G);
+    const int other_key = __shfl_up_sync(g.mask, key, d, G);
+    if (g.lane >= d && other_key == key) v += other;
   }
   return v;
 }
 
 // Phase 2 (C51) for g >= 0, where low_j is non-decreasing in j (every float op of BinOf is
-// monotone): 32 source atoms at a time, each run of atoms with the same bin is summed by a
-// segmented warp scan and added to that bin once by the run's last lane. Fixed order, no atomics.
-__device__ void AccumulateC51Monotone(const RowTiles& t, const TargetParams& a, float r, float g,
-                                      float ent, int lane) {
-  const int k = a.num_atoms;
+// monotone): G source atoms at a time, each run of atoms with the same bin is summed by a
+// segmented group scan and added to that bin once by the run's last lane. Fixed order, no atomics.
+template <int G>
+__device__ void AccumulateC51Monotone(const RowTiles& t, const TargetParams& a, float r, float gam,
+                                      float ent, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
   float* y = t.y;
-  for (int j0 = 0; j0 < k; j0 += kWarp) {
+  for (int j0 = 0; j0 < k; j0 += G) {
     const int j = j0 + lane;
     int l = 0x7fffffff;
     float lo = 0.0f, hi = 0.0f;
     if (j < k) {
       float frac;
-      BinOf(j, r, g, ent, a, &l, &frac);
+      BinOf(j, r, gam, ent, a, &l, &frac);
       const float p = t.hi[j];
       lo = p * (1.0f - frac);
       hi = p * frac;
     }
-    const int next = __shfl_down_sync(0xffffffffu, l, 1);
-    const bool run_end = j < k && (lane == kWarp - 1 || next != l);
-    lo = SegmentedSum(lo, l, lane);
-    hi = SegmentedSum(hi, l, lane);
+    const int next = __shfl_down_sync(g.mask, l, 1, G);
+    const bool run_end = j < k && (lane == G - 1 || next != l);
+    lo = SegmentedSum(lo, l, g);
+    hi = SegmentedSum(hi, l, g);
     if (run_end) y[l] += lo;
-    __syncwarp();
+    g.Sync();
     if (run_end && l + 1 < k) y[l + 1] += hi;
-    __syncwarp();
+    g.Sync();
   }
 }
 
 // Phase 2 (C51) for g < 0 (bins in any order; never in BRC, where g = discount * mask >= 0):
-// lane 0 scatters serially.
-__device__ void AccumulateC51Serial(const RowTiles& t, const TargetParams& a, float r, float g,
-                                    float ent, int lane) {
-  if (lane != 0) return;
+// the group's lane 0 scatters serially.
+template <int G>
+__device__ void AccumulateC51Serial(const RowTiles& t, const TargetParams& a, float r, float gam,
+                                    float ent, const RowLanes<G>& g) {
+  if (g.lane != 0) return;
   const int k = a.num_atoms;
   for (int j = 0; j < k; ++j) {
     int l;
     float frac;
-    BinOf(j, r, g, ent, a, &l, &frac);
+    BinOf(j, r, gam, ent, a, &l, &frac);
     const float p = t.hi[j];
     t.y[l] += p * (1.0f - frac);
     t.y[l + 1 < k ? l + 1 : l] += p * frac;
@@ -386,32 +424,34 @@ __device__ void AccumulateC51Serial(const RowTiles& t, const TargetParams& a, fl
 }
 
 // Stores a row's target from shared memory; returns this lane's part of its expected value.
+template <int G>
 __device__ float StoreRow(const float* y, const TargetParams& a, float* __restrict__ out,
-                          int lane) {
+                          const RowLanes<G>& g) {
   float v = 0.0f;
-  for (int i = lane; i < a.num_atoms; i += kWarp) {
+  for (int i = g.lane; i < a.num_atoms; i += G) {
     out[i] = y[i];
     v += y[i] * (a.v_min + static_cast<float>(i) * a.dz);
   }
   return v;
 }
 
-// Phase 2 (HL-Gauss): Gaussian histogram around the clamped scalar target, warp-parallel erf.
-__device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, float g, float ent,
-                         float* __restrict__ out, int lane) {
-  const int k = a.num_atoms;
+// Phase 2 (HL-Gauss): Gaussian histogram around the clamped scalar target, group-parallel erf.
+template <int G>
+__device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, float gam, float ent,
+                         float* __restrict__ out, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
   float v = 0.0f;
-  for (int j = lane; j < k; j += kWarp) v += t.hi[j] * (a.v_min + static_cast<float>(j) * a.dz);
-  v = WarpSum(v);
-  const float target = fminf(fmaxf(r + g * (v - ent), a.v_min), a.v_max);  // clamp first
+  for (int j = lane; j < k; j += G) v += t.hi[j] * (a.v_min + static_cast<float>(j) * a.dz);
+  v = g.Sum(v);
+  const float target = fminf(fmaxf(r + gam * (v - ent), a.v_min), a.v_max);  // clamp first
   const float inv = 1.0f / (a.sigma * 1.41421356237f);
-  for (int i = lane; i <= k; i += kWarp) {
+  for (int i = lane; i <= k; i += G) {
     t.lo[i] = erff((a.v_min - 0.5f * a.dz + static_cast<float>(i) * a.dz - target) * inv);
   }
-  __syncwarp();
+  g.Sync();
   const float norm = 1.0f / (t.lo[k] - t.lo[0]);
   float value = 0.0f;
-  for (int i = lane; i < k; i += kWarp) {
+  for (int i = lane; i < k; i += G) {
     const float y = (t.lo[i + 1] - t.lo[i]) * norm;
     out[i] = y;
     value += y * (a.v_min + static_cast<float>(i) * a.dz);
@@ -419,18 +459,18 @@ __device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, floa
   return value;
 }
 
-// A warp per row, start to finish: the warps of a block never wait for each other, so the SM
-// overlaps one row's load latency with other rows' arithmetic. KPL > 0: K <= 32 * KPL, the member
-// rows in registers (CombineMembersRegs); 0: any K (CombineMembers).
-template <typename T, int KPL>
+// A group of G lanes per row, start to finish (see the file comment). KPL > 0: K <= G * KPL, the
+// member rows in registers (CombineMembersRegs); 0: any K (CombineMembers).
+template <typename T, int G, int KPL>
 __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   extern __shared__ float smem[];
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + warp;
-  if (warp >= a.rows_per_block || b >= a.batch_size) return;
+  const RowLanes<G> lanes(threadIdx.x);
+  const int row = threadIdx.x / G, lane = lanes.lane;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + row;
+  if (row >= a.rows_per_block || b >= a.batch_size) return;  // whole groups leave together
   const int k = a.num_atoms, stride = a.row_stride;
-  float* base = smem + static_cast<int64_t>(warp) * 3 * stride;
-  const RowTiles t{base, base + stride, base + 2 * stride};
+  float* base = smem + static_cast<int64_t>(row) * 2 * stride;
+  const RowTiles t{base, base + stride, base};
   float* out = a.target + b * k;
 
   // The row's scalars first: their loads overlap the logits'.
@@ -439,40 +479,40 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
   bool ok;
   if constexpr (KPL > 0) {
-    ok = CombineMembersRegs<T, KPL>(logits, b, a, t, lane);
+    ok = CombineMembersRegs<T, G, KPL>(logits, b, a, t, lanes);
   } else {
-    ok = CombineMembers(logits, b, a, t, lane);
+    ok = CombineMembers<T, G>(logits, b, a, t, lanes);
   }
   ok = ok && isfinite(r) && isfinite(g) && isfinite(ent);
   if (!ok) {
-    for (int j = lane; j < k; j += kWarp) out[j] = NAN;
+    for (int j = lane; j < k; j += G) out[j] = NAN;
     if (lane == 0) {
       a.expected_value[b] = NAN;
       if (a.nonfinite_count != nullptr) atomicAdd(a.nonfinite_count, 1);
     }
     return;
   }
-  __syncwarp();
+  lanes.Sync();
   float v;
   ShiftPlan plan;
   if (a.projection == Projection::kHlGauss) {
-    v = HlGauss(t, a, r, g, ent, out, lane);
-  } else if (g == 0.0f) {  // warp-uniform
-    v = ProjectC51Terminal(t.hi, a, r, ent, out, lane);
-  } else if (PlanShift(r, g, ent, a, &plan)) {  // warp-uniform
-    v = ProjectC51Shift<KPL>(t.hi, a, plan, out, lane);
+    v = HlGauss(t, a, r, g, ent, out, lanes);
+  } else if (g == 0.0f) {  // uniform over the group
+    v = ProjectC51Terminal(t.hi, a, r, ent, out, lanes);
+  } else if (PlanShift(r, g, ent, a, &plan)) {  // uniform over the group
+    v = ProjectC51Shift<G, KPL>(t.hi, a, plan, out, lanes);
   } else {
-    for (int i = lane; i < k; i += kWarp) t.y[i] = 0.0f;
-    __syncwarp();
+    for (int i = lane; i < k; i += G) t.y[i] = 0.0f;
+    lanes.Sync();
     if (g >= 0.0f) {
-      AccumulateC51Monotone(t, a, r, g, ent, lane);
+      AccumulateC51Monotone(t, a, r, g, ent, lanes);
     } else {
-      AccumulateC51Serial(t, a, r, g, ent, lane);
-      __syncwarp();
+      AccumulateC51Serial(t, a, r, g, ent, lanes);
+      lanes.Sync();
     }
-    v = StoreRow(t.y, a, out, lane);
+    v = StoreRow(t.y, a, out, lanes);
   }
-  v = WarpSum(v);
+  v = lanes.Sum(v);
   if (lane == 0) a.expected_value[b] = v;
 }
 
@@ -661,29 +701,70 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-template <typename T, int KPL>
-void LaunchTargetKpl(const T* logits, const TargetParams& p, int64_t blocks, unsigned threads,
-                     size_t shared, cudaStream_t stream) {
+template <typename T, int G, int KPL>
+void LaunchTargetKernel(const T* logits, const TargetParams& p, int64_t blocks, unsigned threads,
+                        size_t shared, cudaStream_t stream) {
   if (shared > static_cast<size_t>(kSharedBytes)) {  // large K: opt in to more shared memory
-    Check(cudaFuncSetAttribute(TdTargetKernel<T, KPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    Check(cudaFuncSetAttribute(TdTargetKernel<T, G, KPL>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(shared)),
           "cudaFuncSetAttribute(TdTargetKernel)");
   }
-  TdTargetKernel<T, KPL><<<static_cast<unsigned>(blocks), threads, shared, stream>>>(logits, p);
+  TdTargetKernel<T, G, KPL>
+      <<<static_cast<unsigned>(blocks), threads, shared, stream>>>(logits, p);
 }
 
-// Member rows in registers for K <= 256 (BRC's 101 atoms: 4 per lane), through shared memory above.
+// Lanes per row (see the file comment): 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per
+// lane, in registers), the whole warp above. `requested` 8 or 16 forces that group where the row
+// fits it (K <= 16 G), 32 forces a warp per row; 0 (or a row too long for the group) chooses.
+int TargetRowLanes(int k, int requested) {
+  if (requested == kWarp) return kWarp;
+  if ((requested == 8 || requested == 16) && k <= 16 * requested) return requested;
+  return k <= 16 * 8 ? 8 : (k <= 16 * 16 ? 16 : kWarp);
+}
+
+// Floats per shared tile: >= K + 1, and for G < 32 padded so that 2 * stride = G (mod 32): the
+// groups of a warp then start their rows G banks apart and their lanes' accesses to the same
+// offset hit different banks.
+int TargetRowStride(int k, int lanes) {
+  if (lanes == kWarp) return k + 1;
+  int stride = k + 1;
+  while (stride % 16 != lanes / 2) ++stride;
+  return stride;
+}
+
+// Member rows in registers for K <= 16 G (KPL atoms per lane, the smallest instantiated count that
+// holds the row), through shared memory above (G = 32 only).
 template <typename T>
-void LaunchTarget(const T* logits, const TargetParams& p, int64_t blocks, unsigned threads,
-                  size_t shared, cudaStream_t stream) {
-  if (p.num_atoms <= 2 * kWarp) {
-    LaunchTargetKpl<T, 2>(logits, p, blocks, threads, shared, stream);
-  } else if (p.num_atoms <= 4 * kWarp) {
-    LaunchTargetKpl<T, 4>(logits, p, blocks, threads, shared, stream);
-  } else if (p.num_atoms <= 8 * kWarp) {
-    LaunchTargetKpl<T, 8>(logits, p, blocks, threads, shared, stream);
+void LaunchTarget(const T* logits, const TargetParams& p, int lanes, int64_t blocks,
+                  unsigned threads, size_t shared, cudaStream_t stream) {
+  const int k = p.num_atoms;
+  if (lanes == 8) {
+    if (k <= 8 * 4) {
+      LaunchTargetKernel<T, 8, 4>(logits, p, blocks, threads, shared, stream);
+    } else if (k <= 8 * 8) {
+      LaunchTargetKernel<T, 8, 8>(logits, p, blocks, threads, shared, stream);
+    } else if (k <= 8 * 13) {
+      LaunchTargetKernel<T, 8, 13>(logits, p, blocks, threads, shared, stream);
+    } else {
+      LaunchTargetKernel<T, 8, 16>(logits, p, blocks, threads, shared, stream);
+    }
+  } else if (lanes == 16) {
+    if (k <= 16 * 8) {
+      LaunchTargetKernel<T, 16, 8>(logits, p, blocks, threads, shared, stream);
+    } else if (k <= 16 * 13) {
+      LaunchTargetKernel<T, 16, 13>(logits, p, blocks, threads, shared, stream);
+    } else {
+      LaunchTargetKernel<T, 16, 16>(logits, p, blocks, threads, shared, stream);
+    }
+  } else if (k <= 2 * kWarp) {
+    LaunchTargetKernel<T, kWarp, 2>(logits, p, blocks, threads, shared, stream);
+  } else if (k <= 4 * kWarp) {
+    LaunchTargetKernel<T, kWarp, 4>(logits, p, blocks, threads, shared, stream);
+  } else if (k <= 8 * kWarp) {
+    LaunchTargetKernel<T, kWarp, 8>(logits, p, blocks, threads, shared, stream);
   } else {
-    LaunchTargetKpl<T, 0>(logits, p, blocks, threads, shared, stream);
+    LaunchTargetKernel<T, kWarp, 0>(logits, p, blocks, threads, shared, stream);
   }
 }
 
@@ -716,9 +797,10 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   p.num_members = args.num_members;
   p.batch_size = args.batch_size;
   p.num_atoms = static_cast<int>(args.num_atoms);
-  p.row_stride = p.num_atoms + 1;
-  const int per_row = 3 * p.row_stride * static_cast<int>(sizeof(float));
-  p.rows_per_block = kTargetRows;  // one warp per row
+  const int lanes = TargetRowLanes(p.num_atoms, args.row_lanes);
+  p.row_stride = TargetRowStride(p.num_atoms, lanes);
+  const int per_row = 2 * p.row_stride * static_cast<int>(sizeof(float));
+  p.rows_per_block = kTargetThreads / lanes;
   while (p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) --p.rows_per_block;
   p.v_min = args.v_min;
   p.v_max = args.v_max;
@@ -736,13 +818,15 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   }
   const int64_t blocks = (args.batch_size + p.rows_per_block - 1) / p.rows_per_block;
   const size_t shared = static_cast<size_t>(per_row) * p.rows_per_block;
-  const unsigned threads = static_cast<unsigned>(p.rows_per_block * kWarp);
+  // Whole warps: with G < 32 the block holds 256 / G rows, 8 warps.
+  const unsigned threads =
+      static_cast<unsigned>((p.rows_per_block * lanes + kWarp - 1) / kWarp * kWarp);
   if (args.dtype == CudaDType::kBFloat16) {
-    LaunchTarget<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(args.target_logits), p, blocks,
-                                threads, shared, stream);
+    LaunchTarget<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(args.target_logits), p, lanes,
+                                blocks, threads, shared, stream);
   } else {
-    LaunchTarget<float>(static_cast<const float*>(args.target_logits), p, blocks, threads, shared,
-                        stream);
+    LaunchTarget<float>(static_cast<const float*>(args.target_logits), p, lanes, blocks, threads,
+                        shared, stream);
   }
   Check(cudaGetLastError(), "TdTargetKernel launch");
 }

@@ -17,6 +17,12 @@ from mtrl import _core
 
 _dlpack = torch.utils.dlpack.to_dlpack
 
+# Lanes per row of the CUDA target kernel (csrc/kernels/td_target_cuda.cu): 0 lets the launcher
+# choose (8 for K <= 128, 16 for K <= 256, a warp above); 8, 16 or 32 force that layout where the
+# row fits it. Every layout gives the same results; the CUDA tests and benchmarks/gpu_td_target.py
+# set it to check and time each one.
+CUDA_TARGET_ROW_LANES = 0
+
 
 def _dlpack_in(t: Tensor):
     """DLPack capsule of an input; BufferError (the caller's general path) for a negative-bit
@@ -107,6 +113,7 @@ def td_target_cuda(target_logits, reward, mask, discount, discount_value, entrop
         num_atoms, reward.data_ptr(), mask.data_ptr(), _ptr(discount), discount_value,
         _ptr(entropy), target.data_ptr(), value.data_ptr(), _ptr(count), v_min, v_max,
         combine, projection, sigma, device.index, torch.cuda.current_stream(device).cuda_stream,
+        CUDA_TARGET_ROW_LANES,
     )
     bad = _cuda_nonfinite(count, True) if counted else 0
     if bad:
