@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the lent GPU machine (device tool), after benchmarks/gpu_prepare.sh here:
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=590)
+# or only some of the steps after the build, e.g. `bash benchmarks/gpu_session.sh tests_cuda td_target`.
 # Everything a GPU session checks, in one call that fits a 15-minute device budget (the start
 # takes 1-2 of them): build with the CUDA kernels, the CUDA tests, the TD kernels' parity, time and
 # bandwidth, and the paper configuration's loop. Each step has its own time limit, so one that hangs
@@ -8,10 +9,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+# No MUJOCO_GL=egl: the build imports mujoco to find its headers, and with it set that import
+# loads PyOpenGL's EGL, which fails there (no libEGL: the build stopped in 10 s).
+export PYTHONUNBUFFERED=1
+STEPS=" $* "
 SITE=/tmp/site
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, report rc and time
   local name=$1 limit=$2; shift 2
+  [[ "$STEPS" == "  " || "$STEPS" == *" $name "* || $name == build ]] || return 0
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?

@@ -317,7 +317,9 @@ def test_cuda_every_row_layout_matches_float64(k, projection, monkeypatch):
             row_tol = torch.where(discount < 0, 2e-6, 1e-6).double()
             assert ((target.double().sum(-1) - 1).abs() <= row_tol).all()
             results.append((target, value))
-    # The layouts differ only in the order of their float sums (results: mean, min per layout).
+    # The layouts differ only in the order of their float sums (results: mean, min per layout);
+    # HL-Gauss's erf edges turn the expected value's rounding into up to 7e-6 (H200).
+    atol = 2e-6 if projection == "c51" else 2e-5
     for i, (target, value) in enumerate(results[2:], start=2):
-        torch.testing.assert_close(target, results[i % 2][0], atol=2e-6, rtol=0)
+        torch.testing.assert_close(target, results[i % 2][0], atol=atol, rtol=0)
         torch.testing.assert_close(value, results[i % 2][1], atol=1e-5, rtol=1e-6)

@@ -2,27 +2,28 @@
 //
 // TD target: each row is owned, start to finish, by one group of G lanes of a warp: G = 8 for
 // K <= 128 (BRC's 101 atoms: 13 per lane, four rows per warp), 16 for K <= 256, the whole warp
-// (G = 32) above. A group's shuffles and syncs name only its own lanes, so the rows of one warp
-// may take different paths, and no warp ever waits for another. Small groups keep a row's atoms
-// in a lane's registers (13 independent loads in flight per member instead of 4), fill 104 of
-// their slots instead of 128 at K = 101, and share every per-row step (the reductions, now 3
-// shuffle levels instead of 5, and the projection's plan) among four rows per instruction.
+// (G = 32) above. Small groups keep a row's atoms in a lane's registers (13 independent loads in
+// flight per member instead of 4), fill 104 of their slots instead of 128 at K = 101, and share
+// every per-row step (the reductions, 3 shuffle levels instead of 5, and the projection's plan)
+// among four rows per instruction. The warp stays converged: its rows may need different
+// projections, so no row-dependent branch holds a shuffle (RowLanes).
 // Per row: softmax of each member (for K <= 16 G with the row in registers, KPL logits per lane;
 // above that through shared memory with 4 loads in flight per lane), combined (mean, or the
 // min-expected-value member) into the row p in shared memory; then the C51 projection,
-// deterministic and without atomics, by one of three group-parallel paths:
-//  - shift (g = discount * mask > 0 and close to 1, as BRC's 0.99 with mask 1): the bins are affine
-//    in the atom index, b_j = c + g j, so with one integer d per row every unclipped atom j lands
-//    on bins j + d - 1, j + d, j + d + 1 only; each lane gathers its output bins i from the three
-//    atoms i - d - 1, i - d, i - d + 1 with the hat weights max(0, 1 - |b_j - i|), and the masses
-//    of the atoms clipped at v_min / v_max (a group sum per end that clips) go to bins 0 / K - 1.
-//    No scans, no division per atom, the same cost whatever the clipping. For K >= 16 the same
-//    rows take this path as take the CPU kernel's ProjectC51Shift (td_target_cpu_impl.h,
-//    PlanShift; the CPU declines K < 16 for its vector width, the GPU does not);
-//  - terminal (g = 0, mask 0): every atom lands on clip(r); the row's total goes to two bins;
+// deterministic and without atomics, by one of two group-parallel paths:
+//  - direct, for shift rows (g = discount * mask > 0 and close to 1, as BRC's 0.99 with mask 1):
+//    the bins are affine in the atom index, b_j = c + g j, so with one integer d per row every
+//    unclipped atom j lands on bins j + d - 1, j + d, j + d + 1 only; each lane gathers its output
+//    bins i from the three atoms i - d - 1, i - d, i - d + 1 with the hat weights
+//    max(0, 1 - |b_j - i|), and the masses of the atoms clipped at v_min / v_max (group sums) go to
+//    bins 0 / K - 1. No scans, no division per atom, the same cost whatever the clipping. For
+//    K >= 16 the same rows take this path as take the CPU kernel's ProjectC51Shift
+//    (td_target_cpu_impl.h, PlanShift; the CPU declines K < 16 for its vector width, the GPU does
+//    not). Terminal rows (g = 0, mask 0) take it too, as rows whose atoms are all clipped: their
+//    total goes to the two bins around clip(r);
 //  - scan (every other g >= 0: discounts far from 1): the bins low_j are non-decreasing in
 //    j, so G source atoms at a time a segmented group scan sums each run of atoms sharing a bin
-//    and one lane adds it.
+//    and one lane adds it. It runs for a whole warp when any of its rows needs it.
 // HL-Gauss is a group-parallel erf histogram. Cross-entropy: a warp per sample, all members, with
 // the sample's target and logits held in registers for K <= 256; the gradient is written in the
 // same pass, and the loss is reduced by a second one-block kernel in a fixed order.
@@ -61,31 +62,26 @@ __device__ __forceinline__ float WarpMax(float v) {
 }
 
 // The G lanes (G divides 32) that own one row of the target kernel: lane = 0 .. G - 1 within the
-// group; mask names exactly the group's lanes of the warp, so a group may branch apart from the
-// others (every lane of a group always takes the same branch: the branches depend on the row only).
+// group. Reductions shuffle within G-lane segments of the warp, and every lane of the warp executes
+// every shuffle and sync: no branch that depends on a row holds one, and no lane leaves early (the
+// warp stays converged; shuffles and syncs over per-group masks split it into groups that the GPU
+// then issued one after another: 3x slower at G = 8 on an H200).
 template <int G>
 struct RowLanes {
   static_assert(G == 8 || G == 16 || G == kWarp, "a row is owned by 8, 16 or 32 lanes");
   int lane;
-  unsigned mask;
-  __device__ explicit RowLanes(int thread) : lane(thread % G) {
-    if constexpr (G == kWarp) {
-      mask = 0xffffffffu;
-    } else {
-      mask = ((1u << G) - 1u) << (thread % kWarp / G * G);
-    }
-  }
+  __device__ explicit RowLanes(int thread) : lane(thread % G) {}
   __device__ float Sum(float v) const {
 #pragma unroll
-    for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(mask, v, o, G);
+    for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o, G);
     return v;
   }
   __device__ float Max(float v) const {
 #pragma unroll
-    for (int o = G / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(mask, v, o, G));
+    for (int o = G / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, G));
     return v;
   }
-  __device__ void Sync() const { __syncwarp(mask); }
+  __device__ void Sync() const { __syncwarp(); }
 };
 
 struct TargetParams {
@@ -241,22 +237,34 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
   return ok;
 }
 
-// Plan of the shift projection of one row (see the file comment; the CPU's PlanShift). With
-// b_j = c + g j and u_j = b_j - j - d = (c - d) + (g - 1) j, atoms j < ja are clipped at v_min
+// Plan of a row projected without a scan (see the file comment; the CPU's PlanShift). Shift rows:
+// with b_j = c + g j and u_j = b_j - j - d = (c - d) + (g - 1) j, atoms j < ja are clipped at v_min
 // (b_j <= 0), atoms j >= jb at v_max (b_j >= K - 1), and every atom in [ja, jb) has |u_j| <= 1,
-// so it puts mass only on bins j + d - 1, j + d, j + d + 1.
-struct ShiftPlan {
-  int d, ja, jb;
-  float cf;   // c - d
-  float gm1;  // g - 1
-  float g;
+// so it puts mass only on bins j + d - 1, j + d, j + d + 1. Terminal rows (g = 0) are the case
+// ja = jb = K: every atom is "clipped low", and that mass goes to the bins around clip(r).
+struct DirectPlan {
+  int d = 0, ja = 0, jb = 0;
+  float cf = 0.0f;   // c - d
+  float gm1 = 0.0f;  // g - 1
+  float g = 0.0f;
+  int low_bin = 0;          // the mass of atoms j < ja goes to low_bin (1 - low_frac) and the next
+  float low_frac = 0.0f;    // bin (low_frac): bin 0 for shift rows, the bins of clip(r) for terminal
 };
+
+// Terminal rows (g = 0): every atom lands on clip(r), so the row's total is split once between that
+// bin and the next (as the CPU's ProjectRow) instead of scanning K atoms that share one bin.
+__device__ __forceinline__ void PlanTerminal(float r, float ent, const TargetParams& a,
+                                             DirectPlan* s) {
+  *s = DirectPlan{};
+  s->ja = s->jb = a.num_atoms;
+  BinOf(0, r, 0.0f, ent, a, &s->low_bin, &s->low_frac);  // the same bin for every atom
+}
 
 // False when the shift does not apply: g <= 0 (mask 0 or a negative discount), or the u_j of the
 // unclipped atoms span more than [-1, 1] for every d (g too far from 1 for this row). Inputs are
 // finite. Double precision for c, the clip bounds and d (uniform over the group, once per row).
 __device__ __forceinline__ bool PlanShift(float r, float g, float ent, const TargetParams& a,
-                                          ShiftPlan* s) {
+                                          DirectPlan* s) {
   if (!(g > 0.0f)) return false;
   const int k = a.num_atoms;
   const double gd = g, kd = static_cast<double>(k);
@@ -284,38 +292,33 @@ __device__ __forceinline__ bool PlanShift(float r, float g, float ent, const Tar
   s->cf = static_cast<float>(c - d);
   s->gm1 = g - 1.0f;
   s->g = g;
+  s->low_bin = 0;
+  s->low_frac = 0.0f;
   return true;
 }
 
-// Phase 2 (C51) by the shift plan: lane L owns output bins L, L + G, ...; bin i gathers atoms
-// j = i - d + q (q = -1, 0, 1) that are unclipped (j in [ja, jb)), with weight
-// max(0, 1 - |b_j - i|), b_j - i = u_{i-d} + q g; the masses of the clipped atoms (group sums over
-// the lanes' own atoms) go to bins 0 and K - 1. Writes the row and returns this lane's part of
-// its expected value. p: the combined row (t.hi). KPL > 0: K <= G * KPL (loops fully unrolled).
+// Phase 2 (C51) without a scan (a DirectPlan: shift or terminal rows): lane L owns output bins
+// L, L + G, ...; bin i gathers atoms j = i - d + q (q = -1, 0, 1) that are unclipped (j in
+// [ja, jb)), with weight max(0, 1 - |b_j - i|), b_j - i = u_{i-d} + q g; the masses of the clipped
+// atoms (group sums over the lanes' own atoms) go to low_bin (and the next, terminal rows) and to
+// bin K - 1. Writes the row when `write` and returns this lane's part of its expected value.
+// p: the combined row (t.hi). KPL > 0: K <= G * KPL (loops fully unrolled).
 template <int G, int KPL>
-__device__ float ProjectC51Shift(const float* p, const TargetParams& a, const ShiftPlan& s,
-                                 float* __restrict__ out, const RowLanes<G>& g) {
+__device__ float ProjectC51Direct(const float* p, const TargetParams& a, const DirectPlan& s,
+                                  float* __restrict__ out, bool write, const RowLanes<G>& g) {
   const int k = a.num_atoms, lane = g.lane;
   const int slots = KPL > 0 ? KPL : (k + G - 1) / G;  // bins per lane
-  // The clipped masses, each summed only when some atom is clipped at that end (uniform over the
-  // group; with g <= 1 at most one end clips, so a row costs one group sum at most).
   float lo = 0.0f, hi = 0.0f;
-  if (s.ja > 0) {
 #pragma unroll
-    for (int u = 0; u < slots; ++u) {
-      const int i = u * G + lane;
-      if (i < k) lo += i < s.ja ? p[i] : 0.0f;
+  for (int u = 0; u < slots; ++u) {
+    const int i = u * G + lane;
+    if (i < k) {
+      lo += i < s.ja ? p[i] : 0.0f;
+      hi += i >= s.jb ? p[i] : 0.0f;
     }
-    lo = g.Sum(lo);
   }
-  if (s.jb < k) {
-#pragma unroll
-    for (int u = 0; u < slots; ++u) {
-      const int i = u * G + lane;
-      if (i < k) hi += i >= s.jb ? p[i] : 0.0f;
-    }
-    hi = g.Sum(hi);
-  }
+  lo = g.Sum(lo);
+  hi = g.Sum(hi);
   const unsigned n = static_cast<unsigned>(s.jb - s.ja);
   float v = 0.0f;
 #pragma unroll
@@ -331,34 +334,12 @@ __device__ float ProjectC51Shift(const float* p, const TargetParams& a, const Sh
         const float w = fmaxf(0.0f, 1.0f - fabsf(q == 0 ? uc : uc + static_cast<float>(q) * s.g));
         if (static_cast<unsigned>(rel + q) < n) y = fmaf(p[jc + q], w, y);
       }
-      if (i == 0) y += lo;
+      if (i == s.low_bin) y += lo * (1.0f - s.low_frac);
+      if (i == s.low_bin + 1) y += lo * s.low_frac;
       if (i == k - 1) y += hi;
-      out[i] = y;
+      if (write) out[i] = y;
       v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
     }
-  }
-  return v;
-}
-
-// Phase 2 (C51) for g = discount * mask = 0 (terminal rows, mask 0): every atom lands on clip(r),
-// so the row's total mass is split once between that bin and the next (as the CPU's ProjectRow)
-// instead of scanning K atoms that all share one bin. Writes the row; returns this lane's part of
-// its expected value.
-template <int G>
-__device__ float ProjectC51Terminal(const float* p, const TargetParams& a, float r, float ent,
-                                    float* __restrict__ out, const RowLanes<G>& g) {
-  const int k = a.num_atoms, lane = g.lane;
-  int l;
-  float frac;
-  BinOf(0, r, 0.0f, ent, a, &l, &frac);  // the same bin for every atom
-  float total = 0.0f;
-  for (int j = lane; j < k; j += G) total += p[j];
-  total = g.Sum(total);
-  float v = 0.0f;
-  for (int i = lane; i < k; i += G) {
-    const float y = i == l ? total * (1.0f - frac) : (i == l + 1 ? total * frac : 0.0f);
-    out[i] = y;
-    v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
   }
   return v;
 }
@@ -369,8 +350,8 @@ template <int G>
 __device__ __forceinline__ float SegmentedSum(float v, int key, const RowLanes<G>& g) {
 #pragma unroll
   for (int d = 1; d < G; d <<= 1) {
-    const float other = __shfl_up_sync(g.mask, v, d, G);
-    const int other_key = __shfl_up_sync(g.mask, key, d, G);
+    const float other = __shfl_up_sync(0xffffffffu, v, d, G);
+    const int other_key = __shfl_up_sync(0xffffffffu, key, d, G);
     if (g.lane >= d && other_key == key) v += other;
   }
   return v;
@@ -379,9 +360,10 @@ __device__ __forceinline__ float SegmentedSum(float v, int key, const RowLanes<G
 // Phase 2 (C51) for g >= 0, where low_j is non-decreasing in j (every float op of BinOf is
 // monotone): G source atoms at a time, each run of atoms with the same bin is summed by a
 // segmented group scan and added to that bin once by the run's last lane. Fixed order, no atomics.
+// Every lane of the warp runs it (its shuffles); only the rows with `active` accumulate into t.y.
 template <int G>
 __device__ void AccumulateC51Monotone(const RowTiles& t, const TargetParams& a, float r, float gam,
-                                      float ent, const RowLanes<G>& g) {
+                                      float ent, bool active, const RowLanes<G>& g) {
   const int k = a.num_atoms, lane = g.lane;
   float* y = t.y;
   for (int j0 = 0; j0 < k; j0 += G) {
@@ -395,8 +377,8 @@ __device__ void AccumulateC51Monotone(const RowTiles& t, const TargetParams& a, 
       lo = p * (1.0f - frac);
       hi = p * frac;
     }
-    const int next = __shfl_down_sync(g.mask, l, 1, G);
-    const bool run_end = j < k && (lane == G - 1 || next != l);
+    const int next = __shfl_down_sync(0xffffffffu, l, 1, G);
+    const bool run_end = active && j < k && (lane == G - 1 || next != l);
     lo = SegmentedSum(lo, l, g);
     hi = SegmentedSum(hi, l, g);
     if (run_end) y[l] += lo;
@@ -426,10 +408,10 @@ __device__ void AccumulateC51Serial(const RowTiles& t, const TargetParams& a, fl
 // Stores a row's target from shared memory; returns this lane's part of its expected value.
 template <int G>
 __device__ float StoreRow(const float* y, const TargetParams& a, float* __restrict__ out,
-                          const RowLanes<G>& g) {
+                          bool write, const RowLanes<G>& g) {
   float v = 0.0f;
   for (int i = g.lane; i < a.num_atoms; i += G) {
-    out[i] = y[i];
+    if (write) out[i] = y[i];
     v += y[i] * (a.v_min + static_cast<float>(i) * a.dz);
   }
   return v;
@@ -438,7 +420,7 @@ __device__ float StoreRow(const float* y, const TargetParams& a, float* __restri
 // Phase 2 (HL-Gauss): Gaussian histogram around the clamped scalar target, group-parallel erf.
 template <int G>
 __device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, float gam, float ent,
-                         float* __restrict__ out, const RowLanes<G>& g) {
+                         float* __restrict__ out, bool write, const RowLanes<G>& g) {
   const int k = a.num_atoms, lane = g.lane;
   float v = 0.0f;
   for (int j = lane; j < k; j += G) v += t.hi[j] * (a.v_min + static_cast<float>(j) * a.dz);
@@ -453,30 +435,34 @@ __device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, floa
   float value = 0.0f;
   for (int i = lane; i < k; i += G) {
     const float y = (t.lo[i + 1] - t.lo[i]) * norm;
-    out[i] = y;
+    if (write) out[i] = y;
     value += y * (a.v_min + static_cast<float>(i) * a.dz);
   }
   return value;
 }
 
 // A group of G lanes per row, start to finish (see the file comment). KPL > 0: K <= G * KPL, the
-// member rows in registers (CombineMembersRegs); 0: any K (CombineMembers).
+// member rows in registers (CombineMembersRegs); 0: any K (CombineMembers). The warp stays
+// converged (RowLanes): a group past the batch computes the last row again without writing, a row
+// with non-finite inputs is projected as a finite terminal row and overwritten with NaN, and the
+// scan runs for the whole warp when any of its rows needs it.
 template <typename T, int G, int KPL>
 __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   extern __shared__ float smem[];
   const RowLanes<G> lanes(threadIdx.x);
   const int row = threadIdx.x / G, lane = lanes.lane;
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + row;
-  if (row >= a.rows_per_block || b >= a.batch_size) return;  // whole groups leave together
+  const int64_t row_b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + row;
+  const bool live = row_b < a.batch_size;
+  const int64_t b = live ? row_b : a.batch_size - 1;
   const int k = a.num_atoms, stride = a.row_stride;
   float* base = smem + static_cast<int64_t>(row) * 2 * stride;
   const RowTiles t{base, base + stride, base};
   float* out = a.target + b * k;
 
   // The row's scalars first: their loads overlap the logits'.
-  const float r = a.reward[b];
-  const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
-  const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  float r = a.reward[b];
+  float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
+  float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
   bool ok;
   if constexpr (KPL > 0) {
     ok = CombineMembersRegs<T, G, KPL>(logits, b, a, t, lanes);
@@ -484,36 +470,37 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
     ok = CombineMembers<T, G>(logits, b, a, t, lanes);
   }
   ok = ok && isfinite(r) && isfinite(g) && isfinite(ent);
-  if (!ok) {
-    for (int j = lane; j < k; j += G) out[j] = NAN;
-    if (lane == 0) {
-      a.expected_value[b] = NAN;
-      if (a.nonfinite_count != nullptr) atomicAdd(a.nonfinite_count, 1);
-    }
-    return;
-  }
+  if (!ok) r = g = ent = 0.0f;  // a finite terminal row; its output is overwritten with NaN below
   lanes.Sync();
   float v;
-  ShiftPlan plan;
-  if (a.projection == Projection::kHlGauss) {
-    v = HlGauss(t, a, r, g, ent, out, lanes);
-  } else if (g == 0.0f) {  // uniform over the group
-    v = ProjectC51Terminal(t.hi, a, r, ent, out, lanes);
-  } else if (PlanShift(r, g, ent, a, &plan)) {  // uniform over the group
-    v = ProjectC51Shift<G, KPL>(t.hi, a, plan, out, lanes);
+  if (a.projection == Projection::kHlGauss) {  // uniform over the launch
+    v = HlGauss(t, a, r, g, ent, out, live, lanes);
   } else {
-    for (int i = lane; i < k; i += G) t.y[i] = 0.0f;
-    lanes.Sync();
-    if (g >= 0.0f) {
-      AccumulateC51Monotone(t, a, r, g, ent, lanes);
-    } else {
-      AccumulateC51Serial(t, a, r, g, ent, lanes);
-      lanes.Sync();
+    DirectPlan plan;
+    bool direct = true;
+    if (g == 0.0f) {
+      PlanTerminal(r, ent, a, &plan);
+    } else if (!PlanShift(r, g, ent, a, &plan)) {
+      plan = DirectPlan{};  // in range for the gather below, whose result this row discards
+      direct = false;
     }
-    v = StoreRow(t.y, a, out, lanes);
+    v = ProjectC51Direct<G, KPL>(t.hi, a, plan, out, live && direct, lanes);
+    if (__any_sync(0xffffffffu, !direct)) {  // some row of this warp needs a scan
+      for (int i = lane; i < k; i += G) t.y[i] = 0.0f;
+      lanes.Sync();
+      AccumulateC51Monotone(t, a, r, g, ent, !direct && g >= 0.0f, lanes);
+      if (!direct && g < 0.0f) AccumulateC51Serial(t, a, r, g, ent, lanes);  // no shuffles
+      lanes.Sync();
+      const float scanned = StoreRow(t.y, a, out, live && !direct, lanes);
+      if (!direct) v = scanned;
+    }
   }
   v = lanes.Sum(v);
-  if (lane == 0) a.expected_value[b] = v;
+  if (!ok && live) {
+    for (int j = lane; j < k; j += G) out[j] = NAN;
+    if (lane == 0 && a.nonfinite_count != nullptr) atomicAdd(a.nonfinite_count, 1);
+  }
+  if (lane == 0 && live) a.expected_value[b] = ok ? v : NAN;
 }
 
 struct LossParams {
