@@ -115,7 +115,7 @@ __device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const 
   *frac = b - static_cast<float>(*low);
 }
 
-// Shared memory of one row: two tiles of `row_stride` (>= K + 1) floats. `lo` and `y` are the same
+// Shared memory of one row: two tiles of `row_stride` (>= K + 2) floats. `lo` and `y` are the same
 // tile: no path uses both (the shared-memory softmax and HL-Gauss use lo, the scans use y).
 struct RowTiles {
   float* lo;  // one member's softmax values (K > 16 G); the HL-Gauss erf edges
@@ -173,16 +173,25 @@ __device__ bool CombineMembers(const T* __restrict__ logits, int64_t b, const Ta
   return ok;
 }
 
+// 2^x (the hardware's approximate exp2, as __expf uses).
+__device__ __forceinline__ float Exp2Approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Phase 1 for K <= G * KPL: the same, with each member's row in registers (lane L holds atoms
 // L, L + G, ...): every logit is loaded once, the next member's KPL loads are issued before this
-// member's softmax (two members' loads in flight), and only the combined row p is stored to t.hi.
+// member's softmax (two members' loads in flight), and the combined row stays in registers, p[u]
+// for atom u G + L (0 past K). exp(x - m) = 2^(x log2 e - m log2 e): one FMA per atom; the
+// rounding of m log2 e is a factor common to the row, which the normalisation removes.
 template <typename T, int G, int KPL>
 __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, const TargetParams& a,
-                                   const RowTiles& t, const RowLanes<G>& g) {
+                                   float (&p)[KPL], const RowLanes<G>& g) {
+  constexpr float kLog2e = 1.4426950408889634f;
   const int k = a.num_atoms, lane = g.lane;
   bool ok = true;
   float best_value = 0.0f;
-  float p[KPL] = {};
   float next[KPL];
   auto load = [&](int64_t e, float* v) {
     const T* x = logits + (e * a.batch_size + b) * k;
@@ -202,10 +211,11 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
 #pragma unroll
     for (int u = 0; u < KPL; ++u) m = fmaxf(m, v[u]);
     m = g.Max(m);
+    const float shift = -m * kLog2e;
     float s = 0.0f;
 #pragma unroll
     for (int u = 0; u < KPL; ++u) {
-      v[u] = u * G + lane < k ? __expf(v[u] - m) : 0.0f;
+      v[u] = u * G + lane < k ? Exp2Approx(fmaf(v[u], kLog2e, shift)) : 0.0f;
       s += v[u];
     }
     s = g.Sum(s);
@@ -213,7 +223,7 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
     if (a.combine == Combine::kMean) {
       const float scale = 1.0f / (s * static_cast<float>(a.num_members));
 #pragma unroll
-      for (int u = 0; u < KPL; ++u) p[u] = (e == 0 ? 0.0f : p[u]) + v[u] * scale;
+      for (int u = 0; u < KPL; ++u) p[u] = e == 0 ? v[u] * scale : fmaf(v[u], scale, p[u]);
     } else {
       float zs = 0.0f;
 #pragma unroll
@@ -229,12 +239,17 @@ __device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, cons
       }
     }
   }
+  return ok;
+}
+
+// Stores a row held in registers (CombineMembersRegs) to shared memory, for the scan and HL-Gauss.
+template <int G, int KPL>
+__device__ void StoreRegs(const float (&p)[KPL], int k, float* dst, const RowLanes<G>& g) {
 #pragma unroll
   for (int u = 0; u < KPL; ++u) {
-    const int j = u * G + lane;
-    if (j < k) t.hi[j] = p[u];
+    const int j = u * G + g.lane;
+    if (j < k) dst[j] = p[u];
   }
-  return ok;
 }
 
 // Plan of a row projected without a scan (see the file comment; the CPU's PlanShift). Shift rows:
@@ -308,17 +323,26 @@ __device__ float ProjectC51Direct(const float* p, const TargetParams& a, const D
                                   float* __restrict__ out, bool write, const RowLanes<G>& g) {
   const int k = a.num_atoms, lane = g.lane;
   const int slots = KPL > 0 ? KPL : (k + G - 1) / G;  // bins per lane
+  // The clipped masses. A warp per row (G = 32) sums each only when some atom is clipped at that
+  // end (the branch is then uniform over the warp; with g <= 1 at most one end clips); smaller
+  // groups always sum both, since the rows of a warp differ (RowLanes).
   float lo = 0.0f, hi = 0.0f;
+  if (G < kWarp || s.ja > 0) {
 #pragma unroll
-  for (int u = 0; u < slots; ++u) {
-    const int i = u * G + lane;
-    if (i < k) {
-      lo += i < s.ja ? p[i] : 0.0f;
-      hi += i >= s.jb ? p[i] : 0.0f;
+    for (int u = 0; u < slots; ++u) {
+      const int i = u * G + lane;
+      if (i < k) lo += i < s.ja ? p[i] : 0.0f;
     }
+    lo = g.Sum(lo);
   }
-  lo = g.Sum(lo);
-  hi = g.Sum(hi);
+  if (G < kWarp || s.jb < k) {
+#pragma unroll
+    for (int u = 0; u < slots; ++u) {
+      const int i = u * G + lane;
+      if (i < k) hi += i >= s.jb ? p[i] : 0.0f;
+    }
+    hi = g.Sum(hi);
+  }
   const unsigned n = static_cast<unsigned>(s.jb - s.ja);
   float v = 0.0f;
 #pragma unroll
@@ -334,6 +358,70 @@ __device__ float ProjectC51Direct(const float* p, const TargetParams& a, const D
         const float w = fmaxf(0.0f, 1.0f - fabsf(q == 0 ? uc : uc + static_cast<float>(q) * s.g));
         if (static_cast<unsigned>(rel + q) < n) y = fmaf(p[jc + q], w, y);
       }
+      if (i == s.low_bin) y += lo * (1.0f - s.low_frac);
+      if (i == s.low_bin + 1) y += lo * s.low_frac;
+      if (i == k - 1) y += hi;
+      if (write) out[i] = y;
+      v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
+    }
+  }
+  return v;
+}
+
+// Phase 2 (C51) without a scan, for a row in registers (KPL > 0). An unclipped atom j with
+// b_j = j + d + u_j, |u_j| <= 1, puts A_j = p_j (1 - |u_j|) on bin j + d, Bp_j = p_j max(u_j, 0) on
+// bin j + d + 1 and Bm_j = p_j max(-u_j, 0) on bin j + d - 1. So bin i receives C_{i-d} with
+// C_j = A_j + Bp_{j-1} + Bm_{j+1}: each lane computes A, Bp, Bm of its own atoms once, takes its
+// neighbours' Bp and Bm by two shuffles per slot (atom j - 1 is lane L - 1's, or lane G - 1's in the
+// slot before), writes C_j for j in [-1, K] to `scratch` (offset 1; >= K + 2 floats), and gathers
+// bin i from C_{i-d}: one shared load per bin, against three and their weights in the gather form
+// (ProjectC51Direct). The clipped masses go as there. Writes the row when `write`; returns this
+// lane's part of its expected value.
+template <int G, int KPL>
+__device__ float ProjectC51Shifted(const float (&p)[KPL], float* scratch, const TargetParams& a,
+                                   const DirectPlan& s, float* __restrict__ out, bool write,
+                                   const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
+  float lo = 0.0f, hi = 0.0f, bp[KPL], bm[KPL], c[KPL];
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int j = u * G + lane;
+    const bool unclipped = j >= s.ja && j < s.jb;
+    lo += j < s.ja ? p[u] : 0.0f;  // p is 0 past K
+    hi += j >= s.jb ? p[u] : 0.0f;
+    const float pu = unclipped ? p[u] : 0.0f;
+    // |u_j| <= 1 up to float rounding: clamped, so A + Bp + Bm = p_j with A >= 0.
+    const float uj = fminf(fmaxf(fmaf(s.gm1, static_cast<float>(j), s.cf), -1.0f), 1.0f);
+    c[u] = fmaf(-pu, fabsf(uj), pu);
+    bp[u] = pu * fmaxf(uj, 0.0f);
+    bm[u] = pu * fmaxf(-uj, 0.0f);
+  }
+  lo = g.Sum(lo);
+  hi = g.Sum(hi);
+  float from_left[KPL], from_right[KPL];  // slot u's Bp of lane L - 1, Bm of lane L + 1 (mod G)
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    from_left[u] = __shfl_sync(0xffffffffu, bp[u], (lane + G - 1) % G, G);
+    from_right[u] = __shfl_sync(0xffffffffu, bm[u], (lane + 1) % G, G);
+  }
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const float left = lane > 0 ? from_left[u] : (u > 0 ? from_left[u - 1] : 0.0f);
+    const float right = lane < G - 1 ? from_right[u] : (u + 1 < KPL ? from_right[u + 1] : 0.0f);
+    c[u] += left + right;
+    const int j = u * G + lane;
+    if (j <= k) scratch[j + 1] = c[u];
+  }
+  if (lane == 0) scratch[0] = bm[0];                      // C_{-1} = Bm_0
+  if (KPL * G == k && lane == G - 1) scratch[k + 1] = bp[KPL - 1];  // C_K = Bp_{K-1}
+  g.Sync();
+  float v = 0.0f;
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int i = u * G + lane;
+    if (i < k) {
+      const unsigned at = static_cast<unsigned>(i - s.d + 1);  // C_{i-d}, in [-1, K] or none
+      float y = at <= static_cast<unsigned>(k + 1) ? scratch[at] : 0.0f;
       if (i == s.low_bin) y += lo * (1.0f - s.low_frac);
       if (i == s.low_bin + 1) y += lo * s.low_frac;
       if (i == k - 1) y += hi;
@@ -463,17 +551,25 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   float r = a.reward[b];
   float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
   float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  // The combined row: in registers (KPL > 0; stored to t.hi only for the scan and HL-Gauss), or in
+  // t.hi.
   bool ok;
+  float p[KPL > 0 ? KPL : 1];
   if constexpr (KPL > 0) {
-    ok = CombineMembersRegs<T, G, KPL>(logits, b, a, t, lanes);
+    ok = CombineMembersRegs<T, G, KPL>(logits, b, a, p, lanes);
   } else {
     ok = CombineMembers<T, G>(logits, b, a, t, lanes);
   }
+  const auto row_to_shared = [&] {
+    if constexpr (KPL > 0) StoreRegs<G, KPL>(p, k, t.hi, lanes);
+  };
   ok = ok && isfinite(r) && isfinite(g) && isfinite(ent);
   if (!ok) r = g = ent = 0.0f;  // a finite terminal row; its output is overwritten with NaN below
   lanes.Sync();
   float v;
   if (a.projection == Projection::kHlGauss) {  // uniform over the launch
+    row_to_shared();
+    lanes.Sync();
     v = HlGauss(t, a, r, g, ent, out, live, lanes);
   } else {
     DirectPlan plan;
@@ -484,8 +580,14 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
       plan = DirectPlan{};  // in range for the gather below, whose result this row discards
       direct = false;
     }
-    v = ProjectC51Direct<G, KPL>(t.hi, a, plan, out, live && direct, lanes);
+    if constexpr (KPL > 0) {
+      v = ProjectC51Shifted<G, KPL>(p, t.hi, a, plan, out, live && direct, lanes);
+    } else {
+      v = ProjectC51Direct<G, KPL>(t.hi, a, plan, out, live && direct, lanes);
+    }
     if (__any_sync(0xffffffffu, !direct)) {  // some row of this warp needs a scan
+      lanes.Sync();
+      row_to_shared();  // over ProjectC51Shifted's C
       for (int i = lane; i < k; i += G) t.y[i] = 0.0f;
       lanes.Sync();
       AccumulateC51Monotone(t, a, r, g, ent, !direct && g >= 0.0f, lanes);
@@ -710,12 +812,12 @@ int TargetRowLanes(int k, int requested) {
   return k <= 16 * 8 ? 8 : (k <= 16 * 16 ? 16 : kWarp);
 }
 
-// Floats per shared tile: >= K + 1, and for G < 32 padded so that 2 * stride = G (mod 32): the
-// groups of a warp then start their rows G banks apart and their lanes' accesses to the same
-// offset hit different banks.
+// Floats per shared tile: >= K + 2 (ProjectC51Shifted's C_{-1} .. C_K), and for G < 32 padded so
+// that 2 * stride = G (mod 32): the groups of a warp then start their rows G banks apart and their
+// lanes' accesses to the same offset hit different banks.
 int TargetRowStride(int k, int lanes) {
-  if (lanes == kWarp) return k + 1;
-  int stride = k + 1;
+  if (lanes == kWarp) return k + 2;
+  int stride = k + 2;
   while (stride % 16 != lanes / 2) ++stride;
   return stride;
 }
