@@ -6,8 +6,9 @@ discount 0.99, mask 1 and K <= 101, since (1 - 0.99)(K - 1) <= 1), the terminal 
 0 or discount 0), and the segmented-scan path (discounts far from 1). The kernels' row test is
 `mtrl.ops.shift_plan.shift_rows`, so the tests can check that the paths are exercised. Member
 softmax runs with the row in registers for K <= 256 and through shared memory above (K = 513).
-A row is owned by 8 lanes for K <= 128, 16 for K <= 256, a warp above; the other tests run that
-default layout, and test_cuda_every_row_layout_matches_float64 forces each layout on every path.
+A row is owned by a warp for small batches (up to 24 rows per multiprocessor) and K > 256, else by
+8 lanes (K <= 128) or 16 (K <= 256); the other tests run that default choice, and
+test_cuda_every_row_layout_matches_float64 forces each layout on every path.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 // CUDA fused categorical TD target and cross-entropy (see td_target_cuda.h; semantics td_target.h).
 //
-// TD target: each row is owned, start to finish, by one group of G lanes of a warp: G = 8 for
-// K <= 128 (BRC's 101 atoms: 13 per lane, four rows per warp), 16 for K <= 256, the whole warp
-// (G = 32) above. Small groups keep a row's atoms in a lane's registers (13 independent loads in
-// flight per member instead of 4), fill 104 of their slots instead of 128 at K = 101, and share
-// every per-row step (the reductions, 3 shuffle levels instead of 5, and the projection's plan)
-// among four rows per instruction. The warp stays converged: its rows may need different
+// TD target: each row is owned, start to finish, by one group of G lanes of a warp: for large
+// batches G = 8 for K <= 128 (BRC's 101 atoms: 13 per lane, four rows per warp) and 16 for
+// K <= 256; the whole warp (G = 32) above, and for batches of at most 24 rows per multiprocessor.
+// Small groups keep a row's atoms in a lane's registers (13 independent loads in flight per member
+// instead of 4), fill 104 of their slots instead of 128 at K = 101, and share every per-row step
+// (the reductions, 3 shuffle levels instead of 5, and the projection's plan) among four rows per
+// instruction: fewer instructions per row, but a longer chain per warp, which small batches (too
+// few rows to fill the GPU) wait for. The warp stays converged: its rows may need different
 // projections, so no row-dependent branch holds a shuffle (RowLanes).
 // Per row: softmax of each member (for K <= 16 G with the row in registers, KPL logits per lane;
 // above that through shared memory with 4 loads in flight per lane), combined (mean, or the
@@ -803,12 +805,16 @@ void LaunchTargetKernel(const T* logits, const TargetParams& p, int64_t blocks, 
       <<<static_cast<unsigned>(blocks), threads, shared, stream>>>(logits, p);
 }
 
-// Lanes per row (see the file comment): 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per
-// lane, in registers), the whole warp above. `requested` 8 or 16 forces that group where the row
-// fits it (K <= 16 G), 32 forces a warp per row; 0 (or a row too long for the group) chooses.
-int TargetRowLanes(int k, int requested) {
+// Lanes per row (see the file comment): a warp per row while the batch has at most 24 rows per
+// multiprocessor (on an H200, B <= 3168: at B = 1024, K = 101 a warp per row took 3.4 us, 8 lanes
+// 5.3; at B = 4096 both 5.5), else 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per lane, in
+// registers; at B = 16384 8 lanes took 12.5 us, a warp 16.6), a warp above. `requested` 8 or 16
+// forces that group where the row fits it (K <= 16 G), 32 forces a warp per row; 0 (or a row too
+// long for the group) chooses.
+int TargetRowLanes(int k, int64_t batch, int multiprocessors, int requested) {
   if (requested == kWarp) return kWarp;
   if ((requested == 8 || requested == 16) && k <= 16 * requested) return requested;
+  if (batch <= 24 * static_cast<int64_t>(multiprocessors)) return kWarp;
   return k <= 16 * 8 ? 8 : (k <= 16 * 16 ? 16 : kWarp);
 }
 
@@ -886,7 +892,10 @@ void TdTargetCuda(const TdTargetCudaArgs& args) {
   p.num_members = args.num_members;
   p.batch_size = args.batch_size;
   p.num_atoms = static_cast<int>(args.num_atoms);
-  const int lanes = TargetRowLanes(p.num_atoms, args.row_lanes);
+  int multiprocessors = 0;
+  Check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, args.device),
+        "cudaDeviceGetAttribute(MultiProcessorCount)");
+  const int lanes = TargetRowLanes(p.num_atoms, args.batch_size, multiprocessors, args.row_lanes);
   p.row_stride = TargetRowStride(p.num_atoms, lanes);
   const int per_row = 2 * p.row_stride * static_cast<int>(sizeof(float));
   p.rows_per_block = kTargetThreads / lanes;

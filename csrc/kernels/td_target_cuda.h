@@ -31,8 +31,9 @@ struct TdTargetCudaArgs {
   float* target = nullptr;            // out [B, K]
   float* expected_value = nullptr;    // out [B]
   int32_t* nonfinite_count = nullptr; // out [1], or nullptr: not counted (no memset, no atomics)
-  // Lanes per row of the kernel: 0 chooses (8 for K <= 128, 16 for K <= 256, a warp above); 8 or
-  // 16 force that group where K <= 16 * lanes, 32 a warp per row. Same results either way.
+  // Lanes per row of the kernel: 0 chooses (a warp for small batches and K > 256, else 8 for
+  // K <= 128 and 16 for K <= 256); 8 or 16 force that group where K <= 16 * lanes, 32 a warp per
+  // row. The same results up to float rounding of sums.
   int row_lanes = 0;
   int device = 0;
   void* stream = nullptr;  // cudaStream_t
