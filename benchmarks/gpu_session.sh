@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the lent GPU machine (device tool), after benchmarks/gpu_prepare.sh here:
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=590)
-# or only some of the steps after the build, e.g. `bash benchmarks/gpu_session.sh tests_cuda td_target`.
+# or only some steps after the build: `bash benchmarks/gpu_session.sh tests_cuda td_target`.
 # Everything a GPU session checks, in one call that fits a 15-minute device budget (the start
 # takes 1-2 of them): build with the CUDA kernels, the CUDA tests, the TD kernels' parity, time and
 # bandwidth, and the paper configuration's loop. Each step has its own time limit, so one that hangs

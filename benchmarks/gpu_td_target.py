@@ -18,7 +18,8 @@ The target is timed on three input sets of the same size, side by side:
 The share of rows on the shift path is computed on the host by ``shift_rows`` (the kernel's
 PlanShift in float64) and printed. Each set is also checked and timed with the target kernel's
 row layouts forced (16 and 32 lanes per row; by default a warp per row up to 24 rows per
-multiprocessor, 8 lanes for larger batches at K <= 128), printed in a second table. The last line is ``RESULT {json}``.
+multiprocessor, 8 lanes for larger batches at K <= 128), printed in a second table. The last line
+is ``RESULT {json}``.
 """
 
 from __future__ import annotations

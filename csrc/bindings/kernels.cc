@@ -445,8 +445,8 @@ void RegisterKernels(py::module_& m) {
         py::arg("device"), py::arg("stream"), py::arg("row_lanes") = 0,
         "Enqueue the CUDA TD target (device pointers as integers; 0 = absent optional input) on "
         "`stream`. row_lanes: lanes per row of the kernel (0 chooses; 8, 16 or 32 force a layout "
-        "where the row fits; the same results up to float rounding). RuntimeError when mtrl was built "
-        "without CUDA.");
+        "where the row fits; the same results up to float rounding). RuntimeError when mtrl was "
+        "built without CUDA.");
   m.def("_cross_entropy_cuda", &CrossEntropyCudaBinding, py::arg("online_logits"),
         py::arg("dtype"), py::arg("num_members"), py::arg("batch_size"), py::arg("num_atoms"),
         py::arg("target"), py::arg("weight"), py::arg("td_error"), py::arg("grad"),

@@ -264,8 +264,10 @@ struct DirectPlan {
   float cf = 0.0f;   // c - d
   float gm1 = 0.0f;  // g - 1
   float g = 0.0f;
-  int low_bin = 0;          // the mass of atoms j < ja goes to low_bin (1 - low_frac) and the next
-  float low_frac = 0.0f;    // bin (low_frac): bin 0 for shift rows, the bins of clip(r) for terminal
+  // The mass of atoms j < ja goes to low_bin (share 1 - low_frac) and the next bin (low_frac):
+  // bin 0 for shift rows, the two bins around clip(r) for terminal rows.
+  int low_bin = 0;
+  float low_frac = 0.0f;
 };
 
 // Terminal rows (g = 0): every atom lands on clip(r), so the row's total is split once between that
@@ -374,11 +376,11 @@ __device__ float ProjectC51Direct(const float* p, const TargetParams& a, const D
 // b_j = j + d + u_j, |u_j| <= 1, puts A_j = p_j (1 - |u_j|) on bin j + d, Bp_j = p_j max(u_j, 0) on
 // bin j + d + 1 and Bm_j = p_j max(-u_j, 0) on bin j + d - 1. So bin i receives C_{i-d} with
 // C_j = A_j + Bp_{j-1} + Bm_{j+1}: each lane computes A, Bp, Bm of its own atoms once, takes its
-// neighbours' Bp and Bm by two shuffles per slot (atom j - 1 is lane L - 1's, or lane G - 1's in the
-// slot before), writes C_j for j in [-1, K] to `scratch` (offset 1; >= K + 2 floats), and gathers
-// bin i from C_{i-d}: one shared load per bin, against three and their weights in the gather form
-// (ProjectC51Direct). The clipped masses go as there. Writes the row when `write`; returns this
-// lane's part of its expected value.
+// neighbours' Bp and Bm by two shuffles per slot (atom j - 1 is lane L - 1's, or lane G - 1's in
+// the slot before), writes C_j for j in [-1, K] to `scratch` (offset 1; >= K + 2 floats), and
+// gathers bin i from C_{i-d}: one shared load per bin, against three and their weights in the
+// gather form (ProjectC51Direct). The clipped masses go as there. Writes the row when `write`;
+// returns this lane's part of its expected value.
 template <int G, int KPL>
 __device__ float ProjectC51Shifted(const float (&p)[KPL], float* scratch, const TargetParams& a,
                                    const DirectPlan& s, float* __restrict__ out, bool write,
@@ -807,8 +809,8 @@ void LaunchTargetKernel(const T* logits, const TargetParams& p, int64_t blocks, 
 
 // Lanes per row (see the file comment): a warp per row while the batch has at most 24 rows per
 // multiprocessor (on an H200, B <= 3168: at B = 1024, K = 101 a warp per row took 3.4 us, 8 lanes
-// 5.3; at B = 4096 both 5.5), else 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per lane, in
-// registers; at B = 16384 8 lanes took 12.5 us, a warp 16.6), a warp above. `requested` 8 or 16
+// 5.3; at B = 4096 both 5.5), else 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per lane,
+// in registers; at B = 16384 8 lanes took 12.5 us, a warp 16.6), a warp above. `requested` 8 or 16
 // forces that group where the row fits it (K <= 16 G), 32 forces a warp per row; 0 (or a row too
 // long for the group) chooses.
 int TargetRowLanes(int k, int64_t batch, int multiprocessors, int requested) {
