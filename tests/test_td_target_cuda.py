@@ -324,3 +324,15 @@ def test_cuda_every_row_layout_matches_float64(k, projection, monkeypatch):
     for i, (target, value) in enumerate(results[2:], start=2):
         torch.testing.assert_close(target, results[i % 2][0], atol=atol, rtol=0)
         torch.testing.assert_close(value, results[i % 2][1], atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("e", [1, 5])
+@pytest.mark.parametrize("k", [101, 201])
+def test_cuda_row_layouts_with_one_and_five_members(e, k, monkeypatch):
+    """The member loop of every layout with E = 1 (nothing to prefetch) and E = 5, on BRC's inputs
+    (discount 0.99, 70% mask 1: shift and terminal rows side by side)."""
+    logits, reward, mask, _, entropy = make_inputs(e, 1001, k, seed=k + e)
+    for lanes in (8, 16, 32):
+        monkeypatch.setattr(_kernels, "CUDA_TARGET_ROW_LANES", lanes)
+        for combine in ("mean", "min"):
+            assert_matches_float64(logits, reward, mask, 0.99, entropy, combine)
