@@ -292,10 +292,10 @@ def test_cuda_nonfinite_count_only_when_read():
 @pytest.mark.parametrize("k", [2, 11, 51, 101, 128, 129, 201, 256, 513])
 @pytest.mark.parametrize("projection", ["c51", "hl_gauss"])
 def test_cuda_every_row_layout_matches_float64(k, projection, monkeypatch):
-    """8, 16 and 32 lanes per row (a forced group falls back to a warp where K > 16 lanes) give
-    the reference's target on every path in one launch: per-sample discounts put rows on the shift
-    (0.99, 1.0), scan (0.9, 0.5), terminal (0, or mask 0) and serial (-0.5) projections, side by
-    side in the same warps; B = 1001 leaves a partial last block."""
+    """8, 16 and 32 lanes per row (a forced group too small for the row leaves the choice to the
+    launcher) give the reference's target on every path in one launch: per-sample discounts put
+    rows on the shift (0.99, 1.0), scan (0.9, 0.5), terminal (0, or mask 0) and serial (-0.5)
+    projections, side by side in the same warps; B = 1001 leaves a partial last block."""
     b = 1001
     gen = torch.Generator().manual_seed(k + 41)
     logits, reward, mask, _, entropy = make_inputs(2, b, k, seed=k + 40)

@@ -1,0 +1,692 @@
+// Device code of the CUDA TD target (see td_target_cuda.cu for the design), with the launch
+// geometry it needs, in a header of its own so that tests/cuda_emulation can compile it as host
+// C++ and run it lane by lane on a CPU (no GPU needed to check its logic). Included by
+// td_target_cuda.cu alone: everything here has internal linkage.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/td_target.h"
+#include "kernels/td_target_cuda.h"
+
+namespace mtrl {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kTargetThreads = 256;  // threads per block of the target kernel (8 warps)
+constexpr int kLossThreads = 256;
+constexpr int kSharedBytes = 48 * 1024;
+
+__device__ __forceinline__ float Load(const float* p, int64_t i) { return __ldg(p + i); }
+__device__ __forceinline__ float Load(const __nv_bfloat16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void Store(__nv_bfloat16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16(v);
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The G lanes (G divides 32) that own one row of the target kernel: lane = 0 .. G - 1 within the
+// group. Reductions shuffle within G-lane segments of the warp, and every lane of the warp executes
+// every shuffle and sync: no branch that depends on a row holds one, and no lane leaves early (the
+// warp stays converged; shuffles and syncs over per-group masks split it into groups that the GPU
+// then issued one after another: 3x slower at G = 8 on an H200).
+template <int G>
+struct RowLanes {
+  static_assert(G == 8 || G == 16 || G == kWarp, "a row is owned by 8, 16 or 32 lanes");
+  int lane;
+  __device__ explicit RowLanes(int thread) : lane(thread % G) {}
+  __device__ float Sum(float v) const {
+#pragma unroll
+    for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o, G);
+    return v;
+  }
+  __device__ float Max(float v) const {
+#pragma unroll
+    for (int o = G / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, G));
+    return v;
+  }
+  __device__ void Sync() const { __syncwarp(); }
+};
+
+struct TargetParams {
+  const float* reward;
+  const float* mask;
+  const float* discount;
+  float discount_value;
+  const float* entropy;
+  int64_t num_members, batch_size;
+  int num_atoms, rows_per_block, row_stride;
+  float v_min, v_max, dz, sigma;
+  double inv_dz;  // (K - 1) / (v_max - v_min), for the shift plan
+  Combine combine;
+  Projection projection;
+  float* target;
+  float* expected_value;
+  int32_t* nonfinite_count;
+};
+
+// Fractional bin of atom j's shifted value (spec §3.2): b = (clip(r + g (z_j - ent)) - v_min) / dz,
+// split as low + frac. A NaN maps to bin 0 (the row is reported as non-finite anyway).
+__device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const TargetParams& a,
+                                      int* low, float* frac) {
+  const float last = static_cast<float>(a.num_atoms - 1);
+  float zh = r + g * (a.v_min + static_cast<float>(j) * a.dz - ent);
+  zh = fminf(fmaxf(zh, a.v_min), a.v_max);
+  float b = (zh - a.v_min) / a.dz;
+  b = b > 0.0f ? b : 0.0f;
+  b = b < last ? b : last;
+  *low = static_cast<int>(b);
+  *frac = b - static_cast<float>(*low);
+}
+
+// Shared memory of one row: two tiles of `row_stride` (>= K + 2) floats. `lo` and `y` are the same
+// tile: no path uses both (the shared-memory softmax and HL-Gauss use lo, the scans use y).
+struct RowTiles {
+  float* lo;  // one member's softmax values (K > 16 G); the HL-Gauss erf edges
+  float* hi;  // the combined distribution p
+  float* y;   // the C51 target being accumulated by the scan paths
+};
+
+// Phase 1 (one group, one row): softmax of every member, combined into t.hi (mean, or the member
+// with the lowest expected value). Loads are issued 4 per lane at a time so their latencies overlap.
+template <typename T, int G>
+__device__ bool CombineMembers(const T* __restrict__ logits, int64_t b, const TargetParams& a,
+                               const RowTiles& t, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
+  bool ok = true;
+  float best_value = 0.0f;
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    const T* x = logits + (e * a.batch_size + b) * k;
+    float m = -INFINITY;
+    for (int j0 = 0; j0 < k; j0 += 4 * G) {
+      float v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = j0 + u * G + lane;
+        v[u] = j < k ? Load(x, j) : -INFINITY;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = j0 + u * G + lane;
+        if (j < k) t.lo[j] = v[u];
+        m = fmaxf(m, v[u]);
+      }
+    }
+    m = g.Max(m);
+    float s = 0.0f, zs = 0.0f;
+    for (int j = lane; j < k; j += G) {
+      const float v = __expf(t.lo[j] - m);
+      t.lo[j] = v;
+      s += v;
+      zs += v * (a.v_min + static_cast<float>(j) * a.dz);
+    }
+    s = g.Sum(s);
+    ok = ok && isfinite(m) && isfinite(s);
+    if (a.combine == Combine::kMean) {
+      const float scale = 1.0f / (s * static_cast<float>(a.num_members));
+      for (int j = lane; j < k; j += G) t.hi[j] = (e == 0 ? 0.0f : t.hi[j]) + t.lo[j] * scale;
+    } else {
+      const float value = g.Sum(zs) / s;  // uniform over the group
+      if (e == 0 || value < best_value) {
+        best_value = value;
+        const float scale = 1.0f / s;
+        for (int j = lane; j < k; j += G) t.hi[j] = t.lo[j] * scale;
+      }
+    }
+  }
+  return ok;
+}
+
+// 2^x (the hardware's approximate exp2, as __expf uses; exp2f in the CPU emulation).
+__device__ __forceinline__ float Exp2Approx(float x) {
+#ifdef __CUDA_ARCH__
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+// Phase 1 for K <= G * KPL: the same, with each member's row in registers (lane L holds atoms
+// L, L + G, ...): every logit is loaded once, the next member's KPL loads are issued before this
+// member's softmax (two members' loads in flight), and the combined row stays in registers, p[u]
+// for atom u G + L (0 past K). exp(x - m) = 2^(x log2 e - m log2 e): one FMA per atom; the
+// rounding of m log2 e is a factor common to the row, which the normalisation removes.
+template <typename T, int G, int KPL>
+__device__ bool CombineMembersRegs(const T* __restrict__ logits, int64_t b, const TargetParams& a,
+                                   float (&p)[KPL], const RowLanes<G>& g) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int k = a.num_atoms, lane = g.lane;
+  bool ok = true;
+  float best_value = 0.0f;
+  float next[KPL];
+  auto load = [&](int64_t e, float* v) {
+    const T* x = logits + (e * a.batch_size + b) * k;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      const int j = u * G + lane;
+      v[u] = j < k ? Load(x, j) : -INFINITY;
+    }
+  };
+  load(0, next);
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    float v[KPL];
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) v[u] = next[u];
+    if (e + 1 < a.num_members) load(e + 1, next);
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) m = fmaxf(m, v[u]);
+    m = g.Max(m);
+    const float shift = -m * kLog2e;
+    float s = 0.0f;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      v[u] = u * G + lane < k ? Exp2Approx(fmaf(v[u], kLog2e, shift)) : 0.0f;
+      s += v[u];
+    }
+    s = g.Sum(s);
+    ok = ok && isfinite(m) && isfinite(s);
+    if (a.combine == Combine::kMean) {
+      const float scale = 1.0f / (s * static_cast<float>(a.num_members));
+#pragma unroll
+      for (int u = 0; u < KPL; ++u) p[u] = e == 0 ? v[u] * scale : fmaf(v[u], scale, p[u]);
+    } else {
+      float zs = 0.0f;
+#pragma unroll
+      for (int u = 0; u < KPL; ++u) {
+        zs += v[u] * (a.v_min + static_cast<float>(u * G + lane) * a.dz);
+      }
+      const float value = g.Sum(zs) / s;  // uniform over the group
+      if (e == 0 || value < best_value) {
+        best_value = value;
+        const float scale = 1.0f / s;
+#pragma unroll
+        for (int u = 0; u < KPL; ++u) p[u] = v[u] * scale;
+      }
+    }
+  }
+  return ok;
+}
+
+// Stores a row held in registers (CombineMembersRegs) to shared memory, for the scan and HL-Gauss.
+template <int G, int KPL>
+__device__ void StoreRegs(const float (&p)[KPL], int k, float* dst, const RowLanes<G>& g) {
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int j = u * G + g.lane;
+    if (j < k) dst[j] = p[u];
+  }
+}
+
+// Plan of a row projected without a scan (td_target_cuda.cu's file comment; the CPU's PlanShift).
+// Shift rows: with b_j = c + g j and u_j = b_j - j - d = (c - d) + (g - 1) j, atoms j < ja are
+// clipped at v_min (b_j <= 0), atoms j >= jb at v_max (b_j >= K - 1), and every atom in [ja, jb)
+// has |u_j| <= 1, so it puts mass only on bins j + d - 1, j + d, j + d + 1. Terminal rows (g = 0)
+// are the case ja = jb = K: every atom is "clipped low", and that mass goes to the bins around
+// clip(r).
+struct DirectPlan {
+  int d = 0, ja = 0, jb = 0;
+  float cf = 0.0f;   // c - d
+  float gm1 = 0.0f;  // g - 1
+  float g = 0.0f;
+  // The mass of atoms j < ja goes to low_bin (share 1 - low_frac) and the next bin (low_frac):
+  // bin 0 for shift rows, the two bins around clip(r) for terminal rows.
+  int low_bin = 0;
+  float low_frac = 0.0f;
+};
+
+// Terminal rows (g = 0): every atom lands on clip(r), so the row's total is split once between that
+// bin and the next (as the CPU's ProjectRow) instead of scanning K atoms that share one bin.
+__device__ __forceinline__ void PlanTerminal(float r, float ent, const TargetParams& a,
+                                             DirectPlan* s) {
+  *s = DirectPlan{};
+  s->ja = s->jb = a.num_atoms;
+  BinOf(0, r, 0.0f, ent, a, &s->low_bin, &s->low_frac);  // the same bin for every atom
+}
+
+// False when the shift does not apply: g <= 0 (mask 0 or a negative discount), or the u_j of the
+// unclipped atoms span more than [-1, 1] for every d (g too far from 1 for this row). Inputs are
+// finite. Double precision for c, the clip bounds and d (uniform over the group, once per row).
+__device__ __forceinline__ bool PlanShift(float r, float g, float ent, const TargetParams& a,
+                                          DirectPlan* s) {
+  if (!(g > 0.0f)) return false;
+  const int k = a.num_atoms;
+  const double gd = g, kd = static_cast<double>(k);
+  const double c = (static_cast<double>(r) + gd * (static_cast<double>(a.v_min) - ent) -
+                    static_cast<double>(a.v_min)) * a.inv_dz;
+  const double inv_g = 1.0 / gd;
+  // Clipped at v_min: j <= -c / g; at v_max: j >= (K - 1 - c) / g (bins rise with j); clamped to
+  // [-1, K] so the integer bounds below stay in [0, K].
+  const double t_lo = fmin(fmax(-c * inv_g, -1.0), kd);
+  const double t_hi = fmin(fmax((kd - 1.0 - c) * inv_g, -1.0), kd);
+  const int ja = min(static_cast<int>(floor(t_lo)) + 1, k);  // first unclipped atom
+  const int jb = max(static_cast<int>(ceil(t_hi)), ja);      // one past the last
+  double d = 0.0;
+  if (ja < jb) {
+    // u over the unclipped atoms is monotone in j: its extremes are at ja and jb - 1.
+    const double ua = c + (gd - 1.0) * ja, ub = c + (gd - 1.0) * (jb - 1);
+    const double lo = fmin(ua, ub), hi = fmax(ua, ub);
+    d = floor(0.5 * (lo + hi) + 0.5);
+    if (!(lo - d >= -1.0 && hi - d <= 1.0)) return false;
+  }
+  // |d| <= K + 1: d is within 1 of b_j - j for an unclipped atom (b_j in (0, K - 1)), or 0.
+  s->d = static_cast<int>(d);
+  s->ja = ja;
+  s->jb = jb;
+  s->cf = static_cast<float>(c - d);
+  s->gm1 = g - 1.0f;
+  s->g = g;
+  s->low_bin = 0;
+  s->low_frac = 0.0f;
+  return true;
+}
+
+// Phase 2 (C51) without a scan (a DirectPlan: shift or terminal rows): lane L owns output bins
+// L, L + G, ...; bin i gathers atoms j = i - d + q (q = -1, 0, 1) that are unclipped (j in
+// [ja, jb)), with weight max(0, 1 - |b_j - i|), b_j - i = u_{i-d} + q g; the masses of the clipped
+// atoms (group sums over the lanes' own atoms) go to low_bin (and the next, terminal rows) and to
+// bin K - 1. Writes the row when `write` and returns this lane's part of its expected value.
+// p: the combined row (t.hi). KPL > 0: K <= G * KPL (loops fully unrolled).
+template <int G, int KPL>
+__device__ float ProjectC51Direct(const float* p, const TargetParams& a, const DirectPlan& s,
+                                  float* __restrict__ out, bool write, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
+  const int slots = KPL > 0 ? KPL : (k + G - 1) / G;  // bins per lane
+  // The clipped masses. A warp per row (G = 32) sums each only when some atom is clipped at that
+  // end (the branch is then uniform over the warp; with g <= 1 at most one end clips); smaller
+  // groups always sum both, since the rows of a warp differ (RowLanes).
+  float lo = 0.0f, hi = 0.0f;
+  if (G < kWarp || s.ja > 0) {
+#pragma unroll
+    for (int u = 0; u < slots; ++u) {
+      const int i = u * G + lane;
+      if (i < k) lo += i < s.ja ? p[i] : 0.0f;
+    }
+    lo = g.Sum(lo);
+  }
+  if (G < kWarp || s.jb < k) {
+#pragma unroll
+    for (int u = 0; u < slots; ++u) {
+      const int i = u * G + lane;
+      if (i < k) hi += i >= s.jb ? p[i] : 0.0f;
+    }
+    hi = g.Sum(hi);
+  }
+  const unsigned n = static_cast<unsigned>(s.jb - s.ja);
+  float v = 0.0f;
+#pragma unroll
+  for (int u = 0; u < slots; ++u) {
+    const int i = u * G + lane;
+    if (i < k) {
+      const int jc = i - s.d;  // the atom whose u is measured from bin i
+      const float uc = fmaf(s.gm1, static_cast<float>(jc), s.cf);  // b_jc - i
+      const int rel = jc - s.ja;
+      float y = 0.0f;
+#pragma unroll
+      for (int q = -1; q <= 1; ++q) {
+        const float w = fmaxf(0.0f, 1.0f - fabsf(q == 0 ? uc : uc + static_cast<float>(q) * s.g));
+        if (static_cast<unsigned>(rel + q) < n) y = fmaf(p[jc + q], w, y);
+      }
+      if (i == s.low_bin) y += lo * (1.0f - s.low_frac);
+      if (i == s.low_bin + 1) y += lo * s.low_frac;
+      if (i == k - 1) y += hi;
+      if (write) out[i] = y;
+      v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
+    }
+  }
+  return v;
+}
+
+// Phase 2 (C51) without a scan, for a row in registers (KPL > 0). An unclipped atom j with
+// b_j = j + d + u_j, |u_j| <= 1, puts A_j = p_j (1 - |u_j|) on bin j + d, Bp_j = p_j max(u_j, 0) on
+// bin j + d + 1 and Bm_j = p_j max(-u_j, 0) on bin j + d - 1. So bin i receives C_{i-d} with
+// C_j = A_j + Bp_{j-1} + Bm_{j+1}: each lane computes A, Bp, Bm of its own atoms once, takes its
+// neighbours' Bp and Bm by two shuffles per slot (atom j - 1 is lane L - 1's, or lane G - 1's in
+// the slot before), writes C_j for j in [-1, K] to `scratch` (offset 1; >= K + 2 floats), and
+// gathers bin i from C_{i-d}: one shared load per bin, against three and their weights in the
+// gather form (ProjectC51Direct). The clipped masses go as there. Writes the row when `write`;
+// returns this lane's part of its expected value.
+template <int G, int KPL>
+__device__ float ProjectC51Shifted(const float (&p)[KPL], float* scratch, const TargetParams& a,
+                                   const DirectPlan& s, float* __restrict__ out, bool write,
+                                   const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
+  float lo = 0.0f, hi = 0.0f, bp[KPL], bm[KPL], c[KPL];
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int j = u * G + lane;
+    const bool unclipped = j >= s.ja && j < s.jb;
+    lo += j < s.ja ? p[u] : 0.0f;  // p is 0 past K
+    hi += j >= s.jb ? p[u] : 0.0f;
+    const float pu = unclipped ? p[u] : 0.0f;
+    // |u_j| <= 1 up to float rounding: clamped, so A + Bp + Bm = p_j with A >= 0.
+    const float uj = fminf(fmaxf(fmaf(s.gm1, static_cast<float>(j), s.cf), -1.0f), 1.0f);
+    c[u] = fmaf(-pu, fabsf(uj), pu);
+    bp[u] = pu * fmaxf(uj, 0.0f);
+    bm[u] = pu * fmaxf(-uj, 0.0f);
+  }
+  lo = g.Sum(lo);
+  hi = g.Sum(hi);
+  float from_left[KPL], from_right[KPL];  // slot u's Bp of lane L - 1, Bm of lane L + 1 (mod G)
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    from_left[u] = __shfl_sync(0xffffffffu, bp[u], (lane + G - 1) % G, G);
+    from_right[u] = __shfl_sync(0xffffffffu, bm[u], (lane + 1) % G, G);
+  }
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const float left = lane > 0 ? from_left[u] : (u > 0 ? from_left[u - 1] : 0.0f);
+    const float right = lane < G - 1 ? from_right[u] : (u + 1 < KPL ? from_right[u + 1] : 0.0f);
+    c[u] += left + right;
+    const int j = u * G + lane;
+    if (j <= k) scratch[j + 1] = c[u];
+  }
+  if (lane == 0) scratch[0] = bm[0];                      // C_{-1} = Bm_0
+  if (KPL * G == k && lane == G - 1) scratch[k + 1] = bp[KPL - 1];  // C_K = Bp_{K-1}
+  g.Sync();
+  float v = 0.0f;
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int i = u * G + lane;
+    if (i < k) {
+      const unsigned at = static_cast<unsigned>(i - s.d + 1);  // C_{i-d}, in [-1, K] or none
+      float y = at <= static_cast<unsigned>(k + 1) ? scratch[at] : 0.0f;
+      if (i == s.low_bin) y += lo * (1.0f - s.low_frac);
+      if (i == s.low_bin + 1) y += lo * s.low_frac;
+      if (i == k - 1) y += hi;
+      if (write) out[i] = y;
+      v = fmaf(y, a.v_min + static_cast<float>(i) * a.dz, v);
+    }
+  }
+  return v;
+}
+
+// Inclusive sum of `v` over the run of the group's lanes up to this one whose `key` equals this
+// lane's (keys are non-decreasing across the lanes, so equal keys are contiguous).
+template <int G>
+__device__ __forceinline__ float SegmentedSum(float v, int key, const RowLanes<G>& g) {
+#pragma unroll
+  for (int d = 1; d < G; d <<= 1) {
+    const float other = __shfl_up_sync(0xffffffffu, v, d, G);
+    const int other_key = __shfl_up_sync(0xffffffffu, key, d, G);
+    if (g.lane >= d && other_key == key) v += other;
+  }
+  return v;
+}
+
+// Phase 2 (C51) for g >= 0, where low_j is non-decreasing in j (every float op of BinOf is
+// monotone): G source atoms at a time, each run of atoms with the same bin is summed by a
+// segmented group scan and added to that bin once by the run's last lane. Fixed order, no atomics.
+// Every lane of the warp runs it (its shuffles); only the rows with `active` accumulate into t.y.
+template <int G>
+__device__ void AccumulateC51Monotone(const RowTiles& t, const TargetParams& a, float r, float gam,
+                                      float ent, bool active, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
+  float* y = t.y;
+  for (int j0 = 0; j0 < k; j0 += G) {
+    const int j = j0 + lane;
+    int l = 0x7fffffff;
+    float lo = 0.0f, hi = 0.0f;
+    if (j < k) {
+      float frac;
+      BinOf(j, r, gam, ent, a, &l, &frac);
+      const float p = t.hi[j];
+      lo = p * (1.0f - frac);
+      hi = p * frac;
+    }
+    const int next = __shfl_down_sync(0xffffffffu, l, 1, G);
+    const bool run_end = active && j < k && (lane == G - 1 || next != l);
+    lo = SegmentedSum(lo, l, g);
+    hi = SegmentedSum(hi, l, g);
+    if (run_end) y[l] += lo;
+    g.Sync();
+    if (run_end && l + 1 < k) y[l + 1] += hi;
+    g.Sync();
+  }
+}
+
+// Phase 2 (C51) for g < 0 (bins in any order; never in BRC, where g = discount * mask >= 0):
+// the group's lane 0 scatters serially.
+template <int G>
+__device__ void AccumulateC51Serial(const RowTiles& t, const TargetParams& a, float r, float gam,
+                                    float ent, const RowLanes<G>& g) {
+  if (g.lane != 0) return;
+  const int k = a.num_atoms;
+  for (int j = 0; j < k; ++j) {
+    int l;
+    float frac;
+    BinOf(j, r, gam, ent, a, &l, &frac);
+    const float p = t.hi[j];
+    t.y[l] += p * (1.0f - frac);
+    t.y[l + 1 < k ? l + 1 : l] += p * frac;
+  }
+}
+
+// Stores a row's target from shared memory; returns this lane's part of its expected value.
+template <int G>
+__device__ float StoreRow(const float* y, const TargetParams& a, float* __restrict__ out,
+                          bool write, const RowLanes<G>& g) {
+  float v = 0.0f;
+  for (int i = g.lane; i < a.num_atoms; i += G) {
+    if (write) out[i] = y[i];
+    v += y[i] * (a.v_min + static_cast<float>(i) * a.dz);
+  }
+  return v;
+}
+
+// Phase 2 (HL-Gauss): Gaussian histogram around the clamped scalar target, group-parallel erf.
+template <int G>
+__device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, float gam, float ent,
+                         float* __restrict__ out, bool write, const RowLanes<G>& g) {
+  const int k = a.num_atoms, lane = g.lane;
+  float v = 0.0f;
+  for (int j = lane; j < k; j += G) v += t.hi[j] * (a.v_min + static_cast<float>(j) * a.dz);
+  v = g.Sum(v);
+  const float target = fminf(fmaxf(r + gam * (v - ent), a.v_min), a.v_max);  // clamp first
+  const float inv = 1.0f / (a.sigma * 1.41421356237f);
+  for (int i = lane; i <= k; i += G) {
+    t.lo[i] = erff((a.v_min - 0.5f * a.dz + static_cast<float>(i) * a.dz - target) * inv);
+  }
+  g.Sync();
+  const float norm = 1.0f / (t.lo[k] - t.lo[0]);
+  float value = 0.0f;
+  for (int i = lane; i < k; i += G) {
+    const float y = (t.lo[i + 1] - t.lo[i]) * norm;
+    if (write) out[i] = y;
+    value += y * (a.v_min + static_cast<float>(i) * a.dz);
+  }
+  return value;
+}
+
+// A group of G lanes per row, start to finish (td_target_cuda.cu's file comment). KPL > 0:
+// K <= G * KPL, the member rows in registers (CombineMembersRegs); 0: any K (CombineMembers). The
+// warp stays converged (RowLanes): a group past the batch computes the last row again without
+// writing, a row with non-finite inputs is projected as a finite terminal row and overwritten with
+// NaN, and the scan runs for the whole warp when any of its rows needs it.
+template <typename T, int G, int KPL>
+__global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
+  extern __shared__ float smem[];
+  const RowLanes<G> lanes(threadIdx.x);
+  const int row = threadIdx.x / G, lane = lanes.lane;
+  const int64_t row_b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + row;
+  const bool live = row_b < a.batch_size;
+  const int64_t b = live ? row_b : a.batch_size - 1;
+  const int k = a.num_atoms, stride = a.row_stride;
+  float* base = smem + static_cast<int64_t>(row) * 2 * stride;
+  const RowTiles t{base, base + stride, base};
+  float* out = a.target + b * k;
+
+  // The row's scalars first: their loads overlap the logits'.
+  float r = a.reward[b];
+  float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
+  float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  // The combined row: in registers (KPL > 0; stored to t.hi only for the scan and HL-Gauss), or in
+  // t.hi.
+  bool ok;
+  float p[KPL > 0 ? KPL : 1];
+  if constexpr (KPL > 0) {
+    ok = CombineMembersRegs<T, G, KPL>(logits, b, a, p, lanes);
+  } else {
+    ok = CombineMembers<T, G>(logits, b, a, t, lanes);
+  }
+  const auto row_to_shared = [&] {
+    if constexpr (KPL > 0) StoreRegs<G, KPL>(p, k, t.hi, lanes);
+  };
+  ok = ok && isfinite(r) && isfinite(g) && isfinite(ent);
+  if (!ok) r = g = ent = 0.0f;  // a finite terminal row; its output is overwritten with NaN below
+  lanes.Sync();
+  float v;
+  if (a.projection == Projection::kHlGauss) {  // uniform over the launch
+    row_to_shared();
+    lanes.Sync();
+    v = HlGauss(t, a, r, g, ent, out, live, lanes);
+  } else {
+    DirectPlan plan;
+    bool direct = true;
+    if (g == 0.0f) {
+      PlanTerminal(r, ent, a, &plan);
+    } else if (!PlanShift(r, g, ent, a, &plan)) {
+      plan = DirectPlan{};  // in range for the gather below, whose result this row discards
+      direct = false;
+    }
+    if constexpr (KPL > 0) {
+      v = ProjectC51Shifted<G, KPL>(p, t.hi, a, plan, out, live && direct, lanes);
+    } else {
+      v = ProjectC51Direct<G, KPL>(t.hi, a, plan, out, live && direct, lanes);
+    }
+    if (__any_sync(0xffffffffu, !direct)) {  // some row of this warp needs a scan
+      lanes.Sync();
+      row_to_shared();  // over ProjectC51Shifted's C
+      for (int i = lane; i < k; i += G) t.y[i] = 0.0f;
+      lanes.Sync();
+      AccumulateC51Monotone(t, a, r, g, ent, !direct && g >= 0.0f, lanes);
+      if (!direct && g < 0.0f) AccumulateC51Serial(t, a, r, g, ent, lanes);  // no shuffles
+      lanes.Sync();
+      const float scanned = StoreRow(t.y, a, out, live && !direct, lanes);
+      if (!direct) v = scanned;
+    }
+  }
+  v = lanes.Sum(v);
+  if (!ok && live) {
+    for (int j = lane; j < k; j += G) out[j] = NAN;
+    if (lane == 0 && a.nonfinite_count != nullptr) atomicAdd(a.nonfinite_count, 1);
+  }
+  if (lane == 0 && live) a.expected_value[b] = ok ? v : NAN;
+}
+
+// Lanes per row (td_target_cuda.cu's file comment): a warp per row while the batch has at most 24
+// rows per multiprocessor (on an H200, B <= 3168: at B = 1024, K = 101 a warp per row took 3.4 us,
+// 8 lanes 5.3; at B = 4096 both 5.5), else 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per
+// lane, in registers; at B = 16384 8 lanes took 12.5 us, a warp 16.6), a warp above. `requested` 8
+// or 16 forces that group where the row fits it (K <= 16 G), 32 forces a warp per row; 0 (or a row
+// too long for the group) chooses.
+int TargetRowLanes(int k, int64_t batch, int multiprocessors, int requested) {
+  if (requested == kWarp) return kWarp;
+  if ((requested == 8 || requested == 16) && k <= 16 * requested) return requested;
+  if (batch <= 24 * static_cast<int64_t>(multiprocessors)) return kWarp;
+  return k <= 16 * 8 ? 8 : (k <= 16 * 16 ? 16 : kWarp);
+}
+
+// Floats per shared tile: >= K + 2 (ProjectC51Shifted's C_{-1} .. C_K), and for G < 32 padded so
+// that 2 * stride = G (mod 32): the groups of a warp then start their rows G banks apart and their
+// lanes' accesses to the same offset hit different banks.
+int TargetRowStride(int k, int lanes) {
+  if (lanes == kWarp) return k + 2;
+  int stride = k + 2;
+  while (stride % 16 != lanes / 2) ++stride;
+  return stride;
+}
+
+// The launch of the target kernel for `args` on a device with `multiprocessors` multiprocessors.
+struct TargetLaunch {
+  TargetParams params;
+  int lanes;  // per row
+  int64_t blocks;
+  unsigned threads;     // per block: whole warps (with G < 32, 256 / G rows in 8 warps)
+  size_t shared_bytes;  // per block
+};
+
+inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiprocessors) {
+  TargetLaunch l;
+  TargetParams& p = l.params;
+  p.reward = args.reward;
+  p.mask = args.mask;
+  p.discount = args.discount;
+  p.discount_value = args.discount_value;
+  p.entropy = args.entropy;
+  p.num_members = args.num_members;
+  p.batch_size = args.batch_size;
+  p.num_atoms = static_cast<int>(args.num_atoms);
+  l.lanes = TargetRowLanes(p.num_atoms, args.batch_size, multiprocessors, args.row_lanes);
+  p.row_stride = TargetRowStride(p.num_atoms, l.lanes);
+  const int per_row = 2 * p.row_stride * static_cast<int>(sizeof(float));
+  p.rows_per_block = kTargetThreads / l.lanes;
+  while (p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) --p.rows_per_block;
+  p.v_min = args.v_min;
+  p.v_max = args.v_max;
+  p.dz = (args.v_max - args.v_min) / static_cast<float>(args.num_atoms - 1);
+  p.inv_dz = static_cast<double>(args.num_atoms - 1) /
+             (static_cast<double>(args.v_max) - static_cast<double>(args.v_min));
+  p.sigma = args.sigma;
+  p.combine = args.combine;
+  p.projection = args.projection;
+  p.target = args.target;
+  p.expected_value = args.expected_value;
+  p.nonfinite_count = args.nonfinite_count;
+  l.blocks = (args.batch_size + p.rows_per_block - 1) / p.rows_per_block;
+  l.shared_bytes = static_cast<size_t>(per_row) * p.rows_per_block;
+  l.threads = static_cast<unsigned>((p.rows_per_block * l.lanes + kWarp - 1) / kWarp * kWarp);
+  return l;
+}
+
+// Calls launch.template Run<G, KPL>() with the kernel instantiation for `lanes` and K: the member
+// rows in registers for K <= 16 G (KPL atoms per lane, the smallest instantiated count that holds
+// the row), through shared memory above (G = 32 only).
+template <typename Launcher>
+void DispatchTarget(int lanes, int k, const Launcher& launch) {
+  if (lanes == 8) {
+    if (k <= 8 * 4) {
+      launch.template Run<8, 4>();
+    } else if (k <= 8 * 8) {
+      launch.template Run<8, 8>();
+    } else if (k <= 8 * 13) {
+      launch.template Run<8, 13>();
+    } else {
+      launch.template Run<8, 16>();
+    }
+  } else if (lanes == 16) {
+    if (k <= 16 * 8) {
+      launch.template Run<16, 8>();
+    } else if (k <= 16 * 13) {
+      launch.template Run<16, 13>();
+    } else {
+      launch.template Run<16, 16>();
+    }
+  } else if (k <= 2 * kWarp) {
+    launch.template Run<kWarp, 2>();
+  } else if (k <= 4 * kWarp) {
+    launch.template Run<kWarp, 4>();
+  } else if (k <= 8 * kWarp) {
+    launch.template Run<kWarp, 8>();
+  } else {
+    launch.template Run<kWarp, 0>();
+  }
+}
+
+}  // namespace
+}  // namespace mtrl

@@ -1,0 +1,138 @@
+"""The CUDA TD target kernel's logic, checked on the CPU (no GPU needed).
+
+tests/cuda_emulation builds csrc/kernels/td_target_cuda_kernels.cuh as host C++ with stand-ins for
+the CUDA features it uses (simt.h: one std::thread per GPU thread, a barrier per warp for the
+shuffles and votes) and launches it as TdTargetCuda would (PlanTargetLaunch, DispatchTarget). The
+results are held against the float64 reference on every row layout and projection path. The
+floats differ from a GPU's in the last bits (exp2f for ex2.approx, the host's fma contraction);
+tests/test_td_target_cuda.py checks the real kernels where a GPU is present.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from mtrl.ops import categorical_td_target_reference
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EMULATION = ROOT / "tests" / "cuda_emulation"
+
+
+@pytest.fixture(scope="module")
+def emulated_kernel(tmp_path_factory):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    library = tmp_path_factory.mktemp("cuda_emulation") / "emulate_td_target.so"
+    subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC",
+                    f"-I{EMULATION / 'include'}", f"-I{ROOT / 'csrc'}",
+                    str(EMULATION / "emulate_td_target.cc"), "-o", str(library)],
+                   check=True, capture_output=True)
+    fn = ctypes.CDLL(str(library)).emulate_td_target
+    p = ctypes.c_void_p
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, p, p, p,
+                   ctypes.c_float, p, p, p, p, ctypes.c_float, ctypes.c_float, ctypes.c_int,
+                   ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    return fn
+
+
+def run(fn, logits, reward, mask, discount, entropy, *, lanes=0, multiprocessors=1,
+        combine="mean", projection="c51", sigma=0.0):
+    """(target, expected value, non-finite row count, lanes per row used) of one emulated launch."""
+    members, batch, atoms = logits.shape
+    target = torch.full((batch, atoms), -7.0)
+    value = torch.full((batch,), -7.0)
+    count = torch.zeros(1, dtype=torch.int32)
+
+    def ptr(t):
+        return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+    used = fn(ptr(logits), int(logits.dtype == torch.bfloat16), members, batch, atoms, ptr(reward),
+              ptr(mask), ptr(discount), 0.0, ptr(entropy), ptr(target), ptr(value), ptr(count),
+              -10.0, 10.0, {"mean": 0, "min": 1}[combine], {"c51": 0, "hl_gauss": 1}[projection],
+              sigma, lanes, multiprocessors)
+    return target, value, int(count), used
+
+
+def make_inputs(e, b, k, seed, dtype=torch.float32):
+    """Rewards inside and far outside [-10, 10]; per-sample discounts that put rows on the shift
+    (0.99, 1), scan (0.9, 0.5), terminal (0, or mask 0) and serial (-0.5) projections."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(e, b, k, generator=gen) * 3 + 0.1).to(dtype)
+    reward = torch.randn(b, generator=gen) * 15 + 0.05
+    mask = (torch.rand(b, generator=gen) > 0.3).float()
+    entropy = torch.randn(b, generator=gen) * 0.5 + 0.01
+    choices = torch.tensor([0.99, 1.0, 0.9, 0.5, 0.0, -0.5])
+    discount = choices[torch.randint(0, len(choices), (b,), generator=gen)]
+    return logits, reward, mask, discount, entropy
+
+
+def assert_matches_reference(target, value, logits, reward, mask, discount, entropy, **kw):
+    as64 = [t.double() for t in (logits.float(), reward, mask, discount, entropy)]
+    ref_t, ref_v = categorical_td_target_reference(*as64, v_min=-10.0, v_max=10.0, **kw)
+    torch.testing.assert_close(target.double(), ref_t, atol=3e-5, rtol=0)
+    torch.testing.assert_close(value.double(), ref_v, atol=1e-4, rtol=1e-5)
+    # Serial-scatter rows (g < 0) add K float32 terms one by one: 2e-6 at K = 201.
+    row_tol = torch.where(discount < 0, 2e-6, 1e-6).double()
+    assert ((target.double().sum(-1) - 1).abs() <= row_tol).all()
+
+
+@pytest.mark.parametrize("k", [11, 101, 201])
+@pytest.mark.parametrize("lanes", [8, 16, 32])
+def test_every_row_layout_on_every_path(emulated_kernel, k, lanes):
+    """B = 70: a partial last block, whose past-the-batch groups must not write. A forced group
+    too small for the row leaves the choice to the launcher (16 lanes for K = 201 here)."""
+    inputs = make_inputs(2, 70, k, seed=k + lanes)
+    target, value, bad, used = run(emulated_kernel, *inputs, lanes=lanes)
+    assert used == (lanes if k <= 16 * lanes else 16) and bad == 0
+    assert_matches_reference(target, value, *inputs)
+
+
+@pytest.mark.parametrize("lanes", [8, 32])
+@pytest.mark.parametrize("combine,projection,sigma", [("min", "c51", 0.0),
+                                                      ("mean", "hl_gauss", 0.15),
+                                                      ("min", "hl_gauss", 0.15)])
+def test_min_combine_and_hl_gauss(emulated_kernel, lanes, combine, projection, sigma):
+    inputs = make_inputs(5, 40, 101, seed=7)
+    target, value, _, _ = run(emulated_kernel, *inputs, lanes=lanes, combine=combine,
+                              projection=projection, sigma=sigma)
+    assert_matches_reference(target, value, *inputs, combine=combine, projection=projection,
+                             sigma=sigma)
+
+
+def test_bfloat16_logits(emulated_kernel):
+    inputs = make_inputs(2, 40, 101, seed=9, dtype=torch.bfloat16)
+    for lanes in (8, 32):
+        target, value, _, _ = run(emulated_kernel, *inputs, lanes=lanes)
+        assert_matches_reference(target, value, *inputs)
+
+
+def test_nonfinite_rows_are_nan_and_counted(emulated_kernel):
+    logits, reward, mask, discount, entropy = make_inputs(2, 40, 101, seed=11)
+    logits[1, 3, 50] = float("nan")
+    reward[17] = float("inf")
+    for lanes in (8, 32):
+        target, value, bad, _ = run(emulated_kernel, logits, reward, mask, discount, entropy,
+                                    lanes=lanes)
+        assert bad == 2
+        rows = torch.tensor([3, 17])
+        assert torch.isnan(target[rows]).all() and torch.isnan(value[rows]).all()
+        keep = torch.ones(40, dtype=torch.bool)
+        keep[rows] = False
+        assert torch.isfinite(target[keep]).all() and torch.isfinite(value[keep]).all()
+
+
+def test_layout_choice_follows_the_batch(emulated_kernel):
+    """A warp per row up to 24 rows per multiprocessor, 8 lanes above (K <= 128), 16 (K <= 256)."""
+    for k, multiprocessors, expect in ((101, 1, 8), (101, 3, 32), (201, 1, 16), (300, 1, 32)):
+        inputs = make_inputs(1, 70, k, seed=k)
+        target, value, _, used = run(emulated_kernel, *inputs, multiprocessors=multiprocessors)
+        assert used == expect
+        assert_matches_reference(target, value, *inputs)
