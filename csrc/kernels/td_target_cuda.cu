@@ -11,14 +11,16 @@
 // projections, so no row-dependent branch holds a shuffle (RowLanes).
 // Per row: softmax of each member (for K <= 16 G with the row in registers, KPL logits per lane;
 // above that through shared memory with 4 loads in flight per lane), combined (mean, or the
-// min-expected-value member) into the row p in shared memory; then the C51 projection,
-// deterministic and without atomics, by one of two group-parallel paths:
+// min-expected-value member) into the row p (in registers, or in shared memory); then the C51
+// projection, deterministic and without atomics, by one of two group-parallel paths:
 //  - direct, for shift rows (g = discount * mask > 0 and close to 1, as BRC's 0.99 with mask 1):
 //    the bins are affine in the atom index, b_j = c + g j, so with one integer d per row every
-//    unclipped atom j lands on bins j + d - 1, j + d, j + d + 1 only; each lane gathers its output
-//    bins i from the three atoms i - d - 1, i - d, i - d + 1 with the hat weights
-//    max(0, 1 - |b_j - i|), and the masses of the atoms clipped at v_min / v_max (group sums) go to
-//    bins 0 / K - 1. No scans, no division per atom, the same cost whatever the clipping. For
+//    unclipped atom j lands on bins j + d - 1, j + d, j + d + 1 only. A row in registers gives each
+//    atom's three shares once and bin i takes the sum C_{i-d} of the shares that land on it
+//    (ProjectC51Shifted); a row in shared memory gathers bin i from the three atoms i - d - 1,
+//    i - d, i - d + 1 with the hat weights max(0, 1 - |b_j - i|) (ProjectC51Direct). The masses
+//    of the atoms clipped at v_min / v_max (group sums) go to bins 0 / K - 1. No scans, no
+//    division per atom, the same cost whatever the clipping. For
 //    K >= 16 the same rows take this path as take the CPU kernel's ProjectC51Shift
 //    (td_target_cpu_impl.h, PlanShift; the CPU declines K < 16 for its vector width, the GPU does
 //    not). Terminal rows (g = 0, mask 0) take it too, as rows whose atoms are all clipped: their
