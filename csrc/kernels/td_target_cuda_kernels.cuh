@@ -96,7 +96,7 @@ __device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const 
 // tile: no path uses both (the shared-memory softmax and HL-Gauss use lo, the scans use y).
 struct RowTiles {
   float* lo;  // one member's softmax values (K > 16 G); the HL-Gauss erf edges
-  float* hi;  // the combined distribution p
+  float* hi;  // the combined distribution p; for a row in registers first ProjectC51Shifted's C
   float* y;   // the C51 target being accumulated by the scan paths
 };
 
