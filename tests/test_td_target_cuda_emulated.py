@@ -1,9 +1,10 @@
-"""The CUDA TD target kernel's logic, checked on the CPU (no GPU needed).
+"""The CUDA TD target and cross-entropy kernels' logic, checked on the CPU (no GPU needed).
 
 tests/cuda_emulation builds csrc/kernels/td_target_cuda_kernels.cuh as host C++ with stand-ins for
 the CUDA features it uses (simt.h: one std::thread per GPU thread, a barrier per warp for the
-shuffles and votes) and launches it as TdTargetCuda would (PlanTargetLaunch, DispatchTarget). The
-results are held against the float64 reference on every row layout and projection path. The
+shuffles and votes, one per block for __syncthreads) and launches the kernels as TdTargetCuda and
+CrossEntropyCuda would. The results are held against the float64 references: the target on every
+row layout and projection path, the loss, per-sample TD errors and gradient on every kernel. The
 floats differ from a GPU's in the last bits (exp2f for ex2.approx, the host's fma contraction);
 tests/test_td_target_cuda.py checks the real kernels where a GPU is present.
 """
@@ -18,14 +19,14 @@ import subprocess
 import pytest
 import torch
 
-from mtrl.ops import categorical_td_target_reference
+from mtrl.ops import categorical_cross_entropy_reference, categorical_td_target_reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EMULATION = ROOT / "tests" / "cuda_emulation"
 
 
 @pytest.fixture(scope="module")
-def emulated_kernel(tmp_path_factory):
+def emulation(tmp_path_factory):
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         pytest.skip("no C++ compiler")
@@ -34,13 +35,32 @@ def emulated_kernel(tmp_path_factory):
                     f"-I{EMULATION / 'include'}", f"-I{ROOT / 'csrc'}",
                     str(EMULATION / "emulate_td_target.cc"), "-o", str(library)],
                    check=True, capture_output=True)
-    fn = ctypes.CDLL(str(library)).emulate_td_target
+    return ctypes.CDLL(str(library))
+
+
+@pytest.fixture(scope="module")
+def emulated_kernel(emulation):
+    fn = emulation.emulate_td_target
     p = ctypes.c_void_p
     fn.restype = ctypes.c_int
     fn.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, p, p, p,
                    ctypes.c_float, p, p, p, p, ctypes.c_float, ctypes.c_float, ctypes.c_int,
                    ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int]
     return fn
+
+
+@pytest.fixture(scope="module")
+def emulated_loss(emulation):
+    fn = emulation.emulate_cross_entropy
+    p = ctypes.c_void_p
+    fn.restype = None
+    fn.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, p, p, p, p, p,
+                   p]
+    return fn
+
+
+def ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
 def run(fn, logits, reward, mask, discount, entropy, *, lanes=0, multiprocessors=1,
@@ -50,10 +70,6 @@ def run(fn, logits, reward, mask, discount, entropy, *, lanes=0, multiprocessors
     target = torch.full((batch, atoms), -7.0)
     value = torch.full((batch,), -7.0)
     count = torch.zeros(1, dtype=torch.int32)
-
-    def ptr(t):
-        return None if t is None else ctypes.c_void_p(t.data_ptr())
-
     used = fn(ptr(logits), int(logits.dtype == torch.bfloat16), members, batch, atoms, ptr(reward),
               ptr(mask), ptr(discount), 0.0, ptr(entropy), ptr(target), ptr(value), ptr(count),
               -10.0, 10.0, {"mean": 0, "min": 1}[combine], {"c51": 0, "hl_gauss": 1}[projection],
@@ -136,3 +152,77 @@ def test_layout_choice_follows_the_batch(emulated_kernel):
         target, value, _, used = run(emulated_kernel, *inputs, multiprocessors=multiprocessors)
         assert used == expect
         assert_matches_reference(target, value, *inputs)
+
+
+def run_loss(fn, logits, target, weight=None, need_grad=True):
+    """(loss, td_error, gradient or None, non-finite count) of the emulated cross-entropy."""
+    members, batch, atoms = logits.shape
+    td_error = torch.full((batch,), -7.0)
+    grad = torch.full(logits.shape, -7.0, dtype=logits.dtype) if need_grad else None
+    loss = torch.full((1,), -7.0)
+    count = torch.full((1,), -7, dtype=torch.int32)
+    fn(ptr(logits), int(logits.dtype == torch.bfloat16), members, batch, atoms, ptr(target),
+       ptr(weight), ptr(td_error), ptr(grad), ptr(loss), ptr(count))
+    return loss[0], td_error, grad, int(count)
+
+
+@pytest.mark.parametrize("k", [11, 101, 513])  # register kernels (2 and 4 per lane), generic one
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_loss_td_error_and_gradient(emulated_loss, k, weighted):
+    gen = torch.Generator().manual_seed(k + weighted)
+    logits = torch.randn(2, 70, k, generator=gen) * 2
+    target = torch.softmax(torch.randn(70, k, generator=gen) * 2, -1)
+    weight = torch.rand(70, generator=gen) + 0.1 if weighted else None
+    loss, td_error, grad, bad = run_loss(emulated_loss, logits, target, weight)
+    online = logits.double().requires_grad_()
+    ref_loss, ref_td = categorical_cross_entropy_reference(
+        online, target.double(), None if weight is None else weight.double(), return_td_error=True)
+    ref_loss.backward()
+    assert bad == 0
+    torch.testing.assert_close(loss.double(), ref_loss.detach(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(td_error.double(), ref_td, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(grad.double(), online.grad, atol=1e-8, rtol=1e-4)
+
+
+def test_cross_entropy_bfloat16_logits_and_no_gradient(emulated_loss):
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(2, 40, 101, generator=gen) * 2).to(torch.bfloat16)
+    target = torch.softmax(torch.randn(40, 101, generator=gen), -1)
+    online = logits.double().requires_grad_()
+    ref_loss, ref_td = categorical_cross_entropy_reference(online, target.double(),
+                                                           return_td_error=True)
+    ref_loss.backward()
+    loss, td_error, grad, _ = run_loss(emulated_loss, logits, target)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.double(), online.grad, atol=1e-6, rtol=1e-2)
+    torch.testing.assert_close(td_error.double(), ref_td, atol=1e-4, rtol=1e-5)
+    loss_only, td_only, none, _ = run_loss(emulated_loss, logits, target, need_grad=False)
+    assert none is None and loss_only == loss and torch.equal(td_only, td_error)
+
+
+def test_cross_entropy_counts_nonfinite_samples(emulated_loss):
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 40, 101, generator=gen)
+    target = torch.softmax(torch.randn(40, 101, generator=gen), -1)
+    weight = torch.rand(40, generator=gen) + 0.1
+    logits[1, 7, 3] = float("inf")
+    weight[20] = float("nan")
+    loss, td_error, _, bad = run_loss(emulated_loss, logits, target, weight)
+    assert bad == 2 and torch.isnan(td_error[[7, 20]]).all() and not torch.isfinite(loss)
+
+
+def test_loss_reduction_over_many_samples(emulation):
+    """B = 10000: each of the 1024 threads sums several strided samples (4 loads in flight)."""
+    fn = emulation.emulate_loss_reduce
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                   ctypes.c_void_p]
+    gen = torch.Generator().manual_seed(6)
+    td_error = torch.rand(10000, generator=gen) * 5
+    weight = torch.rand(10000, generator=gen)
+    loss = torch.zeros(1)
+    count = torch.full((1,), -1, dtype=torch.int32)
+    fn(ptr(td_error), ptr(weight), 10000, ptr(loss), ptr(count))
+    expected = (td_error.double() * weight.double()).sum() / 10000
+    assert int(count) == 0
+    torch.testing.assert_close(loss[0].double(), expected, atol=0, rtol=1e-6)

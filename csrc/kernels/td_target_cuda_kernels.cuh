@@ -1,6 +1,6 @@
-// Device code of the CUDA TD target (see td_target_cuda.cu for the design), with the launch
-// geometry it needs, in a header of its own so that tests/cuda_emulation can compile it as host
-// C++ and run it lane by lane on a CPU (no GPU needed to check its logic). Included by
+// Device code of the CUDA TD target and cross-entropy (see td_target_cuda.cu for the design), with
+// the launch geometry they need, in a header of its own so that tests/cuda_emulation can compile it
+// as host C++ and run it lane by lane on a CPU (no GPU needed to check its logic). Included by
 // td_target_cuda.cu alone: everything here has internal linkage.
 #pragma once
 
@@ -520,7 +520,11 @@ __device__ float HlGauss(const RowTiles& t, const TargetParams& a, float r, floa
 // NaN, and the scan runs for the whole warp when any of its rows needs it.
 template <typename T, int G, int KPL>
 __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
+#ifdef MTRL_SIMT_EMULATION  // tests/cuda_emulation/simt.h: the emulated block's shared memory
+  float* const smem = simt::DynamicShared<float>();
+#else
   extern __shared__ float smem[];
+#endif
   const RowLanes<G> lanes(threadIdx.x);
   const int row = threadIdx.x / G, lane = lanes.lane;
   const int64_t row_b = static_cast<int64_t>(blockIdx.x) * a.rows_per_block + row;
@@ -685,6 +689,190 @@ void DispatchTarget(int lanes, int k, const Launcher& launch) {
     launch.template Run<kWarp, 8>();
   } else {
     launch.template Run<kWarp, 0>();
+  }
+}
+
+struct LossParams {
+  const float* target;
+  const float* weight;
+  int64_t num_members, batch_size;
+  int num_atoms;
+  float* td_error;
+};
+
+// A warp per sample: CE of every member and, when grad != nullptr, the gradient in the same pass.
+template <typename T>
+__global__ void CrossEntropyKernel(const T* __restrict__ logits, T* __restrict__ grad,
+                                   LossParams a) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (b >= a.batch_size) return;
+  const int k = a.num_atoms;
+  const float* y = a.target + b * k;
+  const float w = a.weight != nullptr ? a.weight[b] : 1.0f;
+  float sum_y = 0.0f;
+  for (int j = lane; j < k; j += kWarp) sum_y += __ldg(y + j);
+  sum_y = WarpSum(sum_y);
+  const float coef = w / static_cast<float>(a.batch_size);
+  bool ok = isfinite(w) && isfinite(sum_y);
+  float td = 0.0f;
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    const int64_t row = (e * a.batch_size + b) * k;
+    float m = -INFINITY;
+    for (int j = lane; j < k; j += kWarp) m = fmaxf(m, Load(logits + row, j));
+    m = WarpMax(m);
+    float s = 0.0f, yx = 0.0f;
+    for (int j = lane; j < k; j += kWarp) {
+      const float x = Load(logits + row, j);
+      s += __expf(x - m);
+      yx += __ldg(y + j) * x;
+    }
+    s = WarpSum(s);
+    yx = WarpSum(yx);
+    const float ce = (m + __logf(s)) * sum_y - yx;  // -sum_j y_j log softmax_j
+    ok = ok && isfinite(m) && isfinite(s) && isfinite(ce);
+    td += ce;
+    if (grad != nullptr) {
+      const float scale = sum_y / s * coef;
+      for (int j = lane; j < k; j += kWarp) {
+        Store(grad + row, j, __expf(Load(logits + row, j) - m) * scale - __ldg(y + j) * coef);
+      }
+    }
+  }
+  if (lane == 0) a.td_error[b] = ok ? td : NAN;  // counted by LossReduceKernel
+}
+
+// The same for K <= 32 * KPL, with the sample's target and each member's logits held in registers:
+// every input is read from global memory once (the generic kernel above reads logits three times).
+template <typename T, int KPL>
+__global__ void CrossEntropyRegKernel(const T* __restrict__ logits, T* __restrict__ grad,
+                                      LossParams a) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (b >= a.batch_size) return;
+  const int k = a.num_atoms;
+  const float* y = a.target + b * k;
+  float yv[KPL];
+  float sum_y = 0.0f;
+#pragma unroll
+  for (int u = 0; u < KPL; ++u) {
+    const int j = u * kWarp + lane;
+    yv[u] = j < k ? __ldg(y + j) : 0.0f;
+    sum_y += yv[u];
+  }
+  sum_y = WarpSum(sum_y);
+  const float w = a.weight != nullptr ? a.weight[b] : 1.0f;
+  const float coef = w / static_cast<float>(a.batch_size);
+  bool ok = isfinite(w) && isfinite(sum_y);
+  float td = 0.0f;
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    const int64_t row = (e * a.batch_size + b) * k;
+    float xv[KPL];
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      const int j = u * kWarp + lane;
+      xv[u] = j < k ? Load(logits + row, j) : -INFINITY;
+      m = fmaxf(m, xv[u]);
+    }
+    m = WarpMax(m);
+    float s = 0.0f, yx = 0.0f;
+#pragma unroll
+    for (int u = 0; u < KPL; ++u) {
+      if (u * kWarp + lane < k) {
+        yx += yv[u] * xv[u];
+        xv[u] = __expf(xv[u] - m);
+        s += xv[u];
+      }
+    }
+    s = WarpSum(s);
+    yx = WarpSum(yx);
+    const float ce = (m + __logf(s)) * sum_y - yx;  // -sum_j y_j log softmax_j
+    ok = ok && isfinite(m) && isfinite(s) && isfinite(ce);
+    td += ce;
+    if (grad != nullptr) {
+      const float scale = sum_y / s * coef;
+#pragma unroll
+      for (int u = 0; u < KPL; ++u) {
+        const int j = u * kWarp + lane;
+        if (j < k) Store(grad + row, j, xv[u] * scale - yv[u] * coef);
+      }
+    }
+  }
+  if (lane == 0) a.td_error[b] = ok ? td : NAN;  // counted by LossReduceKernel
+}
+
+// loss = sum_b weight_b * td_error_b / B, one block, fixed reduction order (deterministic); also
+// the number of non-finite rows (their td_error is NaN), so no counter needs zeroing beforehand.
+// Each thread sums b = tid, tid + 1024, ... with kReduceLoads loads in flight (they hit L2 right
+// after the loss kernel), then warp shuffles and one warp combine the partial sums: 2.6 us at
+// B = 16384 on an H200, against 5.4 us for a shared-memory tree over one load at a time.
+constexpr int kReduceThreads = 1024;
+constexpr int kReduceLoads = 4;
+static_assert(kReduceThreads / kWarp == kWarp, "one warp combines the per-warp sums");
+
+__global__ void __launch_bounds__(kReduceThreads) LossReduceKernel(
+    const float* td_error, const float* weight, int64_t batch, float* loss,
+    int32_t* nonfinite_count) {
+  __shared__ double partial[kReduceThreads / kWarp];
+  __shared__ int bad[kReduceThreads / kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  double acc = 0.0;
+  int nonfinite = 0;
+  for (int64_t b0 = threadIdx.x; b0 < batch; b0 += kReduceLoads * kReduceThreads) {
+    float td[kReduceLoads], w[kReduceLoads];
+#pragma unroll
+    for (int u = 0; u < kReduceLoads; ++u) {
+      const int64_t b = b0 + u * kReduceThreads;
+      td[u] = b < batch ? td_error[b] : 0.0f;
+      w[u] = b < batch && weight != nullptr ? weight[b] : 1.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kReduceLoads; ++u) {
+      nonfinite += isfinite(td[u]) ? 0 : 1;
+      acc += static_cast<double>(td[u]) * w[u];
+    }
+  }
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    nonfinite += __shfl_xor_sync(0xffffffffu, nonfinite, o);
+  }
+  if (lane == 0) {
+    partial[warp] = acc;
+    bad[warp] = nonfinite;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  acc = partial[lane];
+  nonfinite = bad[lane];
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    nonfinite += __shfl_xor_sync(0xffffffffu, nonfinite, o);
+  }
+  if (lane == 0) {
+    *loss = static_cast<float>(acc / static_cast<double>(batch));
+    *nonfinite_count = nonfinite;
+  }
+}
+
+// Blocks of the cross-entropy kernels: a warp per sample, kLossThreads / 32 samples per block.
+inline unsigned LossBlocks(int64_t batch_size) {
+  const int rows_per_block = kLossThreads / kWarp;
+  return static_cast<unsigned>((batch_size + rows_per_block - 1) / rows_per_block);
+}
+
+// Calls launch.template Run<KPL>() for the cross-entropy kernel of K atoms: the register-cached one
+// for K <= 256 (KPL atoms per lane; BRC's 101: 4), the generic one (KPL = 0) above that.
+template <typename Launcher>
+void DispatchCrossEntropy(int k, const Launcher& launch) {
+  if (k <= 2 * kWarp) {
+    launch.template Run<2>();
+  } else if (k <= 4 * kWarp) {
+    launch.template Run<4>();
+  } else if (k <= 8 * kWarp) {
+    launch.template Run<8>();
+  } else {
+    launch.template Run<0>();
   }
 }
 

@@ -1,7 +1,8 @@
-// The CUDA TD target kernel (csrc/kernels/td_target_cuda_kernels.cuh) run on a CPU: the launch that
-// TdTargetCuda would make (PlanTargetLaunch, DispatchTarget), its blocks one after another, each
-// block's threads as std::threads (simt.h). Built and called by tests/test_td_target_cuda_emulated.py
-// through ctypes: a check of the kernel's logic (layouts, paths, collectives) without a GPU. Float
+// The CUDA TD target and cross-entropy kernels (csrc/kernels/td_target_cuda_kernels.cuh) run on a
+// CPU: the launches that TdTargetCuda and CrossEntropyCuda would make (PlanTargetLaunch,
+// DispatchTarget, LossBlocks, DispatchCrossEntropy), their blocks one after another, each block's
+// threads as std::threads (simt.h). Built and called by tests/test_td_target_cuda_emulated.py
+// through ctypes: a check of the kernels' logic (layouts, paths, collectives) without a GPU. Float
 // results differ from a GPU's in the last bits (exp2f for ex2.approx, the host's fma contraction).
 #include <thread>
 #include <vector>
@@ -11,33 +12,56 @@
 namespace mtrl {
 namespace {
 
-// `extern __shared__ float smem[]` of the kernel: one block runs at a time.
-alignas(16) float smem[kSharedBytes / sizeof(float)];
+// Runs kernel() as `blocks` blocks of `threads` threads, one block at a time.
+template <typename Kernel>
+void RunBlocks(int64_t blocks, unsigned threads, const Kernel& kernel) {
+  for (int64_t block = 0; block < blocks; ++block) {
+    std::vector<simt::Warp> warps(threads / simt::kWarpSize);
+    std::barrier<> block_barrier(threads);
+    std::vector<std::thread> team;
+    team.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t) {
+      team.emplace_back([&, t] {
+        threadIdx.x = t;
+        blockIdx.x = static_cast<unsigned>(block);
+        blockDim.x = threads;
+        simt::this_warp = &warps[t / simt::kWarpSize];
+        simt::this_lane = static_cast<int>(t % simt::kWarpSize);
+        simt::this_block = &block_barrier;
+        kernel();
+      });
+    }
+    for (auto& thread : team) thread.join();
+  }
+}
 
 template <typename T>
-struct EmulatedLauncher {
+struct EmulatedTargetLauncher {
   const T* logits;
   const TargetLaunch& launch;
 
   template <int G, int KPL>
   void Run() const {
-    const unsigned threads = launch.threads;
-    for (int64_t block = 0; block < launch.blocks; ++block) {
-      std::vector<simt::Warp> warps(threads / simt::kWarpSize);
-      std::vector<std::thread> team;
-      team.reserve(threads);
-      for (unsigned t = 0; t < threads; ++t) {
-        team.emplace_back([&, t] {
-          threadIdx.x = t;
-          blockIdx.x = static_cast<unsigned>(block);
-          blockDim.x = threads;
-          simt::this_warp = &warps[t / simt::kWarpSize];
-          simt::this_lane = static_cast<int>(t % simt::kWarpSize);
-          TdTargetKernel<T, G, KPL>(logits, launch.params);
-        });
+    RunBlocks(launch.blocks, launch.threads,
+              [&] { TdTargetKernel<T, G, KPL>(logits, launch.params); });
+  }
+};
+
+template <typename T>
+struct EmulatedLossLauncher {
+  const T* logits;
+  T* grad;
+  const LossParams& params;
+
+  template <int KPL>
+  void Run() const {
+    RunBlocks(LossBlocks(params.batch_size), kLossThreads, [&] {
+      if constexpr (KPL > 0) {
+        CrossEntropyRegKernel<T, KPL>(logits, grad, params);
+      } else {
+        CrossEntropyKernel<T>(logits, grad, params);
       }
-      for (auto& thread : team) thread.join();
-    }
+    });
   }
 };
 
@@ -75,16 +99,46 @@ extern "C" int emulate_td_target(const void* logits, int dtype, int64_t num_memb
   args.nonfinite_count = nonfinite_count;
   args.row_lanes = row_lanes;
   const TargetLaunch launch = PlanTargetLaunch(args, multiprocessors);
-  if (launch.shared_bytes > sizeof(smem)) return -1;
+  if (launch.shared_bytes > sizeof(simt::dynamic_shared)) return -1;
   if (nonfinite_count != nullptr) *nonfinite_count = 0;
   const int k = static_cast<int>(num_atoms);
   if (args.dtype == CudaDType::kBFloat16) {
-    DispatchTarget(launch.lanes, k,
-                   EmulatedLauncher<__nv_bfloat16>{static_cast<const __nv_bfloat16*>(logits),
-                                                   launch});
+    DispatchTarget(launch.lanes, k, EmulatedTargetLauncher<__nv_bfloat16>{
+        static_cast<const __nv_bfloat16*>(logits), launch});
   } else {
-    DispatchTarget(launch.lanes, k, EmulatedLauncher<float>{static_cast<const float*>(logits),
-                                                            launch});
+    DispatchTarget(launch.lanes, k,
+                   EmulatedTargetLauncher<float>{static_cast<const float*>(logits), launch});
   }
   return launch.lanes;
+}
+
+// Same arguments as the CUDA binding (_core._cross_entropy_cuda), host pointers: the
+// cross-entropy kernel, then the one-block loss reduction.
+extern "C" void emulate_cross_entropy(const void* logits, int dtype, int64_t num_members,
+                                      int64_t batch_size, int64_t num_atoms, const float* target,
+                                      const float* weight, float* td_error, void* grad,
+                                      float* loss, int32_t* nonfinite_count) {
+  using namespace mtrl;
+  const LossParams p{target, weight, num_members, batch_size, static_cast<int>(num_atoms),
+                     td_error};
+  const int k = static_cast<int>(num_atoms);
+  if (dtype == static_cast<int>(CudaDType::kBFloat16)) {
+    DispatchCrossEntropy(k, EmulatedLossLauncher<__nv_bfloat16>{
+        static_cast<const __nv_bfloat16*>(logits), static_cast<__nv_bfloat16*>(grad), p});
+  } else {
+    DispatchCrossEntropy(k, EmulatedLossLauncher<float>{static_cast<const float*>(logits),
+                                                        static_cast<float*>(grad), p});
+  }
+  RunBlocks(1, kReduceThreads, [&] {
+    LossReduceKernel(td_error, weight, batch_size, loss, nonfinite_count);
+  });
+}
+
+// LossReduceKernel alone (loss = sum_b weight_b td_error_b / B in double; the non-finite count).
+extern "C" void emulate_loss_reduce(const float* td_error, const float* weight, int64_t batch_size,
+                                    float* loss, int32_t* nonfinite_count) {
+  using namespace mtrl;
+  RunBlocks(1, kReduceThreads, [&] {
+    LossReduceKernel(td_error, weight, batch_size, loss, nonfinite_count);
+  });
 }

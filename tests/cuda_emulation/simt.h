@@ -1,9 +1,11 @@
 // Host C++ stand-ins for the CUDA features that csrc/kernels/td_target_cuda_kernels.cuh uses, so
-// that its kernel runs on a CPU, one std::thread per GPU thread: threadIdx / blockIdx, the
-// dynamic shared memory of one block at a time, __syncwarp and the warp shuffles and votes (a
-// barrier per warp and an exchange slot per lane), __ldg, atomicAdd, the fast math intrinsics.
-// Semantics follow the CUDA C++ Programming Guide for a warp whose 32 lanes execute every
-// collective together (the kernel keeps its warps converged); masks are ignored.
+// that its kernels run on a CPU, one std::thread per GPU thread, one block at a time:
+// threadIdx / blockIdx, shared memory (static `__shared__` arrays become function statics, the
+// dynamic one a buffer: both then belong to the one running block), __syncthreads (a barrier per
+// block), __syncwarp and the warp shuffles and votes (a barrier per warp and an exchange slot per
+// lane), __ldg, atomicAdd, the fast math intrinsics. Semantics follow the CUDA C++ Programming
+// Guide for a warp whose 32 lanes execute every collective together (the kernels keep their warps
+// converged); masks are ignored.
 #pragma once
 
 #include <atomic>
@@ -12,11 +14,12 @@
 #include <cstdint>
 #include <cstring>
 
+#define MTRL_SIMT_EMULATION 1
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__
+#define __shared__ static
 #define __launch_bounds__(...)
 
 struct dim3 {
@@ -34,6 +37,14 @@ struct Warp {
 
 inline thread_local Warp* this_warp = nullptr;
 inline thread_local int this_lane = 0;
+inline thread_local std::barrier<>* this_block = nullptr;
+
+// The dynamic shared memory (`extern __shared__`) of the running block.
+alignas(16) inline unsigned char dynamic_shared[48 * 1024];
+template <typename T>
+T* DynamicShared() {
+  return reinterpret_cast<T*>(dynamic_shared);
+}
 
 // Every lane publishes v, then reads lane src's: two barrier phases, so no slot is overwritten
 // before all lanes have read it.
@@ -54,6 +65,7 @@ V ValueOfLane(V v, int src) {
 inline thread_local dim3 threadIdx, blockIdx, blockDim;
 
 inline void __syncwarp(unsigned = 0xffffffffu) { simt::this_warp->barrier.arrive_and_wait(); }
+inline void __syncthreads() { simt::this_block->arrive_and_wait(); }
 
 template <typename V>
 V __shfl_sync(unsigned, V v, int src, int width = simt::kWarpSize) {
