@@ -4,6 +4,12 @@
 // threads as std::threads (simt.h). Built and called by tests/test_td_target_cuda_emulated.py
 // through ctypes: a check of the kernels' logic (layouts, paths, collectives) without a GPU. Float
 // results differ from a GPU's in the last bits (exp2f for ex2.approx, the host's fma contraction).
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -12,12 +18,18 @@
 namespace mtrl {
 namespace {
 
-// Runs kernel() as `blocks` blocks of `threads` threads, one block at a time.
+// Runs kernel() as `blocks` blocks of `threads` threads, one block at a time. A block that does not
+// finish within a minute ends the process with a message: a collective that some lane of its warp
+// never reaches (a shuffle in a branch the lanes take differently) leaves the others waiting
+// forever, and a hang would stall the whole test run.
 template <typename Kernel>
 void RunBlocks(int64_t blocks, unsigned threads, const Kernel& kernel) {
   for (int64_t block = 0; block < blocks; ++block) {
     std::vector<simt::Warp> warps(threads / simt::kWarpSize);
     std::barrier<> block_barrier(threads);
+    std::atomic<unsigned> finished{0};
+    std::mutex mutex;
+    std::condition_variable all_finished;
     std::vector<std::thread> team;
     team.reserve(threads);
     for (unsigned t = 0; t < threads; ++t) {
@@ -29,7 +41,21 @@ void RunBlocks(int64_t blocks, unsigned threads, const Kernel& kernel) {
         simt::this_lane = static_cast<int>(t % simt::kWarpSize);
         simt::this_block = &block_barrier;
         kernel();
+        if (++finished == threads) {
+          std::lock_guard<std::mutex> lock(mutex);
+          all_finished.notify_one();
+        }
       });
+    }
+    {
+      std::unique_lock<std::mutex> lock(mutex);
+      if (!all_finished.wait_for(lock, std::chrono::minutes(1),
+                                 [&] { return finished == threads; })) {
+        std::fprintf(stderr, "cuda emulation: block %lld still running after a minute (%u of %u "
+                     "threads done): a collective that not every lane reaches?\n",
+                     static_cast<long long>(block), finished.load(), threads);
+        std::_Exit(3);
+      }
     }
     for (auto& thread : team) thread.join();
   }
