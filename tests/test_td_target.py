@@ -677,3 +677,23 @@ def test_shift_plan_rows():
     discount = torch.where(torch.arange(512) % 2 == 0, torch.tensor(0.99), torch.tensor(0.5))
     rows = shift_rows(inside, ones, discount, zeros, 101)
     assert rows[0::2].all() and not rows[1::2].any()
+
+
+@pytest.mark.parametrize("max_isa", [2, 1, 0])
+def test_huge_finite_rewards_clip_in_every_build(max_isa):
+    """Rewards up to float32's range (|r| * (K - 1) / (v_max - v_min) overflows float) put every
+    atom on the clipped end: a finite target, not NaN (the shift plan's c - d once overflowed)."""
+    b, k = 8, 101
+    logits = torch.randn(2, b, k, generator=torch.Generator().manual_seed(83))
+    reward = torch.tensor([3e38, -3e38, 1e38, -1e38, 7e37, -7e37, 3e38, -3e38])
+    mask = torch.tensor([1.0, 1, 1, 1, 1, 1, 0, 0])
+    entropy = torch.zeros(b)
+    for discount in (0.99, 0.5, 1.0):
+        target, value = torch.empty(b, k), torch.empty(b)
+        assert _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), None, discount,
+                                    entropy.numpy(), target.numpy(), value.numpy(), -10.0, 10.0,
+                                    0, 0, 0.0, 1, max_isa) == 0
+        np_t, np_v = np_td_target(logits, reward, mask, torch.full((b,), discount), entropy, -10,
+                                  10)
+        np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+        np.testing.assert_allclose(value.numpy(), np_v, atol=1e-4, rtol=1e-5)

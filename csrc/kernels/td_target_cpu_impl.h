@@ -391,7 +391,11 @@ inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float
     }
   }
   row->d = static_cast<int64_t>(d);
-  row->cf = static_cast<float>(c - d);
+  // c - d within [-K - 2, K + 2]: for a row with unclipped atoms |u_j| <= 1 bounds it well inside;
+  // for a row whose atoms are all clipped its value is unused, but |r| beyond ~1e37 made it
+  // overflow float to inf, and inf * 0 weights turned the row NaN.
+  const double cf = c - d;
+  row->cf = static_cast<float>(cf < -kd - 2.0 ? -kd - 2.0 : (cf > kd + 2.0 ? kd + 2.0 : cf));
   row->gm1 = static_cast<float>(gd - 1.0);
   row->t_lo = static_cast<float>(t_lo);
   row->t_hi = static_cast<float>(t_hi);
