@@ -2,10 +2,12 @@
 # Run ON the lent GPU machine (device tool), after benchmarks/gpu_prepare.sh here:
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=590)
 # or only some steps after the build: `bash benchmarks/gpu_session.sh tests_cuda td_target variant`.
-# Everything a GPU session checks, in one call that fits a 15-minute device budget (the start
-# takes 1-2 of them): build with the CUDA kernels, the CUDA tests, the TD kernels' parity, time and
-# bandwidth, and the paper configuration's loop. Each step has its own time limit, so one that hangs
-# cannot eat the others', and every log is written to $OUT (it comes back even on a timeout).
+# Everything a GPU session checks, in one call: build with the CUDA kernels, the CUDA tests, the TD
+# kernels' parity, time and bandwidth, the paper configuration's loop, then each prepared kernel
+# variant. On an H200 the main steps took ~2 minutes and a variant should take ~1 more, well inside
+# a 15-minute device budget (the start takes 1-2 of them). Each step has its own time limit (a
+# guard: the limits add up to more than one call's 600 s), and every log is written to $OUT (it
+# comes back even on a timeout).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -49,6 +51,8 @@ for patch in benchmarks/gpu_variants/*.patch; do
     { echo "== $name: the patch does not apply"; continue; }
   step "${name}_build" 240 python3 -m pip install --no-build-isolation --no-deps --target "$site" \
     "$tree" -Ccmake.define.MTRL_WITH_CUDA=ON -Ccmake.define.MTRL_CUDA_ARCHITECTURES=90
+  # Without its build, PYTHONPATH below would fall through to main's mtrl in $SITE.
+  [[ -d $site/mtrl ]] || { echo "== $name: not built, so not tested or timed"; continue; }
   step "${name}_tests" 120 env PYTHONPATH="$site:$SITE" python3 -P -m pytest -q -m cuda \
     -p no:cacheprovider "$tree/tests/test_td_target_cuda.py"
   step "${name}_td" 60 env PYTHONPATH="$site:$SITE" python3 -P "$tree/benchmarks/gpu_td_target.py" \

@@ -9,7 +9,7 @@
 // instruction: fewer instructions per row, but a longer chain per warp, which small batches (too
 // few rows to fill the GPU) wait for. The warp stays converged: its rows may need different
 // projections, so no row-dependent branch holds a shuffle (RowLanes).
-// Per row: softmax of each member (for K <= 16 G with the row in registers, KPL logits per lane;
+// Per row: softmax of each member (K <= 256 with the row in registers, KPL logits per lane;
 // above that through shared memory with 4 loads in flight per lane), combined (mean, or the
 // min-expected-value member) into the row p (in registers, or in shared memory); then the C51
 // projection, deterministic and without atomics, by one of two group-parallel paths:
@@ -74,12 +74,6 @@ struct CudaTargetLauncher {
 
   template <int G, int KPL>
   void Run() const {
-    if (launch.shared_bytes > static_cast<size_t>(kSharedBytes)) {  // large K: opt in
-      Check(cudaFuncSetAttribute(TdTargetKernel<T, G, KPL>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(launch.shared_bytes)),
-            "cudaFuncSetAttribute(TdTargetKernel)");
-    }
     TdTargetKernel<T, G, KPL><<<static_cast<unsigned>(launch.blocks), launch.threads,
                                 launch.shared_bytes, stream>>>(logits, launch.params);
   }

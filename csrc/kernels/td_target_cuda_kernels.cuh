@@ -95,7 +95,7 @@ __device__ __forceinline__ void BinOf(int j, float r, float g, float ent, const 
 // Shared memory of one row: two tiles of `row_stride` (>= K + 2) floats. `lo` and `y` are the same
 // tile: no path uses both (the shared-memory softmax and HL-Gauss use lo, the scans use y).
 struct RowTiles {
-  float* lo;  // one member's softmax values (K > 16 G); the HL-Gauss erf edges
+  float* lo;  // one member's softmax values (K > 256); the HL-Gauss erf edges
   float* hi;  // the combined distribution p; for a row in registers first ProjectC51Shifted's C
   float* y;   // the C51 target being accumulated by the scan paths
 };
@@ -625,6 +625,10 @@ struct TargetLaunch {
   size_t shared_bytes;  // per block
 };
 
+// One row's two tiles fit the default dynamic shared memory of a block whatever K (a warp per row
+// above K = 256: stride K + 2), so a block of at least one row always launches without opting in.
+static_assert(2 * (kMaxAtoms + 2) * sizeof(float) <= kSharedBytes, "a row's tiles fit 48 KB");
+
 inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiprocessors) {
   TargetLaunch l;
   TargetParams& p = l.params;
@@ -659,7 +663,7 @@ inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiproc
 }
 
 // Calls launch.template Run<G, KPL>() with the kernel instantiation for `lanes` and K: the member
-// rows in registers for K <= 16 G (KPL atoms per lane, the smallest instantiated count that holds
+// rows in registers for K <= 256 (KPL atoms per lane, the smallest instantiated count that holds
 // the row), through shared memory above (G = 32 only).
 template <typename Launcher>
 void DispatchTarget(int lanes, int k, const Launcher& launch) {

@@ -3,9 +3,13 @@
 // DispatchTarget, LossBlocks, DispatchCrossEntropy), their blocks one after another, each block's
 // threads as std::threads (simt.h). Built and called by tests/test_td_target_cuda_emulated.py
 // through ctypes: a check of the kernels' logic (layouts, paths, collectives) without a GPU. Float
-// results differ from a GPU's in the last bits (exp2f for ex2.approx, the host's fma contraction).
+// results differ from a GPU's in the last bits: exp2f and std::exp stand for the approximate
+// ex2.approx and __expf, and nvcc contracts a * b + c into FMAs where this host build does not.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <iterator>
+#include <limits>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +29,10 @@ namespace {
 template <typename Kernel>
 void RunBlocks(int64_t blocks, unsigned threads, const Kernel& kernel) {
   for (int64_t block = 0; block < blocks; ++block) {
+    // Shared memory starts as NaN, as if a block before had left garbage: a read of a slot this
+    // block never wrote shows in the outputs.
+    std::fill(std::begin(simt::dynamic_shared_floats), std::end(simt::dynamic_shared_floats),
+              std::numeric_limits<float>::quiet_NaN());
     std::vector<simt::Warp> warps(threads / simt::kWarpSize);
     std::barrier<> block_barrier(threads);
     std::atomic<unsigned> finished{0};
@@ -125,7 +133,7 @@ extern "C" int emulate_td_target(const void* logits, int dtype, int64_t num_memb
   args.nonfinite_count = nonfinite_count;
   args.row_lanes = row_lanes;
   const TargetLaunch launch = PlanTargetLaunch(args, multiprocessors);
-  if (launch.shared_bytes > sizeof(simt::dynamic_shared)) return -1;
+  if (launch.shared_bytes > sizeof(simt::dynamic_shared_floats)) return -1;
   if (nonfinite_count != nullptr) *nonfinite_count = 0;
   const int k = static_cast<int>(num_atoms);
   if (args.dtype == CudaDType::kBFloat16) {

@@ -40,10 +40,10 @@ inline thread_local int this_lane = 0;
 inline thread_local std::barrier<>* this_block = nullptr;
 
 // The dynamic shared memory (`extern __shared__`) of the running block.
-alignas(16) inline unsigned char dynamic_shared[48 * 1024];
+alignas(16) inline float dynamic_shared_floats[48 * 1024 / sizeof(float)];
 template <typename T>
 T* DynamicShared() {
-  return reinterpret_cast<T*>(dynamic_shared);
+  return reinterpret_cast<T*>(dynamic_shared_floats);
 }
 
 // Every lane publishes v, then reads lane src's: two barrier phases, so no slot is overwritten
