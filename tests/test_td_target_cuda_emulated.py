@@ -228,3 +228,29 @@ def test_loss_reduction_over_many_samples(emulation):
     expected = (td_error.double() * weight.double()).sum() / 10000
     assert int(count) == 0
     torch.testing.assert_close(loss[0].double(), expected, atol=0, rtol=1e-6)
+
+
+def test_no_data_races_between_lanes(tmp_path):
+    """The emulation built with ThreadSanitizer runs every kernel on every path
+    (emulate_td_target.cc's MTRL_EMULATION_RACE_CHECK program): a lane reading shared memory that
+    another lane of its warp or block writes without a __syncwarp / __syncthreads between them is
+    reported (a dropped __syncwarp in the scan path was, at the line). Skips where the compiler
+    has no working ThreadSanitizer."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    probe = tmp_path / "probe.cc"
+    probe.write_text("#include <thread>\nint main() { std::thread([] {}).join(); }\n")
+    built = subprocess.run([compiler, "-fsanitize=thread", str(probe), "-o", str(tmp_path / "p")],
+                           capture_output=True)
+    if built.returncode != 0 or subprocess.run([str(tmp_path / "p")],
+                                               capture_output=True).returncode != 0:
+        pytest.skip("ThreadSanitizer does not build or run here")
+    program = tmp_path / "race_check"
+    subprocess.run([compiler, "-std=c++20", "-O1", "-g", "-pthread", "-fsanitize=thread",
+                    "-DMTRL_EMULATION_RACE_CHECK", f"-I{EMULATION / 'include'}",
+                    f"-I{ROOT / 'csrc'}", str(EMULATION / "emulate_td_target.cc"), "-o",
+                    str(program)], check=True, capture_output=True)
+    run = subprocess.run([str(program)], capture_output=True, text=True, timeout=600)
+    assert "ThreadSanitizer" not in run.stderr, run.stderr[:4000]
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -176,3 +176,44 @@ extern "C" void emulate_loss_reduce(const float* td_error, const float* weight, 
     LossReduceKernel(td_error, weight, batch_size, loss, nonfinite_count);
   });
 }
+
+#ifdef MTRL_EMULATION_RACE_CHECK
+// A program for ThreadSanitizer (tests/test_td_target_cuda_emulated.py builds it with
+// -fsanitize=thread): every kernel on every path, small batches. A race between lanes on shared
+// memory (a missing __syncwarp / __syncthreads) is reported; an ordering a GPU gets only from
+// __syncwarp but the emulation also gets from its shuffle barriers is not (see simt.h).
+#include <cmath>
+
+int main() {
+  uint32_t state = 12345;
+  auto uniform = [&state] {  // in [0, 1)
+    state = state * 1664525u + 1013904223u;
+    return static_cast<float>(state >> 8) / 16777216.0f;
+  };
+  const float discounts[] = {0.99f, 1.0f, 0.9f, 0.5f, 0.0f, -0.5f};
+  const int64_t b = 24;
+  for (int64_t k : {64, 300}) {  // rows in registers (filling 8 or 32 lanes exactly), in shared
+    std::vector<float> logits(2 * b * k), reward(b), mask(b), discount(b), entropy(b);
+    for (float& x : logits) x = 6.0f * uniform() - 3.0f;
+    for (int64_t i = 0; i < b; ++i) {
+      reward[i] = 40.0f * uniform() - 20.0f;
+      mask[i] = uniform() > 0.3f ? 1.0f : 0.0f;
+      discount[i] = discounts[i % 6];
+      entropy[i] = uniform() - 0.5f;
+    }
+    std::vector<float> target(b * k), value(b), td(b), grad(2 * b * k), loss(1);
+    int32_t bad = 0;
+    for (int lanes : {8, 32}) {
+      for (int projection : {0, 1}) {
+        emulate_td_target(logits.data(), 0, 2, b, k, reward.data(), mask.data(), discount.data(),
+                          0.0f, entropy.data(), target.data(), value.data(), &bad, -10.0f, 10.0f,
+                          0, projection, 0.2f, lanes, 1);
+      }
+    }
+    emulate_cross_entropy(logits.data(), 0, 2, b, k, target.data(), nullptr, td.data(),
+                          grad.data(), loss.data(), &bad);
+    if (!std::isfinite(loss[0])) return 2;
+  }
+  return 0;
+}
+#endif

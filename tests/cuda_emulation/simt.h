@@ -5,7 +5,9 @@
 // block), __syncwarp and the warp shuffles and votes (a barrier per warp and an exchange slot per
 // lane), __ldg, atomicAdd, the fast math intrinsics. Semantics follow the CUDA C++ Programming
 // Guide for a warp whose 32 lanes execute every collective together (the kernels keep their warps
-// converged); masks are ignored.
+// converged); masks are ignored. Every emulated collective is a barrier, so it also orders the
+// lanes' shared-memory accesses, which on a GPU only __syncwarp / __syncthreads do: a kernel that
+// relies on a shuffle for that ordering passes here (and under ThreadSanitizer) but races there.
 #pragma once
 
 #include <atomic>
