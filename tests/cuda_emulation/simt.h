@@ -72,7 +72,7 @@ inline void __syncthreads() { simt::this_block->arrive_and_wait(); }
 template <typename V>
 V __shfl_sync(unsigned, V v, int src, int width = simt::kWarpSize) {
   const int base = simt::this_lane / width * width;
-  return simt::ValueOfLane(v, base + src % width);
+  return simt::ValueOfLane(v, base + (src & (width - 1)));  // width: a power of 2, as on a GPU
 }
 template <typename V>
 V __shfl_xor_sync(unsigned, V v, int lane_mask, int width = simt::kWarpSize) {
