@@ -80,13 +80,14 @@ def run(fn, logits, reward, mask, discount, entropy, *, lanes=0, multiprocessors
 
 def make_inputs(e, b, k, seed, dtype=torch.float32):
     """Rewards inside and far outside [-10, 10]; per-sample discounts that put rows on the shift
-    (0.99, 1), scan (0.9, 0.5), terminal (0, or mask 0) and serial (-0.5) projections."""
+    (0.99, 1), scan (0.9, 0.5, and 1.7, whose atoms skip bins), terminal (0, or mask 0) and serial
+    (-0.5) projections."""
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(e, b, k, generator=gen) * 3 + 0.1).to(dtype)
     reward = torch.randn(b, generator=gen) * 15 + 0.05
     mask = (torch.rand(b, generator=gen) > 0.3).float()
     entropy = torch.randn(b, generator=gen) * 0.5 + 0.01
-    choices = torch.tensor([0.99, 1.0, 0.9, 0.5, 0.0, -0.5])
+    choices = torch.tensor([0.99, 1.0, 0.9, 0.5, 1.7, 0.0, -0.5])
     discount = choices[torch.randint(0, len(choices), (b,), generator=gen)]
     return logits, reward, mask, discount, entropy
 
@@ -101,19 +102,35 @@ def assert_matches_reference(target, value, logits, reward, mask, discount, entr
     assert ((target.double().sum(-1) - 1).abs() <= row_tol).all()
 
 
+# The longest row each forced layout takes (longer ones leave the choice to the launcher).
+LAYOUT_MAX_ATOMS = {1: 128, 8: 128, 16: 256, 32: 4096}
+
+
 @pytest.mark.parametrize("k", [11, 32, 64, 101, 128, 201, 256])
-@pytest.mark.parametrize("lanes", [8, 16, 32])
+@pytest.mark.parametrize("lanes", [1, 8, 16, 32])
 def test_every_row_layout_on_every_path(emulated_kernel, k, lanes):
-    """B = 70: a partial last block, whose past-the-batch groups must not write. K = 32, 64, 128
-    and 256 fill the lanes' slots exactly (C_K then has no owner and is written apart). A forced
-    group too small for the row leaves the choice to the launcher (16 lanes for K > 128 here)."""
+    """B = 70: a partial last block, whose past-the-batch groups (threads, for a thread per row)
+    must not write. K = 32, 64, 128 and 256 fill the lanes' slots exactly (C_K then has no owner
+    and is written apart). A forced layout too small for the row leaves the choice to the launcher
+    (16 lanes for K > 128 here)."""
     inputs = make_inputs(2, 70, k, seed=k + lanes)
     target, value, bad, used = run(emulated_kernel, *inputs, lanes=lanes)
-    assert used == (lanes if k <= 16 * lanes else 16) and bad == 0
+    assert used == (lanes if k <= LAYOUT_MAX_ATOMS[lanes] else 16) and bad == 0
     assert_matches_reference(target, value, *inputs)
 
 
-@pytest.mark.parametrize("lanes", [8, 32])
+@pytest.mark.parametrize("k", [2, 3, 5, 31, 33])
+def test_thread_per_row_slabs_of_short_rows(emulated_kernel, k):
+    """A thread per row copies its block's rows as one slab, each thread stepping over several
+    rows per step when K < 32 (and across a row end at other K); one member, three and B = 1."""
+    for members, batch in ((1, 45), (3, 33), (2, 1)):
+        inputs = make_inputs(members, batch, k, seed=k + members)
+        target, value, bad, used = run(emulated_kernel, *inputs, lanes=1)
+        assert used == 1 and bad == 0
+        assert_matches_reference(target, value, *inputs)
+
+
+@pytest.mark.parametrize("lanes", [1, 8, 32])
 @pytest.mark.parametrize("combine,projection,sigma", [("min", "c51", 0.0),
                                                       ("mean", "hl_gauss", 0.15),
                                                       ("min", "hl_gauss", 0.15)])
@@ -127,7 +144,7 @@ def test_min_combine_and_hl_gauss(emulated_kernel, lanes, combine, projection, s
 
 def test_bfloat16_logits(emulated_kernel):
     inputs = make_inputs(2, 40, 101, seed=9, dtype=torch.bfloat16)
-    for lanes in (8, 32):
+    for lanes in (1, 8, 32):
         target, value, _, _ = run(emulated_kernel, *inputs, lanes=lanes)
         assert_matches_reference(target, value, *inputs)
 
@@ -136,7 +153,7 @@ def test_nonfinite_rows_are_nan_and_counted(emulated_kernel):
     logits, reward, mask, discount, entropy = make_inputs(2, 40, 101, seed=11)
     logits[1, 3, 50] = float("nan")
     reward[17] = float("inf")
-    for lanes in (8, 32):
+    for lanes in (1, 8, 32):
         target, value, bad, _ = run(emulated_kernel, logits, reward, mask, discount, entropy,
                                     lanes=lanes)
         assert bad == 2

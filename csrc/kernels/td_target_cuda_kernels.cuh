@@ -593,13 +593,298 @@ __global__ void TdTargetKernel(const T* __restrict__ logits, TargetParams a) {
   if (lane == 0 && live) a.expected_value[b] = ok ? v : NAN;
 }
 
+// A thread per row (`row_lanes` 1, K <= kRowThreadMaxAtoms; only when asked for): each block
+// owns kRowThreadRows consecutive rows. Per member, the block copies the logits of its rows, one
+// contiguous slab, into shared memory with coalesced loads (LoadSlab); then every thread works
+// through its own row alone: softmax, member combine, and the C51 projection as one scan over the
+// atoms in bin order (RowC51) or HL-Gauss (RowHlGauss). The block then writes its target rows, one
+// contiguous slab, with coalesced stores. No shuffles, no per-row plan and no branch shared by
+// rows; the cost is a serial row per thread and few warps per multiprocessor (one per 32 rows).
+constexpr int kRowThreadRows = 32;
+constexpr int kRowThreadMaxAtoms = 128;
+
+// Floats per shared row of the thread-per-row layout: odd, so that the threads of a warp, each at
+// the same atom of its own row, read 32 different banks. For odd K that is K: the block's rows are
+// then as contiguous in shared memory as in global memory, and the slab copies are flat.
+inline int RowThreadStride(int k) { return k | 1; }
+
+// Four floats moved by one 16-byte load or store.
+struct alignas(16) Quad {
+  float v[4];
+};
+
+// Walks the elements i = threadIdx.x, + blockDim.x, ... of a slab of `rows` rows of k values,
+// tracking each one's (row, col) without a division per element (padded shared rows, even K).
+struct SlabCursor {
+  int i, row, col, total, k, row_step, col_step;
+  __device__ SlabCursor(int rows, int k_) : total(rows * k_), k(k_) {
+    const int n = static_cast<int>(blockDim.x);
+    i = static_cast<int>(threadIdx.x);
+    row = i / k;
+    col = i - row * k;
+    row_step = n / k;
+    col_step = n - row_step * k;
+  }
+  __device__ void Next() {
+    i += static_cast<int>(blockDim.x);
+    row += row_step;
+    col += col_step;
+    if (col >= k) {
+      col -= k;
+      ++row;
+    }
+  }
+};
+
+// Copies the slab src[0, rows k) into shared rows of `stride` floats with coalesced loads
+// (consecutive threads, consecutive addresses). With stride == k the copy is flat, four floats per
+// load where src is 16-byte aligned (float logits; the block's first row starts at a multiple of
+// 32 rows), kSlabLoads loads per thread in flight before their stores.
+constexpr int kSlabLoads = 8;
+template <typename T>
+__device__ void LoadSlab(const T* __restrict__ src, int rows, int k, int stride, float* dst) {
+  const int n = static_cast<int>(blockDim.x), total = rows * k;
+  if (stride != k) {
+    for (SlabCursor c(rows, k); c.i < c.total; c.Next()) dst[c.row * stride + c.col] = Load(src, c.i);
+    return;
+  }
+  int i = static_cast<int>(threadIdx.x);
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (reinterpret_cast<uintptr_t>(src) % sizeof(Quad) == 0) {
+      const int quads = total / 4;
+      const Quad* from = reinterpret_cast<const Quad*>(src);
+      Quad* to = reinterpret_cast<Quad*>(dst);
+      for (int q0 = i; q0 < quads; q0 += kSlabLoads * n) {
+        Quad v[kSlabLoads];
+#pragma unroll
+        for (int u = 0; u < kSlabLoads; ++u) {
+          if (q0 + u * n < quads) v[u] = from[q0 + u * n];
+        }
+#pragma unroll
+        for (int u = 0; u < kSlabLoads; ++u) {
+          if (q0 + u * n < quads) to[q0 + u * n] = v[u];
+        }
+      }
+      i += quads * 4;  // the last total % 4 floats, one each
+    }
+  }
+  for (int i0 = i; i0 < total; i0 += kSlabLoads * n) {
+    float v[kSlabLoads];
+#pragma unroll
+    for (int u = 0; u < kSlabLoads; ++u) {
+      if (i0 + u * n < total) v[u] = Load(src, i0 + u * n);
+    }
+#pragma unroll
+    for (int u = 0; u < kSlabLoads; ++u) {
+      if (i0 + u * n < total) dst[i0 + u * n] = v[u];
+    }
+  }
+}
+
+// The reverse of LoadSlab: shared rows of `stride` floats to the slab dst[0, rows k).
+__device__ void StoreSlab(const float* src, int rows, int k, int stride, float* __restrict__ dst) {
+  const int n = static_cast<int>(blockDim.x), total = rows * k;
+  if (stride != k) {
+    for (SlabCursor c(rows, k); c.i < c.total; c.Next()) dst[c.i] = src[c.row * stride + c.col];
+    return;
+  }
+  int i = static_cast<int>(threadIdx.x);
+  if (reinterpret_cast<uintptr_t>(dst) % sizeof(Quad) == 0) {
+    const int quads = total / 4;
+    const Quad* from = reinterpret_cast<const Quad*>(src);
+    Quad* to = reinterpret_cast<Quad*>(dst);
+    for (int q = i; q < quads; q += n) to[q] = from[q];
+    i += quads * 4;
+  }
+  for (; i < total; i += n) dst[i] = src[i];
+}
+
+// Maximum and sum over a row in shared memory with four independent accumulators (a thread's
+// serial row: one chain would wait out every load and add).
+__device__ float RowMax(const float* x, int k) {
+  float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  int j = 0;
+  for (; j + 4 <= k; j += 4) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) m[u] = fmaxf(m[u], x[j + u]);
+  }
+  for (; j < k; ++j) m[0] = fmaxf(m[0], x[j]);
+  return fmaxf(fmaxf(m[0], m[1]), fmaxf(m[2], m[3]));
+}
+
+// x_j <- exp(x_j - m) in place (as CombineMembersRegs: 2^(x_j log2 e - m log2 e)); returns the sum.
+__device__ float RowExpSum(float* x, int k, float m) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float shift = -m * kLog2e;
+  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  int j = 0;
+  for (; j + 4 <= k; j += 4) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      x[j + u] = Exp2Approx(fmaf(x[j + u], kLog2e, shift));
+      s[u] += x[j + u];
+    }
+  }
+  for (; j < k; ++j) {
+    x[j] = Exp2Approx(fmaf(x[j], kLog2e, shift));
+    s[0] += x[j];
+  }
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// C51 projection of one row by one thread (spec §3.2), written to y (K floats), in one pass over
+// the atoms in the order of their bins (j ascending for g >= 0, descending for g < 0). Atom j's
+// fractional bin is b_j = clip(c + g j, 0, K - 1) with c = (r + g (v_min - ent) - v_min) / dz (in
+// double, once per row; the CPU's PlanShift form; b_j is one FMA per atom), and it puts p_j (1 - frac) on bin low_j and
+// p_j frac on low_j + 1. The masses of the current bin and of the one above it build up in
+// registers; when the scan moves to a higher bin both are stored (the one above is stored again,
+// complete, if the scan lands on it). Bins no atom reaches stay 0. The expected value is
+// sum_j p_j (v_min + dz b_j), which is sum_i z_i y_i: the split keeps each atom's mean.
+__device__ float RowC51(const float* p, float* y, const TargetParams& a, float r, float g,
+                        float ent) {
+  const int k = a.num_atoms;
+  const float last = static_cast<float>(k - 1);
+  const bool up = g >= 0.0f;
+  // The n-th atom of the scan is j = n (up) or K - 1 - n: b = c0 + gs n.
+  const double c = (static_cast<double>(r) + static_cast<double>(g) *
+                    (static_cast<double>(a.v_min) - ent) - static_cast<double>(a.v_min)) * a.inv_dz;
+  const float c0 = static_cast<float>(up ? c : c + static_cast<double>(g) * (k - 1));
+  const float gs = up ? g : -g;
+  const float* pj = up ? p : p + k - 1;
+  const int dj = up ? 1 : -1;
+  for (int i = 0; i < k; ++i) y[i] = 0.0f;
+  int cur = static_cast<int>(fminf(fmaxf(c0, 0.0f), last));  // the bin being summed
+  float at = 0.0f, above = 0.0f;  // the masses on bins cur and cur + 1 so far
+  float mass = 0.0f, moment = 0.0f;  // sum_j p_j, sum_j p_j b_j
+  float nf = 0.0f;
+  for (int n = 0; n < k; ++n, pj += dj, nf += 1.0f) {
+    const float b = fminf(fmaxf(fmaf(gs, nf, c0), 0.0f), last), pn = *pj;
+    const int low = static_cast<int>(b);  // b >= 0 (a NaN clips to 0: the row is reported)
+    const float hi = pn * (b - static_cast<float>(low));
+    if (low != cur) {  // low > cur, so cur + 1 <= K - 1
+      y[cur] = at;
+      y[cur + 1] = above;
+      at = low == cur + 1 ? above : 0.0f;
+      above = 0.0f;
+      cur = low;
+    }
+    at += pn - hi;
+    above += hi;  // 0 at bin K - 1 (b is clipped there)
+    mass += pn;
+    moment = fmaf(pn, b, moment);
+  }
+  y[cur] = at;
+  if (cur + 1 < k) y[cur + 1] = above;
+  return fmaf(a.dz, moment, a.v_min * mass);
+}
+
+// HL-Gauss of one row by one thread: the histogram of N(clip(r + g (E[z] - ent)), sigma) over the
+// bins [z_i - dz / 2, z_i + dz / 2], renormalised over the K bins (as HlGauss), written to y.
+// Returns the expected value sum_i z_i y_i.
+__device__ float RowHlGauss(const float* p, float* y, const TargetParams& a, float r, float g,
+                           float ent) {
+  const int k = a.num_atoms;
+  float mean = 0.0f;
+  for (int j = 0; j < k; ++j) mean = fmaf(p[j], a.v_min + static_cast<float>(j) * a.dz, mean);
+  const float target = fminf(fmaxf(r + g * (mean - ent), a.v_min), a.v_max);  // clamp first
+  const float inv = 1.0f / (a.sigma * 1.41421356237f);
+  const auto cdf = [&](int i) {
+    return erff((a.v_min - 0.5f * a.dz + static_cast<float>(i) * a.dz - target) * inv);
+  };
+  const float first = cdf(0), norm = 1.0f / (cdf(k) - first);
+  float below = first, v = 0.0f;
+  for (int i = 0; i < k; ++i) {
+    const float upper = cdf(i + 1), yi = (upper - below) * norm;
+    y[i] = yi;
+    v = fmaf(yi, a.v_min + static_cast<float>(i) * a.dz, v);
+    below = upper;
+  }
+  return v;
+}
+
+// The thread-per-row target kernel (see kRowThreadRows). Shared memory: two tiles of
+// kRowThreadRows rows of `row_stride` floats, the logits of the member being read (then, per row,
+// its exps, and at the end the target) and the combined distribution p.
+template <typename T>
+__global__ void TdTargetRowKernel(const T* __restrict__ logits, TargetParams a) {
+#ifdef MTRL_SIMT_EMULATION  // tests/cuda_emulation/simt.h: the emulated block's shared memory
+  float* const smem = simt::DynamicShared<float>();
+#else
+  extern __shared__ float smem[];
+#endif
+  const int k = a.num_atoms, stride = a.row_stride, r = static_cast<int>(threadIdx.x);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * a.rows_per_block;
+  const int rows = static_cast<int>(a.batch_size - row0 < a.rows_per_block ? a.batch_size - row0
+                                                                        : a.rows_per_block);
+  const bool live = r < rows;
+  const int64_t b = row0 + (live ? r : 0);
+  float* const x = smem + r * stride;                         // this row in the logit tile
+  float* const p = smem + (a.rows_per_block + r) * stride;  // this row of p
+  const float reward = a.reward[b];
+  const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
+  const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  bool ok = true;
+  float best_value = 0.0f;
+  for (int64_t e = 0; e < a.num_members; ++e) {
+    if (e > 0) __syncthreads();  // every row is done with the previous member's tile
+    LoadSlab(logits + (e * a.batch_size + row0) * k, rows, k, stride, smem);
+    __syncthreads();
+    if (!live) continue;
+    const float m = RowMax(x, k);
+    const float s = RowExpSum(x, k, m);
+    ok = ok && isfinite(m) && isfinite(s);
+    if (a.combine == Combine::kMean) {
+      const float scale = 1.0f / (s * static_cast<float>(a.num_members));
+      for (int j = 0; j < k; ++j) p[j] = e == 0 ? x[j] * scale : fmaf(x[j], scale, p[j]);
+    } else {
+      float zs = 0.0f;
+      for (int j = 0; j < k; ++j) zs = fmaf(x[j], a.v_min + static_cast<float>(j) * a.dz, zs);
+      const float value = zs / s;
+      if (e == 0 || value < best_value) {
+        best_value = value;
+        const float scale = 1.0f / s;
+        for (int j = 0; j < k; ++j) p[j] = x[j] * scale;
+      }
+    }
+  }
+  float v = 0.0f;
+  if (live) {  // the target goes to this row of the logit tile, which no other thread reads now
+    ok = ok && isfinite(reward) && isfinite(g) && isfinite(ent);
+    if (!ok) {
+      for (int j = 0; j < k; ++j) x[j] = NAN;
+    } else if (a.projection == Projection::kHlGauss) {
+      v = RowHlGauss(p, x, a, reward, g, ent);
+    } else {
+      v = RowC51(p, x, a, reward, g, ent);
+    }
+  }
+  __syncthreads();
+  StoreSlab(smem, rows, k, stride, a.target + row0 * k);
+  if (live) {
+    a.expected_value[b] = ok ? v : NAN;
+    if (!ok && a.nonfinite_count != nullptr) atomicAdd(a.nonfinite_count, 1);
+  }
+}
+
+// The target kernel of a layout: TdTargetKernel<T, G, KPL>, or the thread-per-row kernel (G = 1).
+template <typename T, int G, int KPL>
+inline auto TargetKernel() {
+  if constexpr (G == 1) {
+    return &TdTargetRowKernel<T>;
+  } else {
+    return &TdTargetKernel<T, G, KPL>;
+  }
+}
+
 // Lanes per row (td_target_cuda.cu's file comment): a warp per row while the batch has at most 24
 // rows per multiprocessor (on an H200, B <= 3168: at B = 1024, K = 101 a warp per row took 3.4 us,
 // 8 lanes 5.3; at B = 4096 both 5.5), else 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per
 // lane, in registers; at B = 16384 8 lanes took 12.5 us, a warp 16.6), a warp above. `requested` 8
-// or 16 forces that group where the row fits it (K <= 16 G), 32 forces a warp per row; 0 (or a row
-// too long for the group) chooses.
+// or 16 forces that group where the row fits it (K <= 16 G), 32 forces a warp per row, 1 a thread
+// per row (TdTargetRowKernel, K <= kRowThreadMaxAtoms); 0 (or a row too long for the layout)
+// chooses.
 int TargetRowLanes(int k, int64_t batch, int multiprocessors, int requested) {
+  if (requested == 1 && k <= kRowThreadMaxAtoms) return 1;
   if (requested == kWarp) return kWarp;
   if ((requested == 8 || requested == 16) && k <= 16 * requested) return requested;
   if (batch <= 24 * static_cast<int64_t>(multiprocessors)) return kWarp;
@@ -628,6 +913,8 @@ struct TargetLaunch {
 // One row's two tiles fit the default dynamic shared memory of a block whatever K (a warp per row
 // above K = 256: stride K + 2), so a block of at least one row always launches without opting in.
 static_assert(2 * (kMaxAtoms + 2) * sizeof(float) <= kSharedBytes, "a row's tiles fit 48 KB");
+static_assert(2 * kRowThreadRows * (kRowThreadMaxAtoms + 1) * sizeof(float) <= kSharedBytes,
+              "a thread-per-row block's tiles fit 48 KB");
 
 inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiprocessors) {
   TargetLaunch l;
@@ -641,9 +928,9 @@ inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiproc
   p.batch_size = args.batch_size;
   p.num_atoms = static_cast<int>(args.num_atoms);
   l.lanes = TargetRowLanes(p.num_atoms, args.batch_size, multiprocessors, args.row_lanes);
-  p.row_stride = TargetRowStride(p.num_atoms, l.lanes);
+  p.row_stride = l.lanes == 1 ? RowThreadStride(p.num_atoms) : TargetRowStride(p.num_atoms, l.lanes);
   const int per_row = 2 * p.row_stride * static_cast<int>(sizeof(float));
-  p.rows_per_block = kTargetThreads / l.lanes;
+  p.rows_per_block = l.lanes == 1 ? kRowThreadRows : kTargetThreads / l.lanes;
   while (p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) --p.rows_per_block;
   p.v_min = args.v_min;
   p.v_max = args.v_max;
@@ -664,10 +951,12 @@ inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiproc
 
 // Calls launch.template Run<G, KPL>() with the kernel instantiation for `lanes` and K: the member
 // rows in registers for K <= 256 (KPL atoms per lane, the smallest instantiated count that holds
-// the row), through shared memory above (G = 32 only).
+// the row), through shared memory above (G = 32 only); G = 1 (KPL 0) for a thread per row.
 template <typename Launcher>
 void DispatchTarget(int lanes, int k, const Launcher& launch) {
-  if (lanes == 8) {
+  if (lanes == 1) {
+    launch.template Run<1, 0>();
+  } else if (lanes == 8) {
     if (k <= 8 * 4) {
       launch.template Run<8, 4>();
     } else if (k <= 8 * 8) {
