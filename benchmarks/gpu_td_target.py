@@ -17,9 +17,9 @@ The target is timed on three input sets of the same size, side by side:
     projection ((1 - 0.9)(K - 1) > 2 and few rows are clipped enough to fit the shift).
 The share of rows on the shift path is computed on the host by ``shift_rows`` (the kernel's
 PlanShift in float64) and printed. Each set is also checked and timed with the target kernel's
-row layouts forced (a thread per row, 16 and 32 lanes per row; by default a warp per row up to 24
-rows per multiprocessor, 8 lanes for larger batches at K <= 128), printed in a second table. The
-last line is ``RESULT {json}``.
+row layouts forced (one and two threads per row, 16 and 32 lanes per row; by default a warp per
+row up to 24 rows per multiprocessor, 8 lanes for larger batches at K <= 128), printed in a second
+table. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from mtrl.ops import _kernels
 from mtrl.ops.shift_plan import shift_rows
 
 E = 2
-FORCED_LANES = (1, 16, 32)  # row layouts timed beside the launcher's choice
+FORCED_LANES = (1, 2, 16, 32)  # row layouts timed beside the launcher's choice
 
 
 def make_inputs(b, k, dtype, seed):
@@ -257,8 +257,8 @@ def main() -> None:
                 result[f"copy_target_bytes_us_{key}"] = round(t_copy, 2)
                 result[f"copy_target_bytes_pct_copy_bw_{key}"] = round(copy_pct, 1)
     print(f"\nthe same sets with the row layout forced (target us %copy; parity checked): "
-          + " | ".join(f"{'a thread' if lanes == 1 else f'{lanes} lanes'} per row: {' '.join(sets)}"
-                       for lanes in FORCED_LANES))
+          + " | ".join(f"{lanes} {'thread' if lanes == 1 else 'threads' if lanes == 2 else 'lanes'} "
+                       f"per row: {' '.join(sets)}" for lanes in FORCED_LANES))
     print("\n".join(layouts))
     print("RESULT " + json.dumps(result))
 

@@ -516,7 +516,8 @@ def test_cuda_entry_points_fail_cleanly_without_a_device():
             else pytest.raises(RuntimeError, match="mtrl was built without CUDA"):
         _core._td_target_cuda(1, 0, 2, 8, 1, 1, 1, 0, 0.99, 0, 1, 1, 1, -10.0, 10.0, 0, 0, 0.0, 0, 0)
     if mtrl.cuda_built():  # checked before any CUDA call, so safe with fake pointers
-        with pytest.raises(ValueError, match=r"row_lanes must be 0 \(auto\), 1, 8, 16 or 32, got 4"):
+        message = r"row_lanes must be 0 \(auto\), 1, 2, 8, 16 or 32, got 4"
+        with pytest.raises(ValueError, match=message):
             _core._td_target_cuda(1, 0, 2, 8, 11, 1, 1, 0, 0.99, 0, 1, 1, 1, -10.0, 10.0, 0, 0, 0.0,
                                   0, 0, 4)
     if mtrl.cuda_built() and _core.cuda_device_count() > 0:

@@ -292,8 +292,8 @@ def test_cuda_nonfinite_count_only_when_read():
 @pytest.mark.parametrize("k", [2, 11, 51, 101, 128, 129, 201, 256, 513])
 @pytest.mark.parametrize("projection", ["c51", "hl_gauss"])
 def test_cuda_every_row_layout_matches_float64(k, projection, monkeypatch):
-    """A thread, 8, 16 and 32 lanes per row (a forced layout too small for the row leaves the
-    choice to the launcher) give the reference's target on every path in one launch: per-sample
+    """One thread, two, 8, 16 and 32 lanes per row (a forced layout too small for the row leaves
+    the choice to the launcher) give the reference's target on every path in one launch: per-sample
     discounts put rows on the shift (0.99, 1.0), scan (0.9, 0.5, 1.7), terminal (0, or mask 0)
     and serial (-0.5) projections, side by side in the same warps; B = 1001 leaves a partial last
     block."""
@@ -303,7 +303,7 @@ def test_cuda_every_row_layout_matches_float64(k, projection, monkeypatch):
     choices = torch.tensor([0.99, 1.0, 0.9, 0.5, 1.7, 0.0, -0.5])
     discount = choices[torch.randint(0, len(choices), (b,), generator=gen)].cuda()
     results = []
-    for lanes in (8, 16, 32, 1):
+    for lanes in (8, 16, 32, 1, 2):
         monkeypatch.setattr(_kernels, "CUDA_TARGET_ROW_LANES", lanes)
         for combine in ("mean", "min"):
             target, value = categorical_td_target(logits, reward, mask, discount, entropy,
@@ -321,12 +321,12 @@ def test_cuda_every_row_layout_matches_float64(k, projection, monkeypatch):
             results.append((target, value))
     # The lane-group layouts differ only in the order of their float sums (results: mean, min per
     # layout); HL-Gauss's erf edges turn the expected value's rounding into up to 7e-6 (H200). A
-    # thread per row (the last two) projects by the float32 scatter instead of the shift algebra,
-    # and its expected value is sum_j p_j z'_j: up to 8e-6 (target) and 1.2e-5 (value) from the
-    # groups at K = 101 in the CPU emulation, each within the float64 checks above.
+    # thread or two per row (the last four) project by the float32 scatter instead of the shift
+    # algebra, and their expected value is sum_j p_j z'_j: up to 8e-6 (target) and 1.2e-5 (value)
+    # from the groups at K = 101 in the CPU emulation, each within the float64 checks above.
     atol = 2e-6 if projection == "c51" else 2e-5
     for i, (target, value) in enumerate(results[2:], start=2):
-        row_thread = i >= len(results) - 2
+        row_thread = i >= len(results) - 4
         torch.testing.assert_close(target, results[i % 2][0], atol=2e-5 if row_thread else atol,
                                    rtol=0)
         torch.testing.assert_close(value, results[i % 2][1], atol=3e-5 if row_thread else 1e-5,
@@ -339,7 +339,7 @@ def test_cuda_row_layouts_with_one_and_five_members(e, k, monkeypatch):
     """The member loop of every layout with E = 1 (nothing to prefetch) and E = 5, on BRC's inputs
     (discount 0.99, 70% mask 1: shift and terminal rows side by side)."""
     logits, reward, mask, _, entropy = make_inputs(e, 1001, k, seed=k + e)
-    for lanes in (1, 8, 16, 32):
+    for lanes in (1, 2, 8, 16, 32):
         monkeypatch.setattr(_kernels, "CUDA_TARGET_ROW_LANES", lanes)
         for combine in ("mean", "min"):
             assert_matches_float64(logits, reward, mask, 0.99, entropy, combine)

@@ -103,14 +103,14 @@ def assert_matches_reference(target, value, logits, reward, mask, discount, entr
 
 
 # The longest row each forced layout takes (longer ones leave the choice to the launcher).
-LAYOUT_MAX_ATOMS = {1: 128, 8: 128, 16: 256, 32: 4096}
+LAYOUT_MAX_ATOMS = {1: 128, 2: 128, 8: 128, 16: 256, 32: 4096}
 
 
 @pytest.mark.parametrize("k", [11, 32, 64, 101, 128, 201, 256])
-@pytest.mark.parametrize("lanes", [1, 8, 16, 32])
+@pytest.mark.parametrize("lanes", [1, 2, 8, 16, 32])
 def test_every_row_layout_on_every_path(emulated_kernel, k, lanes):
-    """B = 70: a partial last block, whose past-the-batch groups (threads, for a thread per row)
-    must not write. K = 32, 64, 128 and 256 fill the lanes' slots exactly (C_K then has no owner
+    """B = 70: a partial last block, whose past-the-batch groups (threads, for a thread or two per
+    row) must not write. K = 32, 64, 128 and 256 fill the lanes' slots exactly (C_K then has no owner
     and is written apart). A forced layout too small for the row leaves the choice to the launcher
     (16 lanes for K > 128 here)."""
     inputs = make_inputs(2, 70, k, seed=k + lanes)
@@ -120,17 +120,20 @@ def test_every_row_layout_on_every_path(emulated_kernel, k, lanes):
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 31, 33])
-def test_thread_per_row_slabs_of_short_rows(emulated_kernel, k):
-    """A thread per row copies its block's rows as one slab, each thread stepping over several
-    rows per step when K < 32 (and across a row end at other K); one member, three and B = 1."""
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_thread_per_row_slabs_of_short_rows(emulated_kernel, k, lanes):
+    """A thread (or two) per row copies its block's rows as one slab, each thread stepping over
+    several rows per step when K < 32 (and across a row end at other K); one member, three (two
+    threads: an odd count) and B = 1."""
     for members, batch in ((1, 45), (3, 33), (2, 1)):
         inputs = make_inputs(members, batch, k, seed=k + members)
-        target, value, bad, used = run(emulated_kernel, *inputs, lanes=1)
-        assert used == 1 and bad == 0
-        assert_matches_reference(target, value, *inputs)
+        for combine in ("mean", "min"):
+            target, value, bad, used = run(emulated_kernel, *inputs, lanes=lanes, combine=combine)
+            assert used == lanes and bad == 0
+            assert_matches_reference(target, value, *inputs, combine=combine)
 
 
-@pytest.mark.parametrize("lanes", [1, 8, 32])
+@pytest.mark.parametrize("lanes", [1, 2, 8, 32])
 @pytest.mark.parametrize("combine,projection,sigma", [("min", "c51", 0.0),
                                                       ("mean", "hl_gauss", 0.15),
                                                       ("min", "hl_gauss", 0.15)])
@@ -144,7 +147,7 @@ def test_min_combine_and_hl_gauss(emulated_kernel, lanes, combine, projection, s
 
 def test_bfloat16_logits(emulated_kernel):
     inputs = make_inputs(2, 40, 101, seed=9, dtype=torch.bfloat16)
-    for lanes in (1, 8, 32):
+    for lanes in (1, 2, 8, 32):
         target, value, _, _ = run(emulated_kernel, *inputs, lanes=lanes)
         assert_matches_reference(target, value, *inputs)
 
@@ -153,7 +156,7 @@ def test_nonfinite_rows_are_nan_and_counted(emulated_kernel):
     logits, reward, mask, discount, entropy = make_inputs(2, 40, 101, seed=11)
     logits[1, 3, 50] = float("nan")
     reward[17] = float("inf")
-    for lanes in (1, 8, 32):
+    for lanes in (1, 2, 8, 32):
         target, value, bad, _ = run(emulated_kernel, logits, reward, mask, discount, entropy,
                                     lanes=lanes)
         assert bad == 2

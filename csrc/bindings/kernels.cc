@@ -337,8 +337,9 @@ void TdTargetCudaBinding(uintptr_t logits, int dtype, int64_t num_members, int64
     throw std::invalid_argument("projection must be 0 (c51) or 1 (hl_gauss)");
   }
   if (projection == 1 && !(sigma > 0.0)) throw std::invalid_argument("HL-Gauss needs sigma > 0");
-  if (row_lanes != 0 && row_lanes != 1 && row_lanes != 8 && row_lanes != 16 && row_lanes != 32) {
-    throw std::invalid_argument("row_lanes must be 0 (auto), 1, 8, 16 or 32, got " +
+  if (row_lanes != 0 && row_lanes != 1 && row_lanes != 2 && row_lanes != 8 && row_lanes != 16 &&
+      row_lanes != 32) {
+    throw std::invalid_argument("row_lanes must be 0 (auto), 1, 2, 8, 16 or 32, got " +
                                 std::to_string(row_lanes));
   }
   TdTargetCudaArgs a;
@@ -444,8 +445,9 @@ void RegisterKernels(py::module_& m) {
         py::arg("v_max"), py::arg("combine"), py::arg("projection"), py::arg("sigma"),
         py::arg("device"), py::arg("stream"), py::arg("row_lanes") = 0,
         "Enqueue the CUDA TD target (device pointers as integers; 0 = absent optional input) on "
-        "`stream`. row_lanes: lanes per row of the kernel (0 chooses; 1 (a thread per row, K <= 128), "
-        "8, 16 or 32 force a layout where the row fits; the same results up to float rounding). "
+        "`stream`. row_lanes: lanes per row of the kernel (0 chooses; 1 or 2 (threads per row, "
+        "K <= 128), 8, 16 or 32 force a layout where the row fits; the same results up to float "
+        "rounding). "
         "RuntimeError when mtrl was built without CUDA.");
   m.def("_cross_entropy_cuda", &CrossEntropyCudaBinding, py::arg("online_logits"),
         py::arg("dtype"), py::arg("num_members"), py::arg("batch_size"), py::arg("num_atoms"),

@@ -29,13 +29,14 @@
 //    j, so G source atoms at a time a segmented group scan sums each run of atoms sharing a bin
 //    and one lane adds it. It runs for a whole warp when any of its rows needs it.
 // HL-Gauss is a group-parallel erf histogram.
-// A third layout, a thread per row (TdTargetRowKernel; K <= 128), is built but only taken when
-// asked for (`row_lanes` 1): a block stages its rows' logits in shared memory with coalesced
-// loads, and each thread then runs its row serially (no shuffles, no plan; the C51 projection is
-// one pass over the atoms in bin order, for any g). From its SASS loop bodies, a row at K = 101,
-// E = 2 costs ~190 warp instructions (a warp runs 32 rows), against ~500 in the 8-lane layout
-// (2016 per warp of four rows), at an eighth of the warps; whether that is faster is for a GPU to
-// say (benchmarks/gpu_td_target.py times it beside the others). Cross-entropy: a warp per sample, all members, with
+// Two more layouts, a thread per row (TdTargetRowKernel) and two (TdTargetRowPairKernel; both
+// K <= 128), are built but only taken when asked for (`row_lanes` 1 or 2): a block stages its
+// rows' logits in shared memory with coalesced loads, and each thread then runs its row (or half
+// of it) serially: no plan, no shuffles beyond a pair's; the C51 projection is one pass over the
+// atoms in bin order, for any g. From their SASS loop bodies, a row at K = 101, E = 2 costs ~190
+// (one thread) or ~225 (two) warp instructions, against ~500 in the 8-lane layout (2016 per warp
+// of four rows), at an eighth (a quarter) of its warps; whether that is faster is for a GPU to say
+// (benchmarks/gpu_td_target.py times them beside the others). Cross-entropy: a warp per sample, all members, with
 // the sample's target and logits held in registers for K <= 256; the gradient is written in the
 // same pass, and the loss is reduced by a second one-block kernel in a fixed order.
 #include <cuda_bf16.h>

@@ -732,32 +732,32 @@ __device__ float RowExpSum(float* x, int k, float m) {
   return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
-// C51 projection of one row by one thread (spec §3.2), written to y (K floats), in one pass over
-// the atoms in the order of their bins (j ascending for g >= 0, descending for g < 0). Atom j's
-// fractional bin is b_j = clip(c + g j, 0, K - 1) with c = (r + g (v_min - ent) - v_min) / dz (in
-// double, once per row; the CPU's PlanShift form; b_j is one FMA per atom), and it puts p_j (1 - frac) on bin low_j and
-// p_j frac on low_j + 1. The masses of the current bin and of the one above it build up in
-// registers; when the scan moves to a higher bin both are stored (the one above is stored again,
-// complete, if the scan lands on it). Bins no atom reaches stay 0. The expected value is
-// sum_j p_j (v_min + dz b_j), which is sum_i z_i y_i: the split keeps each atom's mean.
+// C51 projection (spec §3.2) of the atoms [j0, j1) of one row by one thread, written to y (K
+// floats, all zero before), in one pass over the atoms in the order of their bins (j ascending for
+// g >= 0, descending for g < 0). Atom j's fractional bin is b_j = clip(c + g j, 0, K - 1) with
+// c = (r + g (v_min - ent) - v_min) / dz (in double, once per row; the CPU's PlanShift form; b_j
+// is one FMA per atom), and it puts p_j (1 - frac) on bin low_j and p_j frac on low_j + 1. The
+// masses of the current bin and of the one above it build up in registers; when the scan moves to
+// a higher bin both are stored (the one above is stored again, complete, if the scan lands on
+// it). Returns these atoms' part of the expected value, sum_j p_j (v_min + dz b_j): the split
+// keeps each atom's mean, so over all atoms that is sum_i z_i y_i.
 __device__ float RowC51(const float* p, float* y, const TargetParams& a, float r, float g,
-                        float ent) {
+                        float ent, int j0, int j1) {
   const int k = a.num_atoms;
   const float last = static_cast<float>(k - 1);
   const bool up = g >= 0.0f;
-  // The n-th atom of the scan is j = n (up) or K - 1 - n: b = c0 + gs n.
+  // The n-th atom of the scan is j = j0 + n (up) or j1 - 1 - n: b = c0 + gs n.
   const double c = (static_cast<double>(r) + static_cast<double>(g) *
                     (static_cast<double>(a.v_min) - ent) - static_cast<double>(a.v_min)) * a.inv_dz;
-  const float c0 = static_cast<float>(up ? c : c + static_cast<double>(g) * (k - 1));
+  const float c0 = static_cast<float>(c + static_cast<double>(g) * (up ? j0 : j1 - 1));
   const float gs = up ? g : -g;
-  const float* pj = up ? p : p + k - 1;
+  const float* pj = up ? p + j0 : p + j1 - 1;
   const int dj = up ? 1 : -1;
-  for (int i = 0; i < k; ++i) y[i] = 0.0f;
   int cur = static_cast<int>(fminf(fmaxf(c0, 0.0f), last));  // the bin being summed
   float at = 0.0f, above = 0.0f;  // the masses on bins cur and cur + 1 so far
   float mass = 0.0f, moment = 0.0f;  // sum_j p_j, sum_j p_j b_j
   float nf = 0.0f;
-  for (int n = 0; n < k; ++n, pj += dj, nf += 1.0f) {
+  for (int n = 0; n < j1 - j0; ++n, pj += dj, nf += 1.0f) {
     const float b = fminf(fmaxf(fmaf(gs, nf, c0), 0.0f), last), pn = *pj;
     const int low = static_cast<int>(b);  // b >= 0 (a NaN clips to 0: the row is reported)
     const float hi = pn * (b - static_cast<float>(low));
@@ -778,22 +778,27 @@ __device__ float RowC51(const float* p, float* y, const TargetParams& a, float r
   return fmaf(a.dz, moment, a.v_min * mass);
 }
 
-// HL-Gauss of one row by one thread: the histogram of N(clip(r + g (E[z] - ent)), sigma) over the
-// bins [z_i - dz / 2, z_i + dz / 2], renormalised over the K bins (as HlGauss), written to y.
-// Returns the expected value sum_i z_i y_i.
-__device__ float RowHlGauss(const float* p, float* y, const TargetParams& a, float r, float g,
-                           float ent) {
-  const int k = a.num_atoms;
+// sum_j p_j z_j over the atoms [j0, j1).
+__device__ float AtomMoment(const float* p, const TargetParams& a, int j0, int j1) {
   float mean = 0.0f;
-  for (int j = 0; j < k; ++j) mean = fmaf(p[j], a.v_min + static_cast<float>(j) * a.dz, mean);
+  for (int j = j0; j < j1; ++j) mean = fmaf(p[j], a.v_min + static_cast<float>(j) * a.dz, mean);
+  return mean;
+}
+
+// HL-Gauss bins [i0, i1) of one row by one thread: the histogram of N(clip(r + g (mean - ent)),
+// sigma) over the bins [z_i - dz / 2, z_i + dz / 2], renormalised over the K bins (as HlGauss),
+// written to y; mean = E[z] of the combined row. Returns these bins' part of the expected value.
+__device__ float RowHlGauss(float mean, float* y, const TargetParams& a, float r, float g,
+                           float ent, int i0, int i1) {
+  const int k = a.num_atoms;
   const float target = fminf(fmaxf(r + g * (mean - ent), a.v_min), a.v_max);  // clamp first
   const float inv = 1.0f / (a.sigma * 1.41421356237f);
   const auto cdf = [&](int i) {
     return erff((a.v_min - 0.5f * a.dz + static_cast<float>(i) * a.dz - target) * inv);
   };
   const float first = cdf(0), norm = 1.0f / (cdf(k) - first);
-  float below = first, v = 0.0f;
-  for (int i = 0; i < k; ++i) {
+  float below = i0 == 0 ? first : cdf(i0), v = 0.0f;
+  for (int i = i0; i < i1; ++i) {
     const float upper = cdf(i + 1), yi = (upper - below) * norm;
     y[i] = yi;
     v = fmaf(yi, a.v_min + static_cast<float>(i) * a.dz, v);
@@ -853,9 +858,10 @@ __global__ void TdTargetRowKernel(const T* __restrict__ logits, TargetParams a) 
     if (!ok) {
       for (int j = 0; j < k; ++j) x[j] = NAN;
     } else if (a.projection == Projection::kHlGauss) {
-      v = RowHlGauss(p, x, a, reward, g, ent);
+      v = RowHlGauss(AtomMoment(p, a, 0, k), x, a, reward, g, ent, 0, k);
     } else {
-      v = RowC51(p, x, a, reward, g, ent);
+      for (int i = 0; i < k; ++i) x[i] = 0.0f;
+      v = RowC51(p, x, a, reward, g, ent, 0, k);
     }
   }
   __syncthreads();
@@ -866,11 +872,125 @@ __global__ void TdTargetRowKernel(const T* __restrict__ logits, TargetParams a) 
   }
 }
 
-// The target kernel of a layout: TdTargetKernel<T, G, KPL>, or the thread-per-row kernel (G = 1).
+// Two threads per row (`row_lanes` 2, K <= kRowThreadMaxAtoms; only when asked for): the
+// thread-per-row kernel with each row split between two adjacent lanes, for twice the warps per
+// row. Lane h of a row takes the softmax of members h, h + 2, ... (a block loads two members'
+// slabs at a time) into a partial combined row of its own; the lanes then merge the two partials
+// (mean: their sum, half the atoms each; min: the lower expected value, the lower member on ties),
+// project atoms [h ceil(K/2), ...) each into a row of their own, and add the two rows, half the
+// bins each. The lanes of a pair meet only in xor-1 shuffles and syncs, all outside any branch
+// that depends on the row: rows past the batch compute on whatever their tiles hold and write
+// nothing.
+constexpr int kRowPairRows = 16;
+
+template <typename T>
+__global__ void TdTargetRowPairKernel(const T* __restrict__ logits, TargetParams a) {
+#ifdef MTRL_SIMT_EMULATION  // tests/cuda_emulation/simt.h: the emulated block's shared memory
+  float* const smem = simt::DynamicShared<float>();
+#else
+  extern __shared__ float smem[];
+#endif
+  constexpr unsigned kAll = 0xffffffffu;
+  const int k = a.num_atoms, stride = a.row_stride, rows_per_block = a.rows_per_block;
+  const int r = static_cast<int>(threadIdx.x) / 2, h = static_cast<int>(threadIdx.x) % 2;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int rows = static_cast<int>(a.batch_size - row0 < rows_per_block ? a.batch_size - row0
+                                                                         : rows_per_block);
+  const bool live = r < rows;
+  const int64_t b = row0 + (live ? r : rows - 1);
+  // Four tiles of rows_per_block rows: the two members' logits being read (tile h is lane h's;
+  // later the projections), and the two lanes' partial combined rows.
+  const auto tile = [&](int i) { return smem + i * rows_per_block * stride; };
+  const auto row_of = [&](int i) { return tile(i) + r * stride; };
+  float* const x = row_of(h);
+  float* const part = row_of(2 + h);
+  const int half = (k + 1) / 2, j0 = h == 0 ? 0 : half, j1 = h == 0 ? half : k;
+  const float reward = a.reward[b];
+  const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
+  const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  const int members = static_cast<int>(a.num_members);
+  bool ok = true;
+  float best_value = INFINITY;
+  int best_member = members;  // none yet
+  if (h >= members) {  // E = 1: lane 1 contributes nothing
+    for (int j = 0; j < k; ++j) part[j] = 0.0f;
+  }
+  for (int e0 = 0; e0 < members; e0 += 2) {
+    if (e0 > 0) __syncthreads();  // every lane is done with the previous members' tiles
+    LoadSlab(logits + (e0 * a.batch_size + row0) * k, rows, k, stride, tile(0));
+    if (e0 + 1 < members) {
+      LoadSlab(logits + ((e0 + 1) * a.batch_size + row0) * k, rows, k, stride, tile(1));
+    }
+    __syncthreads();
+    const int e = e0 + h;
+    if (e >= members) continue;
+    const float m = RowMax(x, k);
+    const float s = RowExpSum(x, k, m);
+    ok = ok && isfinite(m) && isfinite(s);
+    if (a.combine == Combine::kMean) {
+      const float scale = 1.0f / (s * static_cast<float>(members));
+      for (int j = 0; j < k; ++j) part[j] = e0 == 0 ? x[j] * scale : fmaf(x[j], scale, part[j]);
+    } else {
+      float zs = 0.0f;
+      for (int j = 0; j < k; ++j) zs = fmaf(x[j], a.v_min + static_cast<float>(j) * a.dz, zs);
+      const float value = zs / s;
+      if (best_member == members || value < best_value) {  // members rise: the first on ties
+        best_value = value;
+        best_member = e;
+        const float scale = 1.0f / s;
+        for (int j = 0; j < k; ++j) part[j] = x[j] * scale;
+      }
+    }
+  }
+  ok = ok && isfinite(reward) && isfinite(g) && isfinite(ent);
+  ok = __shfl_xor_sync(kAll, static_cast<int>(ok), 1) != 0 && ok;
+  __syncthreads();  // both partial rows complete
+  const float* p = row_of(2);  // the combined row
+  if (a.combine == Combine::kMean) {
+    float* const sum = row_of(2);
+    const float* other = row_of(3);
+    for (int j = j0; j < j1; ++j) sum[j] += other[j];
+  } else {
+    const float other_value = __shfl_xor_sync(kAll, best_value, 1);
+    const int other_member = __shfl_xor_sync(kAll, best_member, 1);
+    const bool mine = best_value < other_value ||
+                      (best_value == other_value && best_member < other_member) ||
+                      other_member == members;
+    p = row_of(2 + (mine ? h : 1 - h));
+  }
+  __syncthreads();  // the combined row complete; the member tiles free
+  float v = 0.0f;
+  float* const y = row_of(0);  // the target row (tile 0)
+  if (a.projection == Projection::kHlGauss) {
+    const float mean_part = AtomMoment(p, a, j0, j1);
+    const float mean = mean_part + __shfl_xor_sync(kAll, mean_part, 1);
+    if (ok) v = RowHlGauss(mean, y, a, reward, g, ent, j0, j1);
+  } else {
+    for (int i = 0; i < k; ++i) x[i] = 0.0f;  // this lane's projection row (tile h)
+    if (ok) v = RowC51(p, x, a, reward, g, ent, j0, j1);
+    __syncthreads();  // both projections complete
+    const float* other = row_of(1);
+    for (int i = j0; i < j1; ++i) y[i] += other[i];
+  }
+  if (!ok) {
+    for (int i = j0; i < j1; ++i) y[i] = NAN;
+  }
+  v += __shfl_xor_sync(kAll, v, 1);
+  __syncthreads();
+  StoreSlab(tile(0), rows, k, stride, a.target + row0 * k);
+  if (live && h == 0) {
+    a.expected_value[b] = ok ? v : NAN;
+    if (!ok && a.nonfinite_count != nullptr) atomicAdd(a.nonfinite_count, 1);
+  }
+}
+
+// The target kernel of a layout: TdTargetKernel<T, G, KPL>, or a thread per row (G = 1) or two (G = 2).
 template <typename T, int G, int KPL>
 inline auto TargetKernel() {
   if constexpr (G == 1) {
     return &TdTargetRowKernel<T>;
+  } else if constexpr (G == 2) {
+    return &TdTargetRowPairKernel<T>;
   } else {
     return &TdTargetKernel<T, G, KPL>;
   }
@@ -881,10 +1001,10 @@ inline auto TargetKernel() {
 // 8 lanes 5.3; at B = 4096 both 5.5), else 8 for K <= 128 and 16 for K <= 256 (at most 16 atoms per
 // lane, in registers; at B = 16384 8 lanes took 12.5 us, a warp 16.6), a warp above. `requested` 8
 // or 16 forces that group where the row fits it (K <= 16 G), 32 forces a warp per row, 1 a thread
-// per row (TdTargetRowKernel, K <= kRowThreadMaxAtoms); 0 (or a row too long for the layout)
-// chooses.
+// per row and 2 two (TdTargetRowKernel, TdTargetRowPairKernel; K <= kRowThreadMaxAtoms); 0 (or a
+// row too long for the layout) chooses.
 int TargetRowLanes(int k, int64_t batch, int multiprocessors, int requested) {
-  if (requested == 1 && k <= kRowThreadMaxAtoms) return 1;
+  if ((requested == 1 || requested == 2) && k <= kRowThreadMaxAtoms) return requested;
   if (requested == kWarp) return kWarp;
   if ((requested == 8 || requested == 16) && k <= 16 * requested) return requested;
   if (batch <= 24 * static_cast<int64_t>(multiprocessors)) return kWarp;
@@ -915,6 +1035,8 @@ struct TargetLaunch {
 static_assert(2 * (kMaxAtoms + 2) * sizeof(float) <= kSharedBytes, "a row's tiles fit 48 KB");
 static_assert(2 * kRowThreadRows * (kRowThreadMaxAtoms + 1) * sizeof(float) <= kSharedBytes,
               "a thread-per-row block's tiles fit 48 KB");
+static_assert(4 * kRowPairRows * (kRowThreadMaxAtoms + 1) * sizeof(float) <= kSharedBytes,
+              "a two-threads-per-row block's tiles fit 48 KB");
 
 inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiprocessors) {
   TargetLaunch l;
@@ -928,9 +1050,13 @@ inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiproc
   p.batch_size = args.batch_size;
   p.num_atoms = static_cast<int>(args.num_atoms);
   l.lanes = TargetRowLanes(p.num_atoms, args.batch_size, multiprocessors, args.row_lanes);
-  p.row_stride = l.lanes == 1 ? RowThreadStride(p.num_atoms) : TargetRowStride(p.num_atoms, l.lanes);
-  const int per_row = 2 * p.row_stride * static_cast<int>(sizeof(float));
-  p.rows_per_block = l.lanes == 1 ? kRowThreadRows : kTargetThreads / l.lanes;
+  const bool row_threads = l.lanes <= 2;  // a thread or two per row
+  p.row_stride = row_threads ? RowThreadStride(p.num_atoms) : TargetRowStride(p.num_atoms, l.lanes);
+  // Shared floats per row: two tiles (four with two threads per row).
+  const int per_row = (l.lanes == 2 ? 4 : 2) * p.row_stride * static_cast<int>(sizeof(float));
+  p.rows_per_block = l.lanes == 1   ? kRowThreadRows
+                     : l.lanes == 2 ? kRowPairRows
+                                    : kTargetThreads / l.lanes;
   while (p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) --p.rows_per_block;
   p.v_min = args.v_min;
   p.v_max = args.v_max;
@@ -951,11 +1077,14 @@ inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiproc
 
 // Calls launch.template Run<G, KPL>() with the kernel instantiation for `lanes` and K: the member
 // rows in registers for K <= 256 (KPL atoms per lane, the smallest instantiated count that holds
-// the row), through shared memory above (G = 32 only); G = 1 (KPL 0) for a thread per row.
+// the row), through shared memory above (G = 32 only); G = 1 or 2 (KPL 0) for a thread or two
+// per row.
 template <typename Launcher>
 void DispatchTarget(int lanes, int k, const Launcher& launch) {
   if (lanes == 1) {
     launch.template Run<1, 0>();
+  } else if (lanes == 2) {
+    launch.template Run<2, 0>();
   } else if (lanes == 8) {
     if (k <= 8 * 4) {
       launch.template Run<8, 4>();

@@ -19,10 +19,10 @@ _dlpack = torch.utils.dlpack.to_dlpack
 
 # Lanes per row of the CUDA target kernel (csrc/kernels/td_target_cuda.cu): 0 lets the launcher
 # choose (a warp per row for batches of at most 24 rows per multiprocessor and for K > 256, else 8
-# for K <= 128 and 16 for K <= 256); 8, 16 or 32 force that layout where the row fits it, 1 a
-# thread per row (K <= 128; never chosen by the launcher yet). Every layout gives the same results
-# up to the rounding of float sums; the CUDA tests and benchmarks/gpu_td_target.py set it to check
-# and time each one.
+# for K <= 128 and 16 for K <= 256); 8, 16 or 32 force that layout where the row fits it, 1 or 2
+# one or two threads per row (K <= 128; never chosen by the launcher yet). Every layout gives the
+# same results up to the rounding of float sums; the CUDA tests and benchmarks/gpu_td_target.py set
+# it to check and time each one.
 CUDA_TARGET_ROW_LANES = 0
 
 

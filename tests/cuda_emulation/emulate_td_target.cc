@@ -203,7 +203,7 @@ int main() {
     }
     std::vector<float> target(b * k), value(b), td(b), grad(2 * b * k), loss(1);
     int32_t bad = 0;
-    for (int lanes : {1, 8, 32}) {
+    for (int lanes : {1, 2, 8, 32}) {
       for (int projection : {0, 1}) {
         emulate_td_target(logits.data(), 0, 2, b, k, reward.data(), mask.data(), discount.data(),
                           0.0f, entropy.data(), target.data(), value.data(), &bad, -10.0f, 10.0f,
