@@ -637,20 +637,34 @@ struct SlabCursor {
 };
 
 // Copies the slab src[0, rows k) into shared rows of `stride` floats with coalesced loads
-// (consecutive threads, consecutive addresses). With stride == k the copy is flat, four floats per
-// load where src is 16-byte aligned (float logits; the block's first row starts at a multiple of
-// 32 rows), kSlabLoads loads per thread in flight before their stores.
+// (consecutive threads, consecutive addresses), kSlabLoads loads per thread in flight before their
+// stores. With stride == k the copy is flat, four floats per load where both ends are 16-byte
+// aligned (float logits: the block's first row starts at a multiple of 16 rows).
 constexpr int kSlabLoads = 8;
 template <typename T>
 __device__ void LoadSlab(const T* __restrict__ src, int rows, int k, int stride, float* dst) {
   const int n = static_cast<int>(blockDim.x), total = rows * k;
   if (stride != k) {
-    for (SlabCursor c(rows, k); c.i < c.total; c.Next()) dst[c.row * stride + c.col] = Load(src, c.i);
+    for (SlabCursor c(rows, k); c.i < c.total;) {
+      float v[kSlabLoads];
+      int at[kSlabLoads];
+#pragma unroll
+      for (int u = 0; u < kSlabLoads; ++u, c.Next()) {
+        const bool in = c.i < c.total;
+        at[u] = in ? c.row * stride + c.col : -1;
+        v[u] = in ? Load(src, c.i) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kSlabLoads; ++u) {
+        if (at[u] >= 0) dst[at[u]] = v[u];
+      }
+    }
     return;
   }
   int i = static_cast<int>(threadIdx.x);
   if constexpr (sizeof(T) == sizeof(float)) {
-    if (reinterpret_cast<uintptr_t>(src) % sizeof(Quad) == 0) {
+    if (reinterpret_cast<uintptr_t>(src) % sizeof(Quad) == 0 &&
+        reinterpret_cast<uintptr_t>(dst) % sizeof(Quad) == 0) {
       const int quads = total / 4;
       const Quad* from = reinterpret_cast<const Quad*>(src);
       Quad* to = reinterpret_cast<Quad*>(dst);
@@ -689,7 +703,8 @@ __device__ void StoreSlab(const float* src, int rows, int k, int stride, float* 
     return;
   }
   int i = static_cast<int>(threadIdx.x);
-  if (reinterpret_cast<uintptr_t>(dst) % sizeof(Quad) == 0) {
+  if (reinterpret_cast<uintptr_t>(src) % sizeof(Quad) == 0 &&
+      reinterpret_cast<uintptr_t>(dst) % sizeof(Quad) == 0) {
     const int quads = total / 4;
     const Quad* from = reinterpret_cast<const Quad*>(src);
     Quad* to = reinterpret_cast<Quad*>(dst);
@@ -739,8 +754,9 @@ __device__ float RowExpSum(float* x, int k, float m) {
 // is one FMA per atom), and it puts p_j (1 - frac) on bin low_j and p_j frac on low_j + 1. The
 // masses of the current bin and of the one above it build up in registers; when the scan moves to
 // a higher bin both are stored (the one above is stored again, complete, if the scan lands on
-// it). Returns these atoms' part of the expected value, sum_j p_j (v_min + dz b_j): the split
-// keeps each atom's mean, so over all atoms that is sum_i z_i y_i.
+// it). Returns these atoms' part of the expected value, sum_j p_j (v_min + dz b_j) (each atom at
+// its clipped position): the split keeps each atom's mean, so over all atoms that is
+// sum_i z_i y_i.
 __device__ float RowC51(const float* p, float* y, const TargetParams& a, float r, float g,
                         float ent, int j0, int j1) {
   const int k = a.num_atoms;
@@ -755,7 +771,7 @@ __device__ float RowC51(const float* p, float* y, const TargetParams& a, float r
   const int dj = up ? 1 : -1;
   int cur = static_cast<int>(fminf(fmaxf(c0, 0.0f), last));  // the bin being summed
   float at = 0.0f, above = 0.0f;  // the masses on bins cur and cur + 1 so far
-  float mass = 0.0f, moment = 0.0f;  // sum_j p_j, sum_j p_j b_j
+  float v = 0.0f;                 // sum_j p_j (v_min + dz b_j) so far
   float nf = 0.0f;
   for (int n = 0; n < j1 - j0; ++n, pj += dj, nf += 1.0f) {
     const float b = fminf(fmaxf(fmaf(gs, nf, c0), 0.0f), last), pn = *pj;
@@ -770,12 +786,11 @@ __device__ float RowC51(const float* p, float* y, const TargetParams& a, float r
     }
     at += pn - hi;
     above += hi;  // 0 at bin K - 1 (b is clipped there)
-    mass += pn;
-    moment = fmaf(pn, b, moment);
+    v = fmaf(pn, fmaf(a.dz, b, a.v_min), v);
   }
   y[cur] = at;
   if (cur + 1 < k) y[cur + 1] = above;
-  return fmaf(a.dz, moment, a.v_min * mass);
+  return v;
 }
 
 // sum_j p_j z_j over the atoms [j0, j1).
@@ -882,6 +897,8 @@ __global__ void TdTargetRowKernel(const T* __restrict__ logits, TargetParams a) 
 // that depends on the row: rows past the batch compute on whatever their tiles hold and write
 // nothing.
 constexpr int kRowPairRows = 16;
+static_assert(kRowThreadRows == kWarp && 2 * kRowPairRows == kWarp,
+              "a block of the row layouts is one warp (their syncs and shuffles assume it)");
 
 template <typename T>
 __global__ void TdTargetRowPairKernel(const T* __restrict__ logits, TargetParams a) {
@@ -1054,10 +1071,14 @@ inline TargetLaunch PlanTargetLaunch(const TdTargetCudaArgs& args, int multiproc
   p.row_stride = row_threads ? RowThreadStride(p.num_atoms) : TargetRowStride(p.num_atoms, l.lanes);
   // Shared floats per row: two tiles (four with two threads per row).
   const int per_row = (l.lanes == 2 ? 4 : 2) * p.row_stride * static_cast<int>(sizeof(float));
+  // A thread or two per row: one warp of rows, always (the kernels rely on it; the static_asserts
+  // above keep their tiles within 48 KB). Lane groups: fewer rows where their tiles would not fit.
   p.rows_per_block = l.lanes == 1   ? kRowThreadRows
                      : l.lanes == 2 ? kRowPairRows
                                     : kTargetThreads / l.lanes;
-  while (p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) --p.rows_per_block;
+  while (!row_threads && p.rows_per_block > 1 && per_row * p.rows_per_block > kSharedBytes) {
+    --p.rows_per_block;
+  }
   p.v_min = args.v_min;
   p.v_max = args.v_max;
   p.dz = (args.v_max - args.v_min) / static_cast<float>(args.num_atoms - 1);
