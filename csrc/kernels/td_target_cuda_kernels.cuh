@@ -890,10 +890,9 @@ __global__ void TdTargetRowKernel(const T* __restrict__ logits, TargetParams a) 
 // Two threads per row (`row_lanes` 2, K <= kRowThreadMaxAtoms; only when asked for): the
 // thread-per-row kernel with each row split between two adjacent lanes, for twice the warps per
 // row. Lane h of a row takes the softmax of members h, h + 2, ... (a block loads two members'
-// slabs at a time) into a partial combined row of its own; the lanes then merge the two partials
-// (mean: their sum, half the atoms each; min: the lower expected value, the lower member on ties),
-// project atoms [h ceil(K/2), ...) each into a row of their own, and add the two rows, half the
-// bins each. The lanes of a pair meet only in xor-1 shuffles and syncs, all outside any branch
+// slabs at a time); the lanes then merge them into the combined row (mean: the weighted sum, half
+// the atoms each; min: the lower expected value, the lower member on ties), project atoms
+// [h ceil(K/2), ...) each into a row of their own, and add the two rows, half the bins each. The lanes of a pair meet only in xor-1 shuffles and syncs, all outside any branch
 // that depends on the row: rows past the batch compute on whatever their tiles hold and write
 // nothing.
 constexpr int kRowPairRows = 16;
@@ -926,12 +925,13 @@ __global__ void TdTargetRowPairKernel(const T* __restrict__ logits, TargetParams
   const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
   const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
   const int members = static_cast<int>(a.num_members);
+  // With at most two members (BRC's two critics) each lane has one at most: its exps stay in its
+  // tile with their weight `scale` (0 for none) until the merge, which forms the combined row
+  // directly (no pass writing a partial row). More members accumulate into the partial rows.
+  const bool deferred = members <= 2;
   bool ok = true;
-  float best_value = INFINITY;
+  float best_value = INFINITY, scale = 0.0f;
   int best_member = members;  // none yet
-  if (h >= members) {  // E = 1: lane 1 contributes nothing
-    for (int j = 0; j < k; ++j) part[j] = 0.0f;
-  }
   for (int e0 = 0; e0 < members; e0 += 2) {
     if (e0 > 0) __syncthreads();  // every lane is done with the previous members' tiles
     LoadSlab(logits + (e0 * a.batch_size + row0) * k, rows, k, stride, tile(0));
@@ -945,8 +945,12 @@ __global__ void TdTargetRowPairKernel(const T* __restrict__ logits, TargetParams
     const float s = RowExpSum(x, k, m);
     ok = ok && isfinite(m) && isfinite(s);
     if (a.combine == Combine::kMean) {
-      const float scale = 1.0f / (s * static_cast<float>(members));
-      for (int j = 0; j < k; ++j) part[j] = e0 == 0 ? x[j] * scale : fmaf(x[j], scale, part[j]);
+      const float weight = 1.0f / (s * static_cast<float>(members));
+      if (deferred) {
+        scale = weight;
+      } else {
+        for (int j = 0; j < k; ++j) part[j] = e0 == 0 ? x[j] * weight : fmaf(x[j], weight, part[j]);
+      }
     } else {
       float zs = 0.0f;
       for (int j = 0; j < k; ++j) zs = fmaf(x[j], a.v_min + static_cast<float>(j) * a.dz, zs);
@@ -954,26 +958,46 @@ __global__ void TdTargetRowPairKernel(const T* __restrict__ logits, TargetParams
       if (best_member == members || value < best_value) {  // members rise: the first on ties
         best_value = value;
         best_member = e;
-        const float scale = 1.0f / s;
-        for (int j = 0; j < k; ++j) part[j] = x[j] * scale;
+        if (deferred) {
+          scale = 1.0f / s;
+        } else {
+          for (int j = 0; j < k; ++j) part[j] = x[j] * (1.0f / s);
+        }
       }
     }
   }
   ok = ok && isfinite(reward) && isfinite(g) && isfinite(ent);
   ok = __shfl_xor_sync(kAll, static_cast<int>(ok), 1) != 0 && ok;
-  __syncthreads();  // both partial rows complete
-  const float* p = row_of(2);  // the combined row
+  const float other_scale = __shfl_xor_sync(kAll, scale, 1);
+  __syncthreads();  // both lanes' exps (or partial rows) complete
+  float* const combined = row_of(2);
+  const float* p = combined;
   if (a.combine == Combine::kMean) {
-    float* const sum = row_of(2);
-    const float* other = row_of(3);
-    for (int j = j0; j < j1; ++j) sum[j] += other[j];
+    if (deferred) {  // half the atoms each: x_0 scale_0 + x_1 scale_1
+      const float* x0 = row_of(0);
+      const float* x1 = row_of(1);
+      const float s0 = h == 0 ? scale : other_scale, s1 = h == 0 ? other_scale : scale;
+      for (int j = j0; j < j1; ++j) {
+        combined[j] = members == 2 ? fmaf(x1[j], s1, x0[j] * s0) : x0[j] * s0;
+      }
+    } else {
+      const float* other = row_of(3);
+      for (int j = j0; j < j1; ++j) combined[j] += other[j];
+    }
   } else {
     const float other_value = __shfl_xor_sync(kAll, best_value, 1);
     const int other_member = __shfl_xor_sync(kAll, best_member, 1);
     const bool mine = best_value < other_value ||
                       (best_value == other_value && best_member < other_member) ||
                       other_member == members;
-    p = row_of(2 + (mine ? h : 1 - h));
+    const int winner = mine ? h : 1 - h;
+    if (deferred) {  // half the atoms each: the winner's exps times its 1 / s
+      const float* xw = row_of(winner);
+      const float sw = mine ? scale : other_scale;
+      for (int j = j0; j < j1; ++j) combined[j] = xw[j] * sw;
+    } else {
+      p = row_of(2 + winner);
+    }
   }
   __syncthreads();  // the combined row complete; the member tiles free
   float v = 0.0f;
