@@ -33,7 +33,7 @@
 // K <= 128), are built but only taken when asked for (`row_lanes` 1 or 2): a block stages its
 // rows' logits in shared memory with coalesced loads, and each thread then runs its row (or half
 // of it) serially: no plan, no shuffles beyond a pair's; the C51 projection is one pass over the
-// atoms in bin order, for any g. From their SASS loop bodies, a row at K = 101, E = 2 costs ~185
+// atoms in bin order, for any g. From their SASS loop bodies, a row at K = 101, E = 2 costs ~170
 // (one thread) or ~190 (two) warp instructions, against ~500 in the 8-lane layout (2016 per warp
 // of four rows), at an eighth (a quarter) of its warps; whether that is faster is for a GPU to say
 // (benchmarks/gpu_td_target.py times them beside the others). Cross-entropy: a warp per sample, all members, with

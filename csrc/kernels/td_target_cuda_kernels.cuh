@@ -728,21 +728,23 @@ __device__ float RowMax(const float* x, int k) {
 }
 
 // x_j <- exp(x_j - m) in place (as CombineMembersRegs: 2^(x_j log2 e - m log2 e)); returns the sum.
-__device__ float RowExpSum(float* x, int k, float m) {
+// (`out`: the exps go there instead, x is left as it is.)
+__device__ float RowExpSum(float* x, int k, float m, float* out = nullptr) {
   constexpr float kLog2e = 1.4426950408889634f;
   const float shift = -m * kLog2e;
+  float* const dst = out != nullptr ? out : x;
   float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   int j = 0;
   for (; j + 4 <= k; j += 4) {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      x[j + u] = Exp2Approx(fmaf(x[j + u], kLog2e, shift));
-      s[u] += x[j + u];
+      dst[j + u] = Exp2Approx(fmaf(x[j + u], kLog2e, shift));
+      s[u] += dst[j + u];
     }
   }
   for (; j < k; ++j) {
-    x[j] = Exp2Approx(fmaf(x[j], kLog2e, shift));
-    s[0] += x[j];
+    dst[j] = Exp2Approx(fmaf(x[j], kLog2e, shift));
+    s[0] += dst[j];
   }
   return (s[0] + s[1]) + (s[2] + s[3]);
 }
@@ -844,28 +846,42 @@ __global__ void TdTargetRowKernel(const T* __restrict__ logits, TargetParams a) 
   const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
   const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
   bool ok = true;
-  float best_value = 0.0f;
+  // The combined row is p times `pending`: member 0's exps go straight to p with their weight
+  // pending, which the next member's pass (or, if none comes, one last pass) applies.
+  float best_value = 0.0f, pending = 1.0f;
   for (int64_t e = 0; e < a.num_members; ++e) {
     if (e > 0) __syncthreads();  // every row is done with the previous member's tile
     LoadSlab(logits + (e * a.batch_size + row0) * k, rows, k, stride, smem);
     __syncthreads();
     if (!live) continue;
     const float m = RowMax(x, k);
-    const float s = RowExpSum(x, k, m);
+    float* const exps = e == 0 ? p : x;
+    const float s = RowExpSum(x, k, m, exps);
     ok = ok && isfinite(m) && isfinite(s);
     if (a.combine == Combine::kMean) {
-      const float scale = 1.0f / (s * static_cast<float>(a.num_members));
-      for (int j = 0; j < k; ++j) p[j] = e == 0 ? x[j] * scale : fmaf(x[j], scale, p[j]);
+      const float weight = 1.0f / (s * static_cast<float>(a.num_members));
+      if (e == 0) {
+        pending = weight;
+      } else {
+        for (int j = 0; j < k; ++j) p[j] = fmaf(x[j], weight, p[j] * pending);
+        pending = 1.0f;
+      }
     } else {
       float zs = 0.0f;
-      for (int j = 0; j < k; ++j) zs = fmaf(x[j], a.v_min + static_cast<float>(j) * a.dz, zs);
+      for (int j = 0; j < k; ++j) zs = fmaf(exps[j], a.v_min + static_cast<float>(j) * a.dz, zs);
       const float value = zs / s;
-      if (e == 0 || value < best_value) {
+      if (e == 0) {
         best_value = value;
-        const float scale = 1.0f / s;
-        for (int j = 0; j < k; ++j) p[j] = x[j] * scale;
+        pending = 1.0f / s;
+      } else if (value < best_value) {
+        best_value = value;
+        pending = 1.0f;
+        for (int j = 0; j < k; ++j) p[j] = x[j] * (1.0f / s);
       }
     }
+  }
+  if (live && pending != 1.0f) {  // one member, or the min picked member 0
+    for (int j = 0; j < k; ++j) p[j] *= pending;
   }
   float v = 0.0f;
   if (live) {  // the target goes to this row of the logit tile, which no other thread reads now
