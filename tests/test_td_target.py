@@ -681,6 +681,31 @@ def test_shift_plan_rows():
 
 
 @pytest.mark.parametrize("max_isa", [2, 1, 0])
+def test_discount_times_mask_above_two_in_every_build(max_isa):
+    """g = discount * mask > 2 (a discount or mask above 1) spreads the atoms over more than two bins
+    each, so few stay unclipped: the shift projection does not apply to such rows (its offset
+    bound assumes g <= 2; it once returned negative masses here) and they match the reference."""
+    b, k = 64, 15
+    gen = torch.Generator().manual_seed(89)
+    logits = torch.randn(2, b, k, generator=gen) * 2
+    reward = torch.randn(b, generator=gen) * 60
+    reward[0] = -98.0
+    entropy = torch.randn(b, generator=gen) * 0.1
+    for g in (1.9, 2.0, 2.05, 2.5, 5.0, 10.0, 100.0):
+        for mask_value, discount in ((1.0, g), (g, 1.0)):
+            mask = torch.full((b,), mask_value)
+            target, value = torch.empty(b, k), torch.empty(b)
+            assert _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), None,
+                                        discount, entropy.numpy(), target.numpy(), value.numpy(),
+                                        -10.0, 10.0, 0, 0, 0.0, 1, max_isa) == 0
+            np_t, np_v = np_td_target(logits, reward, mask, torch.full((b,), discount), entropy,
+                                      -10, 10)
+            np.testing.assert_allclose(target.numpy(), np_t, atol=3e-5, rtol=0)
+            np.testing.assert_allclose(value.numpy(), np_v, atol=1e-4, rtol=1e-5)
+            assert (target >= 0).all()
+
+
+@pytest.mark.parametrize("max_isa", [2, 1, 0])
 def test_huge_finite_rewards_clip_in_every_build(max_isa):
     """Rewards up to float32's range (|r| * (K - 1) / (v_max - v_min) overflows float) put every
     atom on the clipped end: a finite target, not NaN (the shift plan's c - d once overflowed)."""

@@ -345,10 +345,13 @@ struct ShiftRow {
 
 // The per-sample constants of ProjectC51Shift (depend on r, g, ent only, so they are formed before
 // the member softmax and their latency overlaps it); false when the shift does not apply
-// (K < kW, g <= 0, or the unclipped u_j do not fit one d).
+// (K < kW, g <= 0 or g > 2, or the unclipped u_j do not fit one d). Up to g = 2,
+// |c - d| = |u_j - (g - 1) j| <= 1 + |g - 1| (K - 1) <= K for an unclipped atom j, which the clamp
+// below relies on; larger g (a discount or mask above 1, never in BRC) leaves at most one or two
+// atoms unclipped, and those rows scatter.
 inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float inv_dz,
                       GatherPlan* plan, ShiftRow* row) {
-  if (kW < 8 || k < kW || !(g > 0.0f)) return false;  // AVX-512 and AVX2 builds only
+  if (kW < 8 || k < kW || !(g > 0.0f && g <= 2.0f)) return false;  // AVX-512 and AVX2 builds only
   const double gd = g, kd = static_cast<double>(k);
   if (g != plan->shift_g) {  // g takes few values: one division per distinct g
     plan->shift_g = g;
@@ -391,7 +394,7 @@ inline bool PlanShift(int64_t k, float r, float g, float ent, float v_min, float
     }
   }
   row->d = static_cast<int64_t>(d);
-  // c - d within [-K - 2, K + 2]: for a row with unclipped atoms |u_j| <= 1 bounds it well inside;
+  // c - d within [-K - 2, K + 2]: for a row with unclipped atoms it is within K (g <= 2, above);
   // for a row whose atoms are all clipped its value is unused, but |r| beyond ~1e37 made it
   // overflow float to inf, and inf * 0 weights turned the row NaN.
   const double cf = c - d;
