@@ -41,6 +41,8 @@ TASK_SETS = ("dmc-hard", "dmc-mt30", "metaworld-mt10", "metaworld-mt50", "laptop
 # Largest |v_min|, |v_max|: the atoms and their spacing stay finite in float32 (mtrl.ops checks
 # the same bound).
 SUPPORT_LIMIT = 1e38
+# Smallest atom spacing relative to max(|v_min|, |v_max|) (mtrl.ops.td_target.MIN_ATOM_SPACING).
+MIN_ATOM_SPACING = 2.0**-20
 # Most atoms the fused TD kernels take (mtrl.ops.MAX_ATOMS).
 FUSED_MAX_ATOMS = 4096
 
@@ -133,6 +135,11 @@ class AgentConfig:
                              f"{SUPPORT_LIMIT:g}, got {self.v_min}, {self.v_max}")
         if not self.v_min < self.v_max:
             raise ValueError(f"AgentConfig.v_min ({self.v_min}) must be < v_max ({self.v_max})")
+        spacing = (self.v_max - self.v_min) / (self.num_atoms - 1)
+        if not spacing >= MIN_ATOM_SPACING * max(abs(self.v_min), abs(self.v_max)):
+            raise ValueError(f"AgentConfig support [{self.v_min}, {self.v_max}] is too narrow for "
+                             f"{self.num_atoms} float32 atoms: (v_max - v_min) / (num_atoms - 1) "
+                             f"must be >= 2^-20 max(|v_min|, |v_max|)")
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"AgentConfig.gamma must be in [0, 1), got {self.gamma}")
         if not 0.0 < self.tau <= 1.0:

@@ -451,7 +451,7 @@ def test_bad_inputs_raise_clear_errors():
         categorical_td_target(logits, reward, mask, combine="max")
     with pytest.raises(ValueError, match="projection must be one of"):
         categorical_td_target(logits, reward, mask, projection="gauss")
-    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"sigma must be in \[1e-30, 1e\+30\]"):
         categorical_td_target(logits, reward, mask, projection="hl_gauss", sigma=0.0)
     with pytest.raises(TypeError, match="discount must be a number or a tensor"):
         categorical_td_target(logits, reward, mask, "0.99")
@@ -678,6 +678,111 @@ def test_shift_plan_rows():
     discount = torch.where(torch.arange(512) % 2 == 0, torch.tensor(0.99), torch.tensor(0.5))
     rows = shift_rows(inside, ones, discount, zeros, 101)
     assert rows[0::2].all() and not rows[1::2].any()
+
+
+FORK_SCRIPT = """
+import os, sys, torch, numpy as np
+import mtrl.ops as O
+torch.set_num_threads(2)
+torch.softmax(torch.randn(64, 4096, 101), -1)  # torch's OpenMP team exists; no mtrl call yet
+x = torch.randn(2, 5000, 101, generator=torch.Generator().manual_seed(1))
+r, m = torch.zeros(5000), torch.ones(5000)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    t, _ = O.categorical_td_target(x, r, m, 0.99)
+    os.write(write, t.numpy().tobytes()[:4000])
+    os._exit(0)
+os.close(write)
+got = b""
+while len(got) < 4000:
+    chunk = os.read(read, 4000 - len(got))
+    if not chunk:
+        break
+    got += chunk
+os.waitpid(pid, 0)
+t, _ = O.categorical_td_target(x, r, m, 0.99)
+assert got == t.numpy().tobytes()[:4000], "child result differs"
+print("ok")
+"""
+
+
+def test_kernels_run_in_a_child_forked_before_their_first_threaded_call():
+    """torch's own ops made the OpenMP team, the process forked before any threaded mtrl call:
+    the child runs the kernels on one thread (its fork handler is registered at load), the
+    parent's result, no hang (a fresh interpreter, so no earlier test has called the kernels)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_double_backward_is_refused_not_dropped():
+    """create_graph=True would make the fused loss's gradient a constant (the second-order terms
+    silently missing): it raises instead."""
+    x = torch.randn(2, 3, 11, dtype=torch.float64, requires_grad=True)
+    y = torch.softmax(torch.randn(3, 11, dtype=torch.float64), -1)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(categorical_cross_entropy(x, y), x, create_graph=True)
+    (g,) = torch.autograd.grad(categorical_cross_entropy(x, y), x)  # first order still works
+    assert torch.isfinite(g).all()
+
+
+def test_torch_func_vmap_works_and_grad_says_what_to_use():
+    from torch.func import grad, vmap
+
+    gen = torch.Generator().manual_seed(97)
+    x = torch.randn(4, 2, 3, 7, generator=gen)
+    y = torch.softmax(torch.randn(3, 7, generator=gen), -1)
+    r, m = torch.randn(3, generator=gen), torch.ones(3)
+    losses = vmap(lambda xi: categorical_cross_entropy(xi, y))(x)
+    torch.testing.assert_close(losses, torch.stack([categorical_cross_entropy(xi, y) for xi in x]))
+    targets = vmap(lambda xi: categorical_td_target(xi, r, m, 0.99)[0])(x)
+    torch.testing.assert_close(targets, torch.stack([categorical_td_target(xi, r, m, 0.99)[0]
+                                                     for xi in x]))
+    with pytest.raises(NotImplementedError, match="torch.autograd"):
+        grad(lambda xi: categorical_cross_entropy(xi, y))(x[0])
+
+
+def test_support_too_narrow_for_float32_atoms_is_refused():
+    """Atoms fewer than 8 float32 ulps apart (relative to the support's magnitude) once lost
+    probability mass in the AVX2 build: refused by the op, the fast path's binding, hl_gauss_target
+    and AgentConfig alike."""
+    from mtrl.config import AgentConfig
+
+    k, v_min, v_max = 4096, 1.0, 1.0000303357893081
+    x, r, m = torch.zeros(1, 1, k), torch.tensor([1.00001717]), torch.ones(1)
+    with pytest.raises(ValueError, match="support too narrow for 4096 float32 atoms"):
+        categorical_td_target(x, r, m, 0.97, None, v_min, v_max)
+    with pytest.raises(ValueError, match="support too narrow"):
+        _core._td_target_cpu(x.numpy(), r.numpy(), m.numpy(), None, 0.97, None,
+                             np.empty((1, k), np.float32), np.empty(1, np.float32), v_min, v_max,
+                             0, 0, 0.0, 1)
+    with pytest.raises(ValueError, match="support too narrow"):
+        hl_gauss_target(r, v_min, v_max, k)
+    with pytest.raises(ValueError, match="too narrow"):
+        AgentConfig(v_min=1000.0, v_max=1000.0001, num_atoms=101)
+    # At the limit the row keeps its mass.
+    width = 2.0**-20 * 1.01 * (k - 1) * 1.01
+    t, _ = categorical_td_target(torch.randn(2, 8, k), torch.full((8,), 1.0 + width / 2),
+                                 torch.ones(8), 0.97, None, 1.0, 1.0 + width)
+    assert ((t.double().sum(-1) - 1).abs() <= 1e-6).all()
+
+
+def test_sigma_outside_float32_range_and_huge_ints_name_the_argument():
+    x, r, m = torch.zeros(1, 2, 11), torch.zeros(2), torch.ones(2)
+    for sigma in (1e-40, 3e38, 1e31):
+        with pytest.raises(ValueError, match=r"sigma must be in \[1e-30, 1e\+30\]"):
+            categorical_td_target(x, r, m, projection="hl_gauss", sigma=sigma)
+    with pytest.raises(ValueError, match="sigma must be in"):
+        hl_gauss_target(r, -10.0, 10.0, 11, sigma=1e-40)
+    for name, kwargs in (("discount", {"discount": 10**400}), ("v_max", {"v_max": 10**400}),
+                         ("v_min", {"v_min": -(10**400)}), ("sigma", {"sigma": 10**400,
+                                                                      "projection": "hl_gauss"})):
+        with pytest.raises(ValueError, match=name):
+            categorical_td_target(x, r, m, **kwargs)
 
 
 @pytest.mark.parametrize("max_isa", [2, 1, 0])

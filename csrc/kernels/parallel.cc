@@ -254,12 +254,14 @@ Backoff& OmpBackoff() {
   return backoff;
 }
 
-bool ForkedChild() {
-  static std::atomic<bool> forked{false};
-  static const int registered = pthread_atfork(nullptr, nullptr, [] { forked.store(true); });
-  (void)registered;
-  return forked.load(std::memory_order_relaxed);
-}
+// Set in a forked child. The handler is registered when the library loads, not at the first
+// parallel call: a process whose first threaded kernel call comes after a fork (its libgomp team
+// made by torch's own ops) must still know in the child (found by a fuzzing helper: the child hung
+// in gomp_team_end).
+std::atomic<bool> g_forked{false};
+const int g_forked_handler = pthread_atfork(nullptr, nullptr, [] { g_forked.store(true); });
+
+bool ForkedChild() { return g_forked.load(std::memory_order_relaxed); }
 #endif
 
 }  // namespace

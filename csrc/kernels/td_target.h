@@ -29,6 +29,13 @@ enum class Projection : int {
 constexpr int64_t kMaxAtoms = 4096;
 // Largest |v_min|, |v_max| (mtrl.ops.SUPPORT_LIMIT).
 constexpr double kSupportLimit = 1e38;
+// Smallest atom spacing (v_max - v_min) / (K - 1), relative to max(|v_min|, |v_max|): 2^-20, eight
+// float32 ulps, so the atoms are distinct float32 values with room for the projection's rounding
+// (a narrower support once lost probability mass; mtrl.ops.MIN_ATOM_SPACING).
+constexpr double kMinAtomSpacing = 0x1p-20;
+// HL-Gauss sigma range: 1 / (sigma sqrt 2) stays finite and normal in float32 (mtrl.ops.SIGMA_RANGE).
+constexpr double kMinSigma = 1e-30;
+constexpr double kMaxSigma = 1e30;
 
 template <typename T>
 struct TdTargetArgs {

@@ -1,4 +1,5 @@
 // CPU TD target and cross-entropy: size checks, instruction-set dispatch and the float64 build.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
@@ -55,8 +56,22 @@ void CheckTdTargetSizes(int64_t num_members, int64_t batch_size, int64_t num_ato
     throw std::invalid_argument(
         std::string("support needs finite v_min < v_max with |v| <= 1e+38, got ") + got);
   }
-  if (!std::isfinite(sigma) || sigma < 0.0) {
-    throw std::invalid_argument("sigma must be finite and >= 0, got " + std::to_string(sigma));
+  const double spacing = (v_max - v_min) / static_cast<double>(num_atoms - 1);
+  if (!(spacing >= kMinAtomSpacing * std::max(std::fabs(v_min), std::fabs(v_max)))) {
+    char got[128];
+    std::snprintf(got, sizeof(got), "v_min=%.9g, v_max=%.9g, K=%lld", v_min, v_max,
+                  static_cast<long long>(num_atoms));
+    throw std::invalid_argument(
+        std::string("support too narrow for float32 atoms: (v_max - v_min) / (K - 1) must be >= "
+                    "2^-20 max(|v_min|, |v_max|), got ") + got);
+  }
+  // 0: no HL-Gauss (the C51 projection ignores sigma).
+  if (!std::isfinite(sigma) || sigma < 0.0 || (sigma != 0.0 && !(sigma >= kMinSigma &&
+                                                                 sigma <= kMaxSigma))) {
+    char got[48];
+    std::snprintf(got, sizeof(got), "%g", sigma);
+    throw std::invalid_argument(std::string("sigma must be in [1e-30, 1e30] (or 0 when unused), "
+                                            "got ") + got);
   }
 }
 

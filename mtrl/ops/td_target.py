@@ -36,6 +36,12 @@ MAX_ATOMS = 4096
 # Largest |v_min|, |v_max|: the atoms and their spacing stay finite in float32 (the kernels and
 # mtrl.config.AgentConfig check the same bound).
 SUPPORT_LIMIT = 1e38
+# Smallest atom spacing (v_max - v_min) / (K - 1) relative to max(|v_min|, |v_max|): eight float32
+# ulps, so the atoms are distinct float32 values with room for rounding (the kernels and
+# mtrl.config.AgentConfig check the same bound; a narrower support once lost probability mass).
+MIN_ATOM_SPACING = 2.0**-20
+# HL-Gauss sigma: 1 / (sigma sqrt 2) stays finite and normal in float32 (the kernels check it too).
+SIGMA_RANGE = (1e-30, 1e30)
 _COMBINE = {"mean": 0, "min": 1}
 _PROJECTION = {"c51": 0, "hl_gauss": 1}
 _LOGIT_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.bfloat16)}
@@ -118,11 +124,19 @@ def _save_for_backward(ctx, need_grad: bool, td_error: Tensor, grad: Tensor) -> 
     ctx.set_materialize_grads(False)
 
 
+_NO_DOUBLE_BACKWARD = (
+    "categorical_cross_entropy has no double backward: with create_graph=True its gradient would "
+    "be a constant, silently dropping the second-order terms; use "
+    "mtrl.ops.categorical_cross_entropy_reference for higher-order gradients")
+
+
 def _saved_grad_times(ctx, grad_loss: Tensor | None, scale) -> Tensor | None:
     if grad_loss is None:
         return None
     if not ctx.need_grad:
         raise RuntimeError("categorical_cross_entropy was called with need_grad=False")
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph=True
+        raise RuntimeError(_NO_DOUBLE_BACKWARD)
     (saved_grad,) = ctx.saved_tensors
     # The loss is linear in the saved per-logit gradient: one scale, no second kernel.
     return scale(saved_grad, grad_loss)
@@ -143,9 +157,12 @@ _cross_entropy_op.register_autograd(_cross_entropy_backward,
 # --------------------------------------------------------------------------- eager fast path
 def _eager() -> bool:
     """True when the kernels may be called directly: not compiling, no dispatch mode (fake
-    tensors, make_fx, opcheck) active. The dispatcher round trip of a Python custom op costs tens
-    of microseconds per call, a large share of a TD-target step on the CPU."""
-    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+    tensors, make_fx, opcheck) and no torch.func transform (vmap's batched tensors have no data
+    pointer; the registered ops batch them by a loop) active. The dispatcher round trip of a
+    Python custom op costs tens of microseconds per call, a large share of a TD-target step on the
+    CPU."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._are_functorch_transforms_active())
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
@@ -170,6 +187,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         if grad_loss is None:
             return None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(_NO_DOUBLE_BACKWARD)
         (saved_grad,) = ctx.saved_tensors
         if saved_grad.is_cuda:
             return _kernels.scale_cuda(saved_grad, grad_loss), None, None, None, None
@@ -180,7 +199,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
 # wrapper binds default arguments only for setup_context-style Functions (not this one) and
 # otherwise just unwraps dead functorch wrappers before calling it (done in
 # categorical_cross_entropy) -- ~2 us of a fused loss call. Used only while no functorch
-# transform is active (those need the wrapper's custom_function_call).
+# transform is active (_eager(); under one the registered op runs instead).
 _cross_entropy_apply = super(torch.autograd.Function, _CrossEntropyFunction).apply
 _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
@@ -249,18 +268,34 @@ def _check_vector(name: str, t: Tensor | None, batch: int, device: torch.device,
     return t.to(dtype).resolve_neg().contiguous()
 
 
-def _check_support(v_min: float, v_max: float) -> tuple[float, float]:
-    v_min, v_max = float(v_min), float(v_max)
+def _as_float(name: str, x) -> float:
+    """float(x), with errors that name the argument (a huge int overflows float)."""
+    try:
+        return float(x)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an int too large for a float") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}") from None
+
+
+def _check_support(v_min, v_max, num_atoms: int) -> tuple[float, float]:
+    v_min, v_max = _as_float("v_min", v_min), _as_float("v_max", v_max)
     if not (abs(v_min) <= SUPPORT_LIMIT and abs(v_max) <= SUPPORT_LIMIT and v_min < v_max):
         raise ValueError(f"support needs finite v_min < v_max with |v| <= {SUPPORT_LIMIT:g}, got "
                          f"v_min={v_min}, v_max={v_max}")
+    spacing = (v_max - v_min) / (num_atoms - 1)
+    if not spacing >= MIN_ATOM_SPACING * max(abs(v_min), abs(v_max)):
+        raise ValueError(f"support too narrow for {num_atoms} float32 atoms: (v_max - v_min) / "
+                         f"(K - 1) = {spacing:g} must be >= 2^-20 * max(|v_min|, |v_max|), got "
+                         f"v_min={v_min!r}, v_max={v_max!r}")
     return v_min, v_max
 
 
-def _hl_gauss_sigma(sigma: float | None, v_min: float, v_max: float, num_atoms: int) -> float:
-    sigma = HL_GAUSS_SIGMA_BINS * (v_max - v_min) / (num_atoms - 1) if sigma is None else float(sigma)
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be finite and > 0, got {sigma}")
+def _hl_gauss_sigma(sigma, v_min: float, v_max: float, num_atoms: int) -> float:
+    sigma = (HL_GAUSS_SIGMA_BINS * (v_max - v_min) / (num_atoms - 1) if sigma is None
+             else _as_float("sigma", sigma))
+    if not SIGMA_RANGE[0] <= sigma <= SIGMA_RANGE[1]:
+        raise ValueError(f"sigma must be in [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], got {sigma}")
     return sigma
 
 
@@ -300,10 +335,12 @@ def categorical_td_target(
         logits), without gradient.
 
     Raises:
-        ValueError: bad shapes, K outside [2, 4096], v_min >= v_max, mismatched devices,
-            unknown combine/projection, non-finite inputs. TypeError: unsupported dtypes.
+        ValueError: bad shapes, K outside [2, 4096], v_min >= v_max, a support too narrow for
+            float32 atoms ((v_max - v_min) / (K - 1) < 2^-20 max(|v_min|, |v_max|)), sigma outside
+            [1e-30, 1e30], mismatched devices, unknown combine/projection, non-finite inputs.
+            TypeError: unsupported dtypes.
     """
-    v_min, v_max = float(v_min), float(v_max)
+    v_min, v_max = _as_float("v_min", v_min), _as_float("v_max", v_max)
     if projection == "c51" and combine in _COMBINE and _eager():
         # Inputs already in kernel form go straight to the C++ kernel (which checks them); any
         # other input takes the general path below, which converts it or raises a clear error.
@@ -311,7 +348,8 @@ def categorical_td_target(
             out = _kernels.td_target_cpu_fast(target_logits, reward, mask, discount, 0.0, entropy,
                                               v_min, v_max, _COMBINE[combine], 0, 0.0, check_finite)
         elif type(discount) in (float, int):
-            out = _kernels.td_target_cpu_fast(target_logits, reward, mask, None, float(discount),
+            out = _kernels.td_target_cpu_fast(target_logits, reward, mask, None,
+                                              _as_float("discount", discount),
                                               entropy, v_min, v_max, _COMBINE[combine], 0, 0.0,
                                               check_finite)
         else:
@@ -319,7 +357,7 @@ def categorical_td_target(
         if out is not None:
             return out
     _, batch, num_atoms = _check_logits("target_logits", target_logits)
-    v_min, v_max = _check_support(v_min, v_max)
+    v_min, v_max = _check_support(v_min, v_max, num_atoms)
     if combine not in _COMBINE:
         raise ValueError(f"combine must be one of {sorted(_COMBINE)}, got {combine!r}")
     if projection not in _PROJECTION:
@@ -335,7 +373,7 @@ def categorical_td_target(
     if isinstance(discount, Tensor):
         discount_tensor = _check_vector("discount", discount, batch, device, dtype)
     elif isinstance(discount, numbers.Real) and not isinstance(discount, bool):
-        discount_value = float(discount)
+        discount_value = _as_float("discount", discount)
         if not math.isfinite(discount_value):
             raise ValueError(f"discount must be finite, got {discount_value}")
     else:
@@ -382,19 +420,21 @@ def categorical_cross_entropy(
                                                      check_finite)
         else:
             box: list[Tensor] = []
-            if torch._C._are_functorch_transforms_active():
-                loss = _CrossEntropyFunction.apply(online_logits, target, weight, check_finite,
-                                                   box)
-            else:
-                loss = _cross_entropy_apply(_unwrap_if_dead(online_logits),
-                                            _unwrap_if_dead(target) if isinstance(target, Tensor)
-                                            else target,
-                                            _unwrap_if_dead(weight) if isinstance(weight, Tensor)
-                                            else weight, check_finite, box)
+            loss = _cross_entropy_apply(_unwrap_if_dead(online_logits),
+                                        _unwrap_if_dead(target) if isinstance(target, Tensor)
+                                        else target,
+                                        _unwrap_if_dead(weight) if isinstance(weight, Tensor)
+                                        else weight, check_finite, box)
             td_error = box[0]
     else:
-        loss, td_error, _ = _cross_entropy_op(*_cross_entropy_args(online_logits, target, weight),
-                                              need_grad, check_finite)
+        args = _cross_entropy_args(online_logits, target, weight)
+        if need_grad and torch._C._are_functorch_transforms_active():
+            raise NotImplementedError(
+                "categorical_cross_entropy has no torch.func autograd rule (torch.func.grad, "
+                "vjp, jacrev, ...): differentiate it with torch.autograd (loss.backward(), "
+                "torch.autograd.grad), or use mtrl.ops.categorical_cross_entropy_reference under "
+                "torch.func; torch.func.vmap of the loss itself works")
+        loss, td_error, _ = _cross_entropy_op(*args, need_grad, check_finite)
         td_error = td_error.detach()
     if return_td_error:
         return loss, td_error
@@ -432,7 +472,8 @@ def hl_gauss_target(
     ``categorical_td_target(..., projection="hl_gauss")``.
 
     Raises:
-        ValueError: non-1-d value, K outside [2, 4096], v_min >= v_max, sigma <= 0.
+        ValueError: non-1-d value, K outside [2, 4096], v_min >= v_max, a support too narrow for
+            float32 atoms, sigma outside [1e-30, 1e30].
     """
     if not isinstance(value, Tensor):
         raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
@@ -442,6 +483,6 @@ def hl_gauss_target(
         raise TypeError(f"num_atoms must be an int, got {type(num_atoms).__name__}")
     if not 2 <= int(num_atoms) <= MAX_ATOMS:
         raise ValueError(f"number of atoms K must be in [2, {MAX_ATOMS}], got {num_atoms}")
-    v_min, v_max = _check_support(v_min, v_max)
+    v_min, v_max = _check_support(v_min, v_max, int(num_atoms))
     sigma = _hl_gauss_sigma(sigma, v_min, v_max, int(num_atoms))
     return hl_gauss_target_reference(value, v_min, v_max, int(num_atoms), sigma)
