@@ -824,27 +824,53 @@ __device__ float RowHlGauss(float mean, float* y, const TargetParams& a, float r
   return v;
 }
 
+// The block's dynamic shared memory (in the CPU emulation, tests/cuda_emulation/simt.h's buffer of
+// the running block). The row layouts' kernels use it; the lane-group kernels above spell it out,
+// so their machine code stays the one measured.
+__device__ __forceinline__ float* RowLayoutShared() {
+#ifdef MTRL_SIMT_EMULATION
+  return simt::DynamicShared<float>();
+#else
+  extern __shared__ float smem[];
+  return smem;
+#endif
+}
+
+// A row layout's block: its rows [row0, row0 + rows) of the batch.
+struct RowBlock {
+  int64_t row0;
+  int rows;
+  __device__ explicit RowBlock(const TargetParams& a)
+      : row0(static_cast<int64_t>(blockIdx.x) * a.rows_per_block),
+        rows(static_cast<int>(a.batch_size - row0 < a.rows_per_block ? a.batch_size - row0
+                                                                      : a.rows_per_block)) {}
+};
+
+// Row b's reward, g = discount * mask and entropy term.
+struct RowScalars {
+  float reward, g, ent;
+  __device__ RowScalars(const TargetParams& a, int64_t b)
+      : reward(a.reward[b]),
+        g((a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b]),
+        ent(a.entropy != nullptr ? a.entropy[b] : 0.0f) {}
+};
+
 // The thread-per-row target kernel (see kRowThreadRows). Shared memory: two tiles of
 // kRowThreadRows rows of `row_stride` floats, the logits of the member being read (then, per row,
 // its exps, and at the end the target) and the combined distribution p.
 template <typename T>
 __global__ void TdTargetRowKernel(const T* __restrict__ logits, TargetParams a) {
-#ifdef MTRL_SIMT_EMULATION  // tests/cuda_emulation/simt.h: the emulated block's shared memory
-  float* const smem = simt::DynamicShared<float>();
-#else
-  extern __shared__ float smem[];
-#endif
+  float* const smem = RowLayoutShared();
   const int k = a.num_atoms, stride = a.row_stride, r = static_cast<int>(threadIdx.x);
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * a.rows_per_block;
-  const int rows = static_cast<int>(a.batch_size - row0 < a.rows_per_block ? a.batch_size - row0
-                                                                        : a.rows_per_block);
+  const RowBlock block(a);
+  const int64_t row0 = block.row0;
+  const int rows = block.rows;
   const bool live = r < rows;
   const int64_t b = row0 + (live ? r : 0);
   float* const x = smem + r * stride;                         // this row in the logit tile
   float* const p = smem + (a.rows_per_block + r) * stride;  // this row of p
-  const float reward = a.reward[b];
-  const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
-  const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  const RowScalars scalars(a, b);
+  const float reward = scalars.reward, g = scalars.g, ent = scalars.ent;
   bool ok = true;
   // The combined row is p times `pending`: member 0's exps go straight to p with their weight
   // pending, which the next member's pass (or, if none comes, one last pass) applies.
@@ -917,17 +943,13 @@ static_assert(kRowThreadRows == kWarp && 2 * kRowPairRows == kWarp,
 
 template <typename T>
 __global__ void TdTargetRowPairKernel(const T* __restrict__ logits, TargetParams a) {
-#ifdef MTRL_SIMT_EMULATION  // tests/cuda_emulation/simt.h: the emulated block's shared memory
-  float* const smem = simt::DynamicShared<float>();
-#else
-  extern __shared__ float smem[];
-#endif
+  float* const smem = RowLayoutShared();
   constexpr unsigned kAll = 0xffffffffu;
   const int k = a.num_atoms, stride = a.row_stride, rows_per_block = a.rows_per_block;
   const int r = static_cast<int>(threadIdx.x) / 2, h = static_cast<int>(threadIdx.x) % 2;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
-  const int rows = static_cast<int>(a.batch_size - row0 < rows_per_block ? a.batch_size - row0
-                                                                         : rows_per_block);
+  const RowBlock block(a);
+  const int64_t row0 = block.row0;
+  const int rows = block.rows;
   const bool live = r < rows;
   const int64_t b = row0 + (live ? r : rows - 1);
   // Four tiles of rows_per_block rows: the two members' logits being read (tile h is lane h's;
@@ -937,9 +959,8 @@ __global__ void TdTargetRowPairKernel(const T* __restrict__ logits, TargetParams
   float* const x = row_of(h);
   float* const part = row_of(2 + h);
   const int half = (k + 1) / 2, j0 = h == 0 ? 0 : half, j1 = h == 0 ? half : k;
-  const float reward = a.reward[b];
-  const float g = (a.discount != nullptr ? a.discount[b] : a.discount_value) * a.mask[b];
-  const float ent = a.entropy != nullptr ? a.entropy[b] : 0.0f;
+  const RowScalars scalars(a, b);
+  const float reward = scalars.reward, g = scalars.g, ent = scalars.ent;
   const int members = static_cast<int>(a.num_members);
   // With at most two members (BRC's two critics) each lane has one at most: its exps stay in its
   // tile with their weight `scale` (0 for none) until the merge, which forms the combined row
