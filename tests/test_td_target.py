@@ -771,6 +771,26 @@ def test_support_too_narrow_for_float32_atoms_is_refused():
     assert ((t.double().sum(-1) - 1).abs() <= 1e-6).all()
 
 
+@pytest.mark.parametrize("max_isa", [2, 1, 0])
+def test_hl_gauss_with_a_sigma_much_wider_than_the_support_in_every_build(max_isa):
+    """All erf arguments near 0, their differences tiny: erf must be accurate relative to its
+    value there (the A&S form alone was off by 3.4e-5 at sigma = 1e3 on [-10, 10])."""
+    gen = torch.Generator().manual_seed(101)
+    b, k = 16, 51
+    logits = torch.randn(2, b, k, generator=gen)
+    reward, mask, entropy = torch.randn(b, generator=gen) * 8, torch.ones(b), torch.zeros(b)
+    for sigma in (0.15, 10.0, 1e3, 1e5):
+        target, value = torch.empty(b, k), torch.empty(b)
+        assert _core._td_target_cpu(logits.numpy(), reward.numpy(), mask.numpy(), None, 0.99,
+                                    entropy.numpy(), target.numpy(), value.numpy(), -10.0, 10.0,
+                                    0, 1, sigma, 1, max_isa) == 0
+        ref_t, ref_v = categorical_td_target_reference(
+            logits.double(), reward.double(), mask.double(), 0.99, entropy.double(), v_min=-10.0,
+            v_max=10.0, projection="hl_gauss", sigma=sigma)
+        torch.testing.assert_close(target.double(), ref_t, atol=5e-6, rtol=0)
+        torch.testing.assert_close(value.double(), ref_v, atol=1e-5, rtol=0)
+
+
 def test_sigma_outside_float32_range_and_huge_ints_name_the_argument():
     x, r, m = torch.zeros(1, 2, 11), torch.zeros(2), torch.ones(2)
     for sigma in (1e-40, 3e38, 1e31):
