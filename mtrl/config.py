@@ -38,10 +38,10 @@ LAPTOP_TASKS = ("dmc:cartpole-balance", "dmc:cartpole-swingup", "dmc:walker-stan
 TASK_SETS = ("dmc-hard", "dmc-mt30", "metaworld-mt10", "metaworld-mt50", "laptop")
 
 
-# Largest |v_min|, |v_max|: the atoms and their spacing stay finite in float32 (mtrl.ops checks
-# the same bound).
+# Largest |v_min|, |v_max|: the atoms and their spacing stay finite in float32. Smallest atom
+# spacing (v_max - v_min) / (K - 1) relative to max(|v_min|, |v_max|): eight float32 ulps. mtrl.ops
+# uses both (its checks and the kernels' csrc/kernels/td_target.h hold the same bounds).
 SUPPORT_LIMIT = 1e38
-# Smallest atom spacing relative to max(|v_min|, |v_max|) (mtrl.ops.td_target.MIN_ATOM_SPACING).
 MIN_ATOM_SPACING = 2.0**-20
 # Most atoms the fused TD kernels take (mtrl.ops.MAX_ATOMS).
 FUSED_MAX_ATOMS = 4096

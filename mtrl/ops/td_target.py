@@ -27,19 +27,17 @@ import numbers
 import torch
 from torch import Tensor
 
+from mtrl.config import MIN_ATOM_SPACING, SUPPORT_LIMIT
 from mtrl.ops import _kernels
 from mtrl.ops.reference import HL_GAUSS_SIGMA_BINS, hl_gauss_target_reference
 
 __all__ = ["categorical_cross_entropy", "categorical_td_target", "hl_gauss_target"]
 
 MAX_ATOMS = 4096
-# Largest |v_min|, |v_max|: the atoms and their spacing stay finite in float32 (the kernels and
-# mtrl.config.AgentConfig check the same bound).
-SUPPORT_LIMIT = 1e38
-# Smallest atom spacing (v_max - v_min) / (K - 1) relative to max(|v_min|, |v_max|): eight float32
-# ulps, so the atoms are distinct float32 values with room for rounding (the kernels and
-# mtrl.config.AgentConfig check the same bound; a narrower support once lost probability mass).
-MIN_ATOM_SPACING = 2.0**-20
+# SUPPORT_LIMIT: largest |v_min|, |v_max| (the atoms and their spacing stay finite in float32).
+# MIN_ATOM_SPACING: smallest (v_max - v_min) / (K - 1) relative to max(|v_min|, |v_max|), eight
+# float32 ulps, so the atoms are distinct float32 values with room for rounding (a narrower support
+# once lost probability mass). Defined with AgentConfig, which checks them too (as do the kernels).
 # HL-Gauss sigma: 1 / (sigma sqrt 2) stays finite and normal in float32 (the kernels check it too).
 SIGMA_RANGE = (1e-30, 1e30)
 _COMBINE = {"mean": 0, "min": 1}
