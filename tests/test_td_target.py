@@ -592,6 +592,42 @@ def test_backward_twice_with_retain_graph_and_accumulation():
     torch.testing.assert_close(base.grad, expect, atol=1e-6, rtol=1e-5)
 
 
+def test_gradients_of_a_retained_graph_are_independent_tensors():
+    # Without retain_graph the eager backward hands its saved gradient on without a copy (the graph
+    # is freed, so nothing else holds it). With the graph kept, each backward must return a tensor
+    # of its own: editing one result in place must change neither the other results nor the next
+    # backward (autograd.grad returns the node's output as is, no AccumulateGrad copy between).
+    logits, reward, mask, discount, entropy = make_inputs(2, 16, 11, seed=72)
+    target, _ = categorical_td_target(logits, reward, mask, discount, entropy)
+    online = torch.randn(2, 16, 11, requires_grad=True)
+    loss = categorical_cross_entropy(online, target)
+    (first,) = torch.autograd.grad(loss, online, retain_graph=True)
+    expect = first.clone()
+    first.mul_(3.0)
+    (second,) = torch.autograd.grad(loss, online, retain_graph=True)
+    torch.testing.assert_close(second, expect, atol=0, rtol=0)
+    assert second.data_ptr() != first.data_ptr()
+    (third,) = torch.autograd.grad(loss, online)
+    torch.testing.assert_close(third, expect, atol=0, rtol=0)
+    third.add_(1.0)
+    torch.testing.assert_close(second, expect, atol=0, rtol=0)
+
+
+def test_plain_backward_hands_the_saved_gradient_on_without_a_copy(monkeypatch):
+    from mtrl.ops import td_target as ops_module
+
+    def no_copy_expected(*args):
+        raise AssertionError("loss.backward() copied the saved gradient")
+
+    logits, reward, mask, discount, entropy = make_inputs(2, 16, 11, seed=74)
+    target, _ = categorical_td_target(logits, reward, mask, discount, entropy)
+    online = torch.randn(2, 16, 11, requires_grad=True)
+    (expect,) = torch.autograd.grad(categorical_cross_entropy(online, target), online)
+    monkeypatch.setattr(ops_module._kernels, "scale_cpu", no_copy_expected)
+    categorical_cross_entropy(online, target).backward()
+    torch.testing.assert_close(online.grad, expect, atol=0, rtol=0)
+
+
 def test_fast_binding_declines_inputs_not_in_kernel_form():
     # The DLPack entry points compute only on dense CPU buffers of the logits' dtype with exact
     # shapes; anything else answers None (the Python general path then converts or explains).

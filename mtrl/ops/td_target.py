@@ -217,10 +217,12 @@ def _cross_entropy_eager(online_logits, target, weight, need_grad, check_finite)
 
 
 def _scale_cpu_unless_one(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
-    # loss.backward() passes exactly 1: hand the saved gradient on without a copy. Safe: autograd
-    # never writes into a gradient that something else (the saved state, under retain_graph)
-    # still references; it copies or adds out of place then.
-    if float(grad_loss) == 1.0:
+    # loss.backward() passes exactly 1: hand the saved gradient on without a copy, unless the
+    # graph is kept (retain_graph=True). Without it the graph frees the saved gradient, so the
+    # result is its only holder (AccumulateGrad then takes it as .grad, no copy either). With it,
+    # the saved gradient serves the next backward too, and autograd.grad would return it as is:
+    # an in-place edit of one result would change the others and break the next backward.
+    if float(grad_loss) == 1.0 and not torch._C._autograd._get_current_graph_task_keep_graph():
         return saved_grad
     return _kernels.scale_cpu(saved_grad, grad_loss)
 
