@@ -419,7 +419,8 @@ class ReplayBuffer:
 
         Raises:
             ValueError: bad option or ``out`` of another size. RuntimeError: nothing to sample
-            (empty buffer, an empty task when stratified, all priorities 0).
+            (empty buffer, an empty task when stratified, all priorities 0 with alpha > 0; at
+            alpha = 0 every leaf is priority ** 0 = 1, so prioritized sampling is uniform).
         """
         b = _check_int("batch_size", batch_size)
         n_step = _check_n_step(n_step)

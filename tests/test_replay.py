@@ -185,6 +185,37 @@ def test_mask_follows_spec_5_4():
     assert buf.fetch([0, 1, 2, 3]).mask.tolist() == [1, 0, 1, 1]
 
 
+def test_bool_flags_with_any_nonzero_byte_are_true():
+    # NumPy reads any nonzero byte of a bool array as True (e.g. np.frombuffer or .view(bool) of
+    # uint8 data); the buffer must too (it once took byte 2 for "truncated" and kept the bootstrap).
+    buf = ReplayBuffer(1, 8, 1, 1, 4)
+    term = np.array([2, 255, 0, 0], np.uint8).view(np.bool_)
+    trunc = np.array([0, 0, 4, 0], np.uint8).view(np.bool_)
+    buf.add(np.zeros(4, np.int64), np.zeros((4, 1), np.float32), np.zeros((4, 1), np.float32),
+            np.zeros(4, np.float32), term, trunc, np.ones((4, 1), np.float32))
+    assert buf.fetch([0, 1, 2, 3]).mask.tolist() == [0, 0, 1, 1]
+    assert buf.final_obs_in_use == 3  # three episode ends
+
+
+def test_non_native_byte_order_arrays_are_read_by_value():
+    # A big-endian float32/int64/float64 array has the same dtype number as the native one: it
+    # must be converted (by value), not read as raw native bytes.
+    be = lambda x, t: np.asarray(x, np.dtype(t).newbyteorder(">"))  # noqa: E731
+    buf = ReplayBuffer(2, 4, 2, 1, 1, alpha=1.0)
+    buf.add(be([1], "i8"), be([[1.0, 2.0]], "f4"), be([[0.5]], "f4"), be([3.0], "f4"),
+            np.array([False]), np.array([False]), be([[1.5, 2.5]], "f4"))
+    got = buf.fetch([4])
+    assert got.obs.tolist() == [[1.0, 2.0]] and got.action.tolist() == [[0.5]]
+    assert got.reward.tolist() == [3.0] and got.next_obs.tolist() == [[1.5, 2.5]]
+    assert got.task_id.tolist() == [1]
+    buf.update_priorities(be([4], "i8"), be([2.0], "f8"))
+    assert buf.tree_levels(1)[0][0] == 2.0 and buf.max_priority == 2.0
+    out = buf.allocate_batch(1)
+    out = ReplayBatch(**{k: (be(v, v.dtype) if k == "reward" else v) for k, v in vars(out).items()})
+    with pytest.raises(TypeError, match="reward"):  # an output array is written, never converted
+        buf.sample(1, out=out)
+
+
 # ----------------------------------------------------------------------------- sampling
 
 

@@ -26,7 +26,10 @@ std::string ShapeOf(const py::array& a) {
   return s + ")";
 }
 
-// Checks `h` is a C-contiguous, aligned ndarray of T with the given shape; returns its data.
+constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+
+// Checks `h` is a C-contiguous, aligned ndarray of T in native byte order with the given shape;
+// returns its data.
 template <typename T>
 T* View(py::handle h, const char* name, int64_t d0, int64_t d1 = -1, bool writable = false) {
   static const int kNum = py::dtype::of<T>().num();
@@ -37,10 +40,16 @@ T* View(py::handle h, const char* name, int64_t d0, int64_t d1 = -1, bool writab
   }
   auto a = py::reinterpret_borrow<py::array>(h);
   const int flags = a.flags();
-  if (a.dtype().num() != kNum || !(flags & py::array::c_style) ||
+  // The dtype number is the same for both byte orders: a big-endian float32 array would be read
+  // as raw native bytes. NumPy marks a native order '=' ('|' where there is none, as for bool).
+  const char order = a.dtype().byteorder();
+  const bool native = order == '=' || order == '|' || order == (kLittleEndian ? '<' : '>');
+  if (a.dtype().num() != kNum || !native || !(flags & py::array::c_style) ||
       !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
     throw py::type_error(std::string("`") + name + "` must be a C-contiguous " + kName +
-                         " array, got " + py::str(a.dtype()).cast<std::string>() +
+                         " array in native byte order, got " +
+                         py::str(a.dtype()).cast<std::string>() +
+                         (native ? "" : " (non-native byte order)") +
                          (flags & py::array::c_style ? "" : " (not C-contiguous)"));
   }
   const int ndim = d1 < 0 ? 1 : 2;
@@ -53,6 +62,12 @@ T* View(py::handle h, const char* name, int64_t d0, int64_t d1 = -1, bool writab
     throw py::value_error(std::string("`") + name + "` must be writable");
   }
   return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+// A bool array's bytes, read as NumPy reads them (any nonzero byte is true: a view of uint8 data
+// as bool may hold 2 or 255, which is not a valid C++ bool).
+const uint8_t* Flags(py::handle h, const char* name, int64_t n) {
+  return reinterpret_cast<const uint8_t*>(View<bool>(h, name, n));
 }
 
 int64_t Length(py::handle h, const char* name) {
@@ -70,7 +85,7 @@ void Add(ReplayBuffer& buf, py::handle task_id, py::handle obs, py::handle actio
   const int64_t n = c.num_envs;
   StepView step{View<int64_t>(task_id, "task_id", n),    View<float>(obs, "obs", n, c.obs_dim),
                 View<float>(action, "action", n, c.action_dim), View<float>(reward, "reward", n),
-                View<bool>(terminated, "terminated", n), View<bool>(truncated, "truncated", n),
+                Flags(terminated, "terminated", n), Flags(truncated, "truncated", n),
                 View<float>(next_obs, "next_obs", n, c.obs_dim)};
   py::gil_scoped_release release;  // only plain pointers into arrays the caller keeps alive
   buf.Add(step);

@@ -265,8 +265,8 @@ void ReplayBuffer::Add(const StepView& step) {
     }
     std::memcpy(ObsRow(g), obs, obs_bytes);
     std::memcpy(ActionRow(g), step.action + k * c.action_dim, c.action_dim * sizeof(float));
-    const uint32_t flags = (step.terminated[k] ? kTerminated : 0u) |
-                           (step.truncated[k] ? kTruncated : 0u);
+    const uint32_t flags = (step.terminated[k] != 0 ? kTerminated : 0u) |
+                           (step.truncated[k] != 0 ? kTruncated : 0u);
     Slot& slot = SlotAt(g);
     slot.reward = step.reward[k];
     slot.env_flags = static_cast<uint32_t>(k) << 8 | flags;

@@ -31,8 +31,8 @@ struct StepView {
   const float* obs;       // (N, obs_dim)
   const float* action;    // (N, action_dim)
   const float* reward;    // (N,)
-  const bool* terminated;
-  const bool* truncated;
+  const uint8_t* terminated;  // (N,) NumPy bool bytes: nonzero is true
+  const uint8_t* truncated;
   const float* next_obs;  // (N, obs_dim): the final observation when the episode ended
 };
 
