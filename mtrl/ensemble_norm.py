@@ -115,13 +115,26 @@ def kernel_applies(*tensors: Tensor | None) -> bool:
                for t in tensors)
 
 
+def _member_param(name: str, p: Tensor, members: int, width: int) -> Tensor:
+    """A per-member parameter as (E, 1, W). (E, W) is taken too (and, for one member, (W,)): the
+    kernel reads E rows of W, while the reference broadcasts the parameter against y, so any other
+    shape of E W elements, e.g. (1, E, W), would mean other things on the two paths."""
+    if p.shape == (members, 1, width):
+        return p
+    if p.shape == (members, width) or (members == 1 and p.shape == (width,)):
+        return p.reshape(members, 1, width)
+    raise ValueError(f"ensemble_norm: {name} must be ({members}, 1, {width}) or ({members}, "
+                     f"{width}), got shape {tuple(p.shape)}")
+
+
 def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: float,
                   relu: bool = False, residual: Tensor | None = None) -> Tensor:
     """``epilogue(LayerNorm(y + bias) * gamma + beta)`` with per-member parameters.
 
     Args:
         y: (E, B, W) matmul outputs of the E ensemble members.
-        bias, gamma, beta: (E, 1, W) per-member Linear bias and LayerNorm scale/shift.
+        bias, gamma, beta: (E, 1, W) (or (E, W)) per-member Linear bias and LayerNorm
+            scale/shift.
         eps: LayerNorm epsilon (biased variance, as ``F.layer_norm``).
         relu: apply ReLU to the result. residual: (E, B, W) added to the result (not with relu).
     Returns:
@@ -132,10 +145,8 @@ def ensemble_norm(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: 
     if y.dim() != 3:
         raise ValueError(f"ensemble_norm: y must be (E, B, W), got shape {tuple(y.shape)}")
     members, _, width = y.shape
-    for name, p in (("bias", bias), ("gamma", gamma), ("beta", beta)):
-        if p.numel() != members * width or p.shape[-1] != width:
-            raise ValueError(f"ensemble_norm: {name} must be ({members}, 1, {width}), got shape "
-                             f"{tuple(p.shape)}")
+    bias, gamma, beta = (_member_param(name, p, members, width)
+                         for name, p in (("bias", bias), ("gamma", gamma), ("beta", beta)))
     if residual is not None and residual.shape != y.shape:
         raise ValueError(f"ensemble_norm: residual must have y's shape {tuple(y.shape)}, got "
                          f"{tuple(residual.shape)}")

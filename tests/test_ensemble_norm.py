@@ -171,6 +171,11 @@ def test_bad_inputs_raise():
         ensemble_norm(y, params[0], params[1][:, :, :4], params[2], eps=EPS)
     with pytest.raises(ValueError, match="residual must have"):
         ensemble_norm(y, *params, eps=EPS, residual=residual[:, :2])
+    # Same element count, other layouts: the kernel read them per member, the reference path
+    # (float64, CUDA, compile) broadcast them against y (the two once differed by 3.3).
+    for shape in ((1, 2, 8), (2, 8, 1), (16,)):
+        with pytest.raises(ValueError, match=r"bias must be \(2, 1, 8\) or \(2, 8\)"):
+            ensemble_norm(y, params[0].reshape(shape), params[1], params[2], eps=EPS)
     with pytest.raises(ValueError, match="relu and residual"):
         ensemble_norm(y, *params, eps=EPS, relu=True, residual=residual)
     # The binding is the last line of defence.
@@ -194,6 +199,18 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="given together"):
         _core._ensemble_norm_backward(y.numpy(), y.numpy(), *p, mean, rstd, True, out, p[0].copy(),
                                       None, None, 1)
+
+
+@pytest.mark.parametrize("members,shape", [(2, (2, 8)), (1, (1, 8)), (1, (8,)), (1, (1, 1, 8))])
+def test_parameters_without_the_row_axis_mean_the_same_on_both_paths(members, shape):
+    y, params, _, _ = make(members, 4, 8, seed=3)
+    flat = [p.detach().reshape(shape).requires_grad_() for p in params]
+    expect = ensemble_norm_reference(y, *params, eps=EPS, relu=True)
+    for dtype in (torch.float32, torch.float64):  # the kernel, and the reference path
+        out = ensemble_norm(y.to(dtype), *[p.to(dtype) for p in flat], eps=EPS, relu=True)
+        torch.testing.assert_close(out.float(), expect, atol=1e-5, rtol=1e-5)
+    ensemble_norm(y, *flat, eps=EPS, relu=True).sum().backward()
+    assert all(p.grad is not None and p.grad.shape == shape for p in flat)
 
 
 def test_no_grad_call_matches_and_builds_no_graph():
