@@ -25,9 +25,16 @@ def sample_tanh_gaussian(head: Tensor, action_dim: int, std_scale: float = 1.0
                          ) -> tuple[Tensor, Tensor]:
     """Reparameterised action tanh(mean + std_scale * sigma * eps), eps ~ N(0, I) from torch's
     generator, and its log-probability (tanh Jacobian included), from the actor output
-    head (B, 2A) = [mean | raw log-std]. Returns (action (B, A), log_prob (B,))."""
+    head (B, 2A) = [mean | raw log-std]. Returns (action (B, A), log_prob (B,)).
+
+    Raises:
+        ValueError: head is not (B, 2 * action_dim) with action_dim >= 1.
+    """
+    if head.dim() != 2 or action_dim < 1 or head.shape[1] != 2 * action_dim:
+        raise ValueError(f"head must have shape (B, 2 * action_dim) = (B, {2 * action_dim}) with "
+                         f"action_dim >= 1, got {tuple(head.shape)} and action_dim {action_dim}")
     noise = torch.randn(head.shape[0], action_dim, dtype=head.dtype, device=head.device)
-    if kernel_applies(head) and head.dim() == 2 and head.shape[1] == 2 * action_dim:
+    if kernel_applies(head) and head.shape[0] > 0:  # (the kernel takes no empty batch)
         if torch.is_grad_enabled() and head.requires_grad:
             return _TanhGaussian.apply(head, noise, float(std_scale))
         action, log_prob, _ = _forward(head, noise, float(std_scale))

@@ -54,3 +54,17 @@ def test_float64_takes_the_formula():
     head = _head(4, 2, seed=1).double().requires_grad_()
     action, log_prob = sample_tanh_gaussian(head, 2)
     assert action.dtype == torch.float64 and "TanhGaussian" not in type(action.grad_fn).__name__
+
+
+@pytest.mark.parametrize("shape,action_dim", [((5, 7), 3), ((5, 6), 0), ((5,), 3), ((2, 5, 6), 3)])
+def test_bad_head_shapes_raise_a_clear_error(shape, action_dim):
+    with pytest.raises(ValueError, match=r"head must have shape \(B, 2 \* action_dim\)"):
+        sample_tanh_gaussian(torch.randn(shape), action_dim)
+
+
+def test_empty_batch_gives_empty_outputs():
+    head = torch.randn(0, 6, requires_grad=True)
+    action, log_prob = sample_tanh_gaussian(head, 3)
+    assert action.shape == (0, 3) and log_prob.shape == (0,)
+    (action.sum() + log_prob.sum()).backward()
+    assert head.grad.shape == (0, 6)
