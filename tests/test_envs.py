@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # dm_control must not try to open a GLFW window
 
@@ -271,3 +272,15 @@ def test_gym_vector_env_exposes_discrete_tasks():
     _, reward, *_ = env.step(a)
     assert reward[1] == 1.0
     env.close()
+
+
+def test_envpool_backend_warns_where_its_port_departs_from_dm_control():
+    from mtrl.envs.envpool_backend import ENVPOOL_DEVIATIONS
+
+    assert set(ENVPOOL_DEVIATIONS) == {"dmc:cartpole-two_poles", "dmc:cartpole-three_poles"}
+    with pytest.warns(UserWarning, match="cartpole-two_poles starts its extra poles"):
+        envs.make(["cartpole-two_poles"], backend="envpool").close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        envs.make(["cartpole-two_poles"], backend="auto").close()  # the engine: no warning
+        envs.make(["cartpole-balance"], backend="envpool").close()
