@@ -23,18 +23,24 @@ RESUMABLE_CHANGES = {
 }
 
 
+DERIVED_FIELDS = frozenset({"batch_size", "resolved_tasks"})
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temp dirs are never listed: the rename is the commit)."""
+    """Checkpoint directories, oldest first. Temp dirs are never listed (the rename is the
+    commit), so a listed one without its ``state.pt`` was damaged afterwards (a copy of the run
+    dir cut short): it is listed all the same, and loading it names it, instead of a resume
+    quietly going back to the checkpoint before."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
     _recover_checkpoints(root)
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-             and p.name[len(PREFIX):].isdigit() and (p / "state.pt").is_file()]
+             and p.name[len(PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
@@ -72,14 +78,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """The state dict of checkpoint ``path``.
 
     Raises:
-      FileNotFoundError: no ``state.pt`` there. ValueError: it cannot be read (truncated,
-      corrupted) or is not a run checkpoint, naming the file.
+      ValueError: no ``state.pt`` there, or it cannot be read (truncated, corrupted) or is not a
+      run checkpoint, naming the checkpoint.
     """
     file = Path(path) / "state.pt"
+    if not file.is_file():
+        raise ValueError(f"checkpoint {path} is unreadable (it has no state.pt)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise
     except Exception as e:  # torch/pickle/zip errors of a damaged file
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
                          f"{str(e)[:200]})") from e
@@ -101,7 +107,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise ValueError naming the first config field that differs and may not change on resume."""
     a, b = flatten(saved), flatten(current)
-    for key in sorted(set(a) | set(b)):
+    # Fields the run derives from others ("batch_size" from buffer.batch_size and the task count,
+    # "resolved_tasks" from env.tasks) last: the field a user changed is the one named.
+    for key in sorted(set(a) | set(b), key=lambda k: (k in DERIVED_FIELDS, k)):
         if key in RESUMABLE_CHANGES:
             continue
         va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")

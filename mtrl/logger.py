@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,31 @@ class Logger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_iteration)
+            # TensorBoard hides the events at and after purge_step: those logged after the
+            # checkpoint, which the resumed run logs again (the rows at its iteration stay, as in
+            # the CSV and JSONL files).
+            self._tb = SummaryWriter(
+                str(self.run_dir / "tb"),
+                purge_step=None if resume_iteration is None else resume_iteration + 1)
         self._wandb = None
         if wandb_module is not None:
             self._wandb = wandb_module.init(project=wandb_project, config=config,
-                                            dir=str(self.run_dir), resume="allow")
+                                            dir=str(self.run_dir), resume="allow",
+                                            id=self._wandb_run_id(resume_iteration is not None))
         self.eval_history: list[dict[str, Any]] = self._read_eval_history()
+
+    def _wandb_run_id(self, resuming: bool) -> str:
+        """The W&B run id of this run dir, kept in ``wandb_run_id``: W&B continues a run only
+        when given its id (without one, every resume started a new W&B run). A fresh run, or a
+        resumed one that has no id yet, writes a new one."""
+        path = self.run_dir / "wandb_run_id"
+        if resuming and path.is_file():
+            run_id = path.read_text().strip()
+            if run_id:
+                return run_id
+        run_id = uuid.uuid4().hex[:16]
+        replace_file(path, run_id + "\n")
+        return run_id
 
     def _read_eval_history(self) -> list[dict[str, Any]]:
         if not self._jsonl.exists():

@@ -282,9 +282,11 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
     if not cfg.resume:  # never overwrite another run's logs or mix its checkpoints with ours
         held = ["checkpoints"] if found else []
         held += [n for n in ("train.csv", "eval.csv", "metrics.jsonl") if (run_dir / n).exists()]
+        if (run_dir / "tb").is_dir() and any((run_dir / "tb").iterdir()):
+            held.append("tb")  # TensorBoard would show both runs as one
         if held:
             how = ("pass --resume to continue it" if found else
-                   "it has no checkpoint to resume from: delete those files")
+                   "it has no checkpoint to resume from: delete them")
             raise ValueError(f"run_dir {run_dir} already holds a run ({', '.join(held)}); {how}, "
                              f"or choose another --run-dir")
     state = None
@@ -294,6 +296,11 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
         except ValueError as e:
             raise ValueError(f"{e}{_earlier_checkpoint_hint(found)}") from e
         ckpt.check_compatible(state["config"], resolved)
+        if cfg.iterations < state["iteration"]:  # it would end at once, config.json saying less
+            raise ValueError(f"--iterations {cfg.iterations} is below the iteration of the "
+                             f"checkpoint to resume ({latest.name}, iteration "
+                             f"{state['iteration']}): pass --iterations {state['iteration']} or "
+                             f"more")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     keep_freed_memory()

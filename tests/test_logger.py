@@ -208,3 +208,65 @@ def test_resume_reads_metrics_jsonl_written_with_bare_nan(tmp_path):
     assert [_strict_json(ln) for ln in lines] == [
         {"kind": "eval", "iteration": 10, "eval/return_mean": None, "eval/dmc:a/return": None},
         {"kind": "eval", "iteration": 20, "eval/return_mean": None, "eval/dmc:a/return": 1.0}]
+
+
+def _tensorboard_steps(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_resume_keeps_the_tensorboard_rows_of_the_checkpoint_iteration(tmp_path):
+    # purge_step was the checkpoint's iteration: TensorBoard hid the rows logged at it (which the
+    # resumed run does not log again), while the CSV and JSONL files kept them.
+    def logger(resume_iteration):
+        return Logger(tmp_path, tensorboard=True, wandb=False, wandb_project="mtrl", config={},
+                      resume_iteration=resume_iteration)
+
+    log = logger(None)
+    for it in (10, 20, 30):  # 30: logged after the checkpoint at 20, then the process died
+        log.log("train", it, {"x": float(it)})
+    log.close()
+    log = logger(20)
+    for it in (30, 40):
+        log.log("train", it, {"x": float(it) + 0.5})
+    log.close()
+    assert _tensorboard_steps(tmp_path, "train/x") == [10, 20, 30, 40]
+    lines = (tmp_path / "train.csv").read_text().splitlines()
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["10", "20", "30", "40"]
+
+
+def test_wandb_resume_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    # W&B continues a run only when given its id: with resume="allow" alone every --resume
+    # started a new W&B run.
+    import sys
+    import types
+
+    calls = []
+
+    class Run:
+        def log(self, row, step):
+            pass
+
+        def finish(self):
+            pass
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+
+    def logger(run_dir, resume_iteration):
+        return Logger(run_dir, tensorboard=False, wandb=True, wandb_project="mtrl", config={},
+                      resume_iteration=resume_iteration)
+
+    logger(tmp_path / "a", None).close()
+    logger(tmp_path / "a", 10).close()
+    logger(tmp_path / "b", None).close()
+    first, resumed, other = (c["id"] for c in calls)
+    assert first == resumed and first != other
+    assert all(c["resume"] == "allow" for c in calls)
+    assert (tmp_path / "a" / "wandb_run_id").read_text().strip() == first

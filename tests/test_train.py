@@ -309,10 +309,17 @@ def test_fresh_run_refuses_a_run_dir_that_holds_a_run(tmp_path):
     # eval.csv and metrics.jsonl and mixed its checkpoints with the new run's.
     (tmp_path / "metrics.jsonl").write_text('{"kind": "eval", "iteration": 5}\n')
     with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\); it has no "
-                                         r"checkpoint to resume from: delete those files"):
+                                         r"checkpoint to resume from: delete them"):
         train(tiny_config(tmp_path))
     assert (tmp_path / "metrics.jsonl").read_text() == '{"kind": "eval", "iteration": 5}\n'
     assert not (tmp_path / "config.json").exists()
+    # TensorBoard's files alone (a run killed before its first checkpoint, its CSV and JSONL
+    # files deleted as the message says): a new run's events would be shown as the same run.
+    tb_only = tmp_path / "tb_only"
+    (tb_only / "tb").mkdir(parents=True)
+    (tb_only / "tb" / "events.out.tfevents.1.host").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"already holds a run \(tb\); it has no checkpoint"):
+        train(tiny_config(tb_only))
     other = tmp_path / "other"
     (other / "checkpoints" / "iter_000000010").mkdir(parents=True)
     (other / "checkpoints" / "iter_000000010" / "state.pt").write_bytes(b"x")
@@ -336,6 +343,23 @@ def test_resume_from_a_damaged_checkpoint_names_it(tmp_path):
         (latest / "state.pt").write_bytes(damaged)
         with pytest.raises(ValueError, match=rf"checkpoint {latest} is unreadable .*{first.name}"):
             train(cfg.replace(resume=True, iterations=90))
+    # No state.pt at all (a copy of the run dir cut short): named too, not skipped for the one
+    # before it (which quietly rewound the run).
+    (latest / "state.pt").unlink()
+    with pytest.raises(ValueError, match=rf"checkpoint {latest} is unreadable \(it has no "
+                                         rf"state.pt\).*{first.name}"):
+        train(cfg.replace(resume=True, iterations=90))
+    (latest / "state.pt").write_bytes(data)
+    # Fewer iterations than the checkpoint holds: the run ended at once and its config.json said
+    # the smaller number.
+    config = (tmp_path / "r" / "config.json").read_text()
+    with pytest.raises(ValueError, match=rf"--iterations 50 is below the iteration of the "
+                                         rf"checkpoint to resume \({latest.name}, iteration 60\)"):
+        train(cfg.replace(resume=True, iterations=50))
+    assert (tmp_path / "r" / "config.json").read_text() == config
+    # A changed batch size is named by its flag's field, not by the derived "batch_size".
+    with pytest.raises(ValueError, match=r"config field 'buffer.batch_size' is 64"):
+        train(cfg.replace(resume=True, buffer=BufferConfig(capacity_per_task=1000, batch_size=16)))
 
 
 def test_bad_device_and_run_dir_are_errors_not_tracebacks(tmp_path, capsys):
