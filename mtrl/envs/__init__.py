@@ -31,7 +31,8 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
       tasks: task names (see `available_tasks`); bare "cheetah-run" means "dmc:cheetah-run".
         Distinct tasks only, in the order given; env k runs task ``k // envs_per_task``.
       envs_per_task: instances of each task.
-      seed: env k is seeded with ``seed + k``.
+      seed: env k is seeded with ``seed + k`` (the engine and gymnasium tasks take it mod 2**64,
+        envpool, whose seeds are int32, mod 2**31: seeds in [0, 2**31) as they are).
       num_threads: worker threads (None: all cores).
       backend: "engine" (the C++ engine, DMC tasks it implements), "envpool" (every task), or
         "auto": the engine for the DMC tasks it implements, envpool for the rest (one pool

@@ -24,6 +24,12 @@ ENVPOOL_DEVIATIONS = {
 }
 
 
+def _envpool_seed(seed: int) -> int:
+    """envpool takes int32 seeds (an AssertionError beyond): any int64 seed, wrapped into
+    [0, 2**31), as the engine wraps its seeds into uint64. Seeds in [0, 2**31) are unchanged."""
+    return int(seed) % (1 << 31)
+
+
 def _obs_size(space: Any, keys: tuple[str, ...]) -> int:
     if keys:
         return int(sum(np.prod(space[k].shape, dtype=np.int64) for k in keys))
@@ -93,7 +99,7 @@ class EnvpoolTaskPool(TaskPool):
             pools.append(self._envpool.make_gymnasium(
                 spec.envpool_id, num_envs=self._epts, batch_size=self._epts,
                 num_threads=self._threads,
-                env_seed=[int(s) for s in env_seeds[first:first + self._epts]], **kw))
+                env_seed=[_envpool_seed(s) for s in env_seeds[first:first + self._epts]], **kw))
         return pools
 
     def _flat(self, t: int, obs: Any, out: np.ndarray, rows: np.ndarray) -> None:

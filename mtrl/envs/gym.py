@@ -36,8 +36,8 @@ class GymVectorEnv(gymnasium.vector.VectorEnv):
 
     @property
     def discrete(self) -> np.ndarray:
-        """(T,) bool: task t's actions are discrete (``pool.discrete``)."""
-        return self.pool.discrete
+        """(T,) bool: task t's actions are discrete (a copy of ``pool.discrete``)."""
+        return self.pool.discrete.copy()
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -46,16 +46,18 @@ class GymVectorEnv(gymnasium.vector.VectorEnv):
             raise ValueError(f"reset options are not supported, got {sorted(options)}")
         if seed is not None:
             self.pool.seed(seed)  # (refuses a non-integral seed)
-        return self.pool.reset(), {"task_id": self.pool.task_ids}
+        # New arrays in every info: a caller may edit what it gets (gymnasium's contract), and
+        # the pool's own task_ids decide where step_into files transitions.
+        return self.pool.reset(), {"task_id": self.pool.task_ids.copy()}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                           dict[str, Any]]:
         """Step every env; (N, action_dim) float32 actions in [-1, 1]."""
         out = self.pool.step(actions)
-        info = {"task_id": self.pool.task_ids, "final_obs": out.final_obs,
+        info = {"task_id": self.pool.task_ids.copy(), "final_obs": out.final_obs,
                 "success": out.success, "diverged": out.diverged}
         return out.obs, out.reward, out.terminated, out.truncated, info
 
-    def close(self, **kwargs: Any) -> None:
-        """Close the pool."""
+    def close_extras(self, **kwargs: Any) -> None:
+        """Close the pool (gymnasium's ``VectorEnv.close`` calls this and sets ``closed``)."""
         self.pool.close()

@@ -127,7 +127,9 @@ class GymTaskPool(TaskPool):
         obs = np.zeros((self.num_envs, self.obs_dim), np.float32)
         seeds = self._pending_seeds
         for k, env in enumerate(self._envs):
-            o, _ = env.reset(seed=None if seeds is None else seeds[k])
+            # gymnasium refuses negative seeds: wrapped into uint64 as the engine's (seeds >= 0
+            # unchanged).
+            o, _ = env.reset(seed=None if seeds is None else int(seeds[k]) % (1 << 64))
             self._write(int(self.task_ids[k]), o, obs, k)
         self._pending_seeds = None
         self._has_reset = True

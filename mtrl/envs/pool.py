@@ -154,9 +154,19 @@ class TaskPool:
         is the (N, obs_dim) observation the actions were taken in (the previous ``out.obs``).
         The stored action is the clipped one the envs used, and the stored next observation is
         ``final_obs``. The step's arrays already have the buffer's dtypes and layout, so they
-        reach the C++ buffer without a Python-level copy.
+        reach the C++ buffer without a Python-level copy. Raises ValueError, before any env steps,
+        when ``obs`` or the buffer's sizes do not match the pool (a step whose transitions
+        cannot be stored would be lost).
         """
         a = self.check_actions(actions)
+        if np.shape(obs) != (self.num_envs, self.obs_dim):
+            raise ValueError(f"obs must have shape (num_envs, obs_dim) = ({self.num_envs}, "
+                             f"{self.obs_dim}), got {np.shape(obs)}")
+        for name, want in (("num_envs", self.num_envs), ("obs_dim", self.obs_dim),
+                           ("action_dim", self.action_dim), ("num_tasks", len(self._specs))):
+            have = getattr(replay, name, want)  # (a stand-in without the attribute: add checks)
+            if have != want and not (name == "num_tasks" and have > want):
+                raise ValueError(f"replay {name} is {have} but the pool's is {want}")
         out = self._step(a)
         replay.add(self.task_ids, obs, a, out.reward, out.terminated, out.truncated, out.final_obs)
         return out
