@@ -342,3 +342,36 @@ def test_envpool_backend_warns_where_its_port_departs_from_dm_control():
         warnings.simplefilter("error")
         envs.make(["cartpole-two_poles"], backend="auto").close()  # the engine: no warning
         envs.make(["cartpole-balance"], backend="envpool").close()
+
+
+@pytest.mark.parametrize("backend", ["engine", "envpool"])
+def test_a_pool_used_from_several_threads_runs_one_call_at_a_time(backend):
+    # The C++ step releases the GIL: two threads stepping one engine pool stepped the same MuJoCo
+    # data at once and crashed (a segfault, or MuJoCo's "nefc under-allocation"); envpool's pools
+    # broke the same way. Calls now run one at a time, each with its own outputs.
+    import threading
+
+    tasks = ["cartpole-balance", "walker-walk"] + (["cheetah-run"] if backend == "engine" else [])
+    with envs.make(tasks, envs_per_task=4, seed=0, num_threads=2, backend=backend,
+                   max_episode_steps=5) as p:
+        p.reset()
+        errors = []
+
+        def work(seed):
+            rng = np.random.default_rng(seed)
+            try:
+                for _ in range(150):
+                    a = rng.uniform(-1, 1, (p.num_envs, p.action_dim)).astype(np.float32)
+                    out = p.step(a)
+                    assert np.isfinite(out.obs).all() and out.obs.shape == (p.num_envs, p.obs_dim)
+                    if backend == "engine" and seed == 0:
+                        p.set_state(p.get_state())
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mtrl import _core
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized
 from mtrl.envs.registry import TaskSpec
 
 
@@ -70,6 +70,7 @@ class EngineTaskPool(TaskPool):
     def _seed_words(seeds: np.ndarray) -> list[int]:
         return [int(s) % (1 << 64) for s in seeds]  # negative seeds wrap like uint64
 
+    @serialized
     def reset(self) -> np.ndarray:
         """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""
         self._check_open()
@@ -89,6 +90,7 @@ class EngineTaskPool(TaskPool):
                          out.truncated, out.diverged)
         return out
 
+    @serialized
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Reseed env k with ``seed + k`` (or ``env_seeds[k]``); call `reset` afterwards."""
         self._check_open()
@@ -98,12 +100,14 @@ class EngineTaskPool(TaskPool):
         self._pool.seed(self._seed_words(seeds))
         self._has_reset = False
 
+    @serialized
     def get_state(self) -> dict[str, Any]:
         """Picklable snapshot: per env (physics state, RNG words, step count, task state)."""
         self._check_open()
         return {"backend": "engine", "tasks": self.task_names,
                 "envs_per_task": self.envs_per_task, "envs": self._pool._get_state()}
 
+    @serialized
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a `get_state` snapshot taken from a pool with the same tasks.
 
@@ -114,6 +118,7 @@ class EngineTaskPool(TaskPool):
         self._pool._set_state(list(state["envs"]))
         self._has_reset = True
 
+    @serialized
     def close(self) -> None:
         """Join the worker threads and free the MuJoCo models (idempotent)."""
         if not self._closed:

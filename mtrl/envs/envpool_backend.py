@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized
 from mtrl.envs.registry import TaskSpec
 
 
@@ -113,6 +113,7 @@ class EnvpoolTaskPool(TaskPool):
             flat = np.asarray(obs).reshape(n, -1)
         out[rows, : flat.shape[1]] = flat
 
+    @serialized
     def reset(self) -> np.ndarray:
         """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""
         if self._closed:
@@ -157,6 +158,7 @@ class EnvpoolTaskPool(TaskPool):
                     self._flat(t, o, obs, self._task_rows(t).start + np.asarray(info["env_id"]))
         return out
 
+    @serialized
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Re-create the pools with env k seeded ``seed + k`` (or ``env_seeds[k]``); call
         `reset` afterwards."""
@@ -169,18 +171,21 @@ class EnvpoolTaskPool(TaskPool):
             else [seed + k for k in range(self.num_envs)])
         self._has_reset = False
 
+    @serialized
     def get_state(self) -> Any:
         """Not available for envpool (it exposes no physics/RNG state)."""
         raise NotImplementedError(
             "get_state is not supported by the envpool backend: envpool exposes neither its "
             "physics state nor its RNG state; use backend='engine' (DMC tasks) for exact resume")
 
+    @serialized
     def set_state(self, state: Any) -> None:
         """Not available for envpool (see `get_state`)."""
         raise NotImplementedError(
             "set_state is not supported by the envpool backend: envpool exposes neither its "
             "physics state nor its RNG state; use backend='engine' (DMC tasks) for exact resume")
 
+    @serialized
     def close(self) -> None:
         """Close every envpool (idempotent)."""
         if not self._closed:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized
 from mtrl.envs.registry import TaskSpec
 
 
@@ -120,6 +120,7 @@ class GymTaskPool(TaskPool):
         flat = self._gym.spaces.flatten(self._obs_space[t], o)
         out[k, : flat.shape[0]] = np.asarray(flat, dtype=np.float64).reshape(-1)
 
+    @serialized
     def reset(self) -> np.ndarray:
         """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""
         if self._closed:
@@ -163,6 +164,7 @@ class GymTaskPool(TaskPool):
             self._write(int(self.task_ids[k]), o, obs, k)
         return out
 
+    @serialized
     def seed(self, seed: int, env_seeds: list[int] | None = None) -> None:
         """Seed env k with ``seed + k`` (or ``env_seeds[k]``) at the next `reset` (call it)."""
         self._check_open()
@@ -182,6 +184,7 @@ class GymTaskPool(TaskPool):
                 f"get_state/set_state are not supported for {sorted(set(ez))}: these gymnasium "
                 "envs pickle as their constructor arguments only (EzPickle), not their state")
 
+    @serialized
     def get_state(self) -> dict[str, Any]:
         """Picklable snapshot of every env (physics/state, RNG, TimeLimit counters).
 
@@ -198,6 +201,7 @@ class GymTaskPool(TaskPool):
         return {"backend": "gym", "tasks": self.task_names, "envs_per_task": self.envs_per_task,
                 "envs": blob, "pending_seeds": self._pending_seeds}
 
+    @serialized
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a `get_state` snapshot taken from a pool with the same tasks.
 
@@ -211,6 +215,7 @@ class GymTaskPool(TaskPool):
         self._pending_seeds = state["pending_seeds"]
         self._has_reset = self._pending_seeds is None
 
+    @serialized
     def close(self) -> None:
         """Close every env (idempotent)."""
         if not self._closed:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized
 from mtrl.envs.registry import TaskSpec
 
 
@@ -35,6 +35,7 @@ class MixedTaskPool(TaskPool):
         for pool, task_idx in parts:
             self.discrete[task_idx] = pool.discrete
 
+    @serialized
     def reset(self) -> np.ndarray:
         """Reset every env; returns (N, obs_dim) float32 zero-padded observations."""
         if self._closed:
@@ -59,6 +60,7 @@ class MixedTaskPool(TaskPool):
                 getattr(out, name)[rows] = getattr(o, name)
         return out
 
+    @serialized
     def seed(self, seed: int) -> None:
         """Reseed env k with ``seed + k``; call `reset` afterwards."""
         self._check_open()
@@ -67,11 +69,13 @@ class MixedTaskPool(TaskPool):
             pool.seed(seed, env_seeds=[seed + int(r) for r in rows])
         self._has_reset = False
 
+    @serialized
     def get_state(self) -> Any:
         """Snapshot of every part (raises NotImplementedError if a part cannot)."""
         self._check_open()
         return {"backend": "mixed", "parts": [pool.get_state() for pool, _ in self._parts]}
 
+    @serialized
     def set_state(self, state: Any) -> None:
         """Restore a `get_state` snapshot of a pool with the same layout."""
         self._check_open()
@@ -81,6 +85,7 @@ class MixedTaskPool(TaskPool):
             pool.set_state(s)
         self._has_reset = True
 
+    @serialized
     def close(self) -> None:
         """Close every part (idempotent)."""
         if not self._closed:

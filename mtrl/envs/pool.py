@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +65,24 @@ class StepOutput:
                    diverged=np.zeros(num_envs, bool))
 
 
+def serialized(method):
+    """Runs a pool method holding the pool's lock, so that calls from several threads run one at
+    a time. No backend is reentrant: two threads stepping one engine pool stepped the same MuJoCo
+    data at once (the C++ step releases the GIL) and crashed; envpool's pools did the same."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 class TaskPool:
     """Shared layout and checks of a pool of ``envs_per_task`` envs for each of T tasks.
 
     Env k runs task ``task_ids[k]``; envs are grouped by task in the order the tasks were given.
-    Subclasses implement ``reset``, ``_step``, ``seed``, ``get_state``, ``set_state``, ``close``.
+    Subclasses implement ``reset``, ``_step``, ``seed``, ``get_state``, ``set_state``, ``close``,
+    each marked `serialized`. Thread-safety: a pool may be used from several threads; its calls
+    run one at a time.
     """
 
     def __init__(self, specs: list[TaskSpec], envs_per_task: int, obs_dims: list[int],
@@ -88,6 +103,7 @@ class TaskPool:
         self._env_action_dims = np.ascontiguousarray(self.action_dims[self.task_ids])
         self._closed = False
         self._has_reset = False
+        self._lock = threading.RLock()  # see serialized
 
     @property
     def num_envs(self) -> int:
@@ -138,6 +154,7 @@ class TaskPool:
         _core._clip_actions(np.ascontiguousarray(a), self._env_action_dims, out)
         return out
 
+    @serialized
     def step(self, actions: Any) -> StepOutput:
         """Step every env once with its row of ``actions`` ((N, action_dim) float32 in [-1, 1]).
 
@@ -147,6 +164,7 @@ class TaskPool:
         """
         return self._step(self.check_actions(actions))
 
+    @serialized
     def step_into(self, replay: Any, obs: np.ndarray, actions: Any) -> StepOutput:
         """`step`, then insert the N transitions into ``replay`` in one call.
 
