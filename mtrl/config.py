@@ -13,9 +13,11 @@ DMC_HARD = (
     "dmc:dog-stand", "dmc:dog-walk", "dmc:dog-trot", "dmc:dog-run",
     "dmc:humanoid-stand", "dmc:humanoid-walk", "dmc:humanoid-run",
 )
-# dmc-mt30: the dense-reward standard tasks (dm_control suite.BENCHMARKING, plus dog and quadruped
-# from suite.EXTRA) of cartpole, pendulum, acrobot, reacher, point_mass, ball_in_cup, finger,
-# cheetah, walker, hopper, humanoid, dog, quadruped, fish, swimmer: exactly 30 tasks.
+# dmc-mt30: standard tasks (dm_control suite.BENCHMARKING, plus dog and quadruped from
+# suite.EXTRA) of cartpole, pendulum, acrobot, reacher, point_mass, ball_in_cup, finger, cheetah,
+# walker, hopper, humanoid, dog, quadruped, fish, swimmer: exactly 30 tasks, the _sparse variants
+# left out (finger, ball_in_cup and reacher still reward sparsely). Not TD-MPC2's MT30 nor the DMC
+# half of BRC's MT80 (brc-spec §9.1), which use custom tasks.
 DMC_MT30 = tuple(f"dmc:{t}" for t in (
     "acrobot-swingup", "ball_in_cup-catch", "cartpole-balance", "cartpole-swingup", "cheetah-run",
     "finger-spin", "finger-turn_easy", "finger-turn_hard", "fish-upright", "fish-swim",

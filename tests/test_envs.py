@@ -73,7 +73,7 @@ def test_shapes_padding_and_task_ids(backend):
         assert p.task_ids.dtype == np.int64 and p.task_ids.tolist() == [0, 0, 1, 1, 2, 2]
         assert p.obs_dims.tolist() == [17, 3, 39] and p.obs_dim == 39
         assert p.action_dims.tolist() == [6, 1, 4] and p.action_dim == 6
-        assert p.max_episode_steps.tolist() == [1000, 1000, 500]
+        assert p.max_episode_steps.tolist() == [1000, 1000, 200]  # MetaWorld: brc-spec §7
         obs = p.reset()
         assert obs.shape == (6, 39) and obs.dtype == np.float32
         assert np.all(obs[0:2, 17:] == 0) and np.all(obs[2:4, 3:] == 0)
@@ -330,6 +330,22 @@ def test_every_documented_seed_works_on_every_backend(tasks, backend):
             envs.make(tasks, envs_per_task=2, seed=7 + 2**31, backend=backend) as q:
         if backend == "envpool":  # wrapped mod 2**31: the same envs as seed 7
             assert np.array_equal(p.reset(), q.reset())
+
+
+def test_metaworld_is_goal_observable_with_200_step_episodes():
+    # brc-spec §7: BRC builds MetaWorld goal-observable in a 200-step TimeLimit. envpool's defaults
+    # hid the goal (obs[36:39] all zero, though it moves every episode) and ran 500 steps.
+    with envs.make(["metaworld:reach"], envs_per_task=3, seed=0, max_episode_steps=None) as p:
+        assert p.max_episode_steps.tolist() == [200]
+        goals = [p.reset()[:, 36:39]]
+        a = np.zeros((3, p.action_dim), np.float32)
+        for step in range(200):
+            out = p.step(a)
+        assert out.truncated.all() and not out.terminated.any()  # the 200th step ends it
+        goals.append(out.obs[:, 36:39])  # the next episode's goal
+    goals = np.concatenate(goals)
+    assert np.all(np.abs(goals).sum(axis=1) > 0.1)  # the goal is observed
+    assert len({tuple(np.round(g, 4)) for g in goals}) == 6  # and differs per env and episode
 
 
 def test_envpool_backend_warns_where_its_port_departs_from_dm_control():

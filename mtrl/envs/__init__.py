@@ -39,7 +39,7 @@ def make(tasks: list[str], *, envs_per_task: int = 1, seed: int = 0,
         either way; env k keeps seed ``seed + k``). "gym:<id>" tasks run on the gymnasium
         backend (mtrl/envs/gym_backend.py) under "auto" and "envpool".
       max_episode_steps: override every task's time limit (None: the suite's, 1000 for DMC,
-        500 for MetaWorld).
+        200 for MetaWorld, as brc-spec §7).
 
     Returns:
       A `TaskPool`; call ``reset()`` before ``step()``; close it (or use ``with``).

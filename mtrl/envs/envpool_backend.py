@@ -24,6 +24,13 @@ ENVPOOL_DEVIATIONS = {
 }
 
 
+# MetaWorld as BRC builds it (brc-spec §7: ALL_V2_ENVIRONMENTS_GOAL_OBSERVABLE in a 200-step
+# TimeLimit). envpool's defaults hide the goal (partially_observable: obs[36:39] zero although the
+# goal moves every episode, so reach, push, pick-place... cannot be solved by a memoryless policy)
+# and run 500 steps.
+METAWORLD_OPTIONS = {"partially_observable": False, "max_episode_steps": 200}
+
+
 def _envpool_seed(seed: int) -> int:
     """envpool takes int32 seeds (an AssertionError beyond): any int64 seed, wrapped into
     [0, 2**31), as the engine wraps its seeds into uint64. Seeds in [0, 2**31) are unchanged."""
@@ -91,11 +98,12 @@ class EnvpoolTaskPool(TaskPool):
         self.discrete[:] = [hasattr(p.action_space, "n") for p in self._pools]
 
     def _make_pools(self, env_seeds: list[int]) -> list[Any]:
-        kw = {} if self._max_steps_override is None else {
-            "max_episode_steps": int(self._max_steps_override)}
         pools = []
         for t, spec in enumerate(self._pool_specs):
             first = t * self._epts
+            kw = dict(METAWORLD_OPTIONS) if spec.suite == "metaworld" else {}
+            if self._max_steps_override is not None:
+                kw["max_episode_steps"] = int(self._max_steps_override)
             pools.append(self._envpool.make_gymnasium(
                 spec.envpool_id, num_envs=self._epts, batch_size=self._epts,
                 num_threads=self._threads,
