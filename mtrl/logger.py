@@ -89,6 +89,13 @@ class Logger:
         else:
             for name in ("train.csv", "eval.csv", "metrics.jsonl"):
                 (self.run_dir / name).unlink(missing_ok=True)
+        # W&B first: when its init fails (not logged in, no network), no tb/ files are left
+        # behind for a fresh run's retry to refuse.
+        self._wandb = None
+        if wandb_module is not None:
+            self._wandb = wandb_module.init(project=wandb_project, config=config,
+                                            dir=str(self.run_dir), resume="allow",
+                                            id=self._wandb_run_id(resume_iteration is not None))
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -99,11 +106,6 @@ class Logger:
             self._tb = SummaryWriter(
                 str(self.run_dir / "tb"),
                 purge_step=None if resume_iteration is None else resume_iteration + 1)
-        self._wandb = None
-        if wandb_module is not None:
-            self._wandb = wandb_module.init(project=wandb_project, config=config,
-                                            dir=str(self.run_dir), resume="allow",
-                                            id=self._wandb_run_id(resume_iteration is not None))
         self.eval_history: list[dict[str, Any]] = self._read_eval_history()
 
     def _wandb_run_id(self, resuming: bool) -> str:

@@ -50,9 +50,12 @@ def _fused_kernels_apply(params: list[Tensor], states: list[dict]) -> bool:
     different elements (measured 0.03 off after three steps at lr 1e-2; torch's single-tensor
     AdamW is right)."""
     for p, state in zip(params, states):
+        others = (p.grad, state.get("exp_avg"), state.get("exp_avg_sq"))
+        if p.is_contiguous() and all(t is None or t.is_sparse or t.is_contiguous() for t in others):
+            continue  # the common case, in C calls (the strides below cost ~5 us per parameter)
         if not _dense(p):
             return False
-        for t in (p.grad, state.get("exp_avg"), state.get("exp_avg_sq")):
+        for t in others:
             if (isinstance(t, Tensor) and not t.is_sparse and any(
                     a != b for a, b, n in zip(t.stride(), p.stride(), p.shape) if n > 1)):
                 return False
@@ -209,6 +212,12 @@ class FusedAdamW(torch.optim.AdamW):
         finally:
             for group, (fused, foreach) in zip(self.param_groups, saved):
                 group["fused"], group["foreach"] = fused, foreach
+                # A first step taken here made the step counts on the CPU, as the single-tensor
+                # path keeps them; the fused kernels want them on the parameter's device.
+                for p in group["params"]:
+                    step = self.state.get(p, {}).get("step")
+                    if fused and isinstance(step, torch.Tensor) and step.device != p.device:
+                        self.state[p]["step"] = step.to(p.device)
 
     def _step_in_one_pass(self, targets: list[Tensor] | None, tau: float) -> bool:
         """The C++ step; False, with nothing changed, where it does not apply."""

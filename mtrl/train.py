@@ -245,7 +245,8 @@ def _set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
 
 def _earlier_checkpoint_hint(found: list[Path]) -> str:
     """How to resume past the latest checkpoint ``found[-1]`` when it cannot be read."""
-    older = f"; the one before it is {found[-2].name}" if len(found) > 1 else ""
+    readable = [p for p in found[:-1] if (p / "state.pt").is_file()]  # (damaged ones listed too)
+    older = f"; the one before it is {readable[-1].name}" if readable else ""
     return f": move it out of {found[-1].parent} to resume from an earlier checkpoint{older}"
 
 

@@ -270,3 +270,18 @@ def test_wandb_resume_continues_the_same_wandb_run(tmp_path, monkeypatch):
     assert first == resumed and first != other
     assert all(c["resume"] == "allow" for c in calls)
     assert (tmp_path / "a" / "wandb_run_id").read_text().strip() == first
+
+
+def test_a_failing_wandb_init_leaves_no_tensorboard_files(tmp_path, monkeypatch):
+    # TensorBoard's writer once came first: a W&B init that failed (not logged in, no network)
+    # left tb/ behind, and a fresh run's retry was refused as a run dir holding a run.
+    import sys
+    import types
+
+    def init(**kwargs):
+        raise RuntimeError("wandb: not logged in")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    with pytest.raises(RuntimeError, match="not logged in"):
+        Logger(tmp_path, tensorboard=True, wandb=True, wandb_project="mtrl", config={})
+    assert not (tmp_path / "tb").exists()

@@ -362,6 +362,20 @@ def test_resume_from_a_damaged_checkpoint_names_it(tmp_path):
         train(cfg.replace(resume=True, buffer=BufferConfig(capacity_per_task=1000, batch_size=16)))
 
 
+def test_the_earlier_checkpoint_hint_names_a_readable_one(tmp_path):
+    from mtrl.train import _earlier_checkpoint_hint
+
+    root = tmp_path / "checkpoints"
+    for it, readable in ((10, True), (20, False), (30, False)):
+        (root / f"iter_{it:09d}").mkdir(parents=True)
+        if readable:
+            (root / f"iter_{it:09d}" / "state.pt").write_bytes(b"x")
+    found = ckpt.list_checkpoints(tmp_path)
+    assert [p.name for p in found] == ["iter_000000010", "iter_000000020", "iter_000000030"]
+    assert _earlier_checkpoint_hint(found).endswith("the one before it is iter_000000010")
+    assert "before it" not in _earlier_checkpoint_hint(found[1:])
+
+
 def test_bad_device_and_run_dir_are_errors_not_tracebacks(tmp_path, capsys):
     from mtrl.train import resolve_device
 

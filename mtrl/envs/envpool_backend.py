@@ -68,7 +68,8 @@ class EnvpoolTaskPool(TaskPool):
         for spec in specs:
             if spec.name in ENVPOOL_DEVIATIONS:
                 warnings.warn(f"envpool's {spec.name} {ENVPOOL_DEVIATIONS[spec.name]}; "
-                              "backend='engine' (or 'auto') matches dm_control", stacklevel=3)
+                              "backend='engine' (or 'auto') matches dm_control",
+                              stacklevel=4)  # make -> _build -> __init__ -> the caller
 
         self._envpool = envpool
         self._threads = max(1, min(envs_per_task, num_threads or os.cpu_count() or 1))

@@ -72,7 +72,7 @@ class GymTaskPool(TaskPool):
             try:
                 obs_dims.append(int(gymnasium.spaces.flatdim(ospace)))
             except (NotImplementedError, ValueError, TypeError) as err:
-                self.close_envs()
+                self._close_envs()
                 raise ValueError(f"{spec.name}: observation space {ospace} cannot be flattened "
                                  f"to a vector ({err})") from err
             if isinstance(aspace, gymnasium.spaces.Box):
@@ -89,7 +89,7 @@ class GymTaskPool(TaskPool):
                 self._scale.append(None)
                 discrete.append(True)
             else:
-                self.close_envs()
+                self._close_envs()
                 raise ValueError(f"{spec.name}: action space {aspace} is not supported (only Box "
                                  "and Discrete action spaces)")
             self._obs_space.append(ospace)
@@ -108,7 +108,7 @@ class GymTaskPool(TaskPool):
         except self._gym.error.Error as err:  # missing optional dependency, bad id, ...
             raise ValueError(f"gymnasium cannot make {gym_id!r}: {err}") from err
 
-    def close_envs(self) -> None:
+    def _close_envs(self) -> None:
         for e in self._envs:
             e.close()
         self._envs = []
@@ -210,7 +210,7 @@ class GymTaskPool(TaskPool):
         """
         self._check_state(state, "gym", "a gymnasium pool")
         envs = pickle.loads(state["envs"])
-        self.close_envs()
+        self._close_envs()
         self._envs = envs
         self._pending_seeds = state["pending_seeds"]
         self._has_reset = self._pending_seeds is None
@@ -219,5 +219,5 @@ class GymTaskPool(TaskPool):
     def close(self) -> None:
         """Close every env (idempotent)."""
         if not self._closed:
-            self.close_envs()
+            self._close_envs()
         super().close()

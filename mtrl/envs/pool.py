@@ -80,9 +80,9 @@ class TaskPool:
     """Shared layout and checks of a pool of ``envs_per_task`` envs for each of T tasks.
 
     Env k runs task ``task_ids[k]``; envs are grouped by task in the order the tasks were given.
-    Subclasses implement ``reset``, ``_step``, ``seed``, ``get_state``, ``set_state``, ``close``,
-    each marked `serialized`. Thread-safety: a pool may be used from several threads; its calls
-    run one at a time.
+    Subclasses implement ``reset``, ``seed``, ``get_state``, ``set_state`` and ``close``, each
+    marked `serialized`, and ``_step`` (unmarked: ``step`` and ``step_into`` hold the lock around
+    it). Thread-safety: a pool may be used from several threads; its calls run one at a time.
     """
 
     def __init__(self, specs: list[TaskSpec], envs_per_task: int, obs_dims: list[int],
