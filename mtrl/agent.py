@@ -60,6 +60,14 @@ def fused_ops_available() -> bool:
         _ops, "categorical_cross_entropy")
 
 
+@functools.cache
+def _cuda_kernels_built() -> bool:
+    """Whether mtrl._core holds the CUDA TD kernels (a build that found no nvcc is CPU-only)."""
+    import mtrl
+
+    return mtrl.cuda_built()
+
+
 class BRCAgent(nn.Module):
     """Critic ensemble (with task embeddings), Polyak target, tanh-Gaussian actor and one shared
     temperature, trained per brc-spec §2.2.
@@ -170,16 +178,23 @@ class BRCAgent(nn.Module):
         return torch.autocast(device, dtype=torch.bfloat16,
                               enabled=self.config.bf16 and device in ("cuda", "cpu"))
 
+    def _fused_on(self, t: Tensor) -> bool:
+        """Whether the fused ops take t's device: the CPU always, CUDA where mtrl was built with
+        its CUDA kernels. Elsewhere mtrl.math computes the same (a CPU-only build on a CUDA
+        machine once failed at the first update, after the warm-up)."""
+        return self.use_fused and (t.is_cpu or _cuda_kernels_built())
+
     def _td_target(self, target_logits, reward, mask, discount, entropy):
         cfg = self.config
-        if self.use_fused:  # non-finite samples propagate and are counted per task in update()
+        # non-finite samples propagate and are counted per task in update()
+        if self._fused_on(target_logits):
             return _ops.categorical_td_target(target_logits, reward, mask, discount, entropy,
                                               cfg.v_min, cfg.v_max, check_finite=False)
         return brc_math.categorical_td_target(target_logits, reward, mask, discount, entropy,
                                               cfg.v_min, cfg.v_max)
 
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
-        if self.use_fused:
+        if self._fused_on(logits):
             return _ops.categorical_cross_entropy(logits, target, None, check_finite=False)
         return brc_math.categorical_cross_entropy(logits, target)
 

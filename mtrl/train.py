@@ -40,8 +40,14 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as e:
         raise ValueError(f"device {name!r} is not a torch device ({e})") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: mtrl runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and (
+            device.index >= torch.cuda.device_count()):
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s)")
     return device
 
 
@@ -431,6 +437,9 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
                 for u, host in enumerate(host_batches):
                     metrics = agent.update(to_batch(host, device), denominator)
                     losses = torch.stack([metrics[k] for k in METRIC_NAMES])
+                    # (This read waits for the device, and so for to_batch's non-blocking copies
+                    # out of `host`, before the next iteration samples into it again: without a
+                    # sync here, those copies would need an event to wait on.)
                     if not bool(torch.isfinite(losses[:3]).all()):
                         _raise_nonfinite(metrics, tasks, iteration, u, host)
                     metric_sum += losses

@@ -347,3 +347,17 @@ def test_compile_option_compiles_the_critics_and_matches_eager():
         agent.update(batch, torch.ones(TASKS))
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_fused_ops_are_used_on_cuda_only_where_their_kernels_were_built(monkeypatch):
+    # A build that found no nvcc is CPU-only: a CUDA agent reached _core._td_target_cuda, which
+    # raised "mtrl was built without CUDA" at the first update, after the warm-up.
+    import mtrl.agent as agent_module
+
+    agent = BRCAgent(AgentConfig(critic_width=16, actor_width=16), OBS, ACT, 1)
+    assert agent.use_fused
+    cpu, elsewhere = torch.zeros(1), torch.zeros(1, device="meta")
+    for built in (False, True):
+        monkeypatch.setattr(agent_module, "_cuda_kernels_built", lambda built=built: built)
+        assert agent._fused_on(cpu)
+        assert agent._fused_on(elsewhere) == built

@@ -302,3 +302,24 @@ def test_fused_adamw_off_the_one_pass_path_is_torchs_step_bit_for_bit(monkeypatc
     for ours, ref, targets, ref_targets, opt, ref_opt in _steps_against_torch(6, 4, fused=True):
         assert all(torch.equal(p, r) for p, r in zip(ours, ref))
         assert all(torch.equal(t, r) for t, r in zip(targets, ref_targets))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_layout_fallback_steps_right_and_leaves_fused_state():
+    # The single-tensor fallback (a transposed gradient) on CUDA: the result is torch's, and a
+    # first step taken there leaves the step counts on the device for the fused kernels after it.
+    gen = torch.Generator().manual_seed(5)
+    start = torch.randn(4, 6, generator=gen)
+    ours = start.clone().cuda().requires_grad_()
+    ref = start.clone().cuda().requires_grad_()
+    opt = FusedAdamW([ours], lr=1e-2, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in range(3):
+        grad = torch.randn(4, 6, generator=gen).cuda()
+        ours.grad = grad.t().contiguous().t() if step < 2 else grad.clone()  # fused at step 3
+        ref.grad = grad.clone()
+        opt.step()
+        ref_opt.step()
+        assert opt.state[ours]["step"].device == ours.device
+        torch.testing.assert_close(ours.detach(), ref.detach(), atol=1e-6, rtol=1e-6)

@@ -382,6 +382,9 @@ def test_bad_device_and_run_dir_are_errors_not_tracebacks(tmp_path, capsys):
     for name in ("tpu", "cuda:x"):
         with pytest.raises(ValueError, match=rf"device {name!r} is not a torch device"):
             resolve_device(name)
+    for name in ("meta", "mps", "xpu"):  # torch devices, but mtrl's ops and agent need cpu/cuda
+        with pytest.raises(ValueError, match=rf"device {name!r}: mtrl runs on cpu or cuda"):
+            resolve_device(name)
     afile = tmp_path / "afile"
     afile.write_text("")
     with pytest.raises(ValueError, match=r"run_dir .*afile exists and is not a directory"):

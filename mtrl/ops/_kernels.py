@@ -75,9 +75,16 @@ def _check_cuda_buffers(device: torch.device, **named: Tensor | None) -> None:
             raise TypeError(f"{name} must be float32 or bfloat16 on CUDA, got {t.dtype}")
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph (the kernels run there,
+    which need not be the current device's)."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
+
+
 def _cuda_nonfinite(count: Tensor, check_finite: bool) -> int:
     # Reading the count synchronises; never while a CUDA graph is being captured.
-    if not check_finite or torch.cuda.is_current_stream_capturing():
+    if not check_finite or _capturing(count.device):
         return 0
     return int(count.item())
 
@@ -108,7 +115,7 @@ def td_target_cuda(target_logits, reward, mask, discount, discount_value, entrop
     target = torch.empty(batch, num_atoms, dtype=torch.float32, device=device)
     value = torch.empty(batch, dtype=torch.float32, device=device)
     # The non-finite row count only when it will be read (it costs a memset node per call).
-    counted = check_finite and not torch.cuda.is_current_stream_capturing()
+    counted = check_finite and not _capturing(device)
     count = torch.empty(1, dtype=torch.int32, device=device) if counted else None
     _core._td_target_cuda(
         target_logits.data_ptr(), int(target_logits.dtype == torch.bfloat16), members, batch,
@@ -221,4 +228,6 @@ def scale_cpu(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
 
 
 def scale_cuda(saved_grad: Tensor, grad_loss: Tensor) -> Tensor:
-    return saved_grad * grad_loss.to(saved_grad.dtype)
+    # In float32, rounded once to the gradient's dtype (bf16 logits: grad_loss itself rounded to
+    # bf16 first was 0.24% off at 1.3).
+    return (saved_grad.float() * grad_loss.float()).to(saved_grad.dtype)
