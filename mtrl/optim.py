@@ -22,16 +22,6 @@ _dl = torch.utils.dlpack.to_dlpack
 _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-def _overlaps(t: Tensor) -> bool:
-    """Whether two elements of ``t`` share memory (e.g. an expanded, stride-0 tensor)."""
-    extent = 1
-    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n > 1):
-        if stride < extent:
-            return True
-        extent = stride * size
-    return False
-
-
 def _dense(t: Tensor) -> bool:
     """Whether ``t``'s elements fill one block of memory without gaps or overlaps, in any order of
     the dimensions (contiguous, or e.g. transposed)."""
