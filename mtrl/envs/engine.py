@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mtrl import _core
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized, wrap_seed
 from mtrl.envs.registry import TaskSpec
 
 
@@ -68,7 +68,7 @@ class EngineTaskPool(TaskPool):
 
     @staticmethod
     def _seed_words(seeds: np.ndarray) -> list[int]:
-        return [int(s) % (1 << 64) for s in seeds]  # negative seeds wrap like uint64
+        return [wrap_seed(s, 64) for s in seeds]  # negative seeds wrap like uint64
 
     @serialized
     def reset(self) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized, wrap_seed
 from mtrl.envs.registry import TaskSpec
 
 
@@ -29,12 +29,6 @@ ENVPOOL_DEVIATIONS = {
 # goal moves every episode, so reach, push, pick-place... cannot be solved by a memoryless policy)
 # and run 500 steps.
 METAWORLD_OPTIONS = {"partially_observable": False, "max_episode_steps": 200}
-
-
-def _envpool_seed(seed: int) -> int:
-    """envpool takes int32 seeds (an AssertionError beyond): any int64 seed, wrapped into
-    [0, 2**31), as the engine wraps its seeds into uint64. Seeds in [0, 2**31) are unchanged."""
-    return int(seed) % (1 << 31)
 
 
 def _obs_size(space: Any, keys: tuple[str, ...]) -> int:
@@ -108,7 +102,8 @@ class EnvpoolTaskPool(TaskPool):
             pools.append(self._envpool.make_gymnasium(
                 spec.envpool_id, num_envs=self._epts, batch_size=self._epts,
                 num_threads=self._threads,
-                env_seed=[_envpool_seed(s) for s in env_seeds[first:first + self._epts]], **kw))
+                env_seed=[wrap_seed(s, 31) for s in env_seeds[first:first + self._epts]],  # int32
+                **kw))
         return pools
 
     def _flat(self, t: int, obs: Any, out: np.ndarray, rows: np.ndarray) -> None:

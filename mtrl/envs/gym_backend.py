@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized, wrap_seed
 from mtrl.envs.registry import TaskSpec
 
 
@@ -128,9 +128,8 @@ class GymTaskPool(TaskPool):
         obs = np.zeros((self.num_envs, self.obs_dim), np.float32)
         seeds = self._pending_seeds
         for k, env in enumerate(self._envs):
-            # gymnasium refuses negative seeds: wrapped into uint64 as the engine's (seeds >= 0
-            # unchanged).
-            o, _ = env.reset(seed=None if seeds is None else int(seeds[k]) % (1 << 64))
+            # (gymnasium refuses negative seeds)
+            o, _ = env.reset(seed=None if seeds is None else wrap_seed(seeds[k], 64))
             self._write(int(self.task_ids[k]), o, obs, k)
         self._pending_seeds = None
         self._has_reset = True

@@ -30,6 +30,13 @@ def check_seed(seed: object, num_envs: int) -> int:
     return int(seed)
 
 
+def wrap_seed(seed: int, bits: int) -> int:
+    """``seed`` (an int64 from `check_seed`) in a backend's unsigned range [0, 2**bits): the
+    engine and gymnasium take 64 bits, envpool 31 (int32). Seeds already in range are unchanged;
+    a pool's consecutive seeds stay distinct."""
+    return int(seed) % (1 << bits)
+
+
 @dataclass(frozen=True)
 class StepOutput:
     """One batched step. All arrays are new (owned by the caller) and have N = num_envs rows.
