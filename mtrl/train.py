@@ -233,20 +233,35 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def _rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
+def _rng_state(np_rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np_rng.bit_generator.state,
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # only the generator of the run's own GPU draws anything
+        index = _cuda_index(device)
+        state["cuda"] = {"device": index, "state": torch.cuda.get_rng_state(index)}
     return state
 
 
-def _set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], np_rng: np.random.Generator,
+                   device: torch.device) -> None:
     random.setstate(state["python"])
     np_rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if device.type != "cuda" or saved is None:
+        return  # a CPU run, or a CPU run's checkpoint resumed on a GPU: seeded as a fresh run
+    if isinstance(saved, dict):
+        torch.cuda.set_rng_state(saved["state"], _cuda_index(device))
+        return
+    # Checkpoints before 2026-11-28 hold one state per visible GPU (get_rng_state_all), which
+    # set_rng_state_all could not restore on a machine with fewer GPUs: take the run's own.
+    index = _cuda_index(device)
+    if index < len(saved):
+        torch.cuda.set_rng_state(saved[index], index)
+
+
+def _cuda_index(device: torch.device) -> int:
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def _earlier_checkpoint_hint(found: list[Path]) -> str:
@@ -347,7 +362,7 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
             except (OSError, ValueError, RuntimeError) as e:
                 raise ValueError(f"cannot resume from {latest}: replay buffer: {e}"
                                  f"{_earlier_checkpoint_hint(found)}") from e
-            _set_rng_state(state["rng"], np_rng)
+            _set_rng_state(state["rng"], np_rng, device)
             iteration, updates = state["iteration"], state["updates"]
             episode_return = state["episode_return"]
             last_eval = state["last_eval"]
@@ -374,7 +389,7 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
         payload = {
             "config": resolved, "iteration": it, "updates": updates,
             "agent": agent.full_state_dict(), "normalizer": normalizer.state_dict(),
-            "rng": _rng_state(np_rng), "env_state": env_state, "obs": obs.copy(),
+            "rng": _rng_state(np_rng, device), "env_state": env_state, "obs": obs.copy(),
             "episode_return": episode_return.copy(), "last_eval": last_eval,
             "metric_sum": metric_sum.cpu(), "metric_count": metric_count, "online": online,
         }

@@ -376,6 +376,45 @@ def test_the_earlier_checkpoint_hint_names_a_readable_one(tmp_path):
     assert "before it" not in _earlier_checkpoint_hint(found[1:])
 
 
+def test_cpu_runs_neither_save_nor_restore_cuda_generators(monkeypatch):
+    # A CPU run draws nothing from CUDA generators: saving all of them made a checkpoint from a
+    # machine with more GPUs fail to resume elsewhere. Any CUDA RNG call here is a failure.
+    from mtrl import train as train_module
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("a CPU run touched a CUDA generator")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    rng = np.random.default_rng(3)
+    state = train_module._rng_state(rng, torch.device("cpu"))
+    assert "cuda" not in state
+    expected = rng.uniform(size=4)
+    older = {**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 3}  # old layout: all GPUs
+    train_module._set_rng_state(older, rng, torch.device("cpu"))
+    np.testing.assert_array_equal(rng.uniform(size=4), expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_generator_of_the_run_device_round_trips():
+    from mtrl import train as train_module
+
+    device = torch.device("cuda")
+    rng = np.random.default_rng(0)
+    state = train_module._rng_state(rng, device)
+    expected = torch.rand(8, device=device)
+    train_module._set_rng_state(state, rng, device)
+    torch.testing.assert_close(torch.rand(8, device=device), expected, rtol=0, atol=0)
+    # An older checkpoint's list of every GPU's state, longer than this machine has GPUs.
+    own = torch.cuda.get_rng_state()
+    expected = torch.rand(8, device=device)
+    older = {**state, "cuda": [own] + [own] * torch.cuda.device_count()}
+    train_module._set_rng_state(older, rng, device)
+    torch.testing.assert_close(torch.rand(8, device=device), expected, rtol=0, atol=0)
+
+
 def test_bad_device_and_run_dir_are_errors_not_tracebacks(tmp_path, capsys):
     from mtrl.train import resolve_device
 
