@@ -151,6 +151,27 @@ def test_every_instruction_set_build_matches_the_reference(shape, epilogue, with
             np.testing.assert_allclose(g, want.reshape(g.shape).numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("max_isa", [0, 1, 2])
+def test_relu_keeps_nan_as_f_relu_does(max_isa):
+    """A NaN in a row (from the input or a weight) makes the whole row NaN after the norm; the
+    ReLU epilogue must keep it (F.relu does), not turn the row into zeros: zeros gave finite
+    logits and losses with NaN gradients, hiding a diverged critic from the non-finite checks."""
+    members, rows, width = 2, 5, 37  # vector lanes and a scalar tail
+    y, params, _, _ = make(members, rows, width, seed=11)
+    y[0, 1, 3] = float("nan")  # a lane of the vector part
+    y[1, 4, width - 1] = float("inf")  # the tail
+    p = [t.reshape(members, width).numpy() for t in params]
+    out = np.empty(y.shape, np.float32)
+    stats = [np.empty(y.shape[:2], np.float32) for _ in range(2)]
+    _core._ensemble_norm_forward(y.numpy(), *p, None, 1, EPS, out, *stats, 1, max_isa=max_isa)
+    ref = ensemble_norm_reference(y.double(), *[t.double() for t in params], eps=EPS, relu=True)
+    np.testing.assert_array_equal(np.isnan(out), ref.isnan().numpy())
+    assert np.isnan(out[0, 1]).all() and np.isnan(out[1, 4]).all()
+    finite = ~ref.isnan().numpy()
+    np.testing.assert_allclose(out[finite], ref.numpy()[finite], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ensemble_norm(y, *params, eps=EPS, relu=True).isnan(), ref.isnan())
+
+
 def test_float64_and_noncontiguous_use_the_reference_path():
     y, params, residual, grad = make(2, 8, 16)
     out64, _ = run(ensemble_norm, y.double(), [p.double() for p in params], residual.double(),

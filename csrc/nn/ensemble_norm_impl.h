@@ -113,7 +113,7 @@ inline void ForwardRows(const Y* __restrict y, const float* __restrict b,
     for (int i = 0; i < kRows; ++i) {
       const FV xhat = (LoadV(out + i * w + j) - mean[i]) * rstd[i];
       FV v = xhat * gv + bev;
-      if (kEpilogue == NormEpilogue::kRelu) v = MaxOrSecond(v, FV{});  // v > 0 ? v : 0
+      if (kEpilogue == NormEpilogue::kRelu) v = MaxOrSecond(FV{}, v);  // v < 0 ? 0 : v, NaN kept
       if (kEpilogue == NormEpilogue::kResidual) v = LoadV(res + i * w + j) + v;
       StoreV(out + i * w + j, v);
       if (kBf16) StoreBf16(out_bf + i * w + j, v);
@@ -124,7 +124,7 @@ inline void ForwardRows(const Y* __restrict y, const float* __restrict b,
     for (int64_t j = full; j < w; ++j) {
       const float xhat = (out[i * w + j] - mean[i]) * rstd[i];
       float v = xhat * g[j] + be[j];
-      if (kEpilogue == NormEpilogue::kRelu) v = v > 0.0f ? v : 0.0f;
+      if (kEpilogue == NormEpilogue::kRelu) v = v < 0.0f ? 0.0f : v;  // NaN kept, as F.relu
       if (kEpilogue == NormEpilogue::kResidual) v = res[i * w + j] + v;
       out[i * w + j] = v;
       if (kBf16) out_bf[i * w + j] = FloatToBf16(v);
