@@ -88,9 +88,10 @@ def bronet_forward(x: Tensor, params: list[Tensor], depth: int, eps: float,
         if torch._C._are_functorch_transforms_active():
             return _BroNetFunction.apply(x, depth, eps, param_grads, *params)
         return _apply(x, depth, eps, param_grads, *params)
-    if bf16:
-        return _forward_bf16(x, params, depth, eps, weight_cache, False)[0]
-    return _forward(x, params, depth, eps)[0]
+    with torch.no_grad():  # no gradient is asked for: the head's matmul must not record one
+        if bf16:
+            return _forward_bf16(x, params, depth, eps, weight_cache, False)[0]
+        return _forward(x, params, depth, eps)[0]
 
 
 def _forward(x: Tensor, params: list[Tensor], depth: int, eps: float):

@@ -63,6 +63,20 @@ def test_without_param_grads_reaches_inputs_only():
     assert torch.equal(out, ref) and torch.equal(grads[-1], action_ref.grad)
 
 
+def test_without_param_grads_or_input_grads_builds_no_graph():
+    # Grad mode on, parameters requiring grad, but param_grads=False and no input requiring grad:
+    # nothing is differentiable (as on the composed path). The head's matmul once recorded a
+    # graph into head.weight / head.bias, which a backward then filled.
+    torch.manual_seed(0)
+    critic = Critic(5, 2, 3, width=16, depth=1)
+    obs, action, task = _inputs(critic, 4, seed=8)
+    out = critic(obs, action, task, param_grads=False)
+    ref = critic.forward_layers(torch.cat([obs, action, critic.embed(task).detach()], -1),
+                                param_grads=False)
+    assert not out.requires_grad and not ref.requires_grad
+    assert torch.equal(out, ref)
+
+
 def test_float64_gradcheck_of_the_composed_path_and_fallbacks():
     # float64 takes the composed layers (the kernels are float32); check the fused path against
     # it in float64 precision up to float32 rounding.
