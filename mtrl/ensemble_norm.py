@@ -12,6 +12,8 @@ PyTorch ops) everywhere else: CUDA, float64, under ``torch.compile`` or a dispat
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,6 +22,27 @@ from torch.autograd.function import once_differentiable
 from mtrl import _core
 
 EPILOGUE_NONE, EPILOGUE_RELU, EPILOGUE_RESIDUAL = 0, 1, 2
+
+
+def first_order_only(alternative: str):
+    """``once_differentiable`` for the backward of a fused kernel node, raising under
+    ``create_graph=True``. Torch's own lets such a backward through whenever the incoming gradient
+    needs no gradient itself (the gradient of ``out.sum()``): the result is then a constant, and a
+    second-order term built on it (a gradient penalty) silently contributes nothing.
+    ``alternative``: what to differentiate twice instead (the composed PyTorch ops)."""
+    def wrap(backward):
+        inner = once_differentiable(backward)
+
+        @functools.wraps(backward)
+        def checked(ctx, *grads):
+            if torch.is_grad_enabled():  # the engine enables grad mode only for create_graph
+                raise RuntimeError(
+                    "the fused CPU kernels have no double backward (create_graph=True): their "
+                    "gradient would be a constant, silently dropping the second-order terms; "
+                    f"use {alternative} for higher-order gradients")
+            return inner(ctx, *grads)
+        return checked
+    return wrap
 
 
 def ensemble_norm_reference(y: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, *, eps: float,
@@ -69,7 +92,7 @@ class _EnsembleNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("mtrl.ensemble_norm.ensemble_norm_reference")
     def backward(ctx, grad_out):
         y, bias, gamma, beta, stats = ctx.saved_tensors
         grad_y, grads = backward_kernel(grad_out.contiguous(), y, bias, gamma, beta, stats,
@@ -107,12 +130,14 @@ def backward_kernel(grad_out, y, bias, gamma, beta, stats, relu: bool, need_para
 
 
 def kernel_applies(*tensors: Tensor | None) -> bool:
-    """Whether the C++ kernels take these tensors (CPU float32 contiguous, plain eager mode:
-    not compiling, no dispatch mode); None entries are ignored."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() != 0:
+    """Whether the C++ kernels take these tensors (CPU float32 contiguous and not empty, plain
+    eager mode: not compiling, no dispatch mode, no torch.func transform, whose batched tensors
+    have no storage); None entries are ignored."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() != 0
+            or torch._C._are_functorch_transforms_active()):
         return False
-    return all(t is None or (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous())
-               for t in tensors)
+    return all(t is None or (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()
+                             and t.numel() > 0) for t in tensors)
 
 
 def _member_param(name: str, p: Tensor, members: int, width: int) -> Tensor:

@@ -53,7 +53,6 @@ import weakref
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from mtrl import _core
 from mtrl.ensemble_norm import (
@@ -61,6 +60,7 @@ from mtrl.ensemble_norm import (
     EPILOGUE_RESIDUAL,
     backward_kernel,
     backward_kernel_bf16,
+    first_order_only,
     forward_kernel,
     forward_kernel_bf16,
 )
@@ -130,7 +130,7 @@ class _BroNetFunction(torch.autograd.Function):
         return logits
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("the network's forward_layers (the composed ops)")
     def backward(ctx, grad_logits):
         x, *params = ctx.saved_tensors
         norms = ctx.norms
@@ -295,7 +295,7 @@ class _BroNetBf16Function(torch.autograd.Function):
         return logits
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("the network's forward_layers (the composed ops)")
     def backward(ctx, grad_logits):
         params = ctx.saved_tensors
         weights, inputs, norms = ctx.weights, ctx.inputs, ctx.norms

@@ -76,12 +76,17 @@ def squash_log_std(raw: Tensor) -> Tensor:
     return LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (1.0 + torch.tanh(raw))
 
 
-def tanh_gaussian_log_prob(pre_tanh: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+def tanh_gaussian_log_prob(pre_tanh: Tensor, mean: Tensor, log_std: Tensor,
+                           z: Tensor | None = None) -> Tensor:
     """log pi(tanh(x)) for x ~ N(mean, exp(log_std)), summed over the action dim; (B, A) -> (B,).
 
     Uses the stable Jacobian log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)) (§2.3, §11.8).
+    ``z``: the standardised sample (x - mean) / exp(log_std) where the caller drew x from it
+    (x = mean + std eps: z = eps), exact; computed from x otherwise, which in float32 loses
+    digits to the cancellation in x - mean when |mean| is large next to the std.
     """
-    z = (pre_tanh - mean) * torch.exp(-log_std)
+    if z is None:
+        z = (pre_tanh - mean) * torch.exp(-log_std)
     gauss = -0.5 * z * z - log_std - 0.5 * math.log(2.0 * math.pi)
     log_det = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
     return (gauss - log_det).sum(-1)

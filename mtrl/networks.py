@@ -96,8 +96,8 @@ class EnsembleBroNet(nn.Module):
         trunk and a float32 head (as :meth:`forward_layers`); other CPU autocast dtypes take the
         composed ops."""
         params = self.layer_parameters()
-        # (The norm kernels check every parameter again, and convert or explain any mismatch.)
-        if kernel_applies(x, params[0], params[-1]):
+        # Every parameter: one loaded with load_state_dict(assign=True) may be strided.
+        if kernel_applies(x, *params):
             if not torch.is_autocast_enabled("cpu"):
                 return bronet_forward(x, params, len(self.blocks), LAYER_NORM_EPS, param_grads)
             if torch.get_autocast_dtype("cpu") == torch.bfloat16:

@@ -9,13 +9,14 @@ torch.compile) :func:`sample_reference` computes the same formula with PyTorch o
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.utils.dlpack
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from mtrl import _core
-from mtrl.ensemble_norm import kernel_applies
+from mtrl.ensemble_norm import first_order_only, kernel_applies
 from mtrl.math import squash_log_std, tanh_gaussian_log_prob
 
 _dl = torch.utils.dlpack.to_dlpack
@@ -28,13 +29,16 @@ def sample_tanh_gaussian(head: Tensor, action_dim: int, std_scale: float = 1.0
     head (B, 2A) = [mean | raw log-std]. Returns (action (B, A), log_prob (B,)).
 
     Raises:
-        ValueError: head is not (B, 2 * action_dim) with action_dim >= 1.
+        ValueError: head is not (B, 2 * action_dim) with action_dim >= 1, or std_scale is not
+            finite.
     """
     if head.dim() != 2 or action_dim < 1 or head.shape[1] != 2 * action_dim:
         raise ValueError(f"head must have shape (B, 2 * action_dim) = (B, {2 * action_dim}) with "
                          f"action_dim >= 1, got {tuple(head.shape)} and action_dim {action_dim}")
+    if not math.isfinite(std_scale):
+        raise ValueError(f"std_scale must be a finite number, got {std_scale}")
     noise = torch.randn(head.shape[0], action_dim, dtype=head.dtype, device=head.device)
-    if kernel_applies(head) and head.shape[0] > 0:  # (the kernel takes no empty batch)
+    if kernel_applies(head):
         if torch.is_grad_enabled() and head.requires_grad:
             return _TanhGaussian.apply(head, noise, float(std_scale))
         action, log_prob, _ = _forward(head, noise, float(std_scale))
@@ -51,7 +55,8 @@ def sample_reference(head: Tensor, noise: Tensor, action_dim: int, std_scale: fl
     if std_scale != 1.0:  # (a product with 1.0 is exact: skipped, one kernel each way fewer)
         std = std * std_scale
     pre_tanh = mean + std * noise
-    return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+    z = noise if std_scale == 1.0 else noise * std_scale  # (pre_tanh - mean) / exp(log_std)
+    return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std, z)
 
 
 def _forward(head: Tensor, noise: Tensor, std_scale: float):
@@ -76,7 +81,7 @@ class _TanhGaussian(torch.autograd.Function):
         return action, log_prob
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("mtrl.tanh_gaussian.sample_reference")
     def backward(ctx, grad_action, grad_log_prob):
         if grad_action is None and grad_log_prob is None:
             return None, None, None

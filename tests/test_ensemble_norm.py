@@ -172,6 +172,25 @@ def test_relu_keeps_nan_as_f_relu_does(max_isa):
     torch.testing.assert_close(ensemble_norm(y, *params, eps=EPS, relu=True).isnan(), ref.isnan())
 
 
+def test_empty_batch_vmap_and_create_graph():
+    y, params, _, _ = make(2, 0, 8)
+    out = ensemble_norm(y.requires_grad_(), *params, eps=EPS, relu=True)  # B = 0 (was refused)
+    assert out.shape == (2, 0, 8)
+    out.sum().backward()
+    # torch.func.vmap: batched tensors have no storage for the kernel; the reference runs.
+    ys, _, _, _ = make(2, 12, 8, seed=4)
+    ys = ys.reshape(3, 2, 4, 8)
+    batched = torch.func.vmap(lambda t: ensemble_norm(t, *params, eps=EPS, relu=True))(ys)
+    torch.testing.assert_close(batched, torch.stack(
+        [ensemble_norm(t, *params, eps=EPS, relu=True) for t in ys]))
+    # No double backward: torch's once_differentiable would let it through as a constant.
+    y, params, _, _ = make(2, 4, 8, seed=5)
+    y.requires_grad_()
+    out = ensemble_norm(y, *params, eps=EPS)
+    with pytest.raises(RuntimeError, match="no double backward.*ensemble_norm_reference"):
+        torch.autograd.grad(out.sum(), y, create_graph=True)
+
+
 def test_float64_and_noncontiguous_use_the_reference_path():
     y, params, residual, grad = make(2, 8, 16)
     out64, _ = run(ensemble_norm, y.double(), [p.double() for p in params], residual.double(),

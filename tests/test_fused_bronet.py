@@ -77,6 +77,37 @@ def test_without_param_grads_or_input_grads_builds_no_graph():
     assert torch.equal(out, ref)
 
 
+def test_create_graph_through_the_fused_node_raises():
+    # Its backward is first order only: under create_graph=True torch's once_differentiable would
+    # hand back a constant input gradient (for out.sum()), and a gradient penalty built on it
+    # would silently add nothing.
+    torch.manual_seed(0)
+    critic = Critic(5, 2, 1, width=16, depth=1)
+    obs, action, task = _inputs(critic, 6, seed=9)
+    action.requires_grad_()
+    out = critic(obs, action, task)
+    with pytest.raises(RuntimeError, match="no double backward.*forward_layers"):
+        torch.autograd.grad(out.sum(), action, create_graph=True)
+
+
+def test_strided_parameters_and_empty_batches_take_a_path_that_works():
+    torch.manual_seed(0)
+    critic = Critic(5, 2, 1, width=16, depth=1)
+    obs, action, task = _inputs(critic, 4, seed=10)
+    want = critic(obs, action, task)
+    state = critic.state_dict()
+    gamma = state["blocks.0.ln2.weight"]  # a middle parameter, given a row stride of 2 W
+    state["blocks.0.ln2.weight"] = torch.cat([gamma, torch.zeros_like(gamma)], 1)[:, :1]
+    critic.load_state_dict(state, assign=True)
+    assert not critic.blocks[0].ln2.weight.is_contiguous()
+    torch.testing.assert_close(critic(obs, action, task), want)  # was "gamma must be C-contiguous"
+    empty = critic(obs[:0], action[:0], task[:0])
+    assert empty.shape == (2, 0, want.shape[-1])
+    actor = Actor(5, 2, width=16, depth=1)
+    sampled, log_prob = actor.sample(obs[:0])
+    assert sampled.shape == (0, 2) and log_prob.shape == (0,)
+
+
 def test_float64_gradcheck_of_the_composed_path_and_fallbacks():
     # float64 takes the composed layers (the kernels are float32); check the fused path against
     # it in float64 precision up to float32 rounding.

@@ -68,3 +68,35 @@ def test_empty_batch_gives_empty_outputs():
     assert action.shape == (0, 3) and log_prob.shape == (0,)
     (action.sum() + log_prob.sum()).backward()
     assert head.grad.shape == (0, 6)
+
+
+@pytest.mark.parametrize("std_scale", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_std_scale_is_named(std_scale):
+    for head in (torch.randn(4, 6), torch.randn(4, 6, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="std_scale must be a finite number"):
+            sample_tanh_gaussian(head, 3, std_scale)
+
+
+@pytest.mark.parametrize("std_scale", [1.0, 0.5])
+def test_float32_formula_is_exact_in_z_at_large_means(std_scale):
+    # The formula path (CUDA, torch.compile, strided heads) takes z = std_scale * noise as the
+    # kernel does: computing it back as (pre - mean) / sigma cancelled digits at |mean| >> sigma
+    # (log_prob off by ~1e-4 relative at actor-like scales, its log-std gradient by ~1e-3).
+    gen = torch.Generator().manual_seed(5)
+    head = torch.cat([torch.randn(512, 4, generator=gen) * 30,
+                      torch.randn(512, 4, generator=gen) * 0.5 - 2], 1).requires_grad_()
+    head64 = head.detach().double().requires_grad_()
+    noise = torch.randn(512, 4, generator=gen)
+    _, log_prob = sample_reference(head, noise, 4, std_scale)
+    _, log_prob64 = sample_reference(head64, noise.double(), 4, std_scale)
+    torch.testing.assert_close(log_prob.double(), log_prob64, rtol=2e-6, atol=2e-6)
+    log_prob.sum().backward()
+    log_prob64.sum().backward()
+    torch.testing.assert_close(head.grad.double(), head64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_create_graph_through_the_kernel_node_raises():
+    head = _head(5, 3, seed=2).requires_grad_()
+    _, log_prob = sample_tanh_gaussian(head, 3)
+    with pytest.raises(RuntimeError, match="no double backward.*sample_reference"):
+        torch.autograd.grad(log_prob.sum(), head, create_graph=True)
