@@ -137,6 +137,13 @@ class AgentConfig:
                              f"{SUPPORT_LIMIT:g}, got {self.v_min}, {self.v_max}")
         if not self.v_min < self.v_max:
             raise ValueError(f"AgentConfig.v_min ({self.v_min}) must be < v_max ({self.v_max})")
+        if not self.v_max > 0:  # (0 made every reward 0; below it, each one changed sign)
+            raise ValueError(f"AgentConfig.v_max must be > 0: it is also the V_max that the "
+                             f"reward normalisation scales returns to (brc-spec §4.2), got "
+                             f"{self.v_max}")
+        if not 1e-30 <= self.init_temperature <= 1e30:
+            raise ValueError(f"AgentConfig.init_temperature must be in [1e-30, 1e30] (the "
+                             f"temperature is kept as a float32 log), got {self.init_temperature}")
         spacing = (self.v_max - self.v_min) / (self.num_atoms - 1)
         if not spacing >= MIN_ATOM_SPACING * max(abs(self.v_min), abs(self.v_max)):
             raise ValueError(f"AgentConfig support [{self.v_min}, {self.v_max}] is too narrow for "
@@ -229,6 +236,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.torch_threads must be in [0, 4096], got {self.torch_threads}")
         if self.checkpoint_interval < 0:
             raise ValueError(f"TrainConfig.checkpoint_interval must be >= 0, got {self.checkpoint_interval}")
+        if not self.run_dir.strip():  # "" is the current directory: its files mixed with the run's
+            raise ValueError("TrainConfig.run_dir must name a directory, got an empty string")
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` (configs are never mutated)."""

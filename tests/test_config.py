@@ -139,6 +139,22 @@ def test_non_finite_and_out_of_range_values_are_refused():
             TrainConfig(seed=seed)
 
 
+def test_values_that_broke_the_reward_scale_or_run_dir_are_refused():
+    # v_max is also the normaliser's V_max (D = (G - ...) / V_max): 0 made every reward 0 and a
+    # negative one flipped their signs, silently. A temperature outside float32's range became
+    # 0 or inf in log_alpha. run_dir "" wrote the run into the current directory.
+    for v_min, v_max in ((-10.0, 0.0), (-20.0, -1.0)):
+        with pytest.raises(ValueError, match=r"AgentConfig.v_max must be > 0.*§4.2"):
+            AgentConfig(v_min=v_min, v_max=v_max)
+    for temperature in (1e-320, 1e40):
+        with pytest.raises(ValueError, match=r"AgentConfig.init_temperature must be in"):
+            AgentConfig(init_temperature=temperature)
+    assert AgentConfig(v_min=-1.0, v_max=1e-3).v_max == 1e-3
+    for run_dir in ("", "  "):
+        with pytest.raises(ValueError, match="TrainConfig.run_dir must name a directory"):
+            TrainConfig(run_dir=run_dir)
+
+
 def test_torch_threads_range():
     # torch.set_num_threads takes any count, and a huge one aborts the process later when
     # libgomp fails to create the threads; the config refuses it up front.
