@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -45,6 +46,29 @@ def _rewrite_until(path: Path, iteration: int, jsonl: bool) -> None:
     replace_file(path, "".join(keep))  # the run's whole history: never left half-written
 
 
+def _csv_columns(path: Path) -> list[str]:
+    """The header of a CSV log, [] when the file is missing or empty (e.g. cut short by a crash
+    before its header line ended: a resume drops that partial line)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def _widen_csv(path: Path, columns: list[str], new: list[str]) -> list[str]:
+    """Rewrites a CSV log with ``new`` columns added at the end (earlier rows leave them empty):
+    a resumed run whose code logs more metrics than the run's first part."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = columns + new
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    replace_file(path, text.getvalue())
+    return columns
+
+
 def _import_wandb():
     """The wandb module, imported only for runs that ask for it (nothing else depends on W&B).
 
@@ -82,6 +106,7 @@ class Logger:
         self._task_groups = dict(task_groups) if task_groups and len(task_groups) > 1 else {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = self.run_dir / "metrics.jsonl"
+        self._csv_columns: dict[str, list[str]] = {}  # header of each CSV file, once read
         if resume_iteration is not None:
             _rewrite_until(self._jsonl, resume_iteration, jsonl=True)
             for name in ("train.csv", "eval.csv"):
@@ -128,18 +153,12 @@ class Logger:
         # null is a value that was not finite (NaN in memory, as log() keeps it); files written
         # before nulls hold bare NaN/Infinity tokens, which json.loads reads as floats too
         return [{k: math.nan if v is None else v for k, v in r.items()}
-                for r in rows if r["kind"] == "eval"]
+                for r in rows if r.get("kind") == "eval"]
 
     def log(self, kind: str, iteration: int, values: dict[str, float]) -> None:
         """Append one row of ``kind`` ("train" or "eval") at ``iteration``."""
         row = {"iteration": iteration, **{f"{kind}/{k}": float(v) for k, v in values.items()}}
-        path = self.run_dir / f"{kind}.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self._append_csv(self.run_dir / f"{kind}.csv", row)
         with self._jsonl.open("a") as f:
             f.write(_jsonl_line({"kind": kind, **row}))
         if self._tb is not None:
@@ -152,6 +171,24 @@ class Logger:
         if kind == "eval":
             self.eval_history.append({"kind": kind, **row})
             self.plot()
+
+    def _append_csv(self, path: Path, row: dict[str, float]) -> None:
+        """One row under the file's own header (written first when the file has none): by
+        column name, so a row whose keys come in another order, or lack some, stays aligned;
+        keys the header lacks widen the file (_widen_csv)."""
+        columns = self._csv_columns.get(path.name)
+        if columns is None:
+            columns = _csv_columns(path)
+        new = [k for k in row if k not in columns]
+        if columns and new:
+            columns = _widen_csv(path, columns, new)
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns or list(row), restval="")
+            if not columns:
+                writer.writeheader()
+                columns = list(row)
+            writer.writerow(row)
+        self._csv_columns[path.name] = columns
 
     def sync(self) -> None:
         """fsyncs ``train.csv``, ``eval.csv``, ``metrics.jsonl`` and ``run_dir``: called before

@@ -33,6 +33,40 @@ def test_resume_drops_a_line_cut_by_a_crash(tmp_path):
     assert [h["iteration"] for h in log.eval_history] == [20]
 
 
+def test_csv_rows_stay_under_their_header(tmp_path):
+    import csv
+
+    # A CSV cut inside its header line (killed at its first write after the checkpoint): the
+    # resume drops the partial line, and the next rows were then written with no header at all.
+    log = _logger(tmp_path, None)
+    log.log("train", 10, {"a": 1.0, "b": 2.0})
+    log.close()
+    (tmp_path / "eval.csv").write_text("iteration,eval/ret")
+    # Rows whose keys come in another order, or include new ones (a resumed run's newer code),
+    # were written by position: values under the wrong columns, or under none.
+    log = _logger(tmp_path, 10)
+    log.log("eval", 20, {"ret": 5.0})
+    log.log("train", 20, {"b": 20.0, "a": 10.0})
+    log.log("train", 30, {"a": 100.0, "b": 200.0, "c": 300.0})
+    log.log("train", 40, {"a": 1000.0})
+    log.close()
+    def read(name):
+        with open(tmp_path / name, newline="") as f:
+            return list(csv.DictReader(f))
+
+    assert read("eval.csv") == [{"iteration": "20", "eval/ret": "5.0"}]
+    rows = read("train.csv")
+    assert [(r["iteration"], r["train/a"], r["train/b"], r["train/c"]) for r in rows] == [
+        ("10", "1.0", "2.0", ""), ("20", "10.0", "20.0", ""), ("30", "100.0", "200.0", "300.0"),
+        ("40", "1000.0", "", "")]
+    # A metrics.jsonl row without "kind" (edited by hand) is not an eval row (was a KeyError).
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 40, "x": 1.0}) + "\n")
+    log = _logger(tmp_path, 40)
+    log.close()
+    assert [h["iteration"] for h in log.eval_history] == [20]
+
+
 def test_resume_names_a_damaged_line(tmp_path):
     (tmp_path / "train.csv").write_text("iteration,train/x\n10,1.0\nabc,2.0\n20,2.0\n")
     with pytest.raises(ValueError, match=r"train.csv line 3 is not a log row"):
