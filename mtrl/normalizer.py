@@ -87,19 +87,28 @@ class RewardNormalizer:
                                  f"{value.shape}")
         if not np.isfinite(reward).all():
             k = int(np.flatnonzero(~np.isfinite(reward))[0])
-            task = int(self.task_ids[k])
-            name = repr(self.task_names[task]) if self.task_names else str(task)
-            raise ValueError(f"reward[{k}] = {reward[k]} is not finite (env {k}, task {name})")
+            raise ValueError(f"reward[{k}] = {reward[k]} is not finite (env {k}, "
+                             f"{self._task_name(k)})")
         done = np.logical_or(terminated, truncated)
+        ended = {k: discounted_returns(np.asarray(self._episode[k] + [reward[k]]), self.gamma,
+                                       bool(truncated[k]))
+                 for k in np.flatnonzero(done).tolist()}
+        for k, returns in ended.items():  # (finite rewards, but returns beyond float64)
+            if not np.isfinite(returns).all():
+                raise ValueError(f"the discounted returns of env {k} ({self._task_name(k)}) "
+                                 f"overflow float64: its rewards are too large to normalise")
         for k, r in enumerate(reward.tolist()):
             self._episode[k].append(r)
-        for k in np.flatnonzero(done).tolist():
-            returns = discounted_returns(np.asarray(self._episode[k]), self.gamma, bool(truncated[k]))
+        for k, returns in ended.items():
             task = self.task_ids[k]
             self.g_min[task] = min(self.g_min[task], returns.min())
             self.g_max[task] = max(self.g_max[task], returns.max())
             self.episodes_done[task] += 1
             self._episode[k] = []
+
+    def _task_name(self, env: int) -> str:
+        task = int(self.task_ids[env])
+        return f"task {self.task_names[task]!r}" if self.task_names else f"task {task}"
 
     @property
     def ready(self) -> np.ndarray:
@@ -151,6 +160,16 @@ class RewardNormalizer:
         if len(state["episode"]) != self.task_ids.size:
             raise ValueError(f"normaliser checkpoint: episode must hold {self.task_ids.size} "
                              f"lists (one per env), got {len(state['episode'])}")
+        # A damaged checkpoint: NaN statistics (only the no-data infinities are valid) or
+        # episodes of non-numbers would silently zero or poison a task's scale.
+        if np.isnan(arrays["g_min"]).any() or np.isnan(arrays["g_max"]).any():
+            raise ValueError("normaliser checkpoint: g_min/g_max hold NaN")
+        try:
+            episodes = [np.asarray(e, dtype=np.float64).reshape(-1) for e in state["episode"]]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"normaliser checkpoint: episode holds a non-number ({e})") from None
+        if not all(np.isfinite(e).all() for e in episodes):
+            raise ValueError("normaliser checkpoint: episode holds a non-finite reward")
         self.g_min, self.g_max = arrays["g_min"], arrays["g_max"]
         self.episodes_done = arrays["episodes_done"]
-        self._episode = [list(e) for e in state["episode"]]
+        self._episode = [e.tolist() for e in episodes]

@@ -145,3 +145,20 @@ def test_update_and_load_refuse_mismatched_or_non_finite_input():
             bad[key] = value
         with pytest.raises(ValueError, match=message):
             norm.load_state_dict(bad)
+
+
+def test_overflowing_returns_and_damaged_checkpoints_are_refused():
+    # Finite rewards whose discounted returns overflow float64 gave a scale of 0 (as if no data);
+    # a checkpoint with a NaN statistic or reward loaded silently. Nothing is recorded either way.
+    norm = RewardNormalizer(np.array([0, 1]), 2, 0.99, task_names=["a", "b"])
+    norm.update(np.array([1.0, 1.5e308]), np.array([False, False]), np.array([False, False]))
+    before = norm.state_dict()
+    with pytest.raises(ValueError, match=r"env 1 \(task 'b'\) overflow float64"):
+        norm.update(np.array([1.0, 1.5e308]), np.array([True, True]), np.array([False, False]))
+    assert norm.state_dict()["episode"] == before["episode"] and not norm.ready.any()
+    good = RewardNormalizer(np.array([0, 1]), 2, 0.99)
+    for key, value, match in (("g_max", np.array([np.nan, -np.inf]), "g_min/g_max hold NaN"),
+                              ("episode", [[1.0, np.nan], []], "non-finite reward"),
+                              ("episode", [["x"], []], "non-number")):
+        with pytest.raises(ValueError, match=match):
+            good.load_state_dict({**good.state_dict(), key: value})
