@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mtrl import _startup
+from mtrl import _core, _startup
 from mtrl import checkpoint as ckpt
 from mtrl._atomic import replace_file
 from mtrl.agent import METRIC_NAMES, Batch, BRCAgent
-from mtrl.config import PRESETS, TrainConfig, group_tasks, resolve_tasks
+from mtrl.config import PRESETS, AgentConfig, TrainConfig, group_tasks, resolve_tasks
 from mtrl.logger import Logger
 from mtrl.networks import critic_forward_flops
 from mtrl.normalizer import RewardNormalizer
@@ -61,6 +61,34 @@ def check_feasible(cfg: TrainConfig, num_tasks: int) -> int:
             f"transitions stored when updates start (random_iterations={cfg.random_iterations}, "
             f"{num_tasks} task(s)); raise random_iterations or lower buffer.batch_size")
     return batch_size
+
+
+def check_networks_fit(agent: AgentConfig, obs_dim: int, action_dim: int,
+                       device: torch.device) -> None:
+    """Refuse network sizes whose parameters cannot fit the device's free memory, before torch
+    tries to allocate them (a width of 10^8 grew past 5 GB while ignoring SIGTERM; a larger one
+    failed inside torch with an allocator traceback). A lower bound: each network's weight
+    matrices, float32, with the gradient and AdamW's two moments (and the critic's target copy);
+    biases, norms, embeddings and activations are left out, so only sizes that cannot run are
+    refused."""
+    def weights(inputs: int, width: int, depth: int, outputs: int, members: int) -> int:
+        return members * (inputs * width + depth * 2 * width * width + width * outputs)
+
+    critic = weights(obs_dim + action_dim + agent.embedding_dim, agent.critic_width,
+                     agent.critic_depth, agent.num_atoms, agent.ensemble_size)
+    actor = weights(obs_dim + agent.embedding_dim, agent.actor_width, agent.actor_depth,
+                    2 * action_dim, 1)
+    need = 4 * (5 * critic + 4 * actor)
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        available = _core._available_memory_bytes()
+    if need > available:
+        raise ValueError(
+            f"the networks need at least {need / 2**30:.3g} GiB (critic_width="
+            f"{agent.critic_width}, critic_depth={agent.critic_depth}, ensemble_size="
+            f"{agent.ensemble_size}, actor_width={agent.actor_width}, actor_depth="
+            f"{agent.actor_depth}), more than the {available / 2**30:.3g} GiB free on {device}")
 
 
 def to_batch(host: Any, device: torch.device) -> Batch:
@@ -337,6 +365,7 @@ def train(cfg: TrainConfig, *, startup: _startup.StartupSignals | None = None) -
         eval_pool = mtrl.envs.make(tasks, envs_per_task=cfg.eval_episodes,
                                    seed=cfg.seed + 42, **env_kw)
         obs_dim, action_dim = pool.obs_dim, pool.action_dim  # padded (§5.2)
+        check_networks_fit(cfg.agent, obs_dim, action_dim, device)
         # Built on its device: at the paper's width the orthogonal init's QR factorisations
         # take ~100 s on a 2-core CPU (11 s per 4096 x 4096 matrix), far less on a GPU. (On
         # CUDA the init then draws from the CUDA generator, seeded like the CPU one.)

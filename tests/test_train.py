@@ -415,6 +415,22 @@ def test_cuda_generator_of_the_run_device_round_trips():
     torch.testing.assert_close(torch.rand(8, device=device), expected, rtol=0, atol=0)
 
 
+def test_networks_too_large_for_memory_are_refused_before_allocation(tmp_path, monkeypatch):
+    # Widths with no upper bound reached torch's allocator (a traceback; at 10^8 the process
+    # grew past 5 GB ignoring SIGTERM). The check needs no allocation to refuse them.
+    for width in (10**8, 2**63):
+        cfg = tiny_config(tmp_path / "w", agent=AgentConfig(critic_width=width, actor_width=32))
+        with pytest.raises(ValueError, match=rf"networks need at least .* GiB \(critic_width="
+                                             rf"{width}.*free on cpu"):
+            train(cfg)
+    # A size that fits here, refused when the machine has less free (the rule, not the host).
+    from mtrl import _core as core
+    monkeypatch.setattr(core, "_available_memory_bytes", lambda: 10**4)
+    with pytest.raises(ValueError, match=r"critic_width=32.*free on cpu"):
+        train(tiny_config(tmp_path / "s"))
+    assert not (tmp_path / "s" / "checkpoints").exists()
+
+
 def test_bad_device_and_run_dir_are_errors_not_tracebacks(tmp_path, capsys):
     from mtrl.train import resolve_device
 

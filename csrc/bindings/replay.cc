@@ -11,6 +11,7 @@
 #include <string>
 
 #include "bindings/registrars.h"
+#include "replay/memory.h"
 #include "replay/replay_buffer.h"
 
 namespace py = pybind11;
@@ -194,6 +195,10 @@ ReplayConfig MakeConfig(int64_t num_tasks, int64_t capacity_per_task, int64_t ob
 
 void RegisterReplay(py::module_& m) {
   py::register_exception<OutOfMemoryError>(m, "ReplayMemoryError", PyExc_MemoryError);
+  // The rule the buffer's own check uses (a zero MemAvailable reads as unknown), for the
+  // training loop's check of the networks' size.
+  m.def("_available_memory_bytes", &AvailableMemoryBytes,
+        "Bytes available to allocate (MemAvailable; 2**64 - 1 when unknown).");
   py::class_<ReplayBuffer>(m, "_ReplayBuffer",
                            "Raw prioritized multi-task replay buffer; use mtrl.replay.ReplayBuffer.")
       .def(py::init([](int64_t t, int64_t c, int64_t o, int64_t a, int64_t n, double alpha,
