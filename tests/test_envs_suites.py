@@ -329,3 +329,47 @@ def test_gym_user_registered_env_dict_obs_discrete_actions():
         np.testing.assert_allclose(out.final_obs[0, 3:], obs[0, 3:] + 4, rtol=1e-6)
         np.testing.assert_array_equal(out.obs[0, :3], [1, 0, 0])  # the reset observation
         assert np.all(np.abs(out.obs[0, 3:]) <= 1)
+
+
+_FORK_CHILDREN = """
+import os, sys, threading
+import numpy as np
+import mtrl.envs as envs
+engine = envs.make(["cheetah-run"], envs_per_task=2, backend="engine")
+viaenvpool = envs.make(["cheetah-run"], envs_per_task=2, backend="envpool")
+for p in (engine, viaenvpool):
+    p.reset()
+zeros = np.zeros((2, engine.action_dim), np.float32)
+held, release = threading.Event(), threading.Event()
+def hold():  # another thread inside a pool call while the process forks
+    with engine._lock:
+        held.set()
+        release.wait()
+threading.Thread(target=hold).start()
+held.wait()
+statuses = []
+for pool, expect in ((engine, "in use by another thread"), (viaenvpool, "forked child")):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pool.step(zeros)
+            sys.exit(3)
+        except RuntimeError as e:
+            pool.close()  # allowed: only marks it closed
+            sys.exit(0 if expect in str(e) else 4)  # a normal exit: destructors run
+    statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+release.set()
+print(statuses, [bool(np.isfinite(p.step(zeros).reward).all()) for p in (engine, viaenvpool)])
+"""
+
+
+def test_pools_in_a_forked_child_refuse_clearly_instead_of_hanging():
+    # A lock held by another thread at fork hung every call in the child (any backend); an
+    # envpool pool hung at the child's first step (its worker threads stay in the parent) and
+    # crashed the child at exit (SIGSEGV) even unused.
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _FORK_CHILDREN], capture_output=True, text=True,
+                         timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[0, 0] [True, True]"

@@ -3,6 +3,7 @@ next-step auto-reset hidden (an ended env is reset explicitly within the same `s
 
 from __future__ import annotations
 
+import ctypes
 import os
 import warnings
 from typing import Any
@@ -53,6 +54,8 @@ class EnvpoolTaskPool(TaskPool):
     unscaled (divide by 255 in the agent if wanted). MyoSuite observations are flat already;
     ``success`` is ``info["success"]`` (MetaWorld) or ``info["solved"]`` (MyoSuite).
     """
+
+    _survives_fork = False  # envpool's worker threads stay in the parent: a child's step hung
 
     def __init__(self, specs: list[TaskSpec], *, envs_per_task: int = 1, seed: int = 0,
                  num_threads: int | None = None, max_episode_steps: int | None = None,
@@ -188,6 +191,13 @@ class EnvpoolTaskPool(TaskPool):
         raise NotImplementedError(
             "set_state is not supported by the envpool backend: envpool exposes neither its "
             "physics state nor its RNG state; use backend='engine' (DMC tasks) for exact resume")
+
+    def _abandon_in_child(self) -> None:
+        # An envpool destroyed in a forked child joins worker threads that exist only in the
+        # parent: the child crashed at exit (SIGSEGV) even when it never used the pool. One
+        # extra reference each keeps them alive, unused, for the child's lifetime.
+        for pool in self._pools:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(pool))
 
     @serialized
     def close(self) -> None:

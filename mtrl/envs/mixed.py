@@ -32,6 +32,8 @@ class MixedTaskPool(TaskPool):
                 steps[i] = int(pool.max_episode_steps[j])
             self._parts.append((pool, rows))
         super().__init__(specs, envs_per_task, obs_dims, act_dims, steps)
+        # (its steps call the parts' _step directly, past their own fork checks)
+        self._survives_fork = all(pool._survives_fork for pool, _ in parts)
         for pool, task_idx in parts:
             self.discrete[task_idx] = pool.discrete
 

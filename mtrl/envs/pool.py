@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,12 +77,50 @@ class StepOutput:
 def serialized(method):
     """Runs a pool method holding the pool's lock, so that calls from several threads run one at
     a time. No backend is reentrant: two threads stepping one engine pool stepped the same MuJoCo
-    data at once (the C++ step releases the GIL) and crashed; envpool's pools did the same."""
+    data at once (the C++ step releases the GIL) and crashed; envpool's pools did the same.
+    In a forked child, a pool that cannot be used there (`_after_fork_in_child`) refuses every
+    call but ``close``, which then only marks it closed."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         with self._lock:
+            if self._fork_error is not None:
+                if method.__name__ == "close":
+                    self._closed = True  # the backend's resources are the parent's: left alone
+                    return None
+                raise RuntimeError(self._fork_error)
             return method(self, *args, **kwargs)
     return run
+
+
+_LIVE_POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child runs only the thread that forked. A pool whose lock another thread held at
+    that moment would hang on every call (the lock is never released), and that thread may have
+    left it half-stepped; a backend whose worker threads do not survive fork (envpool) would hang
+    at its next step. Such pools refuse every call in the child; the others get a fresh lock and
+    work as before (the engine re-creates its threads itself)."""
+    for pool in list(_LIVE_POOLS):
+        busy = not pool._lock.acquire(blocking=False)
+        if not busy:
+            pool._lock.release()
+        pool._lock = threading.RLock()
+        if pool._closed:
+            continue
+        if busy:
+            pool._fork_error = ("this env pool was in use by another thread when the process "
+                                "forked, so its state may be half-updated: make a new pool in "
+                                "the child")
+        elif not pool._survives_fork:
+            pool._fork_error = (f"{type(pool).__name__} pools cannot run in a forked child (their "
+                                f"worker threads stay in the parent): make a new pool in the "
+                                f"child, or start the child with the 'spawn' method")
+        if not pool._survives_fork:
+            pool._abandon_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TaskPool:
@@ -91,6 +131,8 @@ class TaskPool:
     marked `serialized`, and ``_step`` (unmarked: ``step`` and ``step_into`` hold the lock around
     it). Thread-safety: a pool may be used from several threads; its calls run one at a time.
     """
+
+    _survives_fork = True  # whether the backend runs in a forked child (`_after_fork_in_child`)
 
     def __init__(self, specs: list[TaskSpec], envs_per_task: int, obs_dims: list[int],
                  action_dims: list[int], max_episode_steps: list[int]) -> None:
@@ -111,6 +153,8 @@ class TaskPool:
         self._closed = False
         self._has_reset = False
         self._lock = threading.RLock()  # see serialized
+        self._fork_error: str | None = None  # why the pool refuses calls in a forked child
+        _LIVE_POOLS.add(self)
 
     @property
     def num_envs(self) -> int:
@@ -198,6 +242,10 @@ class TaskPool:
 
     def _step(self, actions: np.ndarray) -> StepOutput:
         raise NotImplementedError
+
+    def _abandon_in_child(self) -> None:
+        """In a forked child, for backends that do not survive fork: keep whatever would touch
+        the parent's threads when destroyed from ever being destroyed."""
 
     def _check_open(self) -> None:
         """RuntimeError when the pool is closed."""
