@@ -269,6 +269,11 @@ class ReplayBuffer:
         self._core = _Closed()
         self._batch = None
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return isinstance(self._core, _Closed)
+
     def __enter__(self) -> ReplayBuffer:
         return self
 
@@ -276,7 +281,7 @@ class ReplayBuffer:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if isinstance(self._core, _Closed) else f"size={len(self)}"
+        state = "closed" if self.closed else f"size={len(self)}"
         return (f"ReplayBuffer(num_tasks={self.num_tasks}, capacity_per_task="
                 f"{self.capacity_per_task}, obs_dim={self.obs_dim}, action_dim={self.action_dim}, "
                 f"num_envs={self.num_envs}, alpha={self.alpha}, {state})")

@@ -309,10 +309,38 @@ def test_step_into_checks_the_replay_and_obs_before_stepping():
         for replay, o, match in bad:
             with pytest.raises(ValueError, match=match):
                 p.step_into(replay, o, a)
+        # Refused by the buffer only after every env stepped (the step's obs lost), until the
+        # pool checked them too: values the buffer cannot store, a closed buffer, no buffer.
+        fits = ReplayBuffer(2, 4, p.obs_dim, p.action_dim, 2)
+        nan_obs, huge_obs = obs.copy(), obs.astype(np.float64)
+        nan_obs[1, 2], huge_obs[0, 1] = np.nan, 1e39
+        for replay, o, error, match in (
+                (fits, nan_obs, ValueError, r"obs\[1, 2\] = nan is not a finite float32"),
+                (fits, huge_obs, ValueError, r"obs\[0, 1\] = 1e\+39"),
+                (fits, obs.astype(object), TypeError, "obs must hold real numbers"),
+                (None, obs, TypeError, "replay must be a mtrl.replay.ReplayBuffer")):
+            with pytest.raises(error, match=match):
+                p.step_into(replay, o, a)
+        fits.close()
+        with pytest.raises(RuntimeError, match="replay buffer is closed"):
+            p.step_into(fits, obs, a)
         # No env stepped: the pool's state is the one before the calls.
         after = p.get_state()
         assert all(np.array_equal(x[0], y[0]) for x, y in zip(state["envs"], after["envs"]))
         p.step_into(ReplayBuffer(3, 4, p.obs_dim, p.action_dim, 2), obs, a)  # more tasks: fine
+
+
+def test_read_only_actions_are_taken():
+    # Inputs are only read: a read-only array (a memmap, a frozen buffer) was refused with
+    # "array is not writeable".
+    with envs.make(["cheetah-run"], envs_per_task=2, seed=0, backend="engine") as p, \
+            envs.make(["cheetah-run"], envs_per_task=2, seed=0, backend="engine") as q:
+        p.reset()
+        q.reset()
+        writable = np.full((p.num_envs, p.action_dim), 0.5, np.float32)
+        read_only = writable.copy()
+        read_only.flags.writeable = False
+        np.testing.assert_array_equal(p.step(read_only).obs, q.step(writable).obs)
 
 
 @pytest.mark.parametrize("tasks,backend", [(["cartpole-balance"], "envpool"),

@@ -44,7 +44,9 @@ T* CheckedData(py::array& a, const char* name, std::initializer_list<py::ssize_t
     throw std::invalid_argument(std::string("`") + name + "` must be C-contiguous");
   }
   if (writable && !a.writeable()) throw std::invalid_argument(std::string("`") + name + "` must be writable");
-  return static_cast<T*>(a.mutable_data());
+  // An input is only read: a read-only array (a memmap, np.broadcast_to, a frozen buffer) is
+  // fine, and mutable_data() would refuse it.
+  return static_cast<T*>(writable ? a.mutable_data() : const_cast<void*>(a.data()));
 }
 
 py::list GetState(const EnvPool& pool) {

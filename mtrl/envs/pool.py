@@ -74,6 +74,22 @@ class StepOutput:
                    diverged=np.zeros(num_envs, bool))
 
 
+def _storable_obs(obs: Any) -> np.ndarray:
+    """``obs`` as the float32 array the replay buffer stores; TypeError / ValueError (naming the
+    env row) for values it would refuse: not real numbers, or not finite in float32."""
+    o = np.asarray(obs)
+    if o.dtype.kind not in "fiu":
+        raise TypeError(f"obs must hold real numbers, got dtype {o.dtype}")
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+        stored = np.ascontiguousarray(o, dtype=np.float32)
+    bad = np.argwhere(~np.isfinite(stored))
+    if bad.size:
+        row, col = (int(i) for i in bad[0])
+        raise ValueError(f"obs[{row}, {col}] = {float(o[row, col])} is not a finite float32 "
+                         f"(env {row})")
+    return stored
+
+
 def serialized(method):
     """Runs a pool method holding the pool's lock, so that calls from several threads run one at
     a time. No backend is reentrant: two threads stepping one engine pool stepped the same MuJoCo
@@ -225,12 +241,19 @@ class TaskPool:
         ``final_obs``. The step's arrays already have the buffer's dtypes and layout, so they
         reach the C++ buffer without a Python-level copy. Raises ValueError, before any env steps,
         when ``obs`` or the buffer's sizes do not match the pool (a step whose transitions
-        cannot be stored would be lost).
+        cannot be stored would be lost): also when ``obs`` holds a value that is not a finite
+        float32, or the buffer is closed.
         """
         a = self.check_actions(actions)
+        if not callable(getattr(replay, "add", None)):
+            raise TypeError(f"replay must be a mtrl.replay.ReplayBuffer (anything with its add), "
+                            f"got {type(replay).__name__}")
+        if getattr(replay, "closed", False):
+            raise RuntimeError("the replay buffer is closed")
         if np.shape(obs) != (self.num_envs, self.obs_dim):
             raise ValueError(f"obs must have shape (num_envs, obs_dim) = ({self.num_envs}, "
                              f"{self.obs_dim}), got {np.shape(obs)}")
+        obs = _storable_obs(obs)
         for name, want in (("num_envs", self.num_envs), ("obs_dim", self.obs_dim),
                            ("action_dim", self.action_dim), ("num_tasks", len(self._specs))):
             have = getattr(replay, name, want)  # (a stand-in without the attribute: add checks)
