@@ -153,6 +153,18 @@ def test_reseed_refuses_what_make_refuses(tasks, backend):
             GymVectorEnv(p).reset(seed=1.5)
         p.seed(1.0)  # an integral float, as make() takes
         np.testing.assert_array_equal(p.reset(), first)
+        if "metaworld:reach" in tasks:
+            return  # (a mixed pool takes no env_seeds)
+        # env_seeds: 1.7 and True were truncated, 2**64 overflowed unnamed, and a wrong count
+        # reached envpool (an assert; under python -O an abort).
+        n = p.num_envs
+        p.seed(1)
+        for bad, match in (([1.7] * n, "must hold ints"), ([True] * n, "must hold ints"),
+                           ([2**64] * n, "must hold ints"), ([1] * (n + 1), f"must have {n} "),
+                           (5, f"must be a list of {n} ints")):
+            with pytest.raises(ValueError, match=f"env_seeds {match}"):
+                p.seed(0, env_seeds=bad)
+        np.testing.assert_array_equal(p.reset(), first)  # the refused calls changed nothing
 
 
 def test_bad_actions_raise_and_out_of_range_clips():

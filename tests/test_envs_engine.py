@@ -181,7 +181,10 @@ def test_set_state_rejects_foreign_state():
         for env_state, message in (
                 ((phys, rng, count, np.zeros(5)),
                  r"task state of reacher-easy must have 2 values \(or none\), got 5"),
-                ((phys, rng, -1, task), "step count of reacher-easy must be >= 0, got -1"),
+                ((phys, rng, -1, task), r"step count of reacher-easy must be in \[0, 2\*\*62\], "
+                                        "got -1"),
+                # (its increment overflowed int64: the time limit never fired)
+                ((phys, rng, 2**63 - 1, task), r"must be in \[0, 2\*\*62\], got 9223372036854775807"),
                 ((phys, np.zeros(4, np.uint64), count, task),
                  "RNG state of reacher-easy must not be all zeros"),
                 ((phys, rng, "x", task), "env 0's state: "),

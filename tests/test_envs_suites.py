@@ -172,6 +172,17 @@ def test_gym_get_set_state_continues_identically():
         p.set_state(state)
         b = [p.step(x).final_obs for x in acts]
         np.testing.assert_array_equal(np.stack(a), np.stack(b))
+        # A snapshot with other envs was taken as it was: one env for two stepped zeros forever,
+        # non-env objects made even close() fail, bad pending seeds failed at reset.
+        one_env = {**state, "envs": pickle.dumps(pickle.loads(state["envs"])[:1])}
+        for bad, match in ((one_env, "must be the 2 gymnasium envs"),
+                           ({**state, "envs": pickle.dumps([1, 2])}, "must be the 2 gymnasium"),
+                           ({**state, "envs": b"junk"}, "cannot be unpickled"),
+                           ({**state, "pending_seeds": [7]}, "pending_seeds must be None or 2")):
+            with pytest.raises(ValueError, match=match):
+                p.set_state(bad)
+        p.set_state(state)
+        np.testing.assert_array_equal(np.stack([p.step(x).final_obs for x in acts]), np.stack(a))
     with envs.make(["gym:InvertedPendulum-v5"]) as p:  # MuJoCo env: EzPickle, no state
         p.reset()
         with pytest.raises(NotImplementedError, match="EzPickle"):
@@ -373,3 +384,24 @@ def test_pools_in_a_forked_child_refuse_clearly_instead_of_hanging():
                          timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "[0, 0] [True, True]"
+
+
+def test_mixed_pool_set_state_is_all_or_nothing_and_envpool_limits_are_named():
+    # The parts were restored one by one: a part refusing its state left the parts before it
+    # restored; a wrong part count read as a zip() error, a missing one as KeyError.
+    with envs.make(["cheetah-run", "gym:Pendulum-v1"], envs_per_task=1, seed=0) as p:
+        p.reset()
+        zeros = np.zeros((2, p.action_dim), np.float32)
+        start = p.get_state()
+        p.step(zeros)
+        later = p.get_state()
+        wrong = {**start, "parts": [start["parts"][0], {"backend": "engine"}]}
+        for bad, match in ((wrong, "get_state\\(\\) of a gymnasium pool"),
+                           ({**start, "parts": start["parts"][:1]}, "state has 1 parts"),
+                           ({"backend": "mixed"}, "get_state\\(\\) of a mixed pool")):
+            with pytest.raises(ValueError, match=match):
+                p.set_state(bad)
+        assert p.get_state()["parts"][0]["envs"][0][2] == later["parts"][0]["envs"][0][2] == 1
+    # envpool's max_episode_steps is an int32: larger values failed in its constructor.
+    with pytest.raises(ValueError, match=r"max_episode_steps up to 2\*\*31 - 1"):
+        envs.make(["atari:pong"], max_episode_steps=2**31)

@@ -177,8 +177,11 @@ void Env::CheckState(const EnvState& s) const {
                                 std::to_string(task_n) + " values (or none), got " +
                                 std::to_string(s.task.size()));
   }
-  if (s.step_count < 0) {
-    throw std::invalid_argument("step count of " + def_.name + " must be >= 0, got " +
+  // Bounded as make()'s max_episode_steps: near INT64_MAX the count's increment overflowed
+  // (undefined behaviour; the time limit never fired).
+  constexpr int64_t kMaxStepCount = int64_t{1} << 62;
+  if (s.step_count < 0 || s.step_count > kMaxStepCount) {
+    throw std::invalid_argument("step count of " + def_.name + " must be in [0, 2**62], got " +
                                 std::to_string(s.step_count));
   }
   if (s.rng[0] == 0 && s.rng[1] == 0 && s.rng[2] == 0 && s.rng[3] == 0) {

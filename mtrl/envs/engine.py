@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 from mtrl import _core
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized, wrap_seed
+from mtrl.envs.pool import (
+    StepOutput,
+    TaskPool,
+    check_seed,
+    env_seed_list,
+    serialized,
+    wrap_seed,
+)
 from mtrl.envs.registry import TaskSpec
 
 
@@ -54,10 +61,7 @@ class EngineTaskPool(TaskPool):
         env_tasks = [s.short for s in specs for _ in range(envs_per_task)]
         threads = num_threads or os.cpu_count() or 1
         n = len(env_tasks)
-        self._env_seeds = np.asarray(
-            env_seeds if env_seeds is not None else [seed + k for k in range(n)], dtype=np.int64)
-        if self._env_seeds.shape != (n,):
-            raise ValueError(f"env_seeds must have {n} entries, got {self._env_seeds.shape}")
+        self._env_seeds = np.asarray(env_seed_list(seed, env_seeds, n), dtype=np.int64)
         self._pool = _core.EnginePool(
             env_tasks, self._seed_words(self._env_seeds), str(suite_dir or dm_control_suite_dir()),
             int(threads), int(max_episode_steps or 0))
@@ -95,8 +99,7 @@ class EngineTaskPool(TaskPool):
         """Reseed env k with ``seed + k`` (or ``env_seeds[k]``); call `reset` afterwards."""
         self._check_open()
         seed = check_seed(seed, self.num_envs)
-        seeds = np.asarray(env_seeds if env_seeds is not None
-                           else [seed + k for k in range(self.num_envs)], dtype=np.int64)
+        seeds = np.asarray(env_seed_list(seed, env_seeds, self.num_envs), dtype=np.int64)
         self._pool.seed(self._seed_words(seeds))
         self._has_reset = False
 

@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized, wrap_seed
+from mtrl.envs.pool import (
+    StepOutput,
+    TaskPool,
+    check_seed,
+    env_seed_list,
+    serialized,
+    wrap_seed,
+)
 from mtrl.envs.registry import TaskSpec
 
 
@@ -74,8 +81,10 @@ class EnvpoolTaskPool(TaskPool):
         self._pool_specs = list(specs)
         self._epts = envs_per_task
         n = len(specs) * envs_per_task
-        self._pools = self._make_pools(
-            list(env_seeds) if env_seeds is not None else [seed + k for k in range(n)])
+        if max_episode_steps is not None and max_episode_steps > 2**31 - 1:
+            raise ValueError(f"the envpool backend takes max_episode_steps up to 2**31 - 1 "
+                             f"(int32), got {max_episode_steps}")
+        self._pools = self._make_pools(env_seed_list(seed, env_seeds, n))
         obs_dims, act_dims, max_steps = [], [], []
         self._act_low, self._act_scale = [], []
         for spec, p in zip(specs, self._pools, strict=True):
@@ -171,11 +180,10 @@ class EnvpoolTaskPool(TaskPool):
         `reset` afterwards."""
         self._check_open()
         seed = check_seed(seed, self.num_envs)
-        for p in self._pools:
+        pools = self._make_pools(env_seed_list(seed, env_seeds, self.num_envs))
+        for p in self._pools:  # (only once the new ones exist: a failure keeps the old ones)
             p.close()
-        self._pools = self._make_pools(
-            list(env_seeds) if env_seeds is not None
-            else [seed + k for k in range(self.num_envs)])
+        self._pools = pools
         self._has_reset = False
 
     @serialized

@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import StepOutput, TaskPool, check_seed, serialized, wrap_seed
+from mtrl.envs.pool import (
+    StepOutput,
+    TaskPool,
+    check_seed,
+    env_seed_list,
+    is_int,
+    serialized,
+    wrap_seed,
+)
 from mtrl.envs.registry import TaskSpec
 
 
@@ -52,9 +60,7 @@ class GymTaskPool(TaskPool):
         if bad:
             raise ValueError(f"the gymnasium backend only runs 'gym:<id>' tasks, got {bad}")
         n = len(specs) * envs_per_task
-        seeds = list(env_seeds) if env_seeds is not None else [seed + k for k in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"env_seeds must have {n} entries, got {len(seeds)}")
+        seeds = env_seed_list(seed, env_seeds, n)
         self._envs: list[Any] = []
         try:
             for spec in specs:
@@ -168,11 +174,7 @@ class GymTaskPool(TaskPool):
         """Seed env k with ``seed + k`` (or ``env_seeds[k]``) at the next `reset` (call it)."""
         self._check_open()
         seed = check_seed(seed, self.num_envs)
-        seeds = list(env_seeds) if env_seeds is not None else [
-            int(seed) + k for k in range(self.num_envs)]
-        if len(seeds) != self.num_envs:
-            raise ValueError(f"env_seeds must have {self.num_envs} entries, got {len(seeds)}")
-        self._pending_seeds = [int(s) for s in seeds]
+        self._pending_seeds = env_seed_list(seed, env_seeds, self.num_envs)
         self._has_reset = False
 
     def _check_picklable_state(self) -> None:
@@ -207,12 +209,27 @@ class GymTaskPool(TaskPool):
         Raises:
           ValueError: the snapshot belongs to another backend or task layout.
         """
+        import gymnasium
+
         self._check_state(state, "gym", "a gymnasium pool")
-        envs = pickle.loads(state["envs"])
+        seeds = state.get("pending_seeds")
+        if seeds is not None and (not isinstance(seeds, list) or len(seeds) != self.num_envs
+                                  or not all(is_int(s) for s in seeds)):
+            raise ValueError(f"state's pending_seeds must be None or {self.num_envs} ints")
+        try:
+            envs = pickle.loads(state["envs"])
+        except Exception as err:  # a damaged or foreign blob
+            raise ValueError(f"state's envs cannot be unpickled: {err}") from err
+        # A snapshot whose envs are not this pool's envs (another count, other objects) once
+        # loaded and then stepped zeros forever or failed even to close.
+        if (not isinstance(envs, list) or len(envs) != self.num_envs
+                or not all(isinstance(e, gymnasium.Env) for e in envs)):
+            raise ValueError(f"state's envs must be the {self.num_envs} gymnasium envs of a "
+                             f"get_state() snapshot of this pool's layout")
         self._close_envs()
         self._envs = envs
-        self._pending_seeds = state["pending_seeds"]
-        self._has_reset = self._pending_seeds is None
+        self._pending_seeds = seeds
+        self._has_reset = seeds is None
 
     @serialized
     def close(self) -> None:

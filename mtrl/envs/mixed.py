@@ -81,10 +81,24 @@ class MixedTaskPool(TaskPool):
     def set_state(self, state: Any) -> None:
         """Restore a `get_state` snapshot of a pool with the same layout."""
         self._check_open()
-        if not isinstance(state, dict) or state.get("backend") != "mixed":
+        if (not isinstance(state, dict) or state.get("backend") != "mixed"
+                or not isinstance(state.get("parts"), list)):
             raise ValueError("state must come from get_state() of a mixed pool")
-        for (pool, _), s in zip(self._parts, state["parts"], strict=True):
-            pool.set_state(s)
+        parts = state["parts"]
+        if len(parts) != len(self._parts):
+            raise ValueError(f"state has {len(parts)} parts, this mixed pool {len(self._parts)}")
+        # All or nothing: a part refusing its state (checked only when reached) once left the
+        # parts before it restored and the rest as they were.
+        before = [pool.get_state() for pool, _ in self._parts]
+        done = 0
+        try:
+            for (pool, _), part in zip(self._parts, parts):
+                pool.set_state(part)
+                done += 1
+        except BaseException:
+            for (pool, _), part in zip(self._parts[:done], before):
+                pool.set_state(part)
+            raise
         self._has_reset = True
 
     @serialized

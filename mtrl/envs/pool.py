@@ -32,6 +32,25 @@ def check_seed(seed: object, num_envs: int) -> int:
     return int(seed)
 
 
+def env_seed_list(seed: int, env_seeds: Any, num_envs: int) -> list[int]:
+    """Each env's seed: ``env_seeds[k]`` where given (``num_envs`` ints in int64's range), else
+    ``seed + k``. ValueError naming env_seeds otherwise (1.7 and True were truncated, 2**64
+    overflowed without a name, a wrong count aborted inside envpool)."""
+    if env_seeds is None:
+        return [seed + k for k in range(num_envs)]
+    try:
+        seeds = list(env_seeds)
+    except TypeError:
+        raise ValueError(f"env_seeds must be a list of {num_envs} ints, got "
+                         f"{type(env_seeds).__name__}") from None
+    if len(seeds) != num_envs:
+        raise ValueError(f"env_seeds must have {num_envs} entries, got {len(seeds)}")
+    for s in seeds:
+        if not is_int(s) or not -2**63 <= s < 2**63:
+            raise ValueError(f"env_seeds must hold ints in [-2**63, 2**63), got {s!r}")
+    return [int(s) for s in seeds]
+
+
 def wrap_seed(seed: int, bits: int) -> int:
     """``seed`` (an int64 from `check_seed`) in a backend's unsigned range [0, 2**bits): the
     engine and gymnasium take 64 bits, envpool 31 (int32). Seeds already in range are unchanged;
