@@ -11,14 +11,7 @@ from typing import Any
 import numpy as np
 
 from mtrl import _core
-from mtrl.envs.pool import (
-    StepOutput,
-    TaskPool,
-    check_seed,
-    env_seed_list,
-    serialized,
-    wrap_seed,
-)
+from mtrl.envs.pool import StepOutput, TaskPool, check_seed, env_seed_list, serialized, wrap_seed
 from mtrl.envs.registry import TaskSpec
 
 

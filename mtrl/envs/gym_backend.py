@@ -16,15 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.envs.pool import (
-    StepOutput,
-    TaskPool,
-    check_seed,
-    env_seed_list,
-    is_int,
-    serialized,
-    wrap_seed,
-)
+from mtrl.envs.pool import (StepOutput, TaskPool, check_seed, env_seed_list, is_int, serialized,
+                            wrap_seed)
 from mtrl.envs.registry import TaskSpec
 
 
