@@ -233,7 +233,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if args.bf16:
         from mtrl.fused_bronet import check_cpu_bf16
-        check_cpu_bf16()  # ValueError naming the missing instructions
+        try:
+            check_cpu_bf16()
+        except ValueError as e:  # one line naming the missing instructions, not a traceback
+            raise SystemExit(f"--bf16: {e}") from None
     st_iters, mt_iters, window = (60, 30, 10) if args.quick else (300, 120, 30)
     print(f"device: CPU, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"compile {args.compile}", flush=True)

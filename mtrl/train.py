@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import signal
 import sys
@@ -610,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     startup = _startup.install()
     try:
         train(parse_args(sys.argv[1:] if argv is None else argv), startup=startup)
+    except BrokenPipeError:  # stdout closed early (`--help | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit's flush)
+        return 1
     except (ValueError, FloatingPointError, OSError) as err:
         print(f"mtrl.train: error: {err}", file=sys.stderr)
         return 2

@@ -415,6 +415,24 @@ def test_cuda_generator_of_the_run_device_round_trips():
     torch.testing.assert_close(torch.rand(8, device=device), expected, rtol=0, atol=0)
 
 
+def test_a_closed_stdout_is_no_error():
+    # `mtrl-train --help | head -1`: the closed pipe was reported as "error: [Errno 32]". A
+    # one-page pipe holds less than the help (~14 kB), so the writer meets the closed end.
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ (Linux)
+    proc = subprocess.Popen([sys.executable, "-m", "mtrl.train", "--help"], stdout=write_end,
+                            stderr=subprocess.PIPE)
+    os.close(write_end)
+    assert os.read(read_end, 100)
+    os.close(read_end)
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert "error" not in err.lower() and "Traceback" not in err, err
+
+
 def test_networks_too_large_for_memory_are_refused_before_allocation(tmp_path, monkeypatch):
     # Widths with no upper bound reached torch's allocator (a traceback; at 10^8 the process
     # grew past 5 GB ignoring SIGTERM). The check needs no allocation to refuse them.
