@@ -5,9 +5,11 @@ Same run, same tasks, uniform random actions. Configurations (issue 5):
   dmc-hard  dog stand/walk/trot/run + humanoid stand/walk/run, 1 env each
   cheetah16 16 envs of cheetah-run;  humanoid16 16 envs of humanoid-run
 Contenders: ours (`mtrl.envs.make(backend="engine")`, one call per iteration, `--threads`
-threads); envpool (one `make_gymnasium` pool per task with min(envs, `--threads`) threads,
-stepped one after another from Python, as a user of envpool would); dm_control (`suite.load`
-envs stepped in a Python loop; mt30/dmc-hard only). The floor is the summed cost of the raw
+threads); envpool (one `make_gymnasium` pool per task with min(envs, `--threads`) threads, stepped
+through envpool's async API, `--threads` threads' worth of pools at once: send to each, then recv;
+until 2026-11-27 they were stepped one after another with a blocking step(), so with one env per
+task envpool ran on one thread while ours had two); dm_control (`suite.load` envs stepped in a
+Python loop; mt30/dmc-hard only). Every contender cycles through 8 random action arrays. The floor is the summed cost of the raw
 `mj_step` substeps of the same mix (timed in C loops of many control steps through
 `mujoco.mj_step(m, d, nstep)`), divided by the thread count. The floor runs MuJoCo without the
 process-wide `mjcb_time` stage-timer callback that the mujoco Python package installs (~15% of a
@@ -78,17 +80,28 @@ def make_envpool(tasks: list[str], epts: int, threads: int):
     import envpool
 
     pools = []
+    rng = np.random.default_rng(0)
     for t in tasks:
         spec = envs.resolve(t)
         p = envpool.make_gymnasium(spec.envpool_id, num_envs=epts, batch_size=epts, seed=0,
                                    num_threads=min(epts, threads))
         p.reset()
-        a = np.random.default_rng(0).uniform(-1, 1, (epts,) + p.action_space.shape)
-        pools.append((p, a.astype(np.float64)))
+        acts = [rng.uniform(-1, 1, (epts,) + p.action_space.shape) for _ in range(8)]
+        pools.append((p, acts))
+    # One pool per task has its own worker threads: with a blocking step() per pool they would
+    # run one at a time (a task of one env uses one thread). envpool's async API (send, then
+    # recv) steps `threads` pools at once, the thread budget ours gets.
+    waves = [pools[i:i + max(1, threads // min(epts, threads))]
+             for i in range(0, len(pools), max(1, threads // min(epts, threads)))]
+    k = [0]
 
     def step():
-        for p, a in pools:
-            p.step(a)
+        for wave in waves:
+            for p, acts in wave:
+                p.send(acts[k[0] % 8])
+            for p, _ in wave:
+                p.recv()
+        k[0] += 1
 
     def close():
         for p, _ in pools:
@@ -111,12 +124,14 @@ def make_dm_envs(tasks: list[str]):
 
 def make_dm_control(dm_envs):
     rng = np.random.default_rng(0)
-    acts = [rng.uniform(-1, 1, e.action_spec().shape) for e in dm_envs]
+    acts = [[rng.uniform(-1, 1, e.action_spec().shape) for _ in range(8)] for e in dm_envs]
+    k = [0]
 
-    def step():
+    def step():  # 8 random actions per env in turn, as ours and envpool get
         for e, a in zip(dm_envs, acts, strict=True):
-            if e.step(a).last():
+            if e.step(a[k[0] % 8]).last():
                 e.reset()
+        k[0] += 1
 
     return step
 
@@ -220,8 +235,9 @@ def main() -> None:
         ours, close_ours = make_ours(tasks, epts, args.threads)
         ep, close_ep = make_envpool(tasks, epts, args.threads)
         dmc = make_dm_control(dm) if epts == 1 else None
-        floor, floor_steps = make_floor(dm)
-        dm2 = dm if len(dm) >= args.threads else make_dm_envs(tasks * args.threads)
+        # (the floors get envs of their own: sharing dm_control's moved its envs between steps)
+        floor, floor_steps = make_floor(make_dm_envs(tasks))
+        dm2 = make_dm_envs(tasks * (1 if len(tasks) >= args.threads else args.threads))
         floor2, _ = make_floor(dm2, args.threads)
         for fn in (ours, ep, floor, floor2) + ((dmc,) if dmc else ()):
             fn()  # warm-up

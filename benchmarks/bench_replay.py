@@ -5,6 +5,9 @@ Rows: insert 16 and 1 transitions per call; sample 256 / 1024 (uniform and PER);
 priorities; the PER sample+update cycle; and the multi-task case (8 tasks x 125,000, stratified
 PER; cpprb: one buffer per task with Python routing). Ours stores each observation once (the
 next observation is a link, see mtrl/replay.py); cpprb and the NumPy ring store obs and next_obs.
+(cpprb's ``next_of="obs"`` stores it once too, but only for a single env stream, which the
+16-env inserts and the multi-task routing are not, so it is not used.) The NumPy ring samples
+into arrays kept between calls, as ours fills its batch (before 2026-11-27 it allocated new ones).
 TorchRL is tried and reported as unavailable when it does not import.
 
 Prints one line per configuration (median over interleaved repeats, wall clock and this thread's
@@ -94,6 +97,7 @@ class NumpyRing:
         self.done = np.zeros(cap, np.float32)
         self.task = np.zeros(cap, np.int64)
         self.rng = np.random.default_rng(0)
+        self._out: tuple[np.ndarray, ...] | None = None
 
     def add(self, task, obs, act, rew, term, trunc, next_obs) -> None:
         n = len(rew)
@@ -111,9 +115,15 @@ class NumpyRing:
         self.size = min(self.size + n, self.cap)
 
     def sample(self, b: int) -> tuple[np.ndarray, ...]:
+        # Into arrays kept between calls (as ours fills its batch): fancy indexing would
+        # allocate six new arrays per call, work ours is spared.
         i = self.rng.integers(0, self.size, b)
-        return (self.obs[i], self.act[i], self.rew[i], self.next_obs[i], self.done[i],
-                self.task[i])
+        arrays = (self.obs, self.act, self.rew, self.next_obs, self.done, self.task)
+        if self._out is None or len(self._out[0]) != b:
+            self._out = tuple(np.empty((b,) + a.shape[1:], a.dtype) for a in arrays)
+        for a, out in zip(arrays, self._out):
+            np.take(a, i, axis=0, out=out)
+        return self._out
 
 
 def cpprb_buffer(cap: int):

@@ -72,8 +72,8 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, spin in SETTINGS.items():
             alone[name].append(median_ms(launch(spin, args.updates)))
-    for name, spin in SETTINGS.items():  # two at once, twice
-        for _ in range(2):
+    for _ in range(2):  # two at once, the settings alternating (the machine's load drifts)
+        for name, spin in SETTINGS.items():
             pair = [launch(spin, args.updates) for _ in range(2)]
             shared[name].extend(median_ms(proc) for proc in pair)
     (base, ours) = SETTINGS

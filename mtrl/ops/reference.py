@@ -2,7 +2,7 @@
 
 These functions are the executable specification the fused kernels (``mtrl.ops.td_target``) are
 tested against (brc-spec §2.2 critic update, §3.2 C51 projection, §3.3 read-out). They are written
-the way a careful PyTorch user would (softmax, ``scatter_add_`` over flattened bins, log-softmax
+the way a careful PyTorch user would (softmax, ``scatter_add_`` along the atoms, log-softmax
 cross-entropy), so they also serve as the fair baseline of ``benchmarks/bench_td_target.py``.
 
 Shapes: ``E`` ensemble members, ``B`` batch, ``K`` atoms; atoms ``z_j = v_min + j (v_max - v_min)
