@@ -6,9 +6,10 @@ Same run, same tasks, uniform random actions. Configurations (issue 5):
   cheetah16 16 envs of cheetah-run;  humanoid16 16 envs of humanoid-run
 Contenders: ours (`mtrl.envs.make(backend="engine")`, one call per iteration, `--threads`
 threads); envpool (one `make_gymnasium` pool per task with min(envs, `--threads`) threads, stepped
-through envpool's async API, `--threads` threads' worth of pools at once: send to each, then recv;
-until 2026-11-27 they were stepped one after another with a blocking step(), so with one env per
-task envpool ran on one thread while ours had two); dm_control (`suite.load` envs stepped in a
+through envpool's async API, `--threads` threads' worth of pools at once: send to each, then recv);
+"envpool-b", the same pools stepped one after another (send and recv per pool, i.e. a blocking
+step), the baseline issue 5 describes and the only one before 2026-11-27: with one env per task it
+runs on one thread while ours has two, so its ratios overstate ours; dm_control (`suite.load` envs stepped in a
 Python loop; mt30/dmc-hard only). Every contender cycles through 8 random action arrays. The floor is the summed cost of the raw
 `mj_step` substeps of the same mix (timed in C loops of many control steps through
 `mujoco.mj_step(m, d, nstep)`), divided by the thread count. The floor runs MuJoCo without the
@@ -76,7 +77,7 @@ def make_ours(tasks: list[str], epts: int, threads: int):
     return step, pool.close
 
 
-def make_envpool(tasks: list[str], epts: int, threads: int):
+def make_envpool(tasks: list[str], epts: int, threads: int, concurrent: bool = True):
     import envpool
 
     pools = []
@@ -88,11 +89,12 @@ def make_envpool(tasks: list[str], epts: int, threads: int):
         p.reset()
         acts = [rng.uniform(-1, 1, (epts,) + p.action_space.shape) for _ in range(8)]
         pools.append((p, acts))
-    # One pool per task has its own worker threads: with a blocking step() per pool they would
-    # run one at a time (a task of one env uses one thread). envpool's async API (send, then
-    # recv) steps `threads` pools at once, the thread budget ours gets.
-    waves = [pools[i:i + max(1, threads // min(epts, threads))]
-             for i in range(0, len(pools), max(1, threads // min(epts, threads)))]
+    # One pool per task has its own worker threads: with a blocking step() per pool they run one
+    # at a time (a task of one env uses one thread). envpool's async API (send, then recv) steps
+    # `threads` pools at once, the thread budget ours gets. concurrent=False: the blocking steps
+    # (issue 5's wording, "stepped from Python"), one pool per wave.
+    per_wave = max(1, threads // min(epts, threads)) if concurrent else 1
+    waves = [pools[i:i + per_wave] for i in range(0, len(pools), per_wave)]
     k = [0]
 
     def step():
@@ -226,27 +228,30 @@ def main() -> None:
     configs = [("mt30", MT30, 1), ("dmc-hard", DMC_HARD, 1), ("cheetah16", ["cheetah-run"], 16),
                ("humanoid16", ["humanoid-run"], 16)]
     results = {}
-    print(f"{'config':11s} {'envs':>4s} {'ours':>9s} {'envpool':>9s} {'dm_ctrl':>9s} "
-          f"{'floor':>9s} {'floor2':>9s} {'vs envpool':>10s} {'vs dm_c':>8s} {'floor frac':>10s} "
-          f"{'floor2 frac':>11s}")
+    print(f"{'config':11s} {'envs':>4s} {'ours':>9s} {'envpool':>9s} {'envpool-b':>9s} "
+          f"{'dm_ctrl':>9s} {'floor':>9s} {'floor2':>9s} {'vs envpool':>10s} {'vs ep-b':>8s} "
+          f"{'vs dm_c':>8s} {'floor frac':>10s} {'floor2 frac':>11s}")
     for name, tasks, epts in configs:
         n = len(tasks) * epts
         dm = make_dm_envs(tasks)
         ours, close_ours = make_ours(tasks, epts, args.threads)
         ep, close_ep = make_envpool(tasks, epts, args.threads)
+        epb, close_epb = make_envpool(tasks, epts, args.threads, concurrent=False)
         dmc = make_dm_control(dm) if epts == 1 else None
         # (the floors get envs of their own: sharing dm_control's moved its envs between steps)
         floor, floor_steps = make_floor(make_dm_envs(tasks))
         dm2 = make_dm_envs(tasks * (1 if len(tasks) >= args.threads else args.threads))
         floor2, _ = make_floor(dm2, args.threads)
-        for fn in (ours, ep, floor, floor2) + ((dmc,) if dmc else ()):
+        for fn in (ours, ep, epb, floor, floor2) + ((dmc,) if dmc else ()):
             fn()  # warm-up
         # Interleaved rounds: each ratio compares timings taken back to back, which matters on a
         # shared machine whose load drifts; rates and ratios are medians over rounds.
-        rounds = {"ours": [], "envpool": [], "dm_control": [], "floor": [], "floor2": []}
+        rounds = {"ours": [], "envpool": [], "envpool_b": [], "dm_control": [], "floor": [],
+                  "floor2": []}
         for _ in range(repeats):
             rounds["ours"].append(n * iters / _timed(ours, iters))
             rounds["envpool"].append(n * iters / _timed(ep, iters))
+            rounds["envpool_b"].append(n * iters / _timed(epb, iters))
             if dmc:
                 k = max(3, iters // 5)
                 rounds["dm_control"].append(n * k / _timed(dmc, k))
@@ -257,10 +262,13 @@ def main() -> None:
         getattr(floor2, "close", lambda: None)()
         close_ours()
         close_ep()
+        close_epb()
         med = {k: (statistics.median(v) if v else float("nan")) for k, v in rounds.items()}
         ratio = {
             "envpool": statistics.median(
                 o / e for o, e in zip(rounds["ours"], rounds["envpool"], strict=True)),
+            "envpool_b": statistics.median(
+                o / e for o, e in zip(rounds["ours"], rounds["envpool_b"], strict=True)),
             "dm_control": statistics.median(
                 o / e for o, e in zip(rounds["ours"], rounds["dm_control"], strict=True))
             if dmc else float("nan"),
@@ -271,9 +279,10 @@ def main() -> None:
         }
         results[name] = ratio
         print(f"{name:11s} {n:4d} {med['ours']:9.0f} {med['envpool']:9.0f} "
-              f"{med['dm_control']:9.0f} {med['floor']:9.0f} {med['floor2']:9.0f} "
-              f"{ratio['envpool']:9.2f}x {ratio['dm_control']:7.2f}x {ratio['floor']:10.2f} "
-              f"{ratio['floor2']:11.2f}", flush=True)
+              f"{med['envpool_b']:9.0f} {med['dm_control']:9.0f} {med['floor']:9.0f} "
+              f"{med['floor2']:9.0f} {ratio['envpool']:9.2f}x {ratio['envpool_b']:7.2f}x "
+              f"{ratio['dm_control']:7.2f}x {ratio['floor']:10.2f} {ratio['floor2']:11.2f}",
+              flush=True)
     print("env-steps/s, medians over interleaved rounds; 'vs' columns and floor frac are "
           "medians of per-round ratios (ours / theirs)")
     print("RESULT " + json.dumps({
@@ -281,6 +290,7 @@ def main() -> None:
         "dmchard_vs_envpool": round(results["dmc-hard"]["envpool"], 3),
         "cheetah16_vs_envpool": round(results["cheetah16"]["envpool"], 3),
         "humanoid16_vs_envpool": round(results["humanoid16"]["envpool"], 3),
+        "blocking_envpool": {k: round(v["envpool_b"], 3) for k, v in results.items()},
         "mt30_floor_fraction": round(results["mt30"]["floor"], 3),
         "mt30_floor2_fraction": round(results["mt30"]["floor2"], 3),
         "mt30_vs_dm_control": round(results["mt30"]["dm_control"], 3),
