@@ -262,9 +262,12 @@ def test_gym_vector_env_view():
     obs, info = env.reset(seed=4)
     assert obs.shape == (2, 17) and env.action_space.shape == (2, 6)
     assert info["task_id"].tolist() == [0, 1]
-    env.step(env.action_space.sample())
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["_final_obs"].tolist() == [False, False]  # gymnasium's mask (was a KeyError)
     obs, reward, term, trunc, info = env.step(np.zeros((2, 6), np.float32))
     assert trunc.all() and not np.allclose(info["final_obs"], obs)
+    assert info["_final_obs"].tolist() == [True, True]
+    assert np.array_equal(info["final_obs"][info["_final_obs"]], info["final_obs"])
     again, _ = env.reset(seed=4)
     with pytest.raises(ValueError, match="options"):
         env.reset(options={"x": 1})

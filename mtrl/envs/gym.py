@@ -18,7 +18,10 @@ class GymVectorEnv(gymnasium.vector.VectorEnv):
     also for discrete-action tasks: ``discrete`` ((T,) bool, the pool's ``discrete``) says which
     tasks take the argmax of their env's row instead (ties to the lowest index; see README).
     ``info`` holds ``task_id`` (N,), ``final_obs`` (N, obs_dim), ``success`` (N,) and
-    ``diverged`` (N,). Seeding: ``reset(seed=s)`` reseeds env k with ``s + k``.
+    ``diverged`` (N,). ``final_obs`` is dense (every row, equal to the observation where no episode
+    ended), with gymnasium's ``_final_obs`` mask (N,) bool of the envs whose episode ended, so the
+    usual ``info["final_obs"][info["_final_obs"]]`` works. Seeding: ``reset(seed=s)`` reseeds env k
+    with ``s + k``.
     """
 
     metadata = {"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP}
@@ -55,7 +58,8 @@ class GymVectorEnv(gymnasium.vector.VectorEnv):
         """Step every env; (N, action_dim) float32 actions in [-1, 1]."""
         out = self.pool.step(actions)
         info = {"task_id": self.pool.task_ids.copy(), "final_obs": out.final_obs,
-                "success": out.success, "diverged": out.diverged}
+                "_final_obs": out.terminated | out.truncated, "success": out.success,
+                "diverged": out.diverged}
         return out.obs, out.reward, out.terminated, out.truncated, info
 
     def close_extras(self, **kwargs: Any) -> None:
