@@ -122,7 +122,7 @@ class NumpyRing:
         if self._out is None or len(self._out[0]) != b:
             self._out = tuple(np.empty((b,) + a.shape[1:], a.dtype) for a in arrays)
         for a, out in zip(arrays, self._out):
-            np.take(a, i, axis=0, out=out)
+            np.take(a, i, axis=0, out=out, mode="clip")  # ("raise" buffers the whole result)
         return self._out
 
 

@@ -85,6 +85,7 @@ def bronet_forward(x: Tensor, params: list[Tensor], depth: int, eps: float,
             param_grads and any(p.requires_grad for p in params))):
         if bf16:
             return _BroNetBf16Function.apply(x, depth, eps, param_grads, weight_cache, *params)
+        # (mtrl.networks takes the composed ops under torch.func; a direct call may not)
         if torch._C._are_functorch_transforms_active():
             return _BroNetFunction.apply(x, depth, eps, param_grads, *params)
         return _apply(x, depth, eps, param_grads, *params)

@@ -605,15 +605,31 @@ def _saved_config(run_dir: Path) -> TrainConfig | None:
         return None
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout's reader is gone; if so, stdout is pointed at /dev/null so that the
+    interpreter's flush at exit does not report it again."""
+    try:
+        sys.stdout.flush()
+        return False
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout
+            pass
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     # Until training takes over, a signal ends the run with one line (mtrl/_startup.py; under
     # `python -m mtrl.train` the package import installed it already, before torch).
     startup = _startup.install()
     try:
         train(parse_args(sys.argv[1:] if argv is None else argv), startup=startup)
-    except BrokenPipeError:  # stdout closed early (`--help | head`): nothing left to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit's flush)
-        return 1
+    except BrokenPipeError as err:
+        if not _stdout_closed():  # another pipe (an env's, W&B's): an error like any other
+            print(f"mtrl.train: error: {err}", file=sys.stderr)
+            return 2
+        return 1  # stdout closed early (`--help | head`): nothing left to say there
     except (ValueError, FloatingPointError, OSError) as err:
         print(f"mtrl.train: error: {err}", file=sys.stderr)
         return 2

@@ -374,6 +374,19 @@ print(statuses, [bool(np.isfinite(p.step(zeros).reward).all()) for p in (engine,
 """
 
 
+_FORK_AFTER_CLOSE = """
+import os, sys
+import mtrl.envs as envs
+pool = envs.make(["cartpole-balance"], envs_per_task=2, backend="envpool")
+pool.reset()
+pool.close()  # closed, but still holding its envpools
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit: the child destroys what it inherited
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
 def test_pools_in_a_forked_child_refuse_clearly_instead_of_hanging():
     # A lock held by another thread at fork hung every call in the child (any backend); an
     # envpool pool hung at the child's first step (its worker threads stay in the parent) and
@@ -384,6 +397,10 @@ def test_pools_in_a_forked_child_refuse_clearly_instead_of_hanging():
                          timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "[0, 0] [True, True]"
+    # A closed envpool pool is left alone in the child too (the child crashed at exit, SIGSEGV).
+    res = subprocess.run([sys.executable, "-c", _FORK_AFTER_CLOSE], capture_output=True,
+                         text=True, timeout=120)
+    assert res.stdout.strip().splitlines()[-1] == "0", res.stderr[-2000:]
 
 
 def test_mixed_pool_set_state_is_all_or_nothing_and_envpool_limits_are_named():

@@ -141,6 +141,8 @@ def _after_fork_in_child() -> None:
         if not busy:
             pool._lock.release()
         pool._lock = threading.RLock()
+        if not pool._survives_fork:  # closed too: a closed envpool pool still holds its pools
+            pool._abandon_in_child()
         if pool._closed:
             continue
         if busy:
@@ -151,8 +153,6 @@ def _after_fork_in_child() -> None:
             pool._fork_error = (f"{type(pool).__name__} pools cannot run in a forked child (their "
                                 f"worker threads stay in the parent): make a new pool in the "
                                 f"child, or start the child with the 'spawn' method")
-        if not pool._survives_fork:
-            pool._abandon_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -258,10 +258,11 @@ class TaskPool:
         is the (N, obs_dim) observation the actions were taken in (the previous ``out.obs``).
         The stored action is the clipped one the envs used, and the stored next observation is
         ``final_obs``. The step's arrays already have the buffer's dtypes and layout, so they
-        reach the C++ buffer without a Python-level copy. Raises ValueError, before any env steps,
-        when ``obs`` or the buffer's sizes do not match the pool (a step whose transitions
-        cannot be stored would be lost): also when ``obs`` holds a value that is not a finite
-        float32, or the buffer is closed.
+        reach the C++ buffer without a Python-level copy. Before any env steps (a step whose
+        transitions cannot be stored would be lost) it raises ValueError when ``obs`` or the
+        buffer's sizes do not match the pool or ``obs`` holds a value that is not a finite
+        float32, TypeError when ``obs`` is not real numbers or ``replay`` has no ``add``, and
+        RuntimeError when the buffer is closed.
         """
         a = self.check_actions(actions)
         if not callable(getattr(replay, "add", None)):
