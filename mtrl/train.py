@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import random
+import select
 import signal
 import sys
 import time
@@ -606,17 +607,19 @@ def _saved_config(run_dir: Path) -> TrainConfig | None:
 
 
 def _stdout_closed() -> bool:
-    """Whether stdout's reader is gone; if so, stdout is pointed at /dev/null so that the
-    interpreter's flush at exit does not report it again."""
+    """Whether stdout is a pipe whose reader is gone (poll reports an error on its write end);
+    if so, stdout is pointed at /dev/null so that the interpreter's flush at exit does not
+    report it again."""
     try:
-        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout
         return False
-    except BrokenPipeError:
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout
-            pass
-        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
