@@ -101,9 +101,8 @@ def _storable_obs(obs: Any) -> np.ndarray:
         raise TypeError(f"obs must hold real numbers, got dtype {o.dtype}")
     with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
         stored = np.ascontiguousarray(o, dtype=np.float32)
-    bad = np.argwhere(~np.isfinite(stored))
-    if bad.size:
-        row, col = (int(i) for i in bad[0])
+    if not np.isfinite(stored).all():  # (the row and column looked up only on the error path)
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(stored))[0])
         raise ValueError(f"obs[{row}, {col}] = {float(o[row, col])} is not a finite float32 "
                          f"(env {row})")
     return stored
